@@ -1,0 +1,119 @@
+//! Classifies PKCS#11 return values into the few cases p11kms reacts to differently, then
+//! converts them into the crate's one error enum.
+
+use std::fmt;
+
+use cryptoki::error::{Error as CkError, RvError};
+
+use crate::error::KmsError;
+
+/// A PKCS#11 failure, classified. Converted into [`KmsError`] at the edge of `hsm`.
+#[derive(Debug, Clone)]
+pub struct HsmError {
+    rv: Option<RvError>,
+    text: String,
+}
+
+impl From<CkError> for HsmError {
+    fn from(e: CkError) -> Self {
+        HsmError::from(&e)
+    }
+}
+
+impl From<&CkError> for HsmError {
+    fn from(e: &CkError) -> Self {
+        let rv = match e {
+            CkError::Pkcs11(rv, _) => Some(*rv),
+            _ => None,
+        };
+        HsmError {
+            rv,
+            text: e.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for HsmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rv {
+            Some(rv) => write!(f, "{rv:?}"),
+            None => f.write_str(&self.text),
+        }
+    }
+}
+
+impl HsmError {
+    /// The object handle no longer names an object (another process destroyed it, or the
+    /// token was re-opened): look the object up again.
+    pub fn is_stale_handle(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::ObjectHandleInvalid) | Some(RvError::KeyHandleInvalid)
+        )
+    }
+
+    /// The key exists but its attributes forbid the operation (e.g. a disabled CMK).
+    pub fn is_not_permitted(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::KeyFunctionNotPermitted)
+                | Some(RvError::KeyTypeInconsistent)
+                | Some(RvError::MechanismInvalid)
+        )
+    }
+
+    /// A GCM open failed: wrong tag, wrong AAD, truncated input. SoftHSM reports this as
+    /// `CKR_GENERAL_ERROR`, Kryoptic as `CKR_ENCRYPTED_DATA_INVALID` / `_LEN_RANGE`.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::GeneralError)
+                | Some(RvError::EncryptedDataInvalid)
+                | Some(RvError::EncryptedDataLenRange)
+                | Some(RvError::DataInvalid)
+        )
+    }
+
+    pub fn is_already_initialized(&self) -> bool {
+        matches!(self.rv, Some(RvError::CryptokiAlreadyInitialized))
+    }
+
+    pub fn is_already_logged_in(&self) -> bool {
+        matches!(self.rv, Some(RvError::UserAlreadyLoggedIn))
+    }
+
+    /// Transient contention on the token's storage (Kryoptic's sqlite under concurrent
+    /// writers): worth one more try.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::DeviceMemory) | Some(RvError::SessionCount)
+        )
+    }
+
+    fn is_unavailable(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::DeviceError)
+                | Some(RvError::DeviceRemoved)
+                | Some(RvError::TokenNotPresent)
+                | Some(RvError::TokenNotRecognized)
+                | Some(RvError::SessionClosed)
+                | Some(RvError::SessionHandleInvalid)
+                | Some(RvError::UserNotLoggedIn)
+                | Some(RvError::CryptokiNotInitialized)
+        )
+    }
+}
+
+impl From<HsmError> for KmsError {
+    fn from(e: HsmError) -> Self {
+        if e.is_unavailable() || e.is_not_permitted() || e.is_stale_handle() {
+            KmsError::KeyUnavailable(format!(
+                "the key is not usable in the token right now ({e})"
+            ))
+        } else {
+            KmsError::Internal(format!("the token failed ({e})"))
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Everything that touches PKCS#11: the module, the token's sessions, mechanisms and objects.
+//!
+//! This is the only module that imports `cryptoki`. It offers the rest of the crate a small
+//! vocabulary: a [`Token`] (module + slot + logged-in session pool), opaque object handles
+//! ([`CmkHandle`], [`DataHandle`], [`SessionKey`]) and the handful of operations p11kms needs.
+//! The rules of KMS (states, formats, contexts) live in `kms`, not here.
+
+mod caps;
+mod error;
+mod keys;
+mod objects;
+mod pool;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+pub use caps::{Capabilities, Kdf};
+pub use error::HsmError;
+pub use keys::{CmkCustody, CmkHandle, SessionKey, GCM_IV_LEN, GCM_TAG_LEN};
+pub use objects::{DataHandle, DataObject};
+
+use crate::config::{Secret, TokenSelector};
+use crate::error::{KmsError, Result};
+use pool::SessionPool;
+
+/// How long a request waits for a free session before answering `DependencyTimeoutException`.
+const SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`Token::open`] needs to reach and log in to a token.
+pub struct TokenParams<'a> {
+    pub module: &'a Path,
+    pub selector: &'a TokenSelector,
+    pub pin: &'a Secret,
+    pub sessions: usize,
+}
+
+/// A logged-in token: the module, the slot, a pool of sessions, and what the token can do.
+///
+/// Cheap to share behind an `Arc`; every method takes a session from the pool for the duration
+/// of one call, so any number of threads may use one `Token`.
+pub struct Token {
+    inner: Arc<TokenInner>,
+}
+
+pub(crate) struct TokenInner {
+    module_path: PathBuf,
+    pool: SessionPool,
+    /// Never used for work: it keeps the login alive (closing a process's last session logs
+    /// the whole process out on both tokens we target).
+    _keeper: Mutex<Session>,
+    caps: Capabilities,
+    info: TokenDescription,
+}
+
+/// Static description of the token, for `token info` and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenDescription {
+    pub module: String,
+    pub library: String,
+    pub library_version: String,
+    pub cryptoki_version: String,
+    pub slot: u64,
+    pub label: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub serial: String,
+}
+
+/// One `Pkcs11` per module path per process: `C_Initialize` may only be called once.
+fn module(path: &Path) -> Result<Pkcs11> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut map = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| KmsError::Internal("module registry poisoned".into()))?;
+    if let Some(ctx) = map.get(path) {
+        return Ok(ctx.clone());
+    }
+    if !path.exists() {
+        return Err(KmsError::Config(format!(
+            "PKCS#11 module {} does not exist",
+            path.display()
+        )));
+    }
+    let ctx = Pkcs11::new(path).map_err(|e| {
+        KmsError::Config(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            path.display()
+        ))
+    })?;
+    // Without OS locking SoftHSM silently turns its own locking off and is not thread-safe.
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => {}
+        Err(e) if HsmError::from(&e).is_already_initialized() => {}
+        Err(e) => {
+            return Err(KmsError::Config(format!(
+                "C_Initialize of {} failed: {e} (for SoftHSM, check SOFTHSM2_CONF)",
+                path.display()
+            )))
+        }
+    }
+    map.insert(path.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+fn find_slot(ctx: &Pkcs11, selector: &TokenSelector) -> Result<Slot> {
+    let slots = ctx
+        .get_slots_with_initialized_token()
+        .map_err(|e| KmsError::Config(format!("cannot list slots: {e}")))?;
+    for slot in slots {
+        match selector {
+            TokenSelector::Slot(id) if slot.id() == *id => return Ok(slot),
+            TokenSelector::Label(label) => {
+                let info = ctx
+                    .get_token_info(slot)
+                    .map_err(|e| KmsError::Config(format!("cannot read token info: {e}")))?;
+                if info.label().trim_end() == label {
+                    return Ok(slot);
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(KmsError::Config(match selector {
+        TokenSelector::Label(l) => format!("no initialized token labelled {l:?}"),
+        TokenSelector::Slot(s) => format!("no initialized token in slot {s}"),
+    }))
+}
+
+impl Token {
+    /// Loads the module (once per process), finds the token, logs in, opens the session pool
+    /// and probes capabilities. Refuses, with the reason, a token that lacks what p11kms needs.
+    pub fn open(params: TokenParams<'_>) -> Result<Token> {
+        let ctx = module(params.module)?;
+        let slot = find_slot(&ctx, params.selector)?;
+        let keeper = ctx
+            .open_rw_session(slot)
+            .map_err(|e| KmsError::Config(format!("cannot open a session: {e}")))?;
+        let pin = AuthPin::from(params.pin.expose().to_owned());
+        match keeper.login(UserType::User, Some(&pin)) {
+            Ok(()) => {}
+            Err(e) if HsmError::from(&e).is_already_logged_in() => {}
+            // The PIN itself never reaches a message.
+            Err(e) => {
+                return Err(KmsError::Config(format!(
+                    "login to the token failed: {}",
+                    HsmError::from(e)
+                )))
+            }
+        }
+        let caps = caps::probe(&ctx, slot)?;
+        caps.require()?;
+        let info = describe(&ctx, slot, params.module)?;
+        let pool = SessionPool::open(&ctx, slot, params.sessions.max(1), SESSION_WAIT)?;
+        Ok(Token {
+            inner: Arc::new(TokenInner {
+                module_path: params.module.to_path_buf(),
+                pool,
+                _keeper: Mutex::new(keeper),
+                caps,
+                info,
+            }),
+        })
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    pub fn description(&self) -> &TokenDescription {
+        &self.inner.info
+    }
+
+    pub fn module_path(&self) -> &Path {
+        &self.inner.module_path
+    }
+
+    /// Number of sessions in the pool (the useful degree of parallelism).
+    pub fn pool_size(&self) -> usize {
+        self.inner.pool.size()
+    }
+
+    /// Whether a session can be taken and used right now (for readiness checks).
+    pub fn ping(&self) -> Result<()> {
+        let s = self.inner.pool.get()?;
+        s.get_session_info()
+            .map(|_| ())
+            .map_err(|e| HsmError::from(e).into())
+    }
+
+    /// `n` bytes from the token's RNG.
+    pub fn random(&self, n: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let mut out = zeroize::Zeroizing::new(vec![0u8; n]);
+        self.random_fill(&mut out)?;
+        Ok(out)
+    }
+
+    /// Fills `buf` from the token's RNG.
+    pub fn random_fill(&self, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let s = self.inner.pool.get()?;
+        s.generate_random_slice(buf)
+            .map_err(|e| HsmError::from(e).into())
+    }
+}
+
+fn describe(ctx: &Pkcs11, slot: Slot, module: &Path) -> Result<TokenDescription> {
+    let lib = ctx
+        .get_library_info()
+        .map_err(|e| KmsError::Config(format!("C_GetInfo failed: {e}")))?;
+    let tok = ctx
+        .get_token_info(slot)
+        .map_err(|e| KmsError::Config(format!("C_GetTokenInfo failed: {e}")))?;
+    Ok(TokenDescription {
+        module: module.display().to_string(),
+        library: lib.library_description().trim_end().to_string(),
+        library_version: lib.library_version().to_string(),
+        cryptoki_version: lib.cryptoki_version().to_string(),
+        slot: slot.id(),
+        label: tok.label().trim_end().to_string(),
+        manufacturer: tok.manufacturer_id().trim_end().to_string(),
+        model: tok.model().trim_end().to_string(),
+        serial: tok.serial_number().trim_end().to_string(),
+    })
+}
+
+/// Initialises a token in the first free slot of `module` (SoftHSM offers one), with `label`,
+/// the SO PIN and the user PIN. Does nothing if a token with that label already exists.
+/// Returns true if a token was created.
+pub fn init_token(
+    module_path: &Path,
+    label: &str,
+    so_pin: &Secret,
+    user_pin: &Secret,
+) -> Result<bool> {
+    let ctx = module(module_path)?;
+    if find_slot(&ctx, &TokenSelector::Label(label.to_string())).is_ok() {
+        return Ok(false);
+    }
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| KmsError::Config(format!("cannot list slots: {e}")))?;
+    let mut free = None;
+    for slot in slots {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| KmsError::Config(format!("cannot read token info: {e}")))?;
+        if !info.token_initialized() {
+            free = Some(slot);
+            break;
+        }
+    }
+    let slot = free.ok_or_else(|| {
+        KmsError::Config(format!(
+            "no free slot to initialise a token in {}",
+            module_path.display()
+        ))
+    })?;
+    let so = AuthPin::from(so_pin.expose().to_owned());
+    ctx.init_token(slot, &so, label)
+        .map_err(|e| KmsError::Config(format!("C_InitToken failed: {}", HsmError::from(e))))?;
+    // SoftHSM moves the new token to a new slot id: find it again by label.
+    let slot = find_slot(&ctx, &TokenSelector::Label(label.to_string()))?;
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| KmsError::Config(format!("cannot open a session: {e}")))?;
+    session
+        .login(UserType::So, Some(&so))
+        .map_err(|e| KmsError::Config(format!("SO login failed: {}", HsmError::from(e))))?;
+    session
+        .init_pin(&AuthPin::from(user_pin.expose().to_owned()))
+        .map_err(|e| KmsError::Config(format!("C_InitPIN failed: {}", HsmError::from(e))))?;
+    session
+        .logout()
+        .map_err(|e| KmsError::Config(format!("SO logout failed: {}", HsmError::from(e))))?;
+    Ok(true)
+}

@@ -1,0 +1,115 @@
+//! `CKO_DATA` objects: where p11kms keeps its metadata, inside the token.
+//!
+//! Each object is written once and never modified (SoftHSM cannot update a data object's value
+//! in place); `kms::store` builds versioned records on top of that.
+
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+
+use super::{HsmError, Token};
+use crate::error::Result;
+
+/// A data object's handle. Opaque outside `hsm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHandle(ObjectHandle);
+
+/// A data object as listed: its handle and label (the value is read separately, and only for
+/// objects not seen before).
+#[derive(Debug, Clone)]
+pub struct DataObject {
+    pub handle: DataHandle,
+    pub label: String,
+}
+
+fn base_template(application: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Application(application.as_bytes().to_vec()),
+    ]
+}
+
+/// How often a write is retried when the token reports transient contention.
+const WRITE_TRIES: usize = 5;
+
+impl Token {
+    /// Creates a private token data object; the object is complete or absent.
+    pub fn create_data(&self, application: &str, label: &str, value: &[u8]) -> Result<DataHandle> {
+        let mut template = base_template(application);
+        template.extend([
+            // Kryoptic defaults CKO_DATA to public: metadata is private.
+            Attribute::Private(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value.to_vec()),
+        ]);
+        let mut last = None;
+        for attempt in 0..WRITE_TRIES {
+            let s = self.inner.pool.get()?;
+            match s.create_object(&template) {
+                Ok(h) => return Ok(DataHandle(h)),
+                Err(e) => {
+                    let e = HsmError::from(e);
+                    if !e.is_transient() {
+                        return Err(e.into());
+                    }
+                    last = Some(e);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+        }
+        Err(last
+            .map(Into::into)
+            .unwrap_or_else(|| crate::KmsError::Internal("data object write failed".into())))
+    }
+
+    /// Every data object of `application`, with its label.
+    pub fn list_data(&self, application: &str) -> Result<Vec<DataObject>> {
+        let s = self.inner.pool.get()?;
+        let handles = s
+            .find_objects(&base_template(application))
+            .map_err(HsmError::from)?;
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            match s.get_attributes(h, &[AttributeType::Label]) {
+                Ok(attrs) => {
+                    for a in attrs {
+                        if let Attribute::Label(l) = a {
+                            if let Ok(label) = String::from_utf8(l) {
+                                out.push(DataObject {
+                                    handle: DataHandle(h),
+                                    label,
+                                });
+                            }
+                        }
+                    }
+                }
+                // Destroyed by another process between find and read.
+                Err(e) if HsmError::from(&e).is_stale_handle() => {}
+                Err(e) => return Err(HsmError::from(e).into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A data object's value; `None` if it has vanished meanwhile.
+    pub fn read_data(&self, handle: DataHandle) -> Result<Option<Vec<u8>>> {
+        let s = self.inner.pool.get()?;
+        match s.get_attributes(handle.0, &[AttributeType::Value]) {
+            Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })),
+            Err(e) if HsmError::from(&e).is_stale_handle() => Ok(None),
+            Err(e) => Err(HsmError::from(e).into()),
+        }
+    }
+
+    /// Destroys a data object; one already gone is not an error.
+    pub fn destroy_data(&self, handle: DataHandle) -> Result<()> {
+        let s = self.inner.pool.get()?;
+        match s.destroy_object(handle.0) {
+            Ok(()) => Ok(()),
+            Err(e) if HsmError::from(&e).is_stale_handle() => Ok(()),
+            Err(e) => Err(HsmError::from(e).into()),
+        }
+    }
+}

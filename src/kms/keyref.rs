@@ -1,0 +1,285 @@
+//! Key references: key ids, alias names, ARNs, and the four forms a `KeyId` parameter takes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::error::{KmsError, Result};
+
+/// A CMK's id: a UUID v4, shown in lowercase hyphenated form as AWS does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Uuid);
+
+impl KeyId {
+    pub fn new_random() -> KeyId {
+        KeyId(Uuid::new_v4())
+    }
+
+    pub fn from_bytes(b: [u8; 16]) -> KeyId {
+        KeyId(Uuid::from_bytes(b))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = KmsError;
+    /// Only the canonical 36-character hyphenated form (any case) is a key id.
+    fn from_str(s: &str) -> Result<KeyId> {
+        if s.len() != 36 {
+            return Err(KmsError::NotFound(format!("Invalid keyId {s}")));
+        }
+        Uuid::parse_str(s)
+            .map(KeyId)
+            .map_err(|_| KmsError::NotFound(format!("Invalid keyId {s}")))
+    }
+}
+
+/// An alias name, always including the `alias/` prefix, validated as AWS does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AliasName(String);
+
+impl AliasName {
+    pub const PREFIX: &'static str = "alias/";
+
+    /// Validates a name for CreateAlias/UpdateAlias/DeleteAlias.
+    pub fn parse(s: &str) -> Result<AliasName> {
+        if s.is_empty() || s.len() > 256 {
+            return Err(KmsError::validation(
+                "AliasName must be between 1 and 256 characters long",
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
+        {
+            return Err(KmsError::validation(format!(
+                "Alias name {s} must satisfy the pattern ^[a-zA-Z0-9:/_-]+$"
+            )));
+        }
+        if !s.starts_with(Self::PREFIX) || s.len() == Self::PREFIX.len() {
+            return Err(KmsError::InvalidAliasName(format!(
+                "Alias must start with the prefix \"alias/\" and have a name: {s}"
+            )));
+        }
+        if s.starts_with("alias/aws/") {
+            return Err(KmsError::InvalidAliasName(format!(
+                "Alias names starting with alias/aws/ are reserved for AWS managed keys: {s}"
+            )));
+        }
+        Ok(AliasName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AliasName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The region and account that ARNs are built in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArnScope {
+    pub region: String,
+    pub account: String,
+}
+
+impl ArnScope {
+    pub fn new(region: &str, account: &str) -> ArnScope {
+        ArnScope {
+            region: region.to_string(),
+            account: account.to_string(),
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!("arn:aws:kms:{}:{}:", self.region, self.account)
+    }
+
+    pub fn key_arn(&self, id: &KeyId) -> String {
+        format!("{}key/{id}", self.prefix())
+    }
+
+    pub fn alias_arn(&self, alias: &AliasName) -> String {
+        format!("{}{alias}", self.prefix())
+    }
+}
+
+/// What a `KeyId` request parameter names: a key directly, or an alias to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Id(KeyId),
+    Alias(AliasName),
+}
+
+/// Which `KeyId` forms an operation accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forms {
+    /// Key id, key ARN, alias name, alias ARN (crypto operations, DescribeKey).
+    Any,
+    /// Key id or key ARN only (EnableKey, DisableKey, deletion, alias targets...).
+    KeyOnly,
+}
+
+impl KeyRef {
+    /// Parses a `KeyId` parameter. Unknown shapes answer `NotFoundException` ("Invalid keyId"),
+    /// as AWS KMS does; an ARN of another region or account is not found here either.
+    pub fn parse(s: &str, scope: &ArnScope, forms: Forms) -> Result<KeyRef> {
+        if s.is_empty() || s.len() > 2048 {
+            return Err(KmsError::validation(
+                "KeyId must be between 1 and 2048 characters long",
+            ));
+        }
+        let r = if s.starts_with("arn:") {
+            let prefix = scope.prefix();
+            let Some(resource) = s.strip_prefix(prefix.as_str()) else {
+                return Err(KmsError::NotFound(format!(
+                    "Invalid arn {s}: not a KMS ARN in {} account {}",
+                    scope.region, scope.account
+                )));
+            };
+            if let Some(id) = resource.strip_prefix("key/") {
+                KeyRef::Id(id.parse()?)
+            } else if resource.starts_with(AliasName::PREFIX) {
+                KeyRef::Alias(parse_alias_ref(resource)?)
+            } else {
+                return Err(KmsError::NotFound(format!("Invalid arn {s}")));
+            }
+        } else if s.starts_with(AliasName::PREFIX) {
+            KeyRef::Alias(parse_alias_ref(s)?)
+        } else {
+            KeyRef::Id(s.parse()?)
+        };
+        if forms == Forms::KeyOnly && matches!(r, KeyRef::Alias(_)) {
+            return Err(KmsError::NotFound(format!(
+                "Invalid keyId {s}: this operation takes a key id or key ARN, not an alias"
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// An alias used as a reference: a malformed one simply names nothing.
+fn parse_alias_ref(s: &str) -> Result<AliasName> {
+    AliasName::parse(s).map_err(|_| KmsError::NotFound(format!("Alias {s} is not found.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> ArnScope {
+        ArnScope::new("us-east-2", "111122223333")
+    }
+
+    const ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    #[test]
+    fn four_forms() {
+        let s = scope();
+        let id: KeyId = ID.parse().unwrap();
+        assert_eq!(KeyRef::parse(ID, &s, Forms::Any).unwrap(), KeyRef::Id(id));
+        let arn = s.key_arn(&id);
+        assert_eq!(arn, format!("arn:aws:kms:us-east-2:111122223333:key/{ID}"));
+        assert_eq!(
+            KeyRef::parse(&arn, &s, Forms::KeyOnly).unwrap(),
+            KeyRef::Id(id)
+        );
+        let alias = AliasName::parse("alias/app-key").unwrap();
+        assert_eq!(
+            KeyRef::parse("alias/app-key", &s, Forms::Any).unwrap(),
+            KeyRef::Alias(alias.clone())
+        );
+        let aarn = s.alias_arn(&alias);
+        assert_eq!(aarn, "arn:aws:kms:us-east-2:111122223333:alias/app-key");
+        assert_eq!(
+            KeyRef::parse(&aarn, &s, Forms::Any).unwrap(),
+            KeyRef::Alias(alias)
+        );
+    }
+
+    #[test]
+    fn key_only_refuses_aliases() {
+        let e = KeyRef::parse("alias/x", &scope(), Forms::KeyOnly).unwrap_err();
+        assert_eq!(e.aws_name(), "NotFoundException");
+        let e = KeyRef::parse(
+            "arn:aws:kms:us-east-2:111122223333:alias/x",
+            &scope(),
+            Forms::KeyOnly,
+        )
+        .unwrap_err();
+        assert_eq!(e.aws_name(), "NotFoundException");
+    }
+
+    #[test]
+    fn bad_references() {
+        let s = scope();
+        assert_eq!(
+            KeyRef::parse("", &s, Forms::Any).unwrap_err().aws_name(),
+            "ValidationException"
+        );
+        for bad in [
+            "not-a-key",
+            "1234abcd12ab34cd56ef1234567890ab",
+            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-2:999999999999:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-2:111122223333:thing/x",
+            "alias/bad name",
+        ] {
+            assert_eq!(
+                KeyRef::parse(bad, &s, Forms::Any).unwrap_err().aws_name(),
+                "NotFoundException",
+                "{bad}"
+            );
+        }
+        assert!(KeyRef::parse(&"a".repeat(2049), &s, Forms::Any).is_err());
+    }
+
+    #[test]
+    fn alias_names() {
+        assert!(AliasName::parse("alias/a:b/c_d-e9").is_ok());
+        assert_eq!(
+            AliasName::parse("alias/aws/x").unwrap_err().aws_name(),
+            "InvalidAliasNameException"
+        );
+        assert_eq!(
+            AliasName::parse("noprefix").unwrap_err().aws_name(),
+            "InvalidAliasNameException"
+        );
+        assert_eq!(
+            AliasName::parse("alias/").unwrap_err().aws_name(),
+            "InvalidAliasNameException"
+        );
+        assert_eq!(
+            AliasName::parse("alias/sp ace").unwrap_err().aws_name(),
+            "ValidationException"
+        );
+        assert_eq!(
+            AliasName::parse(&format!("alias/{}", "a".repeat(251)))
+                .unwrap_err()
+                .aws_name(),
+            "ValidationException"
+        );
+        assert!(AliasName::parse(&format!("alias/{}", "a".repeat(250))).is_ok());
+    }
+
+    #[test]
+    fn key_id_display_is_lowercase() {
+        let id: KeyId = ID.to_uppercase().parse().unwrap();
+        assert_eq!(id.to_string(), ID);
+        assert_eq!(KeyId::from_bytes(*id.as_bytes()), id);
+    }
+}

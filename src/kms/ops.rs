@@ -1,0 +1,1023 @@
+//! The operations, as in the AWS KMS API Reference: validation first (a bad request changes
+//! nothing), then the state rules, then the token.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroizing;
+
+use super::blob::{self, Header, NONCE_LEN};
+use super::records::{AliasRecord, BackingVersion, KeyRecord, KeyState};
+use super::store::KeyEntry;
+use super::types::*;
+use super::{AliasName, EncryptionContext, Forms, KeyId, KeyRef, Kms};
+use crate::error::{KmsError, Result};
+use crate::hsm::{CmkHandle, Kdf, SessionKey, GCM_IV_LEN};
+
+const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
+const MAX_PLAINTEXT: usize = 4096;
+const MAX_DATA_KEY: i64 = 1024;
+const MAX_RANDOM: i64 = 1024;
+const DAY_MS: i64 = 86_400_000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A missing required member, worded as AWS words it.
+fn required<T>(v: Option<T>, member: &str) -> Result<T> {
+    v.ok_or_else(|| {
+        KmsError::validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+fn check_grant_tokens(tokens: &Option<Vec<String>>) -> Result<()> {
+    if let Some(t) = tokens {
+        if t.len() > 10 {
+            return Err(KmsError::validation(
+                "GrantTokens must contain at most 10 grant tokens",
+            ));
+        }
+        if t.iter().any(|g| g.is_empty() || g.len() > 8192) {
+            return Err(KmsError::validation(
+                "each grant token must be between 1 and 8192 characters long",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn context(c: Option<ContextMap>) -> Result<EncryptionContext> {
+    c.map_or_else(|| Ok(EncryptionContext::empty()), EncryptionContext::new)
+}
+
+/// Symmetric keys take only SYMMETRIC_DEFAULT; the asymmetric names are a usage error.
+fn check_algorithm(a: &Option<String>, member: &str) -> Result<()> {
+    match a.as_deref() {
+        None | Some(SYMMETRIC_DEFAULT) => Ok(()),
+        Some("RSAES_OAEP_SHA_1" | "RSAES_OAEP_SHA_256" | "SM2PKE") => Err(
+            KmsError::InvalidKeyUsage(format!(
+                "{member} {} is not valid for a symmetric key",
+                a.as_deref().unwrap_or_default()
+            )),
+        ),
+        Some(other) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{other}' at '{member}' failed to satisfy constraint: Member must satisfy enum value set: [SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE]"
+        ))),
+    }
+}
+
+fn check_limit(limit: Option<i64>, default: usize) -> Result<usize> {
+    match limit {
+        None => Ok(default),
+        Some(l @ 1..=1000) => Ok(l as usize),
+        Some(l) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{l}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000"
+        ))),
+    }
+}
+
+fn dry_run(flag: Option<bool>) -> Result<()> {
+    if flag == Some(true) {
+        Err(KmsError::DryRunOperation(
+            "The request would have succeeded, but the DryRun flag is set.".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The state rule for using a key in a cryptographic operation.
+fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
+    match entry.record.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(format!("{arn} is disabled."))),
+        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            "{arn} is pending deletion."
+        ))),
+    }
+}
+
+/// Data key length from exactly one of KeySpec / NumberOfBytes.
+fn data_key_len(spec: &Option<String>, bytes: Option<i64>) -> Result<usize> {
+    match (spec.as_deref(), bytes) {
+        (Some(_), Some(_)) => Err(KmsError::validation(
+            "Specify either KeySpec or NumberOfBytes, not both",
+        )),
+        (None, None) => Err(KmsError::validation(
+            "Specify either KeySpec or NumberOfBytes",
+        )),
+        (Some("AES_256"), None) => Ok(32),
+        (Some("AES_128"), None) => Ok(16),
+        (Some(other), None) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'keySpec' failed to satisfy constraint: Member must satisfy enum value set: [AES_256, AES_128]"
+        ))),
+        (None, Some(n @ 1..=MAX_DATA_KEY)) => Ok(n as usize),
+        (None, Some(n)) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
+        ))),
+    }
+}
+
+fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
+    if req.description.as_ref().is_some_and(|d| d.len() > 8192) {
+        return Err(KmsError::validation(
+            "Description must be at most 8192 characters long",
+        ));
+    }
+    match req.key_usage.as_deref() {
+        None | Some(ENCRYPT_DECRYPT) => {}
+        Some(u @ ("SIGN_VERIFY" | "GENERATE_VERIFY_MAC" | "KEY_AGREEMENT")) => {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeyUsage {u} is not supported by p11kms yet; only ENCRYPT_DECRYPT"
+            )))
+        }
+        Some(u) => {
+            return Err(KmsError::validation(format!(
+                "1 validation error detected: Value '{u}' at 'keyUsage' failed to satisfy constraint: Member must satisfy enum value set: [SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT]"
+            )))
+        }
+    }
+    if req.key_spec.is_some() && req.customer_master_key_spec.is_some() {
+        return Err(KmsError::validation(
+            "You cannot specify KeySpec and CustomerMasterKeySpec in the same request",
+        ));
+    }
+    match req
+        .key_spec
+        .as_deref()
+        .or(req.customer_master_key_spec.as_deref())
+    {
+        None | Some(SYMMETRIC_DEFAULT) => {}
+        Some(
+            s @ ("RSA_2048" | "RSA_3072" | "RSA_4096" | "ECC_NIST_P256" | "ECC_NIST_P384"
+            | "ECC_NIST_P521" | "ECC_SECG_P256K1" | "HMAC_224" | "HMAC_256" | "HMAC_384"
+            | "HMAC_512" | "SM2" | "ML_DSA_44" | "ML_DSA_65" | "ML_DSA_87"
+            | "ECC_NIST_EDWARDS25519"),
+        ) => {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeySpec {s} is not supported by p11kms yet; only SYMMETRIC_DEFAULT"
+            )))
+        }
+        Some(s) => {
+            return Err(KmsError::validation(format!(
+                "1 validation error detected: Value '{s}' at 'keySpec' failed to satisfy constraint: Member must satisfy enum value set"
+            )))
+        }
+    }
+    match req.origin.as_deref() {
+        None | Some("AWS_KMS") => {}
+        Some(o @ ("EXTERNAL" | "AWS_CLOUDHSM" | "EXTERNAL_KEY_STORE")) => {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "Origin {o} is not supported by p11kms; keys are generated in the token"
+            )))
+        }
+        Some(o) => {
+            return Err(KmsError::validation(format!(
+                "1 validation error detected: Value '{o}' at 'origin' failed to satisfy constraint: Member must satisfy enum value set: [AWS_CLOUDHSM, EXTERNAL, AWS_KMS, EXTERNAL_KEY_STORE]"
+            )))
+        }
+    }
+    if req.multi_region == Some(true) {
+        return Err(KmsError::UnsupportedOperation(
+            "Multi-Region keys are not supported by p11kms".into(),
+        ));
+    }
+    if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
+        return Err(KmsError::UnsupportedOperation(
+            "Custom key stores are not supported by p11kms".into(),
+        ));
+    }
+    if req
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.is_empty() || p.len() > 32768)
+    {
+        return Err(KmsError::validation(
+            "Policy must be between 1 and 32768 characters long",
+        ));
+    }
+    if let Some(tags) = &req.tags {
+        if tags.len() > 50 {
+            return Err(KmsError::Tag("A key can have at most 50 tags".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in tags {
+            if t.tag_key.is_empty() || t.tag_key.len() > 128 || t.tag_value.len() > 256 {
+                return Err(KmsError::Tag(
+                    "Tag keys must be 1 to 128 and tag values 0 to 256 characters long".into(),
+                ));
+            }
+            if !seen.insert(&t.tag_key) {
+                return Err(KmsError::Tag(format!("Duplicate tag key {}", t.tag_key)));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Kms {
+    // ----- key references -------------------------------------------------------------------
+
+    /// Resolves a `KeyId` parameter to the key it names (following an alias).
+    fn resolve(&self, key_id: &str, forms: Forms) -> Result<(KeyId, KeyEntry)> {
+        let r = KeyRef::parse(key_id, &self.scope, forms)?;
+        let snap = self.store.read()?;
+        let id = match r {
+            KeyRef::Id(id) => id,
+            KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
+                Some(id) => id,
+                None => {
+                    return Err(KmsError::NotFound(format!(
+                        "Alias {} is not found.",
+                        self.scope.alias_arn(&a)
+                    )))
+                }
+            },
+        };
+        match snap.keys.get(&id) {
+            Some(e) => Ok((id, e.clone())),
+            None => Err(KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.scope.key_arn(&id)
+            ))),
+        }
+    }
+
+    fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
+        KeyMetadata {
+            aws_account_id: self.scope.account.clone(),
+            key_id: r.id.to_string(),
+            arn: self.scope.key_arn(&r.id),
+            creation_date: secs(r.created_ms),
+            enabled: r.state == KeyState::Enabled,
+            description: r.description.clone(),
+            key_usage: ENCRYPT_DECRYPT.into(),
+            key_state: r.state.as_str().into(),
+            deletion_date: r.deletion_ms.map(secs),
+            pending_deletion_window_in_days: r.pending_window_days,
+            origin: "AWS_KMS".into(),
+            key_manager: "CUSTOMER".into(),
+            customer_master_key_spec: SYMMETRIC_DEFAULT.into(),
+            key_spec: SYMMETRIC_DEFAULT.into(),
+            encryption_algorithms: vec![SYMMETRIC_DEFAULT.into()],
+            multi_region: false,
+        }
+    }
+
+    // ----- key management ---------------------------------------------------------------------
+
+    /// CreateKey: a new AES-256 CMK generated in the token, derive-only, never extractable.
+    pub fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadataResponse> {
+        check_create_key(&req)?;
+        let kdf = self
+            .token
+            .capabilities()
+            .kdf
+            .ok_or_else(|| KmsError::Internal("the token offers no key derivation".into()))?;
+        let id = KeyId::new_random();
+        let now = now_ms();
+        let record = KeyRecord {
+            id,
+            created_ms: now,
+            description: req.description.unwrap_or_default(),
+            state: KeyState::Enabled,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf,
+            current_version: 1,
+            versions: vec![BackingVersion {
+                version: 1,
+                created: now / 1000,
+            }],
+            tags: req
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.tag_key, t.tag_value))
+                .collect(),
+            policy: req.policy,
+        };
+        // The key material first: a crash before the record leaves an invisible orphan,
+        // never a record without a key.
+        let cmk = self
+            .token
+            .generate_cmk(&record.cmk_label(1), &cmk_id(&id, 1), kdf)?;
+        if let Err(e) = self
+            .store
+            .put_key(record.clone(), BTreeMap::from([(1, cmk)]))
+        {
+            let _ = self.token.destroy_cmk(cmk);
+            return Err(e);
+        }
+        Ok(KeyMetadataResponse {
+            key_metadata: self.metadata(&record),
+        })
+    }
+
+    pub fn describe_key(&self, req: KeyIdRequest) -> Result<KeyMetadataResponse> {
+        check_grant_tokens(&req.grant_tokens)?;
+        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::Any)?;
+        Ok(KeyMetadataResponse {
+            key_metadata: self.metadata(&entry.record),
+        })
+    }
+
+    pub fn list_keys(&self, req: ListRequest) -> Result<ListKeysResponse> {
+        let limit = check_limit(req.limit, 100)?;
+        let start = match &req.marker {
+            None => Bound::Unbounded,
+            Some(m) => Bound::Excluded(
+                m.parse::<KeyId>()
+                    .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+            ),
+        };
+        let snap = self.store.read()?;
+        let mut iter = snap.keys.range((start, Bound::Unbounded));
+        let keys: Vec<KeyListEntry> = iter
+            .by_ref()
+            .take(limit)
+            .map(|(id, _)| KeyListEntry {
+                key_id: id.to_string(),
+                key_arn: self.scope.key_arn(id),
+            })
+            .collect();
+        let truncated = iter.next().is_some();
+        Ok(ListKeysResponse {
+            next_marker: truncated
+                .then(|| keys.last().map(|k| k.key_id.clone()))
+                .flatten(),
+            keys,
+            truncated,
+        })
+    }
+
+    /// Writes a new state into a key's record, then makes the token agree.
+    fn set_state(
+        &self,
+        entry: KeyEntry,
+        state: KeyState,
+        deletion: Option<(i64, u32)>,
+    ) -> Result<KeyRecord> {
+        let record = KeyRecord {
+            state,
+            deletion_ms: deletion.map(|d| d.0),
+            pending_window_days: deletion.map(|d| d.1),
+            ..entry.record
+        };
+        let id = record.id;
+        if state != KeyState::Enabled {
+            self.epochs.forget(&id)?;
+        }
+        self.store.put_key(record.clone(), entry.cmks.clone())?;
+        self.apply_token_state(&record, &entry.cmks)?;
+        Ok(record)
+    }
+
+    /// A CMK is derivable in the token exactly when its key is Enabled.
+    fn apply_token_state(&self, record: &KeyRecord, cmks: &BTreeMap<u32, CmkHandle>) -> Result<()> {
+        let usable = record.state == KeyState::Enabled;
+        for h in cmks.values() {
+            self.token.set_cmk_usable(*h, usable)?;
+        }
+        Ok(())
+    }
+
+    /// Brings token attributes in line with the records (after a crash between the two writes).
+    pub(crate) fn reconcile_token_state(&self) -> Result<()> {
+        let entries: Vec<KeyEntry> = self.store.read()?.keys.values().cloned().collect();
+        for e in entries {
+            let usable = e.record.state == KeyState::Enabled;
+            for h in e.cmks.values() {
+                if self.token.cmk_usable(*h)? != usable {
+                    self.token.set_cmk_usable(*h, usable)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn enable_key(&self, req: KeyIdRequest) -> Result<()> {
+        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        match entry.record.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => self.set_state(entry, KeyState::Enabled, None).map(|_| ()),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&entry.record.id)
+            ))),
+        }
+    }
+
+    pub fn disable_key(&self, req: KeyIdRequest) -> Result<()> {
+        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        match entry.record.state {
+            KeyState::Disabled => Ok(()),
+            KeyState::Enabled => self.set_state(entry, KeyState::Disabled, None).map(|_| ()),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&entry.record.id)
+            ))),
+        }
+    }
+
+    pub fn schedule_key_deletion(
+        &self,
+        req: ScheduleKeyDeletionRequest,
+    ) -> Result<ScheduleKeyDeletionResponse> {
+        let key_id = required(req.key_id, "keyId")?;
+        let days = match req.pending_window_in_days {
+            None => 30,
+            Some(d @ 7..=30) => d as u32,
+            Some(d) => {
+                return Err(KmsError::validation(format!(
+                    "1 validation error detected: Value '{d}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
+                )))
+            }
+        };
+        let (id, entry) = self.resolve(&key_id, Forms::KeyOnly)?;
+        if entry.record.state == KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&id)
+            )));
+        }
+        let when = now_ms() + i64::from(days) * DAY_MS;
+        let r = self.set_state(entry, KeyState::PendingDeletion, Some((when, days)))?;
+        Ok(ScheduleKeyDeletionResponse {
+            key_id: self.scope.key_arn(&id),
+            deletion_date: secs(when),
+            key_state: r.state.as_str().into(),
+            pending_window_in_days: days,
+        })
+    }
+
+    /// CancelKeyDeletion: the key comes back Disabled, as in AWS.
+    pub fn cancel_key_deletion(&self, req: KeyIdRequest) -> Result<KeyIdResponse> {
+        let (id, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        if entry.record.state != KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!(
+                "{} is not pending deletion.",
+                self.scope.key_arn(&id)
+            )));
+        }
+        self.set_state(entry, KeyState::Disabled, None)?;
+        Ok(KeyIdResponse {
+            key_id: self.scope.key_arn(&id),
+        })
+    }
+
+    /// Destroys every key whose deletion date is at or before `now_ms` (the sweeper).
+    pub fn sweep_deletions_at(&self, now_ms: i64) -> Result<Vec<KeyId>> {
+        let due: Vec<KeyId> = self
+            .store
+            .read()?
+            .keys
+            .values()
+            .filter(|e| {
+                e.record.state == KeyState::PendingDeletion
+                    && e.record.deletion_ms.is_some_and(|d| d <= now_ms)
+            })
+            .map(|e| e.record.id)
+            .collect();
+        for id in &due {
+            self.epochs.forget(id)?;
+            self.store.destroy_key(id)?;
+        }
+        Ok(due)
+    }
+
+    /// Picks up other processes' changes (keys, aliases, states) from the token.
+    pub fn refresh(&self) -> Result<()> {
+        for id in self.store.refresh()? {
+            self.epochs.forget(&id)?;
+        }
+        Ok(())
+    }
+
+    /// One round of upkeep: refresh, destroy keys past their deletion date, sweep orphaned
+    /// CMKs left by interrupted CreateKey calls.
+    pub fn maintain(&self) -> Result<()> {
+        self.refresh()?;
+        self.sweep_deletions_at(now_ms())?;
+        self.store.sweep_orphan_cmks()?;
+        Ok(())
+    }
+
+    /// Runs [`Kms::maintain`] every `interval` on a background thread until `kms` is dropped
+    /// everywhere else.
+    pub fn spawn_maintenance(kms: &Arc<Kms>, interval: Duration) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(kms);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(kms) = weak.upgrade() else { return };
+            // Errors are transient here (the next round retries); nothing secret is in them.
+            if let Err(e) = kms.maintain() {
+                eprintln!("p11kms: metadata refresh failed: {}", e.message());
+            }
+        })
+    }
+
+    /// Test and operator hook: destroys unreferenced CMKs older than `grace`.
+    pub fn sweep_orphan_cmks_after(&self, grace: Duration) -> Result<(usize, usize)> {
+        self.store.sweep_orphan_cmks_after(grace)
+    }
+
+    // ----- aliases ------------------------------------------------------------------------------
+
+    /// The target of CreateAlias/UpdateAlias: a key id or ARN of a key not pending deletion.
+    fn alias_target(&self, target: Option<String>) -> Result<KeyId> {
+        let (id, entry) = self.resolve(&required(target, "targetKeyId")?, Forms::KeyOnly)?;
+        if entry.record.state == KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&id)
+            )));
+        }
+        Ok(id)
+    }
+
+    pub fn create_alias(&self, req: AliasRequest) -> Result<()> {
+        let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
+        let target = self.alias_target(req.target_key_id)?;
+        if self.store.read()?.aliases.contains_key(&name) {
+            return Err(KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.scope.alias_arn(&name)
+            )));
+        }
+        let now = now_ms();
+        self.store.put_alias(
+            &name,
+            AliasRecord {
+                name: name.to_string(),
+                target: Some(target),
+                created_ms: now,
+                updated_ms: now,
+            },
+        )
+    }
+
+    pub fn update_alias(&self, req: AliasRequest) -> Result<()> {
+        let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
+        let target = self.alias_target(req.target_key_id)?;
+        let current = self.store.read()?.aliases.get(&name).cloned();
+        let current = current.ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                self.scope.alias_arn(&name)
+            ))
+        })?;
+        self.store.put_alias(
+            &name,
+            AliasRecord {
+                target: Some(target),
+                updated_ms: now_ms(),
+                ..current
+            },
+        )
+    }
+
+    pub fn delete_alias(&self, req: AliasRequest) -> Result<()> {
+        let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
+        let current = self.store.read()?.aliases.get(&name).cloned();
+        let current = current.ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                self.scope.alias_arn(&name)
+            ))
+        })?;
+        self.store.put_alias(
+            &name,
+            AliasRecord {
+                target: None,
+                updated_ms: now_ms(),
+                ..current
+            },
+        )
+    }
+
+    pub fn list_aliases(&self, req: ListRequest) -> Result<ListAliasesResponse> {
+        let limit = check_limit(req.limit, 100)?;
+        let key = match req.key_id {
+            Some(k) => Some(self.resolve(&k, Forms::KeyOnly)?.0),
+            None => None,
+        };
+        let start = match &req.marker {
+            None => Bound::Unbounded,
+            Some(m) => Bound::Excluded(
+                AliasName::parse(m)
+                    .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+            ),
+        };
+        let snap = self.store.read()?;
+        let mut iter = snap
+            .aliases
+            .range((start, Bound::Unbounded))
+            .filter(|(_, a)| key.is_none() || a.target == key)
+            .filter_map(|(n, a)| a.target.map(|t| (n, a, t)));
+        let aliases: Vec<AliasListEntry> = iter
+            .by_ref()
+            .take(limit)
+            .map(|(n, a, t)| AliasListEntry {
+                alias_name: n.to_string(),
+                alias_arn: self.scope.alias_arn(n),
+                target_key_id: t.to_string(),
+                creation_date: secs(a.created_ms),
+                last_updated_date: secs(a.updated_ms),
+            })
+            .collect();
+        let truncated = iter.next().is_some();
+        Ok(ListAliasesResponse {
+            next_marker: truncated
+                .then(|| aliases.last().map(|a| a.alias_name.clone()))
+                .flatten(),
+            aliases,
+            truncated,
+        })
+    }
+
+    // ----- cryptography -----------------------------------------------------------------------
+
+    /// Derives an epoch key, looking the CMK up again once if the token says its handle is
+    /// stale (another process re-created or the token was re-opened).
+    fn derive(
+        &self,
+        id: KeyId,
+        version: u32,
+        kdf: Kdf,
+        cmk: Option<CmkHandle>,
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<SessionKey> {
+        let unavailable = || {
+            KmsError::KeyUnavailable(format!(
+                "the backing key of {} is not in the token",
+                self.scope.key_arn(&id)
+            ))
+        };
+        let first = match cmk {
+            Some(h) => match self.token.derive_key(h, kdf, nonce) {
+                Ok(k) => return Ok(k),
+                Err(e) => e,
+            },
+            None => unavailable(),
+        };
+        match self.store.relocate_cmk(&id, version)? {
+            Some(h) if Some(h) != cmk => self.token.derive_key(h, kdf, nonce),
+            Some(_) => Err(first),
+            None => Err(unavailable()),
+        }
+    }
+
+    /// Seals `plaintext` under the key's current backing version. Returns the blob.
+    fn seal(
+        &self,
+        entry: &KeyEntry,
+        ctx: &EncryptionContext,
+        plaintext: &[u8],
+        iv: [u8; GCM_IV_LEN],
+    ) -> Result<Vec<u8>> {
+        let r = &entry.record;
+        let version = r.current_version;
+        let cmk = entry.cmks.get(&version).copied();
+        let sk = self.epochs.for_sealing(
+            r.id,
+            version,
+            || {
+                let mut n = [0u8; NONCE_LEN];
+                self.token.random_fill(&mut n)?;
+                Ok(n)
+            },
+            |nonce| self.derive(r.id, version, r.kdf, cmk, nonce),
+        )?;
+        let header = Header {
+            key_id: r.id,
+            key_version: version,
+            kdf: r.kdf,
+            nonce: sk.nonce,
+            iv,
+        };
+        let sealed = self
+            .token
+            .gcm_seal(&sk.key, &iv, &header.aad(ctx), plaintext)?;
+        Ok(header.assemble(&sealed))
+    }
+
+    /// Opens a blob: finds its key, checks state and (optionally) the expected key, re-derives
+    /// the epoch key and lets the token authenticate header, context and ciphertext.
+    fn open_blob(
+        &self,
+        bytes: &[u8],
+        ctx: &EncryptionContext,
+        expected: Option<&str>,
+    ) -> Result<(KeyId, Zeroizing<Vec<u8>>)> {
+        let blob = blob::parse(bytes)?;
+        let h = &blob.header;
+        if let Some(k) = expected {
+            let (want, _) = self.resolve(k, Forms::Any)?;
+            if want != h.key_id {
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify a CMK that can perform this operation.".into(),
+                ));
+            }
+        }
+        let arn = self.scope.key_arn(&h.key_id);
+        let entry = self.store.read()?.keys.get(&h.key_id).cloned();
+        let entry = entry.ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Key '{arn}' named by the ciphertext does not exist"
+            ))
+        })?;
+        check_usable(&entry, &arn)?;
+        if h.kdf != entry.record.kdf
+            || !entry
+                .record
+                .versions
+                .iter()
+                .any(|v| v.version == h.key_version)
+        {
+            return Err(KmsError::invalid_ciphertext());
+        }
+        let aad = h.aad(ctx);
+        if let Some(key) = self.epochs.cached(h.key_id, h.key_version, &h.nonce)? {
+            return Ok((
+                h.key_id,
+                self.token.gcm_open(&key, &h.iv, &aad, blob.sealed)?,
+            ));
+        }
+        let cmk = entry.cmks.get(&h.key_version).copied();
+        let key = self.derive(h.key_id, h.key_version, h.kdf, cmk, &h.nonce)?;
+        let plaintext = self.token.gcm_open(&key, &h.iv, &aad, blob.sealed)?;
+        // Only keys that opened a genuine blob are cached: forged nonces cannot fill the cache.
+        self.epochs
+            .remember((h.key_id, h.key_version, h.nonce), Arc::new(key))?;
+        Ok((h.key_id, plaintext))
+    }
+
+    /// Resolves a key for a cryptographic operation and checks its state.
+    fn crypto_key(&self, key_id: Option<String>) -> Result<KeyEntry> {
+        let (id, entry) = self.resolve(&required(key_id, "keyId")?, Forms::Any)?;
+        check_usable(&entry, &self.scope.key_arn(&id))?;
+        Ok(entry)
+    }
+
+    fn iv(&self) -> Result<[u8; GCM_IV_LEN]> {
+        let mut iv = [0u8; GCM_IV_LEN];
+        self.token.random_fill(&mut iv)?;
+        Ok(iv)
+    }
+
+    pub fn encrypt(&self, req: EncryptRequest) -> Result<EncryptResponse> {
+        let plaintext = required(req.plaintext, "plaintext")?;
+        if plaintext.0.is_empty() || plaintext.0.len() > MAX_PLAINTEXT {
+            return Err(KmsError::validation(
+                "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: Member must have length between 1 and 4096",
+            ));
+        }
+        check_grant_tokens(&req.grant_tokens)?;
+        check_algorithm(&req.encryption_algorithm, "EncryptionAlgorithm")?;
+        let ctx = context(req.encryption_context)?;
+        let entry = self.crypto_key(req.key_id)?;
+        dry_run(req.dry_run)?;
+        let blob = self.seal(&entry, &ctx, &plaintext.0, self.iv()?)?;
+        Ok(EncryptResponse {
+            ciphertext_blob: Bytes(blob),
+            key_id: self.scope.key_arn(&entry.record.id),
+            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+        })
+    }
+
+    pub fn decrypt(&self, req: DecryptRequest) -> Result<DecryptResponse> {
+        let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
+        check_grant_tokens(&req.grant_tokens)?;
+        check_algorithm(&req.encryption_algorithm, "EncryptionAlgorithm")?;
+        let ctx = context(req.encryption_context)?;
+        if req.dry_run == Some(true) {
+            // Validate everything a real call would, without using the plaintext.
+            self.open_blob(&blob.0, &ctx, req.key_id.as_deref())?;
+            return Err(dry_run(req.dry_run).unwrap_err_or_internal());
+        }
+        let (id, plaintext) = self.open_blob(&blob.0, &ctx, req.key_id.as_deref())?;
+        Ok(DecryptResponse {
+            key_id: self.scope.key_arn(&id),
+            plaintext: SecretBytes(plaintext),
+            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+        })
+    }
+
+    pub fn re_encrypt(&self, req: ReEncryptRequest) -> Result<ReEncryptResponse> {
+        let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
+        check_grant_tokens(&req.grant_tokens)?;
+        check_algorithm(
+            &req.source_encryption_algorithm,
+            "SourceEncryptionAlgorithm",
+        )?;
+        check_algorithm(
+            &req.destination_encryption_algorithm,
+            "DestinationEncryptionAlgorithm",
+        )?;
+        let src_ctx = context(req.source_encryption_context)?;
+        let dst_ctx = context(req.destination_encryption_context)?;
+        let dst = self.crypto_key(req.destination_key_id)?;
+        let (src, plaintext) = self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_deref())?;
+        dry_run(req.dry_run)?;
+        let out = self.seal(&dst, &dst_ctx, &plaintext, self.iv()?)?;
+        Ok(ReEncryptResponse {
+            ciphertext_blob: Bytes(out),
+            source_key_id: self.scope.key_arn(&src),
+            key_id: self.scope.key_arn(&dst.record.id),
+            source_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            destination_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+        })
+    }
+
+    /// The shared body of GenerateDataKey(WithoutPlaintext): key bytes and IV from the token
+    /// RNG in one call, sealed by the token under the epoch key.
+    fn data_key(
+        &self,
+        req: GenerateDataKeyRequest,
+    ) -> Result<(String, Vec<u8>, Zeroizing<Vec<u8>>)> {
+        let len = data_key_len(&req.key_spec, req.number_of_bytes)?;
+        check_grant_tokens(&req.grant_tokens)?;
+        let ctx = context(req.encryption_context)?;
+        let entry = self.crypto_key(req.key_id)?;
+        dry_run(req.dry_run)?;
+        let mut random = self.token.random(len + GCM_IV_LEN)?;
+        let mut iv = [0u8; GCM_IV_LEN];
+        iv.copy_from_slice(&random[len..]);
+        random.truncate(len);
+        let blob = self.seal(&entry, &ctx, &random, iv)?;
+        Ok((self.scope.key_arn(&entry.record.id), blob, random))
+    }
+
+    pub fn generate_data_key(
+        &self,
+        req: GenerateDataKeyRequest,
+    ) -> Result<GenerateDataKeyResponse> {
+        let (key_id, blob, plaintext) = self.data_key(req)?;
+        Ok(GenerateDataKeyResponse {
+            ciphertext_blob: Bytes(blob),
+            plaintext: SecretBytes(plaintext),
+            key_id,
+        })
+    }
+
+    pub fn generate_data_key_without_plaintext(
+        &self,
+        req: GenerateDataKeyRequest,
+    ) -> Result<GenerateDataKeyWithoutPlaintextResponse> {
+        // The plaintext is zeroized when `_plaintext` drops at the end of this call.
+        let (key_id, blob, _plaintext) = self.data_key(req)?;
+        Ok(GenerateDataKeyWithoutPlaintextResponse {
+            ciphertext_blob: Bytes(blob),
+            key_id,
+        })
+    }
+
+    pub fn generate_random(&self, req: GenerateRandomRequest) -> Result<GenerateRandomResponse> {
+        if req.custom_key_store_id.is_some() {
+            return Err(KmsError::UnsupportedOperation(
+                "Custom key stores are not supported by p11kms".into(),
+            ));
+        }
+        let n = match required(req.number_of_bytes, "numberOfBytes")? {
+            n @ 1..=MAX_RANDOM => n as usize,
+            n => {
+                return Err(KmsError::validation(format!(
+                    "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
+                )))
+            }
+        };
+        Ok(GenerateRandomResponse {
+            plaintext: SecretBytes(self.token.random(n)?),
+        })
+    }
+}
+
+/// CKA_ID of a backing key: key id bytes ‖ version (u32 BE).
+fn cmk_id(id: &KeyId, version: u32) -> Vec<u8> {
+    let mut v = id.as_bytes().to_vec();
+    v.extend_from_slice(&version.to_be_bytes());
+    v
+}
+
+trait ErrOrInternal {
+    fn unwrap_err_or_internal(self) -> KmsError;
+}
+
+impl ErrOrInternal for Result<()> {
+    fn unwrap_err_or_internal(self) -> KmsError {
+        match self {
+            Err(e) => e,
+            Ok(()) => KmsError::Internal("dry run produced no outcome".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_key_length_rules() {
+        assert_eq!(data_key_len(&Some("AES_256".into()), None).unwrap(), 32);
+        assert_eq!(data_key_len(&Some("AES_128".into()), None).unwrap(), 16);
+        assert_eq!(data_key_len(&None, Some(1)).unwrap(), 1);
+        assert_eq!(data_key_len(&None, Some(1024)).unwrap(), 1024);
+        for (spec, n) in [
+            (None, None),
+            (Some("AES_256".to_string()), Some(32)),
+            (Some("AES_512".to_string()), None),
+            (None, Some(0)),
+            (None, Some(1025)),
+            (None, Some(-1)),
+        ] {
+            assert_eq!(
+                data_key_len(&spec, n).unwrap_err().aws_name(),
+                "ValidationException"
+            );
+        }
+    }
+
+    #[test]
+    fn grant_token_rules() {
+        assert!(check_grant_tokens(&Some(vec!["g".into(); 10])).is_ok());
+        assert!(check_grant_tokens(&Some(vec!["g".into(); 11])).is_err());
+        assert!(check_grant_tokens(&Some(vec![String::new()])).is_err());
+    }
+
+    #[test]
+    fn algorithm_rules() {
+        assert!(check_algorithm(&None, "x").is_ok());
+        assert!(check_algorithm(&Some(SYMMETRIC_DEFAULT.into()), "x").is_ok());
+        assert_eq!(
+            check_algorithm(&Some("RSAES_OAEP_SHA_1".into()), "x")
+                .unwrap_err()
+                .aws_name(),
+            "InvalidKeyUsageException"
+        );
+        assert_eq!(
+            check_algorithm(&Some("ROT13".into()), "x")
+                .unwrap_err()
+                .aws_name(),
+            "ValidationException"
+        );
+    }
+
+    #[test]
+    fn create_key_rules() {
+        let ok = CreateKeyRequest::default();
+        assert!(check_create_key(&ok).is_ok());
+        let cases = [
+            (
+                CreateKeyRequest {
+                    key_usage: Some("SIGN_VERIFY".into()),
+                    ..Default::default()
+                },
+                "UnsupportedOperationException",
+            ),
+            (
+                CreateKeyRequest {
+                    key_usage: Some("NOPE".into()),
+                    ..Default::default()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateKeyRequest {
+                    description: Some("d".repeat(8193)),
+                    ..Default::default()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateKeyRequest {
+                    origin: Some("EXTERNAL".into()),
+                    ..Default::default()
+                },
+                "UnsupportedOperationException",
+            ),
+            (
+                CreateKeyRequest {
+                    tags: Some(vec![Tag::default()]),
+                    ..Default::default()
+                },
+                "TagException",
+            ),
+        ];
+        for (req, name) in cases {
+            assert_eq!(check_create_key(&req).unwrap_err().aws_name(), name);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Metadata records kept in the token as `CKO_DATA` objects, and the labels that name them.
+//!
+//! Every record object is written once and never changed. A change writes a new object with a
+//! higher sequence number; readers take the highest complete one; superseded ones are swept.
+//! Labels (all ASCII, `:`-separated, read without reading the value):
+//!
+//! ```text
+//! key record     p11kms:key:<key id>:<seq>:<writer>
+//! alias record   p11kms:alias:<alias name>:<seq>:<writer>
+//! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
+//! ```
+//! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
+//! between two processes writing the same sequence number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hsm::Kdf;
+use crate::kms::keyref::{AliasName, KeyId};
+
+/// `CKA_APPLICATION` of every p11kms data object.
+pub const APPLICATION: &str = "p11kms";
+pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
+
+/// The lifecycle state of a CMK, named as AWS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+        }
+    }
+}
+
+/// One backing key of a CMK. Version 1 is created with the key; rotation adds more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackingVersion {
+    pub version: u32,
+    pub created: i64,
+}
+
+/// Everything known about a CMK besides its key material.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    #[serde(with = "key_id_str")]
+    pub id: KeyId,
+    /// Unix seconds (milliseconds precision kept as f64 on the wire).
+    pub created_ms: i64,
+    pub description: String,
+    pub state: KeyState,
+    pub deletion_ms: Option<i64>,
+    pub pending_window_days: Option<u32>,
+    pub kdf: Kdf,
+    pub current_version: u32,
+    pub versions: Vec<BackingVersion>,
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+impl KeyRecord {
+    pub fn cmk_label(&self, version: u32) -> String {
+        cmk_label(&self.id, version)
+    }
+}
+
+pub fn cmk_label(id: &KeyId, version: u32) -> String {
+    format!("{CMK_LABEL_PREFIX}{id}:v{version}")
+}
+
+/// An alias and its target; `target: None` is a tombstone (the alias was deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub name: String,
+    #[serde(with = "opt_key_id_str")]
+    pub target: Option<KeyId>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// What a record object's label says, before its value is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Key(KeyId),
+    Alias(AliasName),
+}
+
+/// A parsed record label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLabel {
+    pub subject: Subject,
+    pub seq: u64,
+    pub writer: String,
+}
+
+impl RecordLabel {
+    pub fn format(&self) -> String {
+        match &self.subject {
+            Subject::Key(id) => format!("p11kms:key:{id}:{:010}:{}", self.seq, self.writer),
+            Subject::Alias(a) => format!("p11kms:alias:{a}:{:010}:{}", self.seq, self.writer),
+        }
+    }
+
+    /// Parses a label; anything not ours (or malformed) is `None` and left alone.
+    pub fn parse(label: &str) -> Option<RecordLabel> {
+        // Alias names contain ':' themselves: split the fixed fields off the right.
+        let mut right = label.rsplitn(3, ':');
+        let writer = right.next()?;
+        let seq = right.next()?.parse().ok()?;
+        let rest = right.next()?;
+        let subject = if let Some(id) = rest.strip_prefix("p11kms:key:") {
+            Subject::Key(id.parse().ok()?)
+        } else if let Some(name) = rest.strip_prefix("p11kms:alias:") {
+            Subject::Alias(AliasName::parse(name).ok()?)
+        } else {
+            return None;
+        };
+        if writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(RecordLabel {
+            subject,
+            seq,
+            writer: writer.to_string(),
+        })
+    }
+
+    /// Total order among versions of one subject: higher sequence wins, then the writer tag.
+    pub fn rank(&self) -> (u64, &str) {
+        (self.seq, &self.writer)
+    }
+}
+
+/// A record's value as stored: versioned JSON so the format can grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    KeyV1(KeyRecord),
+    AliasV1(AliasRecord),
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data with derived impls cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A value that does not parse is an incomplete or foreign object: ignored.
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+mod key_id_str {
+    use super::KeyId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom("bad key id"))
+    }
+}
+
+mod opt_key_id_str {
+    use super::KeyId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<KeyId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.collect_str(id),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeyId>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom("bad key id")),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip() {
+        let id = KeyId::new_random();
+        for subject in [
+            Subject::Key(id),
+            Subject::Alias(AliasName::parse("alias/a:b/c").unwrap()),
+        ] {
+            let l = RecordLabel {
+                subject,
+                seq: 42,
+                writer: "0a1b2c3d".into(),
+            };
+            assert_eq!(RecordLabel::parse(&l.format()), Some(l));
+        }
+        assert_eq!(RecordLabel::parse("p11kms:key:nope:1:aa"), None);
+        assert_eq!(RecordLabel::parse("other:thing"), None);
+        assert_eq!(RecordLabel::parse(&format!("p11kms:key:{id}:x:aa")), None);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record::KeyV1(KeyRecord {
+            id: KeyId::new_random(),
+            created_ms: 1,
+            description: "d".into(),
+            state: KeyState::Disabled,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf: Kdf::AesCbcEncryptData,
+            current_version: 1,
+            versions: vec![BackingVersion {
+                version: 1,
+                created: 1,
+            }],
+            tags: vec![],
+            policy: None,
+        });
+        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+        let enc = r.encode();
+        assert_eq!(Record::decode(&enc[..enc.len() - 1]), None);
+        let a = Record::AliasV1(AliasRecord {
+            name: "alias/x".into(),
+            target: None,
+            created_ms: 1,
+            updated_ms: 2,
+        });
+        assert_eq!(Record::decode(&a.encode()), Some(a));
+    }
+}

@@ -1,0 +1,371 @@
+//! Request and response shapes of the operations, named and typed as in the AWS KMS API
+//! Reference so that the wire layer (and `--json` in the CLI) can (de)serialize them directly.
+//!
+//! Fields a caller must send are still `Option` here: a missing one is the operation's
+//! `ValidationException`, not a parse failure. Binary fields are base64 in JSON, as in AWS.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+/// Bytes that travel as base64 in JSON (ciphertext blobs).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+/// Secret bytes (plaintexts, data keys): base64 in JSON, zeroized on drop, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({})", B64.encode(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl SecretBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn ser_b64<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&Zeroizing::new(B64.encode(bytes)))
+}
+
+fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
+    let text = Zeroizing::new(String::deserialize(d)?);
+    B64.decode(text.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| serde::de::Error::custom("invalid base64"))
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ser_b64(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_b64(d).map(|z| Bytes(z.to_vec()))
+    }
+}
+
+impl Serialize for SecretBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ser_b64(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_b64(d).map(SecretBytes)
+    }
+}
+
+pub type ContextMap = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub tag_key: String,
+    pub tag_value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateKeyRequest {
+    pub description: Option<String>,
+    pub key_usage: Option<String>,
+    pub key_spec: Option<String>,
+    pub customer_master_key_spec: Option<String>,
+    pub origin: Option<String>,
+    pub policy: Option<String>,
+    pub tags: Option<Vec<Tag>>,
+    pub multi_region: Option<bool>,
+    pub bypass_policy_lockout_safety_check: Option<bool>,
+    pub custom_key_store_id: Option<String>,
+    pub xks_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyMetadata {
+    #[serde(rename = "AWSAccountId")]
+    pub aws_account_id: String,
+    pub key_id: String,
+    pub arn: String,
+    pub creation_date: f64,
+    pub enabled: bool,
+    pub description: String,
+    pub key_usage: String,
+    pub key_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_deletion_window_in_days: Option<u32>,
+    pub origin: String,
+    pub key_manager: String,
+    pub customer_master_key_spec: String,
+    pub key_spec: String,
+    pub encryption_algorithms: Vec<String>,
+    pub multi_region: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyMetadataResponse {
+    pub key_metadata: KeyMetadata,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyIdRequest {
+    pub key_id: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListRequest {
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+    /// ListAliases only: restrict to one key.
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyListEntry {
+    pub key_id: String,
+    pub key_arn: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeysResponse {
+    pub keys: Vec<KeyListEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AliasListEntry {
+    pub alias_name: String,
+    pub alias_arn: String,
+    pub target_key_id: String,
+    pub creation_date: f64,
+    pub last_updated_date: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListAliasesResponse {
+    pub aliases: Vec<AliasListEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AliasRequest {
+    pub alias_name: Option<String>,
+    pub target_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduleKeyDeletionRequest {
+    pub key_id: Option<String>,
+    pub pending_window_in_days: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduleKeyDeletionResponse {
+    pub key_id: String,
+    pub deletion_date: f64,
+    pub key_state: String,
+    pub pending_window_in_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyIdResponse {
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EncryptRequest {
+    pub key_id: Option<String>,
+    pub plaintext: Option<SecretBytes>,
+    pub encryption_context: Option<ContextMap>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub encryption_algorithm: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EncryptResponse {
+    pub ciphertext_blob: Bytes,
+    pub key_id: String,
+    pub encryption_algorithm: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DecryptRequest {
+    pub ciphertext_blob: Option<Bytes>,
+    pub encryption_context: Option<ContextMap>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub key_id: Option<String>,
+    pub encryption_algorithm: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DecryptResponse {
+    pub key_id: String,
+    pub plaintext: SecretBytes,
+    pub encryption_algorithm: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReEncryptRequest {
+    pub ciphertext_blob: Option<Bytes>,
+    pub source_encryption_context: Option<ContextMap>,
+    pub source_key_id: Option<String>,
+    pub destination_key_id: Option<String>,
+    pub destination_encryption_context: Option<ContextMap>,
+    pub source_encryption_algorithm: Option<String>,
+    pub destination_encryption_algorithm: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReEncryptResponse {
+    pub ciphertext_blob: Bytes,
+    pub source_key_id: String,
+    pub key_id: String,
+    pub source_encryption_algorithm: String,
+    pub destination_encryption_algorithm: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateDataKeyRequest {
+    pub key_id: Option<String>,
+    pub encryption_context: Option<ContextMap>,
+    pub number_of_bytes: Option<i64>,
+    pub key_spec: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateDataKeyResponse {
+    pub ciphertext_blob: Bytes,
+    pub plaintext: SecretBytes,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateDataKeyWithoutPlaintextResponse {
+    pub ciphertext_blob: Bytes,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateRandomRequest {
+    pub number_of_bytes: Option<i64>,
+    pub custom_key_store_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateRandomResponse {
+    pub plaintext: SecretBytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_fields_round_trip() {
+        let r: DecryptRequest =
+            serde_json::from_str(r#"{"CiphertextBlob":"AQID","KeyId":"k"}"#).unwrap();
+        assert_eq!(r.ciphertext_blob.unwrap().0, vec![1, 2, 3]);
+        assert!(serde_json::from_str::<DecryptRequest>(r#"{"CiphertextBlob":"!!"}"#).is_err());
+        let out = serde_json::to_string(&GenerateRandomResponse {
+            plaintext: SecretBytes(Zeroizing::new(vec![1, 2, 3])),
+        })
+        .unwrap();
+        assert_eq!(out, r#"{"Plaintext":"AQID"}"#);
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let s = SecretBytes(Zeroizing::new(vec![42; 32]));
+        assert!(!format!("{s:?}").contains("42"));
+    }
+
+    #[test]
+    fn metadata_names_match_aws() {
+        let m = KeyMetadata {
+            aws_account_id: "111122223333".into(),
+            key_id: "k".into(),
+            arn: "a".into(),
+            creation_date: 1.5,
+            enabled: true,
+            description: String::new(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            key_state: "Enabled".into(),
+            deletion_date: None,
+            pending_deletion_window_in_days: None,
+            origin: "AWS_KMS".into(),
+            key_manager: "CUSTOMER".into(),
+            customer_master_key_spec: "SYMMETRIC_DEFAULT".into(),
+            key_spec: "SYMMETRIC_DEFAULT".into(),
+            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+            multi_region: false,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        for k in [
+            "AWSAccountId",
+            "KeyId",
+            "Arn",
+            "CreationDate",
+            "KeyState",
+            "KeySpec",
+            "CustomerMasterKeySpec",
+            "EncryptionAlgorithms",
+            "MultiRegion",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v.get("DeletionDate").is_none());
+    }
+}
