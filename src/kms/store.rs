@@ -308,7 +308,9 @@ impl Store {
             )
         };
         for name in aliases {
-            if let Some(a) = self.read()?.aliases.get(&name).cloned() {
+            // Bind first: an `if let` scrutinee would hold the read guard across the write.
+            let current = self.read()?.aliases.get(&name).cloned();
+            if let Some(a) = current {
                 self.put_alias(&name, AliasRecord { target: None, ..a })?;
             }
         }
