@@ -294,11 +294,7 @@ fn decrypt_with_key_id_checks_the_key() {
         "InvalidCiphertextException"
     );
     assert_eq!(
-        name(
-            kms()
-                .decrypt(DecryptRequest::default())
-                .unwrap_err()
-        ),
+        name(kms().decrypt(DecryptRequest::default()).unwrap_err()),
         "ValidationException"
     );
 }
@@ -316,7 +312,12 @@ fn key_forms_and_describe() {
         })
         .unwrap();
     let alias_arn = scope.alias_arn(&AliasName::parse(&alias).unwrap());
-    for form in [key.clone(), scope.key_arn(&id), alias.clone(), alias_arn.clone()] {
+    for form in [
+        key.clone(),
+        scope.key_arn(&id),
+        alias.clone(),
+        alias_arn.clone(),
+    ] {
         let m = describe(&form).unwrap();
         assert_eq!(m.key_id, key);
         assert_eq!(m.arn, scope.key_arn(&id));
@@ -391,7 +392,10 @@ fn cmk_is_sensitive_derive_only_and_never_extractable() {
     let id: KeyId = key.parse().unwrap();
     let token = kms().token();
     let label = p11kms::kms::records::cmk_label(&id, 1);
-    let h = token.find_cmk(&label).unwrap().expect("CMK object in the token");
+    let h = token
+        .find_cmk(&label)
+        .unwrap()
+        .expect("CMK object in the token");
     let c = token.cmk_custody(h).unwrap();
     assert!(c.sensitive && !c.extractable && c.always_sensitive && c.never_extractable);
     assert!(!c.value_readable, "CKA_VALUE of a CMK must not be readable");
@@ -644,7 +648,10 @@ fn list_keys_pages() {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "no key listed twice");
     assert!(all.len() >= 5);
-    for (limit, err) in [(Some(0), "ValidationException"), (Some(1001), "ValidationException")] {
+    for (limit, err) in [
+        (Some(0), "ValidationException"),
+        (Some(1001), "ValidationException"),
+    ] {
         assert_eq!(
             name(
                 kms()

@@ -255,6 +255,17 @@ impl Kms {
         }
     }
 
+    /// The key a `KeyId` parameter (any of the four forms) names now, without doing anything
+    /// with it: callers authorize on the result before the operation.
+    pub fn resolve_key_id(&self, key_id: &str) -> Result<KeyId> {
+        self.resolve(key_id, Forms::Any).map(|(id, _)| id)
+    }
+
+    /// The key a ciphertext blob names, from its header alone (nothing is decrypted).
+    pub fn blob_key_id(blob: &[u8]) -> Result<KeyId> {
+        Ok(blob::parse(blob)?.header.key_id)
+    }
+
     fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
         KeyMetadata {
             aws_account_id: self.scope.account.clone(),
@@ -675,9 +686,29 @@ impl Kms {
         };
         match self.store.relocate_cmk(&id, version)? {
             Some(h) if Some(h) != cmk => self.token.derive_key(h, kdf, nonce),
+            Some(h) if self.heal_token_state(&id, h)? => self.token.derive_key(h, kdf, nonce),
             Some(_) => Err(first),
             None => Err(unavailable()),
         }
+    }
+
+    /// The token refuses to derive from a CMK whose record says Enabled: another process may
+    /// have reconciled from a record that was just superseded. Re-read the records (the source
+    /// of truth) and, if the key is still Enabled, make the token agree. Rare, so the full
+    /// refresh on this error path is acceptable.
+    fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle) -> Result<bool> {
+        self.refresh()?;
+        let enabled = self
+            .store
+            .read()?
+            .keys
+            .get(id)
+            .is_some_and(|e| e.record.state == KeyState::Enabled);
+        if enabled && !self.token.cmk_usable(cmk)? {
+            self.token.set_cmk_usable(cmk, true)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Seals `plaintext` under the key's current backing version. Returns the blob.

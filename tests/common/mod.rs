@@ -62,3 +62,25 @@ pub fn p11kms_cmd() -> std::process::Command {
         .env_remove("SOFTHSM2_CONF");
     cmd
 }
+
+/// A service opened afresh over the fixture's token (its own `Token`): what a restarted or
+/// second process sees.
+pub fn fresh_kms() -> Kms {
+    let f = fixture();
+    let pin = f.config.token.pin.read().expect("pin");
+    let token = p11kms::hsm::Token::open(p11kms::hsm::TokenParams {
+        module: &f.config.token.module,
+        selector: &f.config.token.selector,
+        pin: &pin,
+        sessions: 2,
+    })
+    .expect("open token");
+    Kms::new(Arc::new(token), kms().scope().clone(), Default::default()).expect("open kms")
+}
+
+pub fn key_req(k: &str) -> p11kms::kms::types::KeyIdRequest {
+    p11kms::kms::types::KeyIdRequest {
+        key_id: Some(k.into()),
+        ..Default::default()
+    }
+}

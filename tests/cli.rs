@@ -1,0 +1,616 @@
+//! The `p11kms` binary, run for real against the fixture's SoftHSM token.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use p11kms::kms::types::KeyIdRequest;
+use serde_json::Value;
+
+/// Runs `p11kms args`, feeding `stdin`.
+fn run_with(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = common::p11kms_cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn p11kms");
+    let mut input = child.stdin.take().expect("stdin");
+    // A command that does not read stdin may exit first: a broken pipe here is fine.
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().expect("wait for p11kms")
+}
+
+fn run(args: &[&str]) -> Output {
+    run_with(args, b"")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout as bytes.
+fn ok_bytes_with(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let o = run_with(args, stdin);
+    assert!(o.status.success(), "p11kms {args:?} failed: {}", stderr(&o));
+    o.stdout
+}
+
+fn ok(args: &[&str]) -> String {
+    String::from_utf8(ok_bytes_with(args, b"")).expect("utf-8 stdout")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    serde_json::from_str(&ok(&full)).expect("JSON on stdout")
+}
+
+/// Asserts exit 1 with `error: <exception>: ...` on stderr and nothing on stdout.
+fn fails_with(args: &[&str], stdin: &[u8], exception: &str) -> String {
+    let o = run_with(args, stdin);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "p11kms {args:?}: {err}");
+    assert!(
+        err.starts_with(&format!("error: {exception}: ")),
+        "p11kms {args:?}: {err}"
+    );
+    assert!(o.stdout.is_empty(), "p11kms {args:?} printed to stdout");
+    err
+}
+
+fn new_key() -> String {
+    ok_json(&["key", "create"])["KeyMetadata"]["KeyId"]
+        .as_str()
+        .expect("KeyId")
+        .to_owned()
+}
+
+fn state(key: &str) -> String {
+    ok_json(&["key", "describe", key])["KeyMetadata"]["KeyState"]
+        .as_str()
+        .expect("KeyState")
+        .to_owned()
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    B64.decode(v.as_str().expect("base64 string"))
+        .expect("valid base64")
+}
+
+#[test]
+fn token_init_is_idempotent_and_only_for_the_embedded_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let init = || {
+        common::p11kms_cmd()
+            .env("P11KMS_STATE_DIR", &state_dir)
+            .args(["token", "init"])
+            .output()
+            .unwrap()
+    };
+    let first = init();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("Initialised token"),
+        "{}",
+        stdout(&first)
+    );
+    let second = init();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("already exists"),
+        "{}",
+        stdout(&second)
+    );
+    let json = common::p11kms_cmd()
+        .env("P11KMS_STATE_DIR", &state_dir)
+        .args(["--json", "token", "init"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["token_created"], false);
+    assert_eq!(v["files_created"], false);
+
+    // A file configuration names a token of its own: init refuses before touching anything.
+    let conf = dir.path().join("p11kms.toml");
+    std::fs::write(&conf, "[token]\nlabel = \"other\"\npin_env = \"NOPE\"\n").unwrap();
+    let err = fails_with(
+        &["--config", conf.to_str().unwrap(), "token", "init"],
+        b"",
+        "KMSInternalException",
+    );
+    assert!(err.contains("vendor"), "{err}");
+    assert!(!err.contains("PIN"), "{err}");
+}
+
+#[test]
+fn file_config_via_flag_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = common::state_dir();
+    let conf = dir.path().join("p11kms.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[token]\nlabel = \"p11kms\"\npin_file = \"{}\"\nsofthsm2_conf = \"{}\"\n",
+            state_dir.join("user.pin").display(),
+            state_dir.join("softhsm2.conf").display()
+        ),
+    )
+    .unwrap();
+    let key = new_key();
+    let listed = ok(&["--config", conf.to_str().unwrap(), "key", "list"]);
+    assert!(listed.contains(&key));
+    let o = common::p11kms_cmd()
+        .env("P11KMS_CONFIG", &conf)
+        .args(["token", "info"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&conf.display().to_string()));
+}
+
+#[test]
+fn token_info_and_sweep() {
+    let text = ok(&["token", "info"]);
+    for want in [
+        "libsofthsm2.so",
+        "CKM_AES_CBC_ENCRYPT_DATA",
+        "KDF:",
+        "C_Encrypt(CKM_AES_GCM)",
+        "SoftHSM",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let v = ok_json(&["token", "info"]);
+    assert!(v["token"]["module"]
+        .as_str()
+        .unwrap()
+        .ends_with("libsofthsm2.so"));
+    assert_eq!(v["kdf"], "CKM_AES_CBC_ENCRYPT_DATA");
+    assert_eq!(v["config_source"], "embedded");
+    assert!(v["keys"].as_u64().is_some());
+    assert!(v["in_token_sealing_possible"].is_boolean());
+
+    let v = ok_json(&["token", "sweep"]);
+    assert!(v["destroyed_keys"].as_array().is_some());
+    assert!(ok(&["token", "sweep"]).contains("Destroyed"));
+}
+
+#[test]
+fn key_lifecycle() {
+    let v = ok_json(&[
+        "key",
+        "create",
+        "--description",
+        "cli test",
+        "--tag",
+        "team=x",
+    ]);
+    let m = &v["KeyMetadata"];
+    let key = m["KeyId"].as_str().unwrap().to_owned();
+    assert_eq!(m["Description"], "cli test");
+    assert_eq!(m["KeyState"], "Enabled");
+    assert!(m["Arn"].as_str().unwrap().ends_with(&key));
+    let arn = m["Arn"].as_str().unwrap().to_owned();
+
+    let text = ok(&["key", "describe", &arn]);
+    assert!(text.contains(&key) && text.contains("Enabled"), "{text}");
+
+    // All pages by default; --limit gives one page with a marker.
+    new_key();
+    let all = ok_json(&["key", "list"]);
+    let ids: Vec<&str> = all["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["KeyId"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&key.as_str()));
+    assert_eq!(all["Truncated"], false);
+    let page = ok_json(&["key", "list", "--limit", "1"]);
+    assert_eq!(page["Keys"].as_array().unwrap().len(), 1);
+    assert_eq!(page["Truncated"], true);
+    let marker = page["NextMarker"].as_str().unwrap();
+    let next = ok_json(&["key", "list", "--limit", "1", "--marker", marker]);
+    assert_ne!(next["Keys"][0]["KeyId"], page["Keys"][0]["KeyId"]);
+    assert!(ok(&["key", "list"]).contains(&key));
+
+    ok(&["key", "disable", &key]);
+    assert_eq!(state(&key), "Disabled");
+    assert_eq!(ok_json(&["key", "enable", &key]), serde_json::json!({}));
+    assert_eq!(state(&key), "Enabled");
+    let s = ok_json(&["key", "schedule-deletion", &key, "--days", "7"]);
+    assert_eq!(s["KeyState"], "PendingDeletion");
+    assert_eq!(s["PendingWindowInDays"], 7);
+    assert_eq!(s["KeyId"], arn);
+    assert_eq!(state(&key), "PendingDeletion");
+    fails_with(&["key", "enable", &key], b"", "KMSInvalidStateException");
+    let c = ok_json(&["key", "cancel-deletion", &key]);
+    assert_eq!(c["KeyId"], arn);
+    assert_eq!(state(&key), "Disabled");
+}
+
+#[test]
+fn aliases() {
+    let (k1, k2) = (new_key(), new_key());
+    let name = format!("alias/cli-{}", &k1[..8]);
+    assert_eq!(
+        ok_json(&["alias", "create", &name, &k1]),
+        serde_json::json!({})
+    );
+    fails_with(
+        &["alias", "create", &name, &k2],
+        b"",
+        "AlreadyExistsException",
+    );
+    let listed = ok_json(&["alias", "list", "--key", &k1]);
+    assert_eq!(listed["Aliases"][0]["AliasName"], name.as_str());
+    assert_eq!(listed["Aliases"][0]["TargetKeyId"], k1.as_str());
+    // The alias works as a KeyId.
+    assert_eq!(
+        ok_json(&["key", "describe", &name])["KeyMetadata"]["KeyId"],
+        k1.as_str()
+    );
+    ok(&["alias", "update", &name, &k2]);
+    let text = ok(&["alias", "list"]);
+    assert!(text.contains(&format!("{name}\t{k2}")), "{text}");
+    assert!(ok_json(&["alias", "list", "--key", &k1])["Aliases"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    ok(&["alias", "delete", &name]);
+    assert!(!ok(&["alias", "list"]).contains(&name));
+    fails_with(&["alias", "delete", &name], b"", "NotFoundException");
+}
+
+#[test]
+fn data_keys_decrypt_only_with_their_context() {
+    let key = new_key();
+    let v = ok_json(&["datakey", "generate", "--key", &key, "--context", "app=cli"]);
+    let plaintext = b64(&v["Plaintext"]);
+    assert_eq!(plaintext.len(), 32);
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    let blob = v["CiphertextBlob"].as_str().unwrap().to_owned();
+
+    // Whitespace in the base64 (line wrapping) is tolerated.
+    let wrapped: String = blob
+        .as_bytes()
+        .chunks(20)
+        .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+        .collect();
+    let out = ok_bytes_with(&["decrypt", "--context", "app=cli"], wrapped.as_bytes());
+    assert_eq!(out, plaintext);
+    fails_with(
+        &["decrypt", "--context", "app=other"],
+        blob.as_bytes(),
+        "InvalidCiphertextException",
+    );
+    fails_with(&["decrypt"], blob.as_bytes(), "InvalidCiphertextException");
+
+    // Text output and --bytes.
+    let text = ok(&["datakey", "generate", "--key", &key, "--bytes", "16"]);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} missing from {text}"))
+            .to_owned()
+    };
+    assert!(field("KeyId").ends_with(&key));
+    let pt = B64.decode(field("Plaintext")).unwrap();
+    assert_eq!(pt.len(), 16);
+    let out = ok_bytes_with(&["decrypt"], field("CiphertextBlob").as_bytes());
+    assert_eq!(out, pt);
+
+    let text = ok(&[
+        "datakey",
+        "generate",
+        "--key",
+        &key,
+        "--without-plaintext",
+        "--spec",
+        "AES_128",
+        "--context",
+        "a=b",
+    ]);
+    assert!(!text.contains("Plaintext"), "{text}");
+    let blob = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CiphertextBlob: "))
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let blob_file = dir.path().join("blob.b64");
+    std::fs::write(&blob_file, &blob).unwrap();
+    let out_file = dir.path().join("dk.bin");
+    let v = ok_json(&[
+        "decrypt",
+        "--blob-file",
+        blob_file.to_str().unwrap(),
+        "--context",
+        "a=b",
+        "--key",
+        &key,
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(v.get("Plaintext").is_none());
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    assert_eq!(std::fs::read(&out_file).unwrap().len(), 16);
+    let other = new_key();
+    fails_with(
+        &[
+            "decrypt",
+            "--blob-file",
+            blob_file.to_str().unwrap(),
+            "--context",
+            "a=b",
+            "--key",
+            &other,
+        ],
+        b"",
+        "IncorrectKeyException",
+    );
+}
+
+#[test]
+fn encrypt_decrypt_and_reencrypt() {
+    let (k1, k2) = (new_key(), new_key());
+    let message = b"attack at dawn\n\x00\xff binary too";
+    let blob = ok_bytes_with(&["encrypt", "--key", &k1, "--context", "x=1"], message);
+    let out = ok_bytes_with(&["decrypt", "--context", "x=1"], &blob);
+    assert_eq!(out, message);
+
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &["--json", "encrypt", "--key", &k1],
+        message,
+    ))
+    .unwrap();
+    assert_eq!(v["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    let d: Value = serde_json::from_slice(&ok_bytes_with(
+        &["--json", "decrypt"],
+        v["CiphertextBlob"].as_str().unwrap().as_bytes(),
+    ))
+    .unwrap();
+    assert_eq!(b64(&d["Plaintext"]), message);
+
+    let new_blob = ok_bytes_with(
+        &[
+            "reencrypt",
+            "--key",
+            &k2,
+            "--source-key",
+            &k1,
+            "--context",
+            "x=1",
+            "--dest-context",
+            "y=2",
+        ],
+        &blob,
+    );
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &["--json", "decrypt", "--context", "y=2"],
+        &new_blob,
+    ))
+    .unwrap();
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&k2));
+    assert_eq!(b64(&v["Plaintext"]), message);
+    fails_with(
+        &["decrypt", "--context", "x=1"],
+        &new_blob,
+        "InvalidCiphertextException",
+    );
+
+    // Encrypt takes at most 4096 bytes, from a file as well as stdin.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![7u8; 4097]).unwrap();
+    fails_with(
+        &["encrypt", "--key", &k1, "--in", big.to_str().unwrap()],
+        b"",
+        "ValidationException",
+    );
+    std::fs::write(&big, vec![7u8; 4096]).unwrap();
+    let blob = ok_bytes_with(
+        &["encrypt", "--key", &k1, "--in", big.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(ok_bytes_with(&["decrypt"], &blob), vec![7u8; 4096]);
+}
+
+#[test]
+fn random_bytes() {
+    let text = ok(&["random", "--bytes", "32"]);
+    assert_eq!(B64.decode(text.trim()).unwrap().len(), 32);
+    let v = ok_json(&["random", "--bytes", "7"]);
+    assert_eq!(b64(&v["Plaintext"]).len(), 7);
+}
+
+#[test]
+fn bad_input_is_reported_with_the_aws_exception() {
+    fails_with(&["random", "--bytes", "0"], b"", "ValidationException");
+    fails_with(
+        &["key", "describe", "00000000-0000-4000-8000-000000000000"],
+        b"",
+        "NotFoundException",
+    );
+    fails_with(
+        &["key", "describe", "alias/no-such"],
+        b"",
+        "NotFoundException",
+    );
+    let key = new_key();
+    fails_with(
+        &["alias", "create", "alias/aws/x", &key],
+        b"",
+        "InvalidAliasNameException",
+    );
+    fails_with(&["decrypt"], b"not base64!", "ValidationException");
+    fails_with(
+        &["encrypt", "--key", &key, "--context", "novalue"],
+        b"x",
+        "ValidationException",
+    );
+    fails_with(
+        &["datakey", "generate", "--key", &key, "--spec", "AES_512"],
+        b"",
+        "ValidationException",
+    );
+    // Usage errors are clap's: exit 2.
+    let o = run(&["key", "describe"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&[
+        "datakey", "generate", "--key", &key, "--spec", "AES_256", "--bytes", "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn json_errors() {
+    let o = run(&["--json", "random", "--bytes", "2000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let v: Value = serde_json::from_slice(&o.stderr).expect("JSON error on stderr");
+    assert_eq!(v["__type"], "ValidationException");
+    assert!(v["message"].as_str().unwrap().contains("1024"));
+    // --json is global: it may come after the subcommand too.
+    let o = run(&["key", "describe", "alias/missing", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stderr).expect("JSON error on stderr");
+    assert_eq!(v["__type"], "NotFoundException");
+}
+
+fn envelope_round_trip(key: &str, dir: &Path, extra: &[&str]) {
+    let input = dir.join(format!("in{}", extra.len()));
+    let sealed = dir.join(format!("sealed{}", extra.len()));
+    let output = dir.join(format!("out{}", extra.len()));
+    // Not a multiple of the chunk size, and not compressible into something trivial.
+    let data: Vec<u8> = (0..5 * 1024 * 1024 + 123)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&input, &data).unwrap();
+    let (i, s, o) = (
+        input.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+        output.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "--json",
+        "envelope",
+        "encrypt",
+        "--key",
+        key,
+        "--in",
+        i,
+        "--out",
+        s,
+        "--context",
+        "file=test",
+    ];
+    args.extend_from_slice(extra);
+    let v: Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(v["bytes"], data.len() as u64);
+    assert!(v["key_id"].as_str().unwrap().ends_with(key));
+    let text = ok(&[
+        "envelope",
+        "decrypt",
+        "--in",
+        s,
+        "--out",
+        o,
+        "--context",
+        "file=test",
+    ]);
+    assert!(text.contains(&data.len().to_string()), "{text}");
+    assert!(std::fs::read(&output).unwrap() == data);
+    std::fs::remove_file(&output).unwrap();
+
+    // A stored context that does not match --context is refused, and nothing is written.
+    fails_with(
+        &[
+            "envelope",
+            "decrypt",
+            "--in",
+            s,
+            "--out",
+            o,
+            "--context",
+            "file=other",
+        ],
+        b"",
+        "InvalidCiphertextException",
+    );
+    assert!(!output.exists());
+}
+
+#[test]
+fn envelope_files() {
+    let key = new_key();
+    let dir = tempfile::tempdir().unwrap();
+    envelope_round_trip(&key, dir.path(), &[]);
+    envelope_round_trip(&key, dir.path(), &["--without-plaintext"]);
+
+    // One flipped byte in the body: refused, and no output file (not even a temporary one).
+    let sealed = dir.path().join("sealed0");
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let mid = bytes.len() - 1000;
+    bytes[mid] ^= 0x01;
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = dir.path().join("bad.out");
+    fails_with(
+        &[
+            "envelope",
+            "decrypt",
+            "--in",
+            bad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+        "InvalidCiphertextException",
+    );
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn keys_are_shared_between_processes_and_the_library() {
+    // Created by one process...
+    let key = new_key();
+    // ...seen by another...
+    let v = ok_json(&["key", "describe", &key]);
+    assert_eq!(v["KeyMetadata"]["KeyState"], "Enabled");
+    // ...and by the long-lived in-process library once it refreshes.
+    let kms = common::kms();
+    kms.refresh().unwrap();
+    let m = kms
+        .describe_key(KeyIdRequest {
+            key_id: Some(key.clone()),
+            grant_tokens: None,
+        })
+        .unwrap()
+        .key_metadata;
+    assert_eq!(m.key_id, key);
+    // And the other way round: a library key used by a process.
+    let lib_key = common::new_key();
+    let blob = ok_bytes_with(&["encrypt", "--key", &lib_key], b"from the library's key");
+    assert_eq!(
+        ok_bytes_with(&["decrypt"], &blob),
+        b"from the library's key"
+    );
+}

@@ -1,0 +1,125 @@
+//! Several processes over one token: changes made by one are seen by the others.
+
+mod common;
+
+use p11kms::kms::types::*;
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = common::p11kms_cmd()
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run p11kms");
+    assert!(
+        out.status.success(),
+        "p11kms {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = common::p11kms_cmd()
+        .args(args)
+        .output()
+        .expect("run p11kms");
+    assert!(!out.status.success(), "p11kms {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn other_processes_see_keys_aliases_and_states() {
+    let kms = common::kms();
+    // Made here, seen by another process.
+    let key = common::new_key();
+    let alias = format!("alias/mp-{}", &key[..8]);
+    kms.create_alias(AliasRequest {
+        alias_name: Some(alias.clone()),
+        target_key_id: Some(key.clone()),
+    })
+    .unwrap();
+    let d = run(&["key", "describe", &alias]);
+    assert_eq!(d["KeyMetadata"]["KeyId"], key.as_str());
+    assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
+
+    // Changed by another process, seen here after a refresh.
+    run(&["key", "disable", &key]);
+    kms.refresh().unwrap();
+    let e = kms
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: Some(alias.clone()),
+            key_spec: Some("AES_256".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(e.aws_name(), "DisabledException");
+    run(&["key", "enable", &key]);
+
+    let created = run(&["key", "create", "--description", "from the CLI"]);
+    let other = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(&["alias", "update", &alias, &other]);
+    kms.refresh().unwrap();
+    let m = kms
+        .describe_key(common::key_req(&alias))
+        .unwrap()
+        .key_metadata;
+    assert_eq!(m.key_id, other);
+    assert_eq!(m.description, "from the CLI");
+
+    // A blob made here opens in another process, and the other way round.
+    let blob = kms
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: Some(key.clone()),
+            key_spec: Some("AES_256".into()),
+            encryption_context: Some([("a".to_string(), "b".to_string())].into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blob_file = dir.path().join("blob.b64");
+    std::fs::write(&blob_file, base64_encode(&blob.ciphertext_blob.0)).unwrap();
+    let out = run(&[
+        "decrypt",
+        "--blob-file",
+        blob_file.to_str().unwrap(),
+        "--context",
+        "a=b",
+    ]);
+    assert_eq!(out["Plaintext"], base64_encode(blob.plaintext.as_slice()));
+    let err = run_err(&["decrypt", "--blob-file", blob_file.to_str().unwrap()]);
+    assert!(err.contains("InvalidCiphertextException"), "{err}");
+
+    // Deletion scheduled elsewhere is seen here.
+    run(&["key", "schedule-deletion", &other, "--days", "7"]);
+    kms.refresh().unwrap();
+    assert_eq!(
+        kms.describe_key(common::key_req(&other))
+            .unwrap()
+            .key_metadata
+            .key_state,
+        "PendingDeletion"
+    );
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The CLI and the library agree on a second, independent open of the token.
+#[test]
+fn a_second_open_in_process_agrees() {
+    let key = common::new_key();
+    let fresh = common::fresh_kms();
+    assert_eq!(
+        fresh
+            .describe_key(common::key_req(&key))
+            .unwrap()
+            .key_metadata
+            .key_id,
+        key
+    );
+}
