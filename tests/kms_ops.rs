@@ -792,3 +792,19 @@ fn incomplete_or_newer_garbage_records_are_ignored() {
     assert_eq!(describe(&key).unwrap().key_state, "Enabled");
     gdk(&key, None);
 }
+
+#[test]
+fn token_state_is_healed_from_the_records() {
+    // A crash (or a race with another process's reconcile) can leave an Enabled key's CMK
+    // non-derivable in the token. The records win: the next use repairs the token.
+    let key = common::new_key();
+    let id: KeyId = key.parse().unwrap();
+    let token = kms().token();
+    let h = token
+        .find_cmk(&p11kms::kms::records::cmk_label(&id, 1))
+        .unwrap()
+        .unwrap();
+    token.set_cmk_usable(h, false).unwrap();
+    gdk(&key, None);
+    assert!(token.cmk_custody(h).unwrap().derive);
+}
