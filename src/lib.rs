@@ -11,6 +11,7 @@
 //! - [`error`]: the one error enum, carrying AWS exception names.
 //! - [`setup`]: first-run set-up of the embedded default token.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod envelope;

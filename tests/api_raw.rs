@@ -229,6 +229,7 @@ fn health_endpoints() {
     r.request_id();
     let r = raw(addr, &request_bytes(addr, "POST", "/healthz", &[], b""));
     r.assert_error(405, "UnknownOperationException");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
 #[test]

@@ -62,6 +62,16 @@ impl HsmError {
         )
     }
 
+    /// The token refused a template attribute (e.g. `CKA_ALLOWED_MECHANISMS` unsupported).
+    pub fn is_template_refused(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::AttributeTypeInvalid)
+                | Some(RvError::AttributeValueInvalid)
+                | Some(RvError::TemplateInconsistent)
+        )
+    }
+
     /// A GCM open failed: wrong tag, wrong AAD, truncated input. SoftHSM reports this as
     /// `CKR_GENERAL_ERROR`, Kryoptic as `CKR_ENCRYPTED_DATA_INVALID` / `_LEN_RANGE`.
     pub fn is_auth_failure(&self) -> bool {
@@ -74,6 +84,14 @@ impl HsmError {
         )
     }
 
+    /// What SoftHSM answers when it read its token file while another process rewrote it.
+    pub fn is_torn_read(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::GeneralError) | Some(RvError::UserPinNotInitialized)
+        )
+    }
+
     pub fn is_already_initialized(&self) -> bool {
         matches!(self.rv, Some(RvError::CryptokiAlreadyInitialized))
     }
@@ -82,12 +100,14 @@ impl HsmError {
         matches!(self.rv, Some(RvError::UserAlreadyLoggedIn))
     }
 
-    /// Transient contention on the token's storage (Kryoptic's sqlite under concurrent
-    /// writers): worth one more try.
+    /// Transient contention on the token's storage, worth another try: Kryoptic's sqlite
+    /// under concurrent writers (`CKR_DEVICE_MEMORY`), and SoftHSM reading its token file
+    /// while another process or thread rewrites it (`CKR_GENERAL_ERROR`). Never used for GCM
+    /// opens, where SoftHSM's `CKR_GENERAL_ERROR` means a failed tag.
     pub fn is_transient(&self) -> bool {
         matches!(
             self.rv,
-            Some(RvError::DeviceMemory) | Some(RvError::SessionCount)
+            Some(RvError::DeviceMemory) | Some(RvError::SessionCount) | Some(RvError::GeneralError)
         )
     }
 

@@ -74,52 +74,45 @@ fn cmk_template(label: &str, id: &[u8], kdf: Kdf, allowed: bool) -> Vec<Attribut
 impl Token {
     /// Generates a new AES-256 CMK in the token: derive-only, sensitive, never extractable.
     pub fn generate_cmk(&self, label: &str, id: &[u8], kdf: Kdf) -> Result<CmkHandle> {
-        let s = self.inner.pool.get()?;
         let mech = Mechanism::AesKeyGen;
-        match s.generate_key(&mech, &cmk_template(label, id, kdf, true)) {
+        match self.call(|s| s.generate_key(&mech, &cmk_template(label, id, kdf, true)))? {
             Ok(h) => Ok(CmkHandle(h)),
             // Tokens without CKA_ALLOWED_MECHANISMS still get a derive-only key.
-            Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::AttributeTypeInvalid
-                | cryptoki::error::RvError::AttributeValueInvalid
-                | cryptoki::error::RvError::TemplateInconsistent,
-                _,
-            )) => s
-                .generate_key(&mech, &cmk_template(label, id, kdf, false))
-                .map(CmkHandle)
-                .map_err(|e| HsmError::from(e).into()),
-            Err(e) => Err(HsmError::from(e).into()),
+            Err(e) if e.is_template_refused() => {
+                Ok(CmkHandle(self.call(|s| {
+                    s.generate_key(&mech, &cmk_template(label, id, kdf, false))
+                })??))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Finds a CMK by its label (start-up and stale-handle recovery only, never per request).
     pub fn find_cmk(&self, label: &str) -> Result<Option<CmkHandle>> {
-        let s = self.inner.pool.get()?;
-        let found = s
-            .find_objects(&[
+        let found = self.call(|s| {
+            s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Token(true),
                 Attribute::Label(label.as_bytes().to_vec()),
             ])
-            .map_err(HsmError::from)?;
+        })??;
         Ok(found.first().copied().map(CmkHandle))
     }
 
     /// Labels and handles of every token secret key whose label starts with `prefix`.
     pub fn list_cmks(&self, prefix: &str) -> Result<Vec<(String, CmkHandle)>> {
-        let s = self.inner.pool.get()?;
-        let handles = s
-            .find_objects(&[
+        let handles = self.call(|s| {
+            s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Token(true),
             ])
-            .map_err(HsmError::from)?;
+        })??;
         let mut out = Vec::new();
         for h in handles {
-            let attrs = match s.get_attributes(h, &[AttributeType::Label]) {
+            let attrs = match self.call(|s| s.get_attributes(h, &[AttributeType::Label]))? {
                 Ok(a) => a,
-                Err(e) if HsmError::from(&e).is_stale_handle() => continue,
-                Err(e) => return Err(HsmError::from(e).into()),
+                Err(e) if e.is_stale_handle() => continue,
+                Err(e) => return Err(e.into()),
             };
             for a in attrs {
                 if let Attribute::Label(l) = a {
@@ -137,27 +130,21 @@ impl Token {
     /// Turns derivation from a CMK on or off at the token level, so a disabled key is
     /// unusable even to a process that still believes it is enabled.
     pub fn set_cmk_usable(&self, cmk: CmkHandle, usable: bool) -> Result<()> {
-        let s = self.inner.pool.get()?;
-        s.update_attributes(cmk.0, &[Attribute::Derive(usable)])
-            .map_err(|e| HsmError::from(e).into())
+        Ok(self.call(|s| s.update_attributes(cmk.0, &[Attribute::Derive(usable)]))??)
     }
 
     /// Whether the CMK currently allows derivation.
     pub fn cmk_usable(&self, cmk: CmkHandle) -> Result<bool> {
-        let s = self.inner.pool.get()?;
-        let attrs = s
-            .get_attributes(cmk.0, &[AttributeType::Derive])
-            .map_err(HsmError::from)?;
+        let attrs = self.call(|s| s.get_attributes(cmk.0, &[AttributeType::Derive]))??;
         Ok(attrs.iter().any(|a| matches!(a, Attribute::Derive(true))))
     }
 
     /// Destroys a CMK. Irreversible: every blob sealed under it becomes undecryptable.
     pub fn destroy_cmk(&self, cmk: CmkHandle) -> Result<()> {
-        let s = self.inner.pool.get()?;
-        match s.destroy_object(cmk.0) {
+        match self.call(|s| s.destroy_object(cmk.0))? {
             Ok(()) => Ok(()),
-            Err(e) if HsmError::from(&e).is_stale_handle() => Ok(()),
-            Err(e) => Err(HsmError::from(e).into()),
+            Err(e) if e.is_stale_handle() => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -219,14 +206,14 @@ impl Token {
             Attribute::Unwrap(false),
             Attribute::Derive(false),
         ];
-        let s = self.inner.pool.get()?;
         let handle = match kdf {
             Kdf::AesCbcEncryptData => {
                 let params = AesCbcDeriveParams::new([0u8; 16], nonce);
-                s.derive_key(&Mechanism::AesCbcEncryptData(params), cmk.0, &template)
+                let mech = Mechanism::AesCbcEncryptData(params);
+                self.call(|s| s.derive_key(&mech, cmk.0, &template))?
             }
         }
-        .map_err(|e| derive_error(HsmError::from(e)))?;
+        .map_err(derive_error)?;
         Ok(SessionKey {
             token: Arc::clone(&self.inner),
             handle,

@@ -21,7 +21,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-pub use caps::{Capabilities, Kdf};
+pub use caps::{Capabilities, Kdf, MechanismSupport};
 pub use error::HsmError;
 pub use keys::{CmkCustody, CmkHandle, SessionKey, GCM_IV_LEN, GCM_TAG_LEN};
 pub use objects::{DataHandle, DataObject};
@@ -73,15 +73,21 @@ pub struct TokenDescription {
     pub serial: String,
 }
 
-/// One `Pkcs11` per module path per process: `C_Initialize` may only be called once.
-fn module(path: &Path) -> Result<Pkcs11> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let mut map = MODULES
-        .get_or_init(Default::default)
+type Registry = Mutex<HashMap<PathBuf, Pkcs11>>;
+
+fn registry() -> &'static Registry {
+    static MODULES: OnceLock<Registry> = OnceLock::new();
+    MODULES.get_or_init(Default::default)
+}
+
+/// One `Pkcs11` per module path per process: `C_Initialize` may only be called once. The flag
+/// says whether this call loaded it (so nothing else in the process uses it yet).
+fn module(path: &Path) -> Result<(Pkcs11, bool)> {
+    let mut map = registry()
         .lock()
         .map_err(|_| KmsError::Internal("module registry poisoned".into()))?;
     if let Some(ctx) = map.get(path) {
-        return Ok(ctx.clone());
+        return Ok((ctx.clone(), false));
     }
     if !path.exists() {
         return Err(KmsError::Config(format!(
@@ -107,7 +113,49 @@ fn module(path: &Path) -> Result<Pkcs11> {
         }
     }
     map.insert(path.to_path_buf(), ctx.clone());
-    Ok(ctx)
+    Ok((ctx, true))
+}
+
+/// Finalizes and forgets a module this process loaded but could not use, so the next
+/// [`module`] call reads the token afresh.
+fn unload(path: &Path) {
+    if let Ok(mut map) = registry().lock() {
+        if let Some(ctx) = map.remove(path) {
+            let _ = ctx.finalize();
+        }
+    }
+}
+
+/// How often [`Token::call`] retries a transiently failing call.
+const CALL_RETRIES: u32 = 5;
+
+/// How often [`Token::open`] starts over after a transient failure.
+const OPEN_RETRIES: u32 = 6;
+
+/// Why opening a token failed, and whether starting over may help.
+struct OpenError {
+    error: KmsError,
+    /// SoftHSM rewrites its token file on every login: a process starting at that moment can
+    /// read it half-written and see no token, no user PIN, or CKR_GENERAL_ERROR. The module
+    /// keeps what it read at `C_Initialize`, so only a fresh `C_Initialize` helps. None of
+    /// these is a rejected PIN, so a retry never costs a PIN attempt.
+    transient: bool,
+}
+
+impl From<KmsError> for OpenError {
+    fn from(error: KmsError) -> Self {
+        OpenError {
+            error,
+            transient: false,
+        }
+    }
+}
+
+fn transient(error: KmsError) -> OpenError {
+    OpenError {
+        error,
+        transient: true,
+    }
 }
 
 fn find_slot(ctx: &Pkcs11, selector: &TokenSelector) -> Result<Slot> {
@@ -138,8 +186,25 @@ impl Token {
     /// Loads the module (once per process), finds the token, logs in, opens the session pool
     /// and probes capabilities. Refuses, with the reason, a token that lacks what p11kms needs.
     pub fn open(params: TokenParams<'_>) -> Result<Token> {
-        let ctx = module(params.module)?;
-        let slot = find_slot(&ctx, params.selector)?;
+        let mut attempt = 0;
+        loop {
+            let (ctx, fresh) = module(params.module)?;
+            match Token::open_in(&ctx, &params) {
+                Ok(token) => return Ok(token),
+                // Only a module nobody else in this process uses may be finalized.
+                Err(e) if e.transient && fresh && attempt < OPEN_RETRIES => {
+                    drop(ctx);
+                    unload(params.module);
+                    std::thread::sleep(Duration::from_millis(10 << attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    fn open_in(ctx: &Pkcs11, params: &TokenParams<'_>) -> Result<Token, OpenError> {
+        let slot = find_slot(ctx, params.selector).map_err(transient)?;
         let keeper = ctx
             .open_rw_session(slot)
             .map_err(|e| KmsError::Config(format!("cannot open a session: {e}")))?;
@@ -149,16 +214,18 @@ impl Token {
             Err(e) if HsmError::from(&e).is_already_logged_in() => {}
             // The PIN itself never reaches a message.
             Err(e) => {
-                return Err(KmsError::Config(format!(
-                    "login to the token failed: {}",
-                    HsmError::from(e)
-                )))
+                let e = HsmError::from(e);
+                let error = KmsError::Config(format!("login to the token failed: {e}"));
+                return Err(OpenError {
+                    transient: e.is_torn_read(),
+                    error,
+                });
             }
         }
-        let caps = caps::probe(&ctx, slot)?;
+        let caps = caps::probe(ctx, slot)?;
         caps.require()?;
-        let info = describe(&ctx, slot, params.module)?;
-        let pool = SessionPool::open(&ctx, slot, params.sessions.max(1), SESSION_WAIT)?;
+        let info = describe(ctx, slot, params.module)?;
+        let pool = SessionPool::open(ctx, slot, params.sessions.max(1), SESSION_WAIT)?;
         Ok(Token {
             inner: Arc::new(TokenInner {
                 module_path: params.module.to_path_buf(),
@@ -193,6 +260,32 @@ impl Token {
         s.get_session_info()
             .map(|_| ())
             .map_err(|e| HsmError::from(e).into())
+    }
+
+    /// Runs one call on a pooled session, retrying a few times while the token reports
+    /// transient trouble (see [`HsmError::is_transient`]). The outer error is the pool's.
+    pub(crate) fn call<T>(
+        &self,
+        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<std::result::Result<T, HsmError>> {
+        let mut attempt = 0;
+        loop {
+            let result = {
+                let s = self.inner.pool.get()?;
+                f(&s)
+            };
+            match result {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) => {
+                    let e = HsmError::from(e);
+                    if !e.is_transient() || attempt >= CALL_RETRIES {
+                        return Ok(Err(e));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2 << attempt));
+            attempt += 1;
+        }
     }
 
     /// `n` bytes from the token's RNG.
@@ -242,7 +335,7 @@ pub fn init_token(
     so_pin: &Secret,
     user_pin: &Secret,
 ) -> Result<bool> {
-    let ctx = module(module_path)?;
+    let (ctx, _) = module(module_path)?;
     if find_slot(&ctx, &TokenSelector::Label(label.to_string())).is_ok() {
         return Ok(false);
     }

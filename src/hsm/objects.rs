@@ -5,7 +5,7 @@
 
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
-use super::{HsmError, Token};
+use super::Token;
 use crate::error::Result;
 
 /// A data object's handle. Opaque outside `hsm`.
@@ -28,9 +28,6 @@ fn base_template(application: &str) -> Vec<Attribute> {
     ]
 }
 
-/// How often a write is retried when the token reports transient contention.
-const WRITE_TRIES: usize = 5;
-
 impl Token {
     /// Creates a private token data object; the object is complete or absent.
     pub fn create_data(&self, application: &str, label: &str, value: &[u8]) -> Result<DataHandle> {
@@ -41,35 +38,16 @@ impl Token {
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Value(value.to_vec()),
         ]);
-        let mut last = None;
-        for attempt in 0..WRITE_TRIES {
-            let s = self.inner.pool.get()?;
-            match s.create_object(&template) {
-                Ok(h) => return Ok(DataHandle(h)),
-                Err(e) => {
-                    let e = HsmError::from(e);
-                    if !e.is_transient() {
-                        return Err(e.into());
-                    }
-                    last = Some(e);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
-        }
-        Err(last
-            .map(Into::into)
-            .unwrap_or_else(|| crate::KmsError::Internal("data object write failed".into())))
+        Ok(DataHandle(self.call(|s| s.create_object(&template))??))
     }
 
     /// Every data object of `application`, with its label.
     pub fn list_data(&self, application: &str) -> Result<Vec<DataObject>> {
-        let s = self.inner.pool.get()?;
-        let handles = s
-            .find_objects(&base_template(application))
-            .map_err(HsmError::from)?;
+        let template = base_template(application);
+        let handles = self.call(|s| s.find_objects(&template))??;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            match s.get_attributes(h, &[AttributeType::Label]) {
+            match self.call(|s| s.get_attributes(h, &[AttributeType::Label]))? {
                 Ok(attrs) => {
                     for a in attrs {
                         if let Attribute::Label(l) = a {
@@ -83,8 +61,8 @@ impl Token {
                     }
                 }
                 // Destroyed by another process between find and read.
-                Err(e) if HsmError::from(&e).is_stale_handle() => {}
-                Err(e) => return Err(HsmError::from(e).into()),
+                Err(e) if e.is_stale_handle() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(out)
@@ -92,24 +70,22 @@ impl Token {
 
     /// A data object's value; `None` if it has vanished meanwhile.
     pub fn read_data(&self, handle: DataHandle) -> Result<Option<Vec<u8>>> {
-        let s = self.inner.pool.get()?;
-        match s.get_attributes(handle.0, &[AttributeType::Value]) {
+        match self.call(|s| s.get_attributes(handle.0, &[AttributeType::Value]))? {
             Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
                 Attribute::Value(v) => Some(v),
                 _ => None,
             })),
-            Err(e) if HsmError::from(&e).is_stale_handle() => Ok(None),
-            Err(e) => Err(HsmError::from(e).into()),
+            Err(e) if e.is_stale_handle() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Destroys a data object; one already gone is not an error.
     pub fn destroy_data(&self, handle: DataHandle) -> Result<()> {
-        let s = self.inner.pool.get()?;
-        match s.destroy_object(handle.0) {
+        match self.call(|s| s.destroy_object(handle.0))? {
             Ok(()) => Ok(()),
-            Err(e) if HsmError::from(&e).is_stale_handle() => Ok(()),
-            Err(e) => Err(HsmError::from(e).into()),
+            Err(e) if e.is_stale_handle() => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -1,0 +1,234 @@
+//! Who is calling (credentials from the config, checked by SigV4) and what they may do.
+//!
+//! Authorization is behind the [`Authorizer`] trait so that key policies and grants can be
+//! added later as another implementation (or a chain) without touching the wire layer. Today
+//! [`ConfigAuthorizer`] applies each credential's `allow_actions` / `allow_keys`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::sigv4::SecretStore;
+use crate::config::{Credential, Secret};
+use crate::error::{KmsError, Result};
+use crate::kms::{KeyId, Kms};
+
+/// The identity a verified request acts as, with its configured limits.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// IAM-style ARN, e.g. `arn:aws:iam::111122223333:user/dev`.
+    pub arn: String,
+    pub access_key_id: String,
+    /// `None`: every action.
+    pub allow_actions: Option<Vec<String>>,
+    /// `None`: every key. Entries are key ids, key ARNs, alias names or alias ARNs.
+    pub allow_keys: Option<Vec<String>>,
+}
+
+/// The accepted access keys, with their secrets read once at start (zeroized on drop).
+pub struct Credentials {
+    by_id: HashMap<String, (Secret, Arc<Principal>)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<&String> = self.by_id.keys().collect();
+        ids.sort();
+        f.debug_struct("Credentials")
+            .field("access_key_ids", &ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Reads every secret now: a missing env var or unreadable file fails start-up, not the
+    /// first request.
+    pub fn from_config(credentials: &[Credential]) -> Result<Credentials> {
+        let mut by_id = HashMap::new();
+        for c in credentials {
+            let secret = c.secret.read()?;
+            let principal = Principal {
+                arn: c.principal.clone(),
+                access_key_id: c.access_key_id.clone(),
+                allow_actions: c.allow_actions.clone(),
+                allow_keys: c.allow_keys.clone(),
+            };
+            if by_id
+                .insert(c.access_key_id.clone(), (secret, Arc::new(principal)))
+                .is_some()
+            {
+                return Err(KmsError::Config(format!(
+                    "access key id {} is configured twice",
+                    c.access_key_id
+                )));
+            }
+        }
+        Ok(Credentials { by_id })
+    }
+
+    /// A single credential given directly (tests, embedding).
+    pub fn single(principal: Principal, secret: Secret) -> Credentials {
+        let mut by_id = HashMap::new();
+        by_id.insert(
+            principal.access_key_id.clone(),
+            (secret, Arc::new(principal)),
+        );
+        Credentials { by_id }
+    }
+
+    pub fn principal(&self, access_key_id: &str) -> Option<Arc<Principal>> {
+        self.by_id.get(access_key_id).map(|(_, p)| Arc::clone(p))
+    }
+
+    /// The access key id and secret when exactly one credential is configured (the embedded
+    /// dev credential that `serve` prints).
+    pub fn only(&self) -> Option<(&str, &str)> {
+        match self.by_id.iter().next() {
+            Some((id, (secret, _))) if self.by_id.len() == 1 => Some((id, secret.expose())),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+impl SecretStore for Credentials {
+    fn secret_for(&self, access_key_id: &str) -> Option<&str> {
+        self.by_id.get(access_key_id).map(|(s, _)| s.expose())
+    }
+}
+
+/// Decides whether a principal may perform an action, and on which keys.
+///
+/// Called on the blocking pool (implementations may read key metadata through `kms`).
+pub trait Authorizer: Send + Sync {
+    /// May `principal` perform `action` (`kms:Encrypt`...) at all?
+    fn allows_action(&self, principal: &Principal, action: &str) -> bool;
+
+    /// Whether key checks apply to this principal; `false` skips resolving keys entirely.
+    fn limits_keys(&self, principal: &Principal) -> bool;
+
+    /// May `principal` perform `action` on `key`?
+    fn allows_key(
+        &self,
+        principal: &Principal,
+        action: &str,
+        key: KeyId,
+        kms: &Kms,
+    ) -> Result<bool>;
+}
+
+/// The per-credential `allow_actions` / `allow_keys` lists of the config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConfigAuthorizer;
+
+impl Authorizer for ConfigAuthorizer {
+    fn allows_action(&self, principal: &Principal, action: &str) -> bool {
+        principal
+            .allow_actions
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| action_matches(p, action)))
+    }
+
+    fn limits_keys(&self, principal: &Principal) -> bool {
+        principal.allow_keys.is_some()
+    }
+
+    fn allows_key(
+        &self,
+        principal: &Principal,
+        _action: &str,
+        key: KeyId,
+        kms: &Kms,
+    ) -> Result<bool> {
+        let Some(entries) = &principal.allow_keys else {
+            return Ok(true);
+        };
+        // Aliases are resolved now, so an allowed alias follows its current target. Entries
+        // that name nothing (yet) simply allow nothing.
+        Ok(entries
+            .iter()
+            .any(|e| kms.resolve_key_id(e).is_ok_and(|id| id == key)))
+    }
+}
+
+/// IAM-style action match: `*`, `kms:*`, or the exact action (case-insensitive, as in IAM).
+pub fn action_matches(pattern: &str, action: &str) -> bool {
+    pattern == "*" || pattern.eq_ignore_ascii_case("kms:*") || pattern.eq_ignore_ascii_case(action)
+}
+
+/// The AccessDeniedException AWS would send, naming principal, action and resource.
+pub fn denied(principal: &Principal, action: &str, resource: Option<&str>) -> KmsError {
+    let on = resource.map_or(String::new(), |r| format!(" on resource: {r}"));
+    KmsError::AccessDenied(format!(
+        "User: {} is not authorized to perform: {action}{on} because no identity-based policy \
+         allows the {action} action",
+        principal.arn
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretSource;
+
+    fn principal(actions: Option<&[&str]>) -> Principal {
+        Principal {
+            arn: "arn:aws:iam::111122223333:user/app".into(),
+            access_key_id: "AKIAAPPAPPAPPAPP0001".into(),
+            allow_actions: actions.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            allow_keys: None,
+        }
+    }
+
+    #[test]
+    fn actions() {
+        let a = ConfigAuthorizer;
+        assert!(a.allows_action(&principal(None), "kms:Decrypt"));
+        let p = principal(Some(&["kms:Encrypt", "kms:generatedatakey"]));
+        assert!(a.allows_action(&p, "kms:Encrypt"));
+        assert!(a.allows_action(&p, "kms:GenerateDataKey"));
+        assert!(!a.allows_action(&p, "kms:Decrypt"));
+        assert!(!a.allows_action(&p, "kms:GenerateDataKeyWithoutPlaintext"));
+        assert!(a.allows_action(&principal(Some(&["kms:*"])), "kms:Decrypt"));
+        assert!(a.allows_action(&principal(Some(&["*"])), "kms:Decrypt"));
+        assert!(!a.limits_keys(&p));
+    }
+
+    #[test]
+    fn denial_names_principal_action_and_resource() {
+        let p = principal(None);
+        let e = denied(&p, "kms:Decrypt", Some("arn:aws:kms:us-east-2:1:key/k"));
+        assert_eq!(e.aws_name(), "AccessDeniedException");
+        let m = e.message();
+        assert!(m.contains(&p.arn) && m.contains("kms:Decrypt") && m.contains("key/k"));
+    }
+
+    #[test]
+    fn credentials_read_secrets_once_and_hide_them() {
+        let name = "P11KMS_TEST_API_AUTH_SECRET";
+        std::env::set_var(name, "s3cret-value");
+        let c = Credential {
+            access_key_id: "AKIAAPPAPPAPPAPP0001".into(),
+            secret: SecretSource::Env(name.into()),
+            principal: "arn:aws:iam::111122223333:user/app".into(),
+            allow_actions: None,
+            allow_keys: None,
+        };
+        let creds = Credentials::from_config(std::slice::from_ref(&c)).unwrap();
+        std::env::remove_var(name);
+        assert_eq!(
+            creds.secret_for("AKIAAPPAPPAPPAPP0001"),
+            Some("s3cret-value")
+        );
+        assert!(creds.secret_for("AKIAOTHER").is_none());
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        let err = Credentials::from_config(&[c.clone(), c.clone()]);
+        assert!(err.is_err(), "unset env var fails start-up");
+    }
+}

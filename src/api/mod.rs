@@ -1,0 +1,295 @@
+//! The AWS KMS wire API: `p11kms serve`.
+//!
+//! An HTTP/1.1 server (hyper on tokio, optional TLS via rustls) that speaks the AWS JSON 1.1
+//! protocol of KMS (`POST /`, `X-Amz-Target: TrentService.<Operation>`), authenticates with
+//! SigV4 ([`sigv4`]), authorizes ([`auth`]) and calls [`Kms`]. Only this module knows HTTP.
+//!
+//! - [`serve`]: the CLI entry point (opens the token, binds, prints, serves until a signal).
+//! - [`run`]: the server over an open [`Kms`] and a bound listener (tests, embedding).
+
+pub mod auth;
+pub mod error;
+pub mod operations;
+mod server;
+pub mod sigv4;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigSource};
+use crate::error::{KmsError, Result};
+use crate::kms::Kms;
+use auth::{Authorizer, ConfigAuthorizer, Credentials};
+
+pub use server::AMZ_JSON;
+
+/// Everything the server needs besides the [`Kms`] and the listener.
+pub struct ServerSettings {
+    /// Region SigV4 scopes must name.
+    pub region: String,
+    /// Accepted access keys (secrets already read).
+    pub credentials: Credentials,
+    pub authorizer: Arc<dyn Authorizer>,
+    /// Larger request bodies are answered 413.
+    pub max_body_bytes: usize,
+    /// Serve TLS with this configuration; `None` is plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Re-read other processes' metadata before every request (`metadata_refresh_ms = 0`).
+    pub refresh_every_request: bool,
+    /// Concurrent token operations; `None` = the token's session pool size.
+    pub blocking_limit: Option<usize>,
+}
+
+impl ServerSettings {
+    /// Settings from the configuration: reads every credential secret and the TLS files now,
+    /// so mistakes fail start-up rather than requests.
+    pub fn from_config(config: &Config) -> Result<ServerSettings> {
+        let s = &config.server;
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(KmsError::Config(
+                    "server.tls_cert and server.tls_key must be set together".into(),
+                ))
+            }
+        };
+        for c in &s.credentials {
+            for a in c.allow_actions.iter().flatten() {
+                if !known_action(a) {
+                    eprintln!(
+                        "p11kms: warning: credential {}: action {a} matches no operation p11kms \
+                         serves",
+                        c.access_key_id
+                    );
+                }
+            }
+        }
+        Ok(ServerSettings {
+            region: config.region.clone(),
+            credentials: Credentials::from_config(&s.credentials)?,
+            authorizer: Arc::new(ConfigAuthorizer),
+            max_body_bytes: s.max_body_bytes,
+            tls,
+            refresh_every_request: config.metadata_refresh.is_zero(),
+            blocking_limit: None,
+        })
+    }
+}
+
+fn known_action(a: &str) -> bool {
+    a == "*"
+        || a.eq_ignore_ascii_case("kms:*")
+        || ["kms:ReEncryptFrom", "kms:ReEncryptTo"]
+            .into_iter()
+            .chain(
+                operations::Op::ALL
+                    .iter()
+                    .filter(|op| **op != operations::Op::ReEncrypt)
+                    .map(|op| op.action()),
+            )
+            .any(|k| k.eq_ignore_ascii_case(a))
+}
+
+/// Serves the KMS API on `listener` until `shutdown` completes, then stops accepting and
+/// drains in-flight requests (at most 30 s).
+pub async fn run<F>(
+    kms: Arc<Kms>,
+    settings: ServerSettings,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    server::run(kms, settings, listener, shutdown).await
+}
+
+/// `p11kms serve`: opens the token, starts metadata upkeep, binds `listen_override` or
+/// `config.server.listen`, prints the paste-able environment and `listening on <addr>`, and
+/// serves until SIGTERM/SIGINT.
+pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
+    // Secrets and TLS files first: cheap failures before the token is opened.
+    let settings = ServerSettings::from_config(config)?;
+    if settings.credentials.is_empty() {
+        eprintln!(
+            "p11kms: warning: no credentials are configured; every request will be refused \
+             (run `p11kms init` for the embedded dev credential)"
+        );
+    }
+    let kms = Arc::new(Kms::open(config)?);
+    // With refresh on every request, upkeep still has deletions and orphans to sweep.
+    let upkeep = if config.metadata_refresh.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        config.metadata_refresh
+    };
+    Kms::spawn_maintenance(&kms, upkeep);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("p11kms-http")
+        .build()
+        .map_err(|e| KmsError::Io(format!("cannot start the async runtime: {e}")))?;
+    let listen = listen_override.unwrap_or(&config.server.listen);
+    runtime.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| KmsError::Config(format!("cannot listen on {listen}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| KmsError::Io(format!("cannot read the bound address: {e}")))?;
+        print_banner(config, &settings, addr);
+        run(kms, settings, listener, shutdown_signal()).await
+    })?;
+    // Blocking tasks still finishing after the drain timeout are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The lines a user pastes into a shell, then `listening on`, flushed before serving.
+fn print_banner(config: &Config, settings: &ServerSettings, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // A wildcard bind is reachable on loopback; that is the address to paste.
+    let mut shown = addr;
+    if shown.ip().is_unspecified() {
+        shown.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let _ = writeln!(out, "export AWS_ENDPOINT_URL={scheme}://{shown}");
+    let _ = writeln!(out, "export AWS_REGION={}", config.region);
+    // botocore (boto3, the AWS CLI) reads only AWS_DEFAULT_REGION.
+    let _ = writeln!(out, "export AWS_DEFAULT_REGION={}", config.region);
+    // The one place a secret is printed: the embedded token's own generated dev credential,
+    // for a local endpoint. Credentials from a config file are never shown.
+    if matches!(config.source, ConfigSource::Embedded(_)) {
+        if let Some((id, secret)) = settings.credentials.only() {
+            let _ = writeln!(out, "export AWS_ACCESS_KEY_ID={}", shell_quote(id));
+            let _ = writeln!(out, "export AWS_SECRET_ACCESS_KEY={}", shell_quote(secret));
+        }
+    }
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}
+
+/// Single-quotes a value unless it is plainly safe for a shell.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+/=.:".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {},
+        () = int => {},
+    }
+    eprintln!("p11kms: shutting down: finishing in-flight requests");
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2/1.3, HTTP/1.1 ALPN) from PEM files.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .map_err(|e| KmsError::Config(format!("cannot read TLS file {}: {e}", p.display())))
+    };
+    let cert_pem = read(cert)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            KmsError::Config(format!(
+                "TLS certificate {} is not valid PEM: {e}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(KmsError::Config(format!(
+            "TLS certificate {} holds no CERTIFICATE block",
+            cert.display()
+        )));
+    }
+    let key_pem = zeroize::Zeroizing::new(read(key)?);
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        KmsError::Config(format!(
+            "TLS key {} holds no usable private key: {e}",
+            key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| KmsError::Config(format!("TLS set-up failed: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| {
+            KmsError::Config(format!(
+                "TLS certificate {} and key {} do not work together: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("AKIA0123"), "AKIA0123");
+        assert_eq!(shell_quote("a/b+c="), "a/b+c=");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn actions_known() {
+        for a in [
+            "*",
+            "kms:*",
+            "kms:Encrypt",
+            "kms:reencryptfrom",
+            "kms:ListAliases",
+        ] {
+            assert!(known_action(a), "{a}");
+        }
+        for a in ["kms:Sign", "kms:ReEncrypt", "kms:Encrpyt"] {
+            assert!(!known_action(a), "{a}");
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The operations on the wire: `X-Amz-Target` names, JSON bodies, authorization, and the call
+//! into [`Kms`]. Runs on the blocking pool (everything here may touch the token).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::auth::{denied, Authorizer, Principal};
+use super::error::ApiError;
+use crate::error::Result;
+use crate::kms::types::Bytes;
+use crate::kms::{Forms, KeyId, KeyRef, Kms};
+
+/// The `X-Amz-Target` prefix of AWS KMS (its internal service name).
+pub const TARGET_PREFIX: &str = "TrentService.";
+
+/// Every operation of the AWS KMS API (as in the API Reference and the SDK models).
+pub const AWS_OPERATIONS: [&str; 56] = [
+    "CancelKeyDeletion",
+    "ConnectCustomKeyStore",
+    "CreateAlias",
+    "CreateCustomKeyStore",
+    "CreateGrant",
+    "CreateKey",
+    "Decapsulate",
+    "Decrypt",
+    "DeleteAlias",
+    "DeleteCustomKeyStore",
+    "DeleteImportedKeyMaterial",
+    "DeriveSharedSecret",
+    "DescribeCustomKeyStores",
+    "DescribeKey",
+    "DisableKey",
+    "DisableKeyRotation",
+    "DisconnectCustomKeyStore",
+    "EnableKey",
+    "EnableKeyRotation",
+    "Encapsulate",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "GenerateRandom",
+    "GetKeyLastUsage",
+    "GetKeyPolicy",
+    "GetKeyRotationStatus",
+    "GetParametersForImport",
+    "GetPublicKey",
+    "ImportKeyMaterial",
+    "ListAliases",
+    "ListGrants",
+    "ListKeyPolicies",
+    "ListKeyRotations",
+    "ListKeys",
+    "ListResourceTags",
+    "ListRetirableGrants",
+    "PutKeyPolicy",
+    "ReEncrypt",
+    "ReplicateKey",
+    "RetireGrant",
+    "RevokeGrant",
+    "RotateKeyOnDemand",
+    "ScheduleKeyDeletion",
+    "Sign",
+    "TagResource",
+    "UntagResource",
+    "UpdateAlias",
+    "UpdateCustomKeyStore",
+    "UpdateKeyDescription",
+    "UpdatePrimaryRegion",
+    "Verify",
+    "VerifyMac",
+];
+
+/// Room for the largest secret-bearing response (4096-byte plaintext as base64 plus fields),
+/// so serializing never reallocates and leaves unzeroized copies behind.
+const RESPONSE_CAPACITY: usize = 16 * 1024;
+/// Parse error messages are cut here (they may quote part of the request).
+const MAX_MESSAGE: usize = 300;
+
+macro_rules! ops {
+    ($($name:ident),* $(,)?) => {
+        /// The operations p11kms serves.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Op { $($name),* }
+
+        impl Op {
+            pub const ALL: &'static [Op] = &[$(Op::$name),*];
+
+            /// The AWS operation name (`X-Amz-Target` suffix).
+            pub fn name(self) -> &'static str {
+                match self { $(Op::$name => stringify!($name)),* }
+            }
+
+            /// The IAM action, e.g. `kms:Encrypt` (ReEncrypt checks two, see [`execute`]).
+            pub fn action(self) -> &'static str {
+                match self { $(Op::$name => concat!("kms:", stringify!($name))),* }
+            }
+        }
+    };
+}
+
+ops!(
+    CreateKey,
+    DescribeKey,
+    ListKeys,
+    EnableKey,
+    DisableKey,
+    ScheduleKeyDeletion,
+    CancelKeyDeletion,
+    CreateAlias,
+    UpdateAlias,
+    DeleteAlias,
+    ListAliases,
+    Encrypt,
+    Decrypt,
+    ReEncrypt,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    GenerateRandom,
+);
+
+impl Op {
+    /// The operation an `X-Amz-Target` value names. Real AWS operations that p11kms does not
+    /// serve are `UnsupportedOperationException`; anything else is unknown.
+    pub fn from_target(target: Option<&str>) -> Result<Op, ApiError> {
+        let Some(target) = target else {
+            return Err(ApiError::unknown_operation(
+                "Missing X-Amz-Target header (expected TrentService.<Operation>)",
+            ));
+        };
+        let name = target.strip_prefix(TARGET_PREFIX).ok_or_else(|| {
+            ApiError::unknown_operation(format!(
+                "Unknown target {}: expected TrentService.<Operation>",
+                clip(target)
+            ))
+        })?;
+        if let Some(op) = Op::ALL.iter().find(|op| op.name() == name) {
+            return Ok(*op);
+        }
+        if AWS_OPERATIONS.contains(&name) {
+            return Err(ApiError::from(
+                crate::error::KmsError::UnsupportedOperation(format!(
+                    "{name} is not supported by p11kms yet (see docs/compatibility.md)"
+                )),
+            ));
+        }
+        Err(ApiError::unknown_operation(format!(
+            "Unknown operation {}",
+            clip(name)
+        )))
+    }
+}
+
+/// A successful answer: AWS sends an empty 200 body for operations without output.
+pub enum Reply {
+    Empty,
+    /// The JSON body; zeroized when dropped (it may hold plaintext).
+    Json(Zeroizing<Vec<u8>>),
+}
+
+/// One verified caller, with what it takes to authorize it.
+pub struct Caller<'a> {
+    pub kms: &'a Kms,
+    pub authorizer: &'a dyn Authorizer,
+    pub principal: &'a Principal,
+}
+
+impl Caller<'_> {
+    fn action(&self, action: &str) -> Result<()> {
+        if self.authorizer.allows_action(self.principal, action) {
+            Ok(())
+        } else {
+            Err(denied(self.principal, action, None))
+        }
+    }
+
+    fn check_key(&self, action: &str, key: KeyId) -> Result<()> {
+        if self
+            .authorizer
+            .allows_key(self.principal, action, key, self.kms)?
+        {
+            Ok(())
+        } else {
+            Err(denied(
+                self.principal,
+                action,
+                Some(&self.kms.scope().key_arn(&key)),
+            ))
+        }
+    }
+
+    /// A `KeyId` in any form. When keys are limited, the parameter is replaced by the ARN of
+    /// the key that was authorized, so an alias moved meanwhile cannot switch keys under us.
+    fn key(&self, action: &str, key_id: &mut Option<String>) -> Result<()> {
+        self.action(action)?;
+        let Some(k) = key_id.as_deref() else {
+            return Ok(()); // the operation reports the missing member
+        };
+        if !self.authorizer.limits_keys(self.principal) {
+            return Ok(());
+        }
+        let id = self.kms.resolve_key_id(k)?;
+        self.check_key(action, id)?;
+        *key_id = Some(self.kms.scope().key_arn(&id));
+        Ok(())
+    }
+
+    /// A `KeyId` that must be a key id or key ARN (no alias, so nothing can move).
+    fn key_only(&self, action: &str, key_id: Option<&str>) -> Result<()> {
+        self.action(action)?;
+        let Some(k) = key_id else { return Ok(()) };
+        if !self.authorizer.limits_keys(self.principal) {
+            return Ok(());
+        }
+        KeyRef::parse(k, self.kms.scope(), Forms::KeyOnly)?;
+        self.check_key(action, self.kms.resolve_key_id(k)?)
+    }
+
+    /// The key an existing alias points at (a missing alias is the operation's error).
+    fn alias(&self, action: &str, alias: Option<&str>) -> Result<()> {
+        self.action(action)?;
+        let Some(a) = alias else { return Ok(()) };
+        if !self.authorizer.limits_keys(self.principal) {
+            return Ok(());
+        }
+        match self.kms.resolve_key_id(a) {
+            Ok(id) => self.check_key(action, id),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The key a ciphertext names.
+    fn blob(&self, action: &str, blob: Option<&Bytes>) -> Result<()> {
+        self.action(action)?;
+        let Some(b) = blob else { return Ok(()) };
+        if !self.authorizer.limits_keys(self.principal) {
+            return Ok(());
+        }
+        self.check_key(action, Kms::blob_key_id(&b.0)?)
+    }
+}
+
+/// Parses the body, authorizes, runs the operation, serializes the answer.
+pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
+    let kms = c.kms;
+    let action = op.action();
+    match op {
+        Op::CreateKey => {
+            let req = parse(body)?;
+            c.action(action)?;
+            json(kms.create_key(req))
+        }
+        Op::DescribeKey => {
+            let mut req: crate::kms::types::KeyIdRequest = parse(body)?;
+            c.key(action, &mut req.key_id)?;
+            json(kms.describe_key(req))
+        }
+        Op::ListKeys => {
+            let req = parse(body)?;
+            c.action(action)?;
+            json(kms.list_keys(req))
+        }
+        Op::EnableKey | Op::DisableKey => {
+            let req: crate::kms::types::KeyIdRequest = parse(body)?;
+            c.key_only(action, req.key_id.as_deref())?;
+            if op == Op::EnableKey {
+                kms.enable_key(req)?;
+            } else {
+                kms.disable_key(req)?;
+            }
+            Ok(Reply::Empty)
+        }
+        Op::ScheduleKeyDeletion => {
+            let req: crate::kms::types::ScheduleKeyDeletionRequest = parse(body)?;
+            c.key_only(action, req.key_id.as_deref())?;
+            json(kms.schedule_key_deletion(req))
+        }
+        Op::CancelKeyDeletion => {
+            let req: crate::kms::types::KeyIdRequest = parse(body)?;
+            c.key_only(action, req.key_id.as_deref())?;
+            json(kms.cancel_key_deletion(req))
+        }
+        Op::CreateAlias => {
+            let req: crate::kms::types::AliasRequest = parse(body)?;
+            c.key_only(action, req.target_key_id.as_deref())?;
+            kms.create_alias(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::UpdateAlias => {
+            let req: crate::kms::types::AliasRequest = parse(body)?;
+            // As in AWS: rights on both the current and the new target.
+            c.alias(action, req.alias_name.as_deref())?;
+            c.key_only(action, req.target_key_id.as_deref())?;
+            kms.update_alias(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::DeleteAlias => {
+            let req: crate::kms::types::AliasRequest = parse(body)?;
+            c.alias(action, req.alias_name.as_deref())?;
+            kms.delete_alias(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::ListAliases => {
+            let req = parse(body)?;
+            c.action(action)?;
+            json(kms.list_aliases(req))
+        }
+        Op::Encrypt => {
+            let mut req: crate::kms::types::EncryptRequest = parse(body)?;
+            c.key(action, &mut req.key_id)?;
+            json(kms.encrypt(req))
+        }
+        Op::Decrypt => {
+            let req: crate::kms::types::DecryptRequest = parse(body)?;
+            refuse_recipient(body)?;
+            c.blob(action, req.ciphertext_blob.as_ref())?;
+            json(kms.decrypt(req))
+        }
+        Op::ReEncrypt => {
+            let mut req: crate::kms::types::ReEncryptRequest = parse(body)?;
+            c.blob("kms:ReEncryptFrom", req.ciphertext_blob.as_ref())?;
+            c.key("kms:ReEncryptTo", &mut req.destination_key_id)?;
+            json(kms.re_encrypt(req))
+        }
+        Op::GenerateDataKey => {
+            let mut req: crate::kms::types::GenerateDataKeyRequest = parse(body)?;
+            refuse_recipient(body)?;
+            c.key(action, &mut req.key_id)?;
+            json(kms.generate_data_key(req))
+        }
+        Op::GenerateDataKeyWithoutPlaintext => {
+            let mut req: crate::kms::types::GenerateDataKeyRequest = parse(body)?;
+            c.key(action, &mut req.key_id)?;
+            json(kms.generate_data_key_without_plaintext(req))
+        }
+        Op::GenerateRandom => {
+            let req = parse(body)?;
+            refuse_recipient(body)?;
+            c.action(action)?;
+            json(kms.generate_random(req))
+        }
+    }
+}
+
+/// JSON body → request. An empty body counts as `{}`; anything unparseable, of the wrong
+/// type or with bad base64 is AWS's `SerializationException`.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() && path != "." {
+            ApiError::serialization(clip(&format!("Cannot deserialize member {path}: {inner}")))
+        } else {
+            ApiError::serialization(clip(&format!("Malformed request body: {inner}")))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::serialization(clip(&format!("Malformed request body: {e}"))))?;
+    Ok(value)
+}
+
+/// `Recipient` (Nitro Enclaves attestation) asks for the result sealed to an enclave and no
+/// plaintext in the response. Ignoring it like other unknown members would hand out the very
+/// plaintext the caller meant to keep off the wire, so it is refused.
+fn refuse_recipient(body: &[u8]) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "Recipient")]
+        recipient: Option<serde::de::IgnoredAny>,
+    }
+    match parse::<Probe>(body)?.recipient {
+        None => Ok(()),
+        Some(_) => Err(ApiError::from(
+            crate::error::KmsError::UnsupportedOperation(
+                "Recipient (Nitro Enclaves attestation) is not supported by p11kms".into(),
+            ),
+        )),
+    }
+}
+
+fn json<T: Serialize>(r: Result<T>) -> Result<Reply, ApiError> {
+    let value = r?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(RESPONSE_CAPACITY));
+    serde_json::to_writer(&mut *buf, &value)
+        .map_err(|e| ApiError::internal(format!("cannot serialize the response: {e}")))?;
+    Ok(Reply::Json(buf))
+}
+
+/// At most [`MAX_MESSAGE`] bytes, cut on a character boundary.
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_owned();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::types::{DecryptRequest, GenerateDataKeyRequest};
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Op::from_target(Some("TrentService.Encrypt")).unwrap(),
+            Op::Encrypt
+        );
+        for op in Op::ALL {
+            assert!(AWS_OPERATIONS.contains(&op.name()), "{op:?}");
+            assert_eq!(
+                Op::from_target(Some(&format!("{TARGET_PREFIX}{}", op.name()))).unwrap(),
+                *op
+            );
+        }
+        assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
+        let unsupported = Op::from_target(Some("TrentService.Sign")).unwrap_err();
+        assert_eq!(unsupported.name, "UnsupportedOperationException");
+        for bad in [
+            None,
+            Some("TrentService.Nope"),
+            Some("Encrypt"),
+            Some("KMS.Encrypt"),
+            Some(""),
+        ] {
+            let e = Op::from_target(bad).unwrap_err();
+            assert_eq!(e.name, "UnknownOperationException", "{bad:?}");
+            assert_eq!(e.status.as_u16(), 400);
+        }
+        let mut names = AWS_OPERATIONS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AWS_OPERATIONS.len());
+    }
+
+    #[test]
+    fn parse_errors_are_serialization_exceptions() {
+        for body in [
+            &b"{"[..],
+            b"not json",
+            b"[]",
+            b"null",
+            br#"{"NumberOfBytes":"32"}"#,
+            br#"{"KeyId":5}"#,
+            br#"{"EncryptionContext":{"a":1}}"#,
+            br#"{"KeyId":"a"} trailing"#,
+            br#"{"KeyId":"a","KeyId":"b"}"#,
+        ] {
+            let e = parse::<GenerateDataKeyRequest>(body)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(e.name, "SerializationException");
+            assert_eq!(e.status.as_u16(), 400);
+        }
+        let e = parse::<DecryptRequest>(br#"{"CiphertextBlob":"not base64!"}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.name, "SerializationException");
+        assert!(e.message.contains("CiphertextBlob"), "{}", e.message);
+        let e = parse::<GenerateDataKeyRequest>(br#"{"NumberOfBytes":"32"}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.message.contains("NumberOfBytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn lenient_where_aws_is() {
+        let r: GenerateDataKeyRequest = parse(b"").unwrap();
+        assert!(r.key_id.is_none());
+        let r: GenerateDataKeyRequest =
+            parse(br#"{"KeyId":"k","Unknown":[1,{}],"KeySpec":null}"#).unwrap();
+        assert_eq!(r.key_id.as_deref(), Some("k"));
+        assert!(r.key_spec.is_none());
+    }
+
+    #[test]
+    fn recipient_is_refused() {
+        assert!(refuse_recipient(br#"{"KeyId":"k"}"#).is_ok());
+        assert!(refuse_recipient(br#"{"Recipient":null}"#).is_ok());
+        let e = refuse_recipient(
+            br#"{"Recipient":{"AttestationDocument":"AAAA","KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "UnsupportedOperationException");
+    }
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        let s = "é".repeat(400);
+        let c = clip(&s);
+        assert!(c.len() <= MAX_MESSAGE + 3);
+        assert!(c.ends_with("..."));
+    }
+}
