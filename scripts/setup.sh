@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs what p11kms needs to build, run and test, and nothing that is already there:
+#   - SoftHSMv2 (the PKCS#11 token of the embedded default and of the tests),
+#   - a C toolchain (build-essential, pkg-config) when `cc` is missing,
+#   - python3 with a working `python3 -m venv` (for the Python compatibility tests).
+# Rust itself (cargo >= 1.85) must already be installed; this script says how if it is not.
+#
+# Idempotent and quiet when everything is present. On Debian/Ubuntu it uses apt-get (as root,
+# or through sudo), running `apt-get update` once, and only when something must be installed.
+# Called by scripts/run.sh, scripts/demo.sh and scripts/test.sh; safe to run on its own.
+set -euo pipefail
+
+MIN_RUST="1.85"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() {
+    printf 'setup: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# The locations p11kms itself searches (src/config.rs MODULE_CANDIDATES), plus any multiarch dir.
+softhsm_present() {
+    local p
+    for p in /usr/lib/softhsm/libsofthsm2.so \
+        /usr/lib/*-linux-gnu/softhsm/libsofthsm2.so \
+        /usr/local/lib/softhsm/libsofthsm2.so; do
+        [ -f "$p" ] && return 0
+    done
+    return 1
+}
+
+# `python3 -m venv` can bootstrap pip: needs the venv and ensurepip modules and a bundled pip
+# (on Debian/Ubuntu ensurepip and its wheels come with python3-venv). Cheap: no venv is made.
+venv_works() {
+    command -v python3 >/dev/null 2>&1 &&
+        python3 -c 'import venv, ensurepip; ensurepip.version()' >/dev/null 2>&1
+}
+
+packages=()
+softhsm_present || packages+=(softhsm2)
+command -v cc >/dev/null 2>&1 || packages+=(build-essential pkg-config)
+venv_ok=1
+if venv_works; then
+    venv_ok=0
+else
+    command -v python3 >/dev/null 2>&1 || packages+=(python3)
+    packages+=(python3-venv python3-pip)
+fi
+
+if [ "${#packages[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "missing: ${packages[*]} (Debian package names). This script installs them with apt-get only:
+       install the equivalents with your package manager, then run it again."
+    fi
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "need to install ${packages[*]} but not running as root and sudo is not available;
+       run as root: apt-get update && apt-get install -y ${packages[*]}"
+        sudo=(sudo)
+    fi
+    say "installing ${packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq >/dev/null ||
+        die "apt-get update failed (see the messages above)"
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null ||
+        die "apt-get install ${packages[*]} failed (see the messages above)"
+    softhsm_present ||
+        die "softhsm2 is installed but libsofthsm2.so is in none of the known places; set P11KMS_MODULE to it"
+    command -v cc >/dev/null 2>&1 || die "a C compiler (cc) is still missing after installing build-essential"
+    if [ "$venv_ok" -ne 0 ] && ! venv_works; then
+        die "$(command -v python3 || echo python3) still cannot create a virtualenv with pip
+       (if it is not the system python, e.g. pyenv, install its venv/ensurepip support)"
+    fi
+fi
+
+# Rust: rustup cannot be fetched by this script; say exactly what to do.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    else
+        die "cargo not found. p11kms needs Rust >= $MIN_RUST (distribution packages are often older).
+       Install it with rustup (https://rustup.rs):
+           curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+           . \"\$HOME/.cargo/env\"
+       then run this script again."
+    fi
+fi
+rust_version="$(rustc --version 2>/dev/null | awk '{print $2}')"
+if [ -z "$rust_version" ]; then
+    die "cargo is installed but rustc does not run; check your Rust installation"
+fi
+if [ "$(printf '%s\n%s\n' "$MIN_RUST" "${rust_version%%-*}" | sort -V | head -n1)" != "$MIN_RUST" ]; then
+    die "rustc $rust_version is too old: p11kms needs >= $MIN_RUST (\`rustup update stable\`)"
+fi
