@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Every check p11kms has, in the order CI runs them (.ci/run calls this script):
 #
-#   setup    scripts/setup.sh (installs SoftHSM, a C toolchain, python3-venv if missing)
-#   fmt      cargo fmt --check
-#   clippy   cargo clippy --all-targets --locked -- -D warnings
-#   test     cargo test --locked --all-targets (unit + integration; each test binary makes its
-#            own SoftHSM token in a temporary folder)
-#   compat   if tests/compat/requirements.txt exists: a virtualenv in target/compat-venv
-#            (rebuilt only when the requirements or python change), then
-#            P11KMS_BIN=target/debug/p11kms python -m pytest -q tests/compat
+#   setup      scripts/setup.sh (installs SoftHSM, a C toolchain, python3-venv if missing)
+#   fmt        cargo fmt --check
+#   clippy     cargo clippy --all-targets --locked -- -D warnings
+#   test       cargo test --locked --all-targets (unit + integration; each test binary makes
+#              its own SoftHSM token in a temporary folder)
+#   compat     if tests/compat/requirements.txt exists: a virtualenv in target/compat-venv
+#              (rebuilt only when the requirements or python change), then
+#              P11KMS_BIN=target/debug/p11kms python -m pytest -q tests/compat
+#   kryoptic   scripts/kryoptic.sh: builds the Kryoptic PKCS#11 module from its crate source
+#              (cached in target/kryoptic/ after the first run)
+#   test-kry   the integration tests again, each binary on a fresh Kryoptic token
+#              (P11KMS_TEST_TOKEN=kryoptic cargo test --locked --test '*')
+#   compat-kry the compat tests on a fresh Kryoptic token
 #
+# P11KMS_TEST_TOKENS=softhsm skips the three Kryoptic sections (default: "softhsm kryoptic").
 # Stops at the first failing section and exits non-zero; prints each section's time.
 # Works from any directory.
 set -euo pipefail
@@ -23,7 +29,9 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 cd "$ROOT"
 
 # The tests make their own tokens and configs: nothing from the caller's setup may leak in.
-unset P11KMS_CONFIG P11KMS_STATE_DIR P11KMS_LISTEN SOFTHSM2_CONF
+unset P11KMS_CONFIG P11KMS_STATE_DIR P11KMS_LISTEN SOFTHSM2_CONF KRYOPTIC_CONF \
+    P11KMS_REQUIRE_IN_TOKEN_SEALING P11KMS_TEST_TOKEN P11KMS_KRYOPTIC_MODULE
+TOKENS="${P11KMS_TEST_TOKENS:-softhsm kryoptic}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -69,8 +77,9 @@ toolchain() {
     cargo --version
 }
 
+# compat TOKEN: the Python compatibility tests against a fresh token of that kind.
 compat() {
-    local req="tests/compat/requirements.txt" venv="$TARGET/compat-venv"
+    local token="$1" req="tests/compat/requirements.txt" venv="$TARGET/compat-venv"
     local stamp="$venv/.requirements.sha256" want
     # The venv is keyed on the requirements and on the python that made it.
     want="$({
@@ -95,22 +104,44 @@ compat() {
     # Normally already built by `cargo test` (integration tests need the binary): a no-op then.
     cargo build --locked --quiet --bin p11kms || return
     local rc=0
-    P11KMS_BIN="$TARGET/debug/p11kms" "$venv/bin/python" -m pytest -q tests/compat || rc=$?
+    P11KMS_TEST_TOKEN="$token" P11KMS_BIN="$TARGET/debug/p11kms" \
+        "$venv/bin/python" -m pytest -q tests/compat || rc=$?
     if [ "$rc" -eq 5 ]; then
         echo "pytest collected no tests in tests/compat (requirements.txt exists, so tests should)" >&2
     fi
     return "$rc"
 }
 
+# Builds (or finds cached) the Kryoptic module and points the tests at it.
+kryoptic() {
+    local module
+    module="$("$ROOT/scripts/kryoptic.sh")" || return
+    export P11KMS_KRYOPTIC_MODULE="$module"
+    echo "module: $module"
+}
+
 section setup toolchain
 section fmt cargo fmt --check
 section clippy cargo clippy --all-targets --locked -- -D warnings
 section test cargo test --locked --all-targets
+has_compat=0
 if [ -f tests/compat/requirements.txt ]; then
-    section compat compat
+    has_compat=1
+    section compat compat softhsm
 else
     summary+=("$(printf '%-10s skipped (no tests/compat/requirements.txt)' compat)")
 fi
+case " $TOKENS " in
+*" kryoptic "*)
+    section kryoptic kryoptic
+    # The integration tests only: the unit tests do not touch a token and ran above.
+    section test-kry env P11KMS_TEST_TOKEN=kryoptic cargo test --locked --test '*'
+    if [ "$has_compat" -eq 1 ]; then
+        section compat-kry compat kryoptic
+    fi
+    ;;
+*) summary+=("$(printf '%-10s skipped (P11KMS_TEST_TOKENS=%s)' kryoptic "$TOKENS")") ;;
+esac
 
 print_summary
 printf '\nall checks passed\n'

@@ -87,6 +87,9 @@ enum Command {
     Envelope(EnvelopeCmd),
     /// Serve the AWS KMS JSON API over HTTP (or HTTPS when a certificate is configured).
     Serve(ServeArgs),
+    /// Measure throughput and latency against the token's own ceiling (on a fresh temporary
+    /// token; writes BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -98,8 +101,15 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create the embedded SoftHSMv2 token and its state files (idempotent).
-    Init,
+    /// Create the embedded SoftHSMv2 token and its state files (idempotent). With
+    /// --so-pin-file, initialise instead the token a configuration file names, in its module's
+    /// first free slot (software tokens such as Kryoptic; use the vendor's tools for HSMs).
+    Init {
+        /// File holding the security officer PIN to set (mode 0600/0400); the user PIN is the
+        /// configured one.
+        #[arg(long, value_name = "FILE")]
+        so_pin_file: Option<PathBuf>,
+    },
     /// Describe the token, its capabilities and how data keys are sealed.
     Info,
     /// One round of upkeep: refresh metadata, destroy keys past their deletion date, sweep
@@ -312,13 +322,25 @@ fn report_error(e: &KmsError, json: bool) {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The bench makes its own token and ignores the configured one.
+    if let Command::Bench(args) = cli.command {
+        return crate::bench::run(args);
+    }
     // An empty P11KMS_CONFIG means "not set", as Config::resolve reads it.
     let path = cli.config.filter(|p| !p.as_os_str().is_empty());
     let config = Config::resolve(path.as_deref())?;
     let out = Out { json: cli.json };
     match cli.command {
-        Command::Token(TokenCmd::Init) => token_init(&config, &out),
-        Command::Token(TokenCmd::Info) => token_info(&config, &open(&config)?, &out),
+        Command::Token(TokenCmd::Init { so_pin_file }) => {
+            token_init(&config, so_pin_file.as_deref(), &out)
+        }
+        // Unenforced: `token info` must be able to say why a token fails
+        // require_in_token_sealing.
+        Command::Token(TokenCmd::Info) => token_info(
+            &config,
+            &explain_open(&config, Kms::open_unenforced(&config))?,
+            &out,
+        ),
         Command::Token(TokenCmd::Sweep) => token_sweep(&open(&config)?, &out),
         Command::Key(cmd) => key(&open(&config)?, &out, cmd),
         Command::Alias(cmd) => alias(&open(&config)?, &out, cmd),
@@ -329,12 +351,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Random(args) => random(&open(&config)?, &out, args),
         Command::Envelope(cmd) => envelope_cmd(&open(&config)?, &out, cmd),
         Command::Serve(args) => crate::api::serve(&config, args.listen.as_deref()),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 
 /// Opens the token. CLI processes are short-lived: no background refresh is started.
 fn open(config: &Config) -> Result<Kms> {
-    Kms::open(config).map_err(|e| match (&config.source, e) {
+    explain_open(config, Kms::open(config))
+}
+
+fn explain_open(config: &Config, opened: Result<Kms>) -> Result<Kms> {
+    opened.map_err(|e| match (&config.source, e) {
         // The commonest first-run mistake gets a pointer to the fix.
         (ConfigSource::Embedded(dir), KmsError::Config(m))
             if !EmbeddedToken {
@@ -541,15 +568,26 @@ fn mechanism_flags(m: &crate::hsm::MechanismSupport) -> (&'static str, String) {
     (m.name, text)
 }
 
-fn token_init(config: &Config, out: &Out) -> Result<()> {
-    let dir = match &config.source {
-        ConfigSource::Embedded(dir) => dir,
-        ConfigSource::File(path) => {
+fn token_init(config: &Config, so_pin_file: Option<&Path>, out: &Out) -> Result<()> {
+    let dir = match (&config.source, so_pin_file) {
+        (ConfigSource::Embedded(dir), None) => dir,
+        (ConfigSource::Embedded(_), Some(_)) => {
+            return Err(KmsError::Config(
+                "--so-pin-file initialises the token a configuration file names; without \
+                 --config or P11KMS_CONFIG, `token init` sets up the embedded token itself"
+                    .into(),
+            ))
+        }
+        (ConfigSource::File(path), None) => {
             return Err(KmsError::Config(format!(
                 "`token init` only creates the embedded SoftHSMv2 token; {} names a token of \
-                 its own: initialise real HSM tokens with the vendor's tools",
+                 its own: initialise real HSM tokens with the vendor's tools (software tokens \
+                 such as Kryoptic: pass --so-pin-file)",
                 path.display()
             )))
+        }
+        (ConfigSource::File(_), Some(so_pin_file)) => {
+            return token_init_configured(config, so_pin_file, out)
         }
     };
     let outcome = crate::setup::init_embedded(dir)?;
@@ -567,9 +605,33 @@ fn token_init(config: &Config, out: &Out) -> Result<()> {
     out.emit(&outcome, &text)
 }
 
-const SEALING: &str = "token RNG + C_Encrypt(CKM_AES_GCM) under an epoch key derived in the \
-                       token; plaintext data key in host memory only until sealed/returned, \
-                       then zeroized";
+/// `token init --so-pin-file`: C_InitToken + C_InitPIN on the configured module's first free
+/// slot, with the configured label and user PIN. Idempotent: an existing token is left alone.
+fn token_init_configured(config: &Config, so_pin_file: &Path, out: &Out) -> Result<()> {
+    let crate::config::TokenSelector::Label(label) = &config.token.selector else {
+        return Err(KmsError::Config(
+            "`token init` needs the token named by token.label, not token.slot".into(),
+        ));
+    };
+    let so_pin = crate::config::SecretSource::File(so_pin_file.to_path_buf()).read()?;
+    let user_pin = config.token.pin.read()?;
+    // The module reads its environment (KRYOPTIC_CONF, SOFTHSM2_CONF) in C_Initialize.
+    config.token.export_env();
+    let token_created = crate::hsm::init_token(&config.token.module, label, &so_pin, &user_pin)?;
+    let outcome = crate::setup::InitOutcome {
+        files_created: false,
+        token_created,
+    };
+    let text = if token_created {
+        format!(
+            "Initialised token {label:?} in {}.\n",
+            config.token.module.display()
+        )
+    } else {
+        format!("Token {label:?} already exists.\n")
+    };
+    out.emit(&outcome, &text)
+}
 
 #[derive(Serialize)]
 struct TokenInfo<'a> {
@@ -578,8 +640,9 @@ struct TokenInfo<'a> {
     token: &'a crate::hsm::TokenDescription,
     capabilities: &'a crate::hsm::Capabilities,
     kdf: Option<&'static str>,
-    data_key_sealing: &'static str,
     in_token_sealing_possible: bool,
+    custody: crate::kms::Custody,
+    quirks: crate::hsm::Quirks,
     keys: usize,
     aliases: usize,
 }
@@ -599,8 +662,9 @@ fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         token: token.description(),
         capabilities: caps,
         kdf: caps.kdf.map(|k| k.name()),
-        data_key_sealing: SEALING,
-        in_token_sealing_possible: caps.gcm_wrap(),
+        in_token_sealing_possible: caps.in_token_sealing(),
+        custody: kms.custody(),
+        quirks: token.quirks(),
         keys,
         aliases,
     };
@@ -624,6 +688,7 @@ fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
     ));
     for (name, flags) in [
         mechanism_flags(&caps.aes_key_gen),
+        mechanism_flags(&caps.generic_secret_key_gen),
         mechanism_flags(&caps.aes_gcm),
         mechanism_flags(&caps.aes_cbc_encrypt_data),
         mechanism_flags(&caps.sp800_108_counter_kdf),
@@ -631,14 +696,48 @@ fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
     ] {
         t.push_str(&format!("  {name:<28} {flags}\n"));
     }
+    let c = &info.custody;
+    let dt = &c.derive_template;
     t.push_str(&format!(
-        "KDF:           {}\nData keys:     {SEALING}\nIn-token sealing (C_WrapKey with CKM_AES_GCM): {}\nKeys:          {keys}\nAliases:       {aliases}\n",
+        "KDF:           {}\nIn-token sealing (C_GenerateKey + C_WrapKey with CKM_AES_GCM): {}\n\
+         Required:      {}\nDerive template: {}\nCustody (path; where plaintext exists):\n",
         info.kdf.unwrap_or("none"),
-        if info.in_token_sealing_possible {
-            "possible with this token"
-        } else {
-            "not offered by this token"
+        match (&c.in_token_sealing_missing, c.data_keys_without_plaintext) {
+            (None, crate::kms::SealingPath::Token) => "used".to_string(),
+            (None, crate::kms::SealingPath::Host) => {
+                "possible, but off (sealing = \"host\")".to_string()
+            }
+            (Some(why), _) => format!("not possible: {why}"),
         },
+        match (c.in_token_sealing_required, c.data_keys_without_plaintext) {
+            (false, _) => "no",
+            (true, crate::kms::SealingPath::Token) => "yes (met)",
+            (true, crate::kms::SealingPath::Host) =>
+                "yes, NOT MET: `p11kms serve` refuses to start",
+        },
+        match (dt.enforced, dt.rewritable, dt.accepted) {
+            (true, true, _) =>
+                "CKA_DERIVE_TEMPLATE enforced and set on new CMKs; a PIN holder \
+                                can still rewrite it (CMKs are modifiable)",
+            (true, false, _) => "CKA_DERIVE_TEMPLATE enforced and set on new CMKs",
+            (false, _, true) if dt.exposed_derivation_without_it => {
+                "CKA_DERIVE_TEMPLATE accepted but not enforced: a PIN holder can derive a \
+                 readable copy of an epoch key"
+            }
+            (false, _, false) if dt.exposed_derivation_without_it => {
+                "CKA_DERIVE_TEMPLATE not supported: a PIN holder can derive a readable copy \
+                 of an epoch key"
+            }
+            (false, _, _) =>
+                "CKA_DERIVE_TEMPLATE not enforced (derived keys come out \
+                              sensitive anyway)",
+        },
+    ));
+    for line in c.lines() {
+        t.push_str(&format!("  {line}\n"));
+    }
+    t.push_str(&format!(
+        "Keys:          {keys}\nAliases:       {aliases}\n"
     ));
     out.emit(&info, &t)
 }

@@ -185,6 +185,46 @@ pub struct TokenConfig {
     pub pin: SecretSource,
     /// If set, exported as `SOFTHSM2_CONF` before the module is loaded.
     pub softhsm2_conf: Option<PathBuf>,
+    /// Environment variables the module reads in `C_Initialize` (e.g. Kryoptic's
+    /// `KRYOPTIC_CONF`), exported before it is loaded. Values are passed verbatim.
+    pub env: Vec<(String, String)>,
+}
+
+impl TokenConfig {
+    /// Exports `softhsm2_conf` and `env` for the module. Must run before the module is loaded
+    /// (PKCS#11 modules read their environment in `C_Initialize`) and before the process
+    /// starts other threads; the variables only ever take the configured values.
+    pub fn export_env(&self) {
+        if let Some(conf) = &self.softhsm2_conf {
+            std::env::set_var("SOFTHSM2_CONF", conf);
+        }
+        for (name, value) in &self.env {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
+/// Where GenerateDataKeyWithoutPlaintext seals the data key (config `sealing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SealingPolicy {
+    /// In the token where it can (`C_GenerateKey` + `C_WrapKey` with AES-GCM), else on the host.
+    #[default]
+    Auto,
+    /// Always `C_GenerateRandom` + `C_Encrypt`: the key bytes pass through host memory.
+    Host,
+    /// Always in the token; a token that cannot is refused at start-up.
+    Token,
+}
+
+impl SealingPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealingPolicy::Auto => "auto",
+            SealingPolicy::Host => "host",
+            SealingPolicy::Token => "token",
+        }
+    }
 }
 
 /// One access key accepted by the server (SigV4).
@@ -239,6 +279,11 @@ pub struct Config {
     pub sessions: usize,
     /// How often changes made by other processes are picked up (zero: on every request).
     pub metadata_refresh: Duration,
+    /// Where data keys are sealed (`sealing`).
+    pub sealing: SealingPolicy,
+    /// Refuse to run on a token that cannot seal data keys inside itself
+    /// (`require_in_token_sealing`, overridden by `P11KMS_REQUIRE_IN_TOKEN_SEALING`).
+    pub require_in_token_sealing: bool,
     /// The HTTP endpoint.
     pub server: ServerConfig,
     /// Where this configuration came from.
@@ -247,7 +292,8 @@ pub struct Config {
 
 impl Config {
     /// `--config` path > `P11KMS_CONFIG` > embedded default under [`state_dir`].
-    /// `P11KMS_LISTEN` overrides `server.listen` in every case.
+    /// `P11KMS_LISTEN` overrides `server.listen` and `P11KMS_REQUIRE_IN_TOKEN_SEALING`
+    /// overrides `require_in_token_sealing` in every case.
     pub fn resolve(cli_path: Option<&Path>) -> Result<Config> {
         if let Some(path) = cli_path {
             return Config::from_file(path);
@@ -308,11 +354,14 @@ impl Config {
                 selector: TokenSelector::Label(EmbeddedToken::LABEL.to_owned()),
                 pin: SecretSource::File(token.pin_path()),
                 softhsm2_conf: Some(token.conf_path()),
+                env: Vec::new(),
             },
             region: DEFAULT_REGION.to_owned(),
             account: DEFAULT_ACCOUNT.to_owned(),
             sessions: DEFAULT_SESSIONS,
             metadata_refresh: Duration::from_millis(DEFAULT_METADATA_REFRESH_MS),
+            sealing: SealingPolicy::Auto,
+            require_in_token_sealing: false,
             server: ServerConfig {
                 listen: DEFAULT_LISTEN.to_owned(),
                 tls_cert: None,
@@ -336,6 +385,24 @@ impl Config {
                 )));
             }
             self.server.listen = listen;
+        }
+        if let Some(v) = get("P11KMS_REQUIRE_IN_TOKEN_SEALING").filter(|v| !v.is_empty()) {
+            self.require_in_token_sealing = match v.to_str() {
+                Some("true" | "1" | "yes") => true,
+                Some("false" | "0" | "no") => false,
+                _ => {
+                    return Err(KmsError::Config(
+                        "P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false".to_owned(),
+                    ))
+                }
+            };
+        }
+        if self.require_in_token_sealing && self.sealing == SealingPolicy::Host {
+            return Err(KmsError::Config(
+                "require_in_token_sealing contradicts sealing = \"host\"; set sealing to \"auto\" \
+                 or \"token\""
+                    .to_owned(),
+            ));
         }
         Ok(())
     }
@@ -675,6 +742,8 @@ struct RawConfig {
     // Signed so negative values reach our range check and its field-naming message.
     sessions: Option<i64>,
     metadata_refresh_ms: Option<i64>,
+    sealing: Option<String>,
+    require_in_token_sealing: Option<bool>,
     token: Option<RawToken>,
     server: Option<RawServer>,
 }
@@ -690,6 +759,7 @@ struct RawToken {
     // Any TOML value, so a mistyped PIN (e.g. a bare number) never reaches a serde message.
     pin: Option<toml::Value>,
     softhsm2_conf: Option<String>,
+    env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -829,6 +899,24 @@ impl Validator<'_> {
                     )
                 })?,
         };
+        let sealing = match raw.sealing.as_deref() {
+            None | Some("auto") => SealingPolicy::Auto,
+            Some("host") => SealingPolicy::Host,
+            Some("token") => SealingPolicy::Token,
+            Some(other) => {
+                return Err(self.err(
+                    "sealing",
+                    format!("`{other}` is not one of \"auto\", \"host\", \"token\""),
+                ))
+            }
+        };
+        let require_in_token_sealing = raw.require_in_token_sealing.unwrap_or(false);
+        if require_in_token_sealing && sealing == SealingPolicy::Host {
+            return Err(self.err(
+                "require_in_token_sealing",
+                "contradicts sealing = \"host\"; set sealing to \"auto\" or \"token\"",
+            ));
+        }
         let token = raw
             .token
             .ok_or_else(|| self.err("token", "the [token] section is required"))?;
@@ -840,6 +928,8 @@ impl Validator<'_> {
             account,
             sessions,
             metadata_refresh: Duration::from_millis(refresh_ms),
+            sealing,
+            require_in_token_sealing,
             server,
             source: ConfigSource::File(self.path.to_path_buf()),
         })
@@ -894,11 +984,27 @@ impl Validator<'_> {
             .softhsm2_conf
             .map(|p| self.path_field("token.softhsm2_conf", &p))
             .transpose()?;
+        let mut env = Vec::new();
+        for (name, value) in raw.env.unwrap_or_default() {
+            let field = format!("token.env.{name}");
+            let name = self.env_name(&field, name)?;
+            if name == "SOFTHSM2_CONF" && softhsm2_conf.is_some() {
+                return Err(self.err(&field, "set either token.softhsm2_conf or this, not both"));
+            }
+            if name.starts_with("P11KMS_") {
+                return Err(self.err(&field, "p11kms's own variables cannot be set here"));
+            }
+            if value.contains('\0') {
+                return Err(self.err(&field, "contains a NUL byte"));
+            }
+            env.push((name, value));
+        }
         Ok(TokenConfig {
             module,
             selector,
             pin,
             softhsm2_conf,
+            env,
         })
     }
 
@@ -1560,6 +1666,96 @@ principal = "arn:aws:iam::012345678901:role/ops"
     }
 
     #[test]
+    fn module_environment() {
+        let c = parse(&minimal(
+            "pin_env = \"X\"\nenv = { KRYOPTIC_CONF = \"/etc/p11kms/kryoptic.toml\", A_B = \"1\" }",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.token.env,
+            vec![
+                ("A_B".to_owned(), "1".to_owned()),
+                (
+                    "KRYOPTIC_CONF".to_owned(),
+                    "/etc/p11kms/kryoptic.toml".to_owned()
+                )
+            ]
+        );
+        assert!(parse(&minimal("pin_env = \"X\""))
+            .unwrap()
+            .token
+            .env
+            .is_empty());
+        for (extra, want) in [
+            ("env = { \"1X\" = \"v\" }", "token.env.1X"),
+            ("env = { P11KMS_PIN = \"v\" }", "p11kms's own"),
+            (
+                "softhsm2_conf = \"/a\"\nenv = { SOFTHSM2_CONF = \"/b\" }",
+                "not both",
+            ),
+            ("env = { X = 1 }", "token.env"),
+        ] {
+            let err = config_err(parse(&minimal(&format!("pin_env = \"X\"\n{extra}"))));
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn sealing_settings() {
+        let c = parse(&minimal("pin_env = \"X\"")).unwrap();
+        assert_eq!(c.sealing, SealingPolicy::Auto);
+        assert!(!c.require_in_token_sealing);
+        for (v, want) in [
+            ("auto", SealingPolicy::Auto),
+            ("host", SealingPolicy::Host),
+            ("token", SealingPolicy::Token),
+        ] {
+            let c = parse(&format!(
+                "sealing = \"{v}\"\n{}",
+                minimal("pin_env = \"X\"")
+            ))
+            .unwrap();
+            assert_eq!(c.sealing, want);
+            assert_eq!(c.sealing.as_str(), v);
+        }
+        let err = config_err(parse(&format!(
+            "sealing = \"hsm\"\n{}",
+            minimal("pin_env = \"X\"")
+        )));
+        assert!(err.contains("sealing") && err.contains("hsm"), "{err}");
+        let c = parse(&format!(
+            "require_in_token_sealing = true\n{}",
+            minimal("pin_env = \"X\"")
+        ))
+        .unwrap();
+        assert!(c.require_in_token_sealing);
+        let err = config_err(parse(&format!(
+            "require_in_token_sealing = true\nsealing = \"host\"\n{}",
+            minimal("pin_env = \"X\"")
+        )));
+        assert!(err.contains("contradicts"), "{err}");
+    }
+
+    #[test]
+    fn require_in_token_sealing_env_override() {
+        let env = |v: &'static str| {
+            move |n: &str| (n == "P11KMS_REQUIRE_IN_TOKEN_SEALING").then(|| v.into())
+        };
+        let mut c = parse(&minimal("pin_env = \"X\"")).unwrap();
+        c.apply_env_overrides(env("true")).unwrap();
+        assert!(c.require_in_token_sealing);
+        c.apply_env_overrides(env("")).unwrap();
+        assert!(c.require_in_token_sealing, "empty means unset");
+        c.apply_env_overrides(env("false")).unwrap();
+        assert!(!c.require_in_token_sealing);
+        let err = c.apply_env_overrides(env("maybe")).unwrap_err();
+        assert!(err.message().contains("P11KMS_REQUIRE_IN_TOKEN_SEALING"));
+        c.sealing = SealingPolicy::Host;
+        let err = c.apply_env_overrides(env("1")).unwrap_err();
+        assert!(err.message().contains("contradicts"));
+    }
+
+    #[test]
     fn secret_is_redacted() {
         let s = Secret::new("hunter2".into());
         assert_eq!(format!("{s:?}"), "<redacted>");
@@ -1714,6 +1910,34 @@ principal = "arn:aws:iam::012345678901:role/ops"
         assert_eq!(find_module_in(Some(lib.clone().into()), &[]).unwrap(), lib);
         let msg = find_module_in(Some(missing.clone().into()), &[lib_s]).unwrap_err();
         assert!(msg.to_string().contains("P11KMS_MODULE"));
+    }
+
+    #[test]
+    fn shipped_profiles_parse() {
+        for (name, text) in [
+            (
+                "thales-luna",
+                include_str!("../config/profiles/thales-luna.toml"),
+            ),
+            (
+                "entrust-nshield",
+                include_str!("../config/profiles/entrust-nshield.toml"),
+            ),
+            ("utimaco", include_str!("../config/profiles/utimaco.toml")),
+            (
+                "aws-cloudhsm",
+                include_str!("../config/profiles/aws-cloudhsm.toml"),
+            ),
+            ("yubihsm2", include_str!("../config/profiles/yubihsm2.toml")),
+            ("kryoptic", include_str!("../config/profiles/kryoptic.toml")),
+        ] {
+            let path = PathBuf::from(format!("/repo/config/profiles/{name}.toml"));
+            let c = Config::from_toml_str(text, &path, Some(0o644))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(c.token.module.is_absolute(), "{name}");
+            assert!(matches!(&c.token.pin, SecretSource::Env(n) if n == "P11KMS_PIN"));
+            assert!(text.contains("UNTESTED") || name == "kryoptic", "{name}");
+        }
     }
 
     #[test]

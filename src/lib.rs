@@ -10,8 +10,10 @@
 //! - [`cli`]: the `p11kms` command line.
 //! - [`error`]: the one error enum, carrying AWS exception names.
 //! - [`setup`]: first-run set-up of the embedded default token.
+//! - [`bench`]: `p11kms bench`, measurements against the token's own ceiling.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod envelope;

@@ -1,4 +1,4 @@
-//! The `p11kms` binary, run for real against the fixture's SoftHSM token.
+//! The `p11kms` binary, run for real against the fixture's token (SoftHSM or Kryoptic).
 
 mod common;
 
@@ -93,8 +93,7 @@ fn token_init_is_idempotent_and_only_for_the_embedded_token() {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     let init = || {
-        common::p11kms_cmd()
-            .env("P11KMS_STATE_DIR", &state_dir)
+        common::embedded_cmd(&state_dir)
             .args(["token", "init"])
             .output()
             .unwrap()
@@ -113,8 +112,7 @@ fn token_init_is_idempotent_and_only_for_the_embedded_token() {
         "{}",
         stdout(&second)
     );
-    let json = common::p11kms_cmd()
-        .env("P11KMS_STATE_DIR", &state_dir)
+    let json = common::embedded_cmd(&state_dir)
         .args(["--json", "token", "init"])
         .output()
         .unwrap();
@@ -134,20 +132,91 @@ fn token_init_is_idempotent_and_only_for_the_embedded_token() {
     assert!(!err.contains("PIN"), "{err}");
 }
 
+/// `token init --so-pin-file` creates the token a configuration file names (a software token
+/// of the fixture's kind, in a folder of its own), idempotently; without a file it is refused.
+#[test]
+fn token_init_of_a_configured_software_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token_section = match common::token_kind() {
+        common::TokenKind::SoftHsm => {
+            std::fs::create_dir(d.join("tokens")).unwrap();
+            std::fs::write(
+                d.join("softhsm2.conf"),
+                format!("directories.tokendir = {}\n", d.join("tokens").display()),
+            )
+            .unwrap();
+            format!(
+                "softhsm2_conf = \"{}\"\n",
+                d.join("softhsm2.conf").display()
+            )
+        }
+        common::TokenKind::Kryoptic => {
+            std::fs::write(
+                d.join("kryoptic.toml"),
+                format!(
+                    "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+                    d.join("k.sql").display()
+                ),
+            )
+            .unwrap();
+            format!(
+                "module = \"{}\"\nenv = {{ KRYOPTIC_CONF = \"{}\" }}\n",
+                common::kryoptic_module().display(),
+                d.join("kryoptic.toml").display()
+            )
+        }
+    };
+    let conf = d.join("p11kms.toml");
+    std::fs::write(
+        &conf,
+        format!("[token]\nlabel = \"fresh\"\npin_env = \"FRESH_PIN\"\n{token_section}"),
+    )
+    .unwrap();
+    let so = d.join("so.pin");
+    std::fs::write(&so, "so-secret\n").unwrap();
+    let run = |args: &[&str]| {
+        common::p11kms_cmd()
+            .env("FRESH_PIN", "user-secret")
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let so_arg = so.to_str().unwrap();
+    // The SO PIN file must be private.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["token", "init", "--so-pin-file", so_arg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = run(&["token", "init", "--so-pin-file", so_arg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Initialised token \"fresh\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["token", "init", "--so-pin-file", so_arg]);
+    assert!(stdout(&o).contains("already exists"), "{}", stdout(&o));
+    let o = run(&["key", "create"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The embedded token is set up without an SO PIN file.
+    let o = common::embedded_cmd(&d.join("state"))
+        .args(["token", "init", "--so-pin-file", so_arg])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("configuration file"), "{}", stderr(&o));
+}
+
 #[test]
 fn file_config_via_flag_and_env() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = common::state_dir();
     let conf = dir.path().join("p11kms.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[token]\nlabel = \"p11kms\"\npin_file = \"{}\"\nsofthsm2_conf = \"{}\"\n",
-            state_dir.join("user.pin").display(),
-            state_dir.join("softhsm2.conf").display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, format!("[token]\n{}", common::token_toml())).unwrap();
     let key = new_key();
     let listed = ok(&["--config", conf.to_str().unwrap(), "key", "list"]);
     assert!(listed.contains(&key));
@@ -162,25 +231,60 @@ fn file_config_via_flag_and_env() {
 
 #[test]
 fn token_info_and_sweep() {
+    // New keys derive with SP 800-108 (KDF id 2) where the token has it.
+    let (module, maker, source, kdf) = match common::token_kind() {
+        common::TokenKind::SoftHsm => (
+            "libsofthsm2.so",
+            "SoftHSM",
+            "embedded",
+            "CKM_AES_CBC_ENCRYPT_DATA",
+        ),
+        common::TokenKind::Kryoptic => (
+            "libkryoptic_pkcs11.so",
+            "Kryoptic",
+            "file",
+            "CKM_SP800_108_COUNTER_KDF/CKM_AES_CMAC",
+        ),
+    };
     let text = ok(&["token", "info"]);
     for want in [
-        "libsofthsm2.so",
+        module,
         "CKM_AES_CBC_ENCRYPT_DATA",
+        kdf,
         "KDF:",
         "C_Encrypt(CKM_AES_GCM)",
-        "SoftHSM",
+        maker,
+        "GenerateDataKeyWithoutPlaintext: ",
     ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
     let v = ok_json(&["token", "info"]);
-    assert!(v["token"]["module"]
-        .as_str()
-        .unwrap()
-        .ends_with("libsofthsm2.so"));
-    assert_eq!(v["kdf"], "CKM_AES_CBC_ENCRYPT_DATA");
-    assert_eq!(v["config_source"], "embedded");
+    assert!(v["token"]["module"].as_str().unwrap().ends_with(module));
+    assert_eq!(v["kdf"], kdf);
+    assert_eq!(v["config_source"], source);
     assert!(v["keys"].as_u64().is_some());
-    assert!(v["in_token_sealing_possible"].is_boolean());
+    // What the token can do decides the path, and the report says so.
+    let in_token = common::kms().token().capabilities().in_token_sealing();
+    assert_eq!(v["in_token_sealing_possible"], in_token);
+    assert_eq!(
+        v["custody"]["data_keys_without_plaintext"],
+        if in_token { "token" } else { "host" }
+    );
+    let ops = v["custody"]["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 7, "{ops:?}");
+    let wp = ops
+        .iter()
+        .find(|o| o["operation"] == "GenerateDataKeyWithoutPlaintext")
+        .unwrap();
+    if in_token {
+        assert_eq!(wp["plaintext"], "token only");
+        assert!(wp["path"].as_str().unwrap().contains("C_WrapKey"));
+    } else {
+        assert!(wp["plaintext"]
+            .as_str()
+            .unwrap()
+            .starts_with("host memory for ~"));
+    }
 
     let v = ok_json(&["token", "sweep"]);
     assert!(v["destroyed_keys"].as_array().is_some());

@@ -1,5 +1,6 @@
-//! The library's operations against a real SoftHSM token: every operation, its errors, and
-//! the custody and integrity properties the service promises.
+//! The library's operations against a real token (SoftHSM, or Kryoptic with
+//! `P11KMS_TEST_TOKEN=kryoptic`): every operation, its errors, and the custody and integrity
+//! properties the service promises.
 
 mod common;
 

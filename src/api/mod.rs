@@ -124,6 +124,7 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
         );
     }
     let kms = Arc::new(Kms::open(config)?);
+    log_custody(&kms);
     // With refresh on every request, upkeep still has deletions and orphans to sweep.
     let upkeep = if config.metadata_refresh.is_zero() {
         Duration::from_secs(1)
@@ -150,6 +151,27 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
     // Blocking tasks still finishing after the drain timeout are not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// States on stderr, one line per operation, which PKCS#11 path it takes and where its
+/// plaintext exists (docs/key-custody.md).
+fn log_custody(kms: &Kms) {
+    let custody = kms.custody();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "p11kms: custody: token {:?}: data keys without plaintext sealed on the {} path{}",
+        custody.token_label,
+        custody.data_keys_without_plaintext.as_str(),
+        if custody.in_token_sealing_required {
+            " (required)"
+        } else {
+            ""
+        }
+    );
+    for line in custody.lines() {
+        let _ = writeln!(err, "p11kms: custody: {line}");
+    }
 }
 
 /// The lines a user pastes into a shell, then `listening on`, flushed before serving.

@@ -4,8 +4,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -39,6 +40,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shutdown waits this long for in-flight requests, then gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 1024;
+/// Fast operations run on the runtime thread while they take less than this on average
+/// (a local software token: tens of µs); above it (a network HSM), on the blocking pool.
+const INLINE_MAX_NS: u64 = 250_000;
 /// An oversized body is read and discarded up to this much more, so the client (which is
 /// usually still sending) gets the 413 instead of a connection reset.
 const DISCARD_LIMIT: u64 = 8 << 20;
@@ -54,6 +58,36 @@ struct State {
     refresh_every_request: bool,
     /// Permits = token sessions: blocking work never queues inside the token pool.
     blocking: Arc<Semaphore>,
+    /// Moving average (ns) of how long the fast operations take, wherever they ran.
+    fast_op_ns: AtomicU64,
+}
+
+impl State {
+    /// Records how long a fast operation took (exponential moving average, 1/16 weight).
+    fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.fast_op_ns.load(Ordering::Relaxed);
+        let new = old - old / 16 + ns / 16;
+        self.fast_op_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Operations whose token work is one to three short calls (no token writes, no re-listing):
+/// candidates to run inline. On a local software token they take tens of microseconds, less
+/// than handing them to the blocking pool costs (two thread wake-ups and context switches).
+fn fast_op(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Encrypt
+            | Op::Decrypt
+            | Op::ReEncrypt
+            | Op::GenerateDataKey
+            | Op::GenerateDataKeyWithoutPlaintext
+            | Op::GenerateRandom
+            | Op::DescribeKey
+            | Op::ListKeys
+            | Op::ListAliases
+    )
 }
 
 pub(super) async fn run<F>(
@@ -78,6 +112,7 @@ where
         max_body_bytes: settings.max_body_bytes,
         refresh_every_request: settings.refresh_every_request,
         blocking: Arc::new(Semaphore::new(permits)),
+        fast_op_ns: AtomicU64::new(0),
     });
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -145,7 +180,7 @@ where
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = request_id();
     let mut resp = match route(&state, req, &request_id).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -265,7 +300,7 @@ async fn kms_request(
 
     let st = Arc::clone(state);
     let rid = request_id.to_owned();
-    let outcome = run_blocking(state, QUEUE_TIMEOUT, move || {
+    let work = move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if st.refresh_every_request {
                 st.kms.refresh()?;
@@ -281,8 +316,36 @@ async fn kms_request(
             eprintln!("p11kms: request {rid}: {} panicked", op.name());
             Err(ApiError::internal("internal error"))
         })
-    })
-    .await?;
+    };
+    let fast = fast_op(op) && !state.refresh_every_request;
+    let inline = fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
+    // Inline only with a free session permit: never more token calls than sessions.
+    let permit = if inline {
+        Arc::clone(&state.blocking).try_acquire_owned().ok()
+    } else {
+        None
+    };
+    let outcome = match permit {
+        Some(permit) => {
+            let t0 = Instant::now();
+            let r = work();
+            drop(permit);
+            state.observe(t0.elapsed());
+            r
+        }
+        None => {
+            let st = Arc::clone(state);
+            run_blocking(state, QUEUE_TIMEOUT, move || {
+                let t0 = Instant::now();
+                let r = work();
+                if fast {
+                    st.observe(t0.elapsed());
+                }
+                r
+            })
+            .await?
+        }
+    };
     match outcome {
         Ok(reply) => Ok(reply_response(reply)),
         Err(e) => {
@@ -320,6 +383,18 @@ where
     })
     .await
     .map_err(|_| ApiError::internal("internal error"))
+}
+
+/// A request id in UUID form without a system call per request: a random per-process base
+/// plus a counter (ids need to be unique, not unpredictable).
+fn request_id() -> String {
+    static BASE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = u128::from(NEXT.fetch_add(1, Ordering::Relaxed));
+    uuid::Builder::from_random_bytes((base.wrapping_add(n << 64 | n)).to_be_bytes())
+        .into_uuid()
+        .to_string()
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {

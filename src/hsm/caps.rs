@@ -19,18 +19,28 @@ use crate::error::{KmsError, Result};
 pub enum Kdf {
     /// `CKM_AES_CBC_ENCRYPT_DATA`, zero IV, over the 32-byte nonce: K = AES-CBC_CMK(nonce).
     AesCbcEncryptData,
+    /// `CKM_SP800_108_COUNTER_KDF` with PRF `CKM_AES_CMAC` (NIST SP 800-108r1 counter mode):
+    /// K = CMAC_CMK(1 ‖ label ‖ 0x00 ‖ nonce ‖ L) ‖ CMAC_CMK(2 ‖ label ‖ 0x00 ‖ nonce ‖ L), with a
+    /// 32-bit big-endian counter, label [`KDF_LABEL`] and L = 256 as 32 bits big-endian.
+    #[serde(rename = "SP800_108_COUNTER_CMAC")]
+    Sp800108CounterCmac,
 }
+
+/// The SP 800-108 label of KDF id 2 (fixed: it is part of every derived key).
+pub const KDF_LABEL: &[u8] = b"p11kms epoch key v1";
 
 impl Kdf {
     pub fn id(self) -> u8 {
         match self {
             Kdf::AesCbcEncryptData => 1,
+            Kdf::Sp800108CounterCmac => 2,
         }
     }
 
     pub fn from_id(id: u8) -> Option<Kdf> {
         match id {
             1 => Some(Kdf::AesCbcEncryptData),
+            2 => Some(Kdf::Sp800108CounterCmac),
             _ => None,
         }
     }
@@ -38,12 +48,14 @@ impl Kdf {
     pub fn name(self) -> &'static str {
         match self {
             Kdf::AesCbcEncryptData => "CKM_AES_CBC_ENCRYPT_DATA",
+            Kdf::Sp800108CounterCmac => "CKM_SP800_108_COUNTER_KDF/CKM_AES_CMAC",
         }
     }
 
     pub(crate) fn mechanism_type(self) -> MechanismType {
         match self {
             Kdf::AesCbcEncryptData => MechanismType::AES_CBC_ENCRYPT_DATA,
+            Kdf::Sp800108CounterCmac => MechanismType::SP800_108_COUNTER_KDF,
         }
     }
 }
@@ -61,23 +73,83 @@ pub struct MechanismSupport {
     pub derive: bool,
 }
 
+/// Which secret-key type the token generates for data keys sealed inside it (probed at open by
+/// generating and wrapping one; see `hsm::keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InTokenDataKeys {
+    /// `CKK_GENERIC_SECRET` of any length 1..=1024 (`CKM_GENERIC_SECRET_KEY_GEN`).
+    AnyLength,
+    /// Only `CKK_AES` keys: 16- and 32-byte data keys (other lengths take the host path).
+    AesOnly,
+}
+
+impl InTokenDataKeys {
+    /// Whether a data key of `len` bytes can be generated and sealed in the token.
+    pub fn covers(self, len: usize) -> bool {
+        match self {
+            InTokenDataKeys::AnyLength => (1..=1024).contains(&len),
+            InTokenDataKeys::AesOnly => len == 16 || len == 32,
+        }
+    }
+}
+
+/// What the token does with `CKA_DERIVE_TEMPLATE` on a derive-only key (probed at open on a
+/// throwaway session key: a derivation asking for a non-sensitive, extractable result).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeriveTemplateSupport {
+    /// The token accepts the attribute on a new key.
+    pub accepted: bool,
+    /// A derivation whose template contradicts it is refused, or comes out sensitive anyway.
+    pub enforced: bool,
+    /// A PIN holder can replace it with `C_SetAttributeValue` on a modifiable key (CMKs are
+    /// modifiable: disabling a key clears `CKA_DERIVE`).
+    pub rewritable: bool,
+    /// Without it, the token derives a non-sensitive, extractable key from a sensitive,
+    /// never-extractable base when asked to (the custody gap the template closes).
+    pub exposed_derivation_without_it: bool,
+}
+
 /// What the token offers p11kms.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
     pub rng: bool,
     pub aes_key_gen: MechanismSupport,
+    pub generic_secret_key_gen: MechanismSupport,
     pub aes_gcm: MechanismSupport,
     pub aes_cbc_encrypt_data: MechanismSupport,
     pub sp800_108_counter_kdf: MechanismSupport,
     pub aes_cmac: MechanismSupport,
-    /// The derive mechanism new CMKs use, if any is usable.
+    /// The derive mechanism new CMKs use, if any is usable: SP 800-108 (id 2) where a
+    /// derivation with it works, else `CKM_AES_CBC_ENCRYPT_DATA` (id 1).
     pub kdf: Option<Kdf>,
+    /// Every derive mechanism that works here (blobs of keys made with either open).
+    pub kdfs: Vec<Kdf>,
+    /// Data keys the token can generate and seal itself (`C_GenerateKey` + `C_WrapKey` with
+    /// AES-GCM, output checked to be the same bytes `C_Encrypt` gives); `None`: host path only.
+    pub in_token_data_keys: Option<InTokenDataKeys>,
+    /// Why in-token sealing is not available, when it is not.
+    pub in_token_sealing_missing: Option<String>,
+    pub derive_template: DeriveTemplateSupport,
+    /// `C_Encrypt(CKM_AES_GCM)` uses the caller's 12-byte IV and returns ciphertext ‖ tag
+    /// (probed at open). Tokens that generate the IV themselves (AWS CloudHSM; Luna in FIPS
+    /// mode) cannot produce p11kms's blob format, which authenticates the IV in its header.
+    pub gcm_caller_iv: bool,
+    /// Measured at open: how long (µs, median) data-key bytes drawn from the RNG stay in host
+    /// memory on the host path before they are sealed and wiped (one `C_Encrypt` of 32 bytes
+    /// under a session key). `None` if it could not be measured.
+    pub host_seal_micros: Option<u64>,
 }
 
 impl Capabilities {
-    /// Can data keys be sealed inside the token (`C_WrapKey` with AES-GCM)?
+    /// Does the token list `CKM_AES_GCM` with `CKF_WRAP` and `CKF_UNWRAP`?
     pub fn gcm_wrap(&self) -> bool {
         self.aes_gcm.wrap && self.aes_gcm.unwrap
+    }
+
+    /// Can data keys be generated and sealed inside the token (the probe succeeded)?
+    pub fn in_token_sealing(&self) -> bool {
+        self.in_token_data_keys.is_some()
     }
 
     /// Refuses a token that lacks something p11kms cannot work without.
@@ -93,7 +165,10 @@ impl Capabilities {
             missing.push("CKM_AES_GCM encrypt/decrypt");
         }
         if self.kdf.is_none() {
-            missing.push("an AES key derivation mechanism (CKM_AES_CBC_ENCRYPT_DATA)");
+            missing.push(
+                "an AES key derivation mechanism (CKM_AES_CBC_ENCRYPT_DATA, or \
+                 CKM_SP800_108_COUNTER_KDF with CKM_AES_CMAC)",
+            );
         }
         if missing.is_empty() {
             Ok(())
@@ -135,21 +210,42 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
         "CKM_AES_CBC_ENCRYPT_DATA",
         MechanismType::AES_CBC_ENCRYPT_DATA,
     );
-    let kdf = aes_cbc_encrypt_data
-        .derive
-        .then_some(Kdf::AesCbcEncryptData);
+    // Listed by the flags; `keys::probe_kdfs` keeps those that really derive.
+    let mut kdfs = Vec::new();
+    if aes_cbc_encrypt_data.derive {
+        kdfs.push(Kdf::AesCbcEncryptData);
+    }
+    let sp800_108_counter_kdf = ask(
+        ctx,
+        slot,
+        "CKM_SP800_108_COUNTER_KDF",
+        MechanismType::SP800_108_COUNTER_KDF,
+    );
+    let aes_cmac = ask(ctx, slot, "CKM_AES_CMAC", MechanismType::AES_CMAC);
+    if sp800_108_counter_kdf.derive && aes_cmac.present {
+        kdfs.push(Kdf::Sp800108CounterCmac);
+    }
+    let kdf = kdfs.first().copied();
     Ok(Capabilities {
         rng: token.rng(),
         aes_key_gen: ask(ctx, slot, "CKM_AES_KEY_GEN", MechanismType::AES_KEY_GEN),
-        aes_gcm: ask(ctx, slot, "CKM_AES_GCM", MechanismType::AES_GCM),
-        aes_cbc_encrypt_data,
-        sp800_108_counter_kdf: ask(
+        generic_secret_key_gen: ask(
             ctx,
             slot,
-            "CKM_SP800_108_COUNTER_KDF",
-            MechanismType::SP800_108_COUNTER_KDF,
+            "CKM_GENERIC_SECRET_KEY_GEN",
+            MechanismType::GENERIC_SECRET_KEY_GEN,
         ),
-        aes_cmac: ask(ctx, slot, "CKM_AES_CMAC", MechanismType::AES_CMAC),
+        aes_gcm: ask(ctx, slot, "CKM_AES_GCM", MechanismType::AES_GCM),
+        aes_cbc_encrypt_data,
+        sp800_108_counter_kdf,
+        aes_cmac,
         kdf,
+        kdfs,
+        // Filled in by the functional probes once a session is logged in.
+        in_token_data_keys: None,
+        in_token_sealing_missing: None,
+        derive_template: DeriveTemplateSupport::default(),
+        gcm_caller_iv: true,
+        host_seal_micros: None,
     })
 }

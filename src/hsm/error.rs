@@ -7,6 +7,37 @@ use cryptoki::error::{Error as CkError, RvError};
 
 use crate::error::KmsError;
 
+/// How one token's return codes must be read where the tokens we target disagree. Chosen at
+/// open from the module's manufacturer: neither case can be provoked cheaply at start-up
+/// (both need a second process or a concurrent writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Quirks {
+    /// `CKR_GENERAL_ERROR` may be a torn read of the token's files, worth retrying (SoftHSMv2,
+    /// and unknown tokens, where a few retries cost little).
+    pub general_error_transient: bool,
+    /// `CKR_GENERAL_ERROR` from a call on an object handle means the object is gone: another
+    /// process destroyed it (Kryoptic 1.5, measured; SoftHSM answers
+    /// `CKR_OBJECT_HANDLE_INVALID`).
+    pub general_error_stale_handle: bool,
+}
+
+impl Quirks {
+    /// From `C_GetInfo`'s manufacturer and library description.
+    pub(crate) fn for_library(manufacturer: &str, description: &str) -> Quirks {
+        let kryoptic = manufacturer.contains("Kryoptic") || description.contains("Kryoptic");
+        Quirks {
+            general_error_transient: !kryoptic,
+            general_error_stale_handle: kryoptic,
+        }
+    }
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks::for_library("", "")
+    }
+}
+
 /// A PKCS#11 failure, classified. Converted into [`KmsError`] at the edge of `hsm`.
 #[derive(Debug, Clone)]
 pub struct HsmError {
@@ -101,14 +132,36 @@ impl HsmError {
     }
 
     /// Transient contention on the token's storage, worth another try: Kryoptic's sqlite
-    /// under concurrent writers (`CKR_DEVICE_MEMORY`), and SoftHSM reading its token file
-    /// while another process or thread rewrites it (`CKR_GENERAL_ERROR`). Never used for GCM
-    /// opens, where SoftHSM's `CKR_GENERAL_ERROR` means a failed tag.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self.rv,
-            Some(RvError::DeviceMemory) | Some(RvError::SessionCount) | Some(RvError::GeneralError)
-        )
+    /// under concurrent writers (`CKR_DEVICE_MEMORY`), and, where [`Quirks`] says so, SoftHSM
+    /// reading its token file while another process or thread rewrites it
+    /// (`CKR_GENERAL_ERROR`). Never used for GCM opens, where SoftHSM's `CKR_GENERAL_ERROR`
+    /// means a failed tag.
+    pub(crate) fn is_transient_on(&self, quirks: Quirks) -> bool {
+        match self.rv {
+            Some(RvError::DeviceMemory) | Some(RvError::SessionCount) => true,
+            Some(RvError::GeneralError) => quirks.general_error_transient,
+            _ => false,
+        }
+    }
+
+    /// Reads the answer to a call on an object handle: on a token whose stale handles come
+    /// back as `CKR_GENERAL_ERROR` (Kryoptic, after another process destroyed the object),
+    /// that code becomes `CKR_OBJECT_HANDLE_INVALID`, so callers test [`Self::is_stale_handle`]
+    /// alone. Only for calls whose one object is the handle (get/set/destroy/derive-from).
+    pub(crate) fn on_handle(self, quirks: Quirks) -> HsmError {
+        if quirks.general_error_stale_handle && self.rv == Some(RvError::GeneralError) {
+            HsmError {
+                rv: Some(RvError::ObjectHandleInvalid),
+                text: format!("{} (read as a stale handle)", self.text),
+            }
+        } else {
+            self
+        }
+    }
+
+    /// The raw return value, for reports (e.g. what a token answered to a probe).
+    pub fn code(&self) -> String {
+        self.to_string()
     }
 
     fn is_unavailable(&self) -> bool {

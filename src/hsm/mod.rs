@@ -5,11 +5,15 @@
 //! ([`CmkHandle`], [`DataHandle`], [`SessionKey`]) and the handful of operations p11kms needs.
 //! The rules of KMS (states, formats, contexts) live in `kms`, not here.
 
+mod bench;
 mod caps;
 mod error;
 mod keys;
 mod objects;
 mod pool;
+mod raw;
+mod scan;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +25,13 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-pub use caps::{Capabilities, Kdf, MechanismSupport};
-pub use error::HsmError;
-pub use keys::{CmkCustody, CmkHandle, SessionKey, GCM_IV_LEN, GCM_TAG_LEN};
+pub use bench::{CeilingOp, CeilingResult};
+pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
+pub use error::{HsmError, Quirks};
+pub use keys::{CmkCustody, CmkHandle, ExposedDerivation, SessionKey, GCM_IV_LEN, GCM_TAG_LEN};
 pub use objects::{DataHandle, DataObject};
+pub use scan::ListedCmk;
+pub use stats::TokenStats;
 
 use crate::config::{Secret, TokenSelector};
 use crate::error::{KmsError, Result};
@@ -57,6 +64,11 @@ pub(crate) struct TokenInner {
     _keeper: Mutex<Session>,
     caps: Capabilities,
     info: TokenDescription,
+    /// How this token's return codes read where tokens disagree.
+    quirks: Quirks,
+    stats: stats::Counters,
+    /// For the calls cryptoki cannot make (CKA_DERIVE_TEMPLATE); `None` if unavailable.
+    raw: Option<raw::RawModule>,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -64,6 +76,7 @@ pub(crate) struct TokenInner {
 pub struct TokenDescription {
     pub module: String,
     pub library: String,
+    pub library_manufacturer: String,
     pub library_version: String,
     pub cryptoki_version: String,
     pub slot: u64,
@@ -107,7 +120,8 @@ fn module(path: &Path) -> Result<(Pkcs11, bool)> {
         Err(e) if HsmError::from(&e).is_already_initialized() => {}
         Err(e) => {
             return Err(KmsError::Config(format!(
-                "C_Initialize of {} failed: {e} (for SoftHSM, check SOFTHSM2_CONF)",
+                "C_Initialize of {} failed: {e} (the module's own configuration: SoftHSM reads \
+                 SOFTHSM2_CONF, Kryoptic KRYOPTIC_CONF; see token.softhsm2_conf and token.env)",
                 path.display()
             )))
         }
@@ -191,10 +205,13 @@ impl Token {
             let (ctx, fresh) = module(params.module)?;
             match Token::open_in(&ctx, &params) {
                 Ok(token) => return Ok(token),
-                // Only a module nobody else in this process uses may be finalized.
-                Err(e) if e.transient && fresh && attempt < OPEN_RETRIES => {
+                Err(e) if e.transient && attempt < OPEN_RETRIES => {
                     drop(ctx);
-                    unload(params.module);
+                    // Only a module nobody else in this process uses may be finalized; one in
+                    // use is asked again as it is (a writer elsewhere may finish meanwhile).
+                    if fresh {
+                        unload(params.module);
+                    }
                     std::thread::sleep(Duration::from_millis(10 << attempt));
                     attempt += 1;
                 }
@@ -222,9 +239,33 @@ impl Token {
                 });
             }
         }
-        let caps = caps::probe(ctx, slot)?;
+        // C_GetTokenInfo right after a login can meet the same torn token file as the login.
+        let mut caps = caps::probe(ctx, slot).map_err(transient)?;
+        let info = describe(ctx, slot, params.module).map_err(transient)?;
+        let quirks = Quirks::for_library(&info.library_manufacturer, &info.library);
+        let raw = raw::RawModule::load(params.module);
+        // Functional probes on throwaway session objects: what the mechanism flags cannot say.
+        let listed = !caps.kdfs.is_empty();
+        keys::probe_kdfs(&keeper, &mut caps);
+        if listed && caps.kdfs.is_empty() {
+            // Listed but failed: most likely the token was busy (e.g. a torn SoftHSM read).
+            return Err(transient(KmsError::Config(
+                "the token lists an AES key derivation, but deriving with it failed".into(),
+            )));
+        }
         caps.require()?;
-        let info = describe(ctx, slot, params.module)?;
+        keys::probe_in_token_sealing(&keeper, &mut caps);
+        keys::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
+        keys::probe_gcm_encrypt(&keeper, &mut caps);
+        if !caps.gcm_caller_iv {
+            return Err(KmsError::Config(
+                "the token does not seal AES-GCM under the caller's 12-byte IV (it substitutes \
+                 its own, as AWS CloudHSM and Luna HSMs in FIPS mode do): p11kms's ciphertext \
+                 format authenticates the IV it chose, so this token cannot be used"
+                    .into(),
+            )
+            .into());
+        }
         let pool = SessionPool::open(ctx, slot, params.sessions.max(1), SESSION_WAIT)?;
         Ok(Token {
             inner: Arc::new(TokenInner {
@@ -233,8 +274,21 @@ impl Token {
                 _keeper: Mutex::new(keeper),
                 caps,
                 info,
+                quirks,
+                stats: stats::Counters::default(),
+                raw,
             }),
         })
+    }
+
+    /// How this token's ambiguous return codes are read (see [`Quirks`]).
+    pub fn quirks(&self) -> Quirks {
+        self.inner.quirks
+    }
+
+    /// The PKCS#11 calls this `Token` has made so far (see [`TokenStats`]).
+    pub fn stats(&self) -> TokenStats {
+        self.inner.stats.snapshot()
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -278,7 +332,7 @@ impl Token {
                 Ok(v) => return Ok(Ok(v)),
                 Err(e) => {
                     let e = HsmError::from(e);
-                    if !e.is_transient() || attempt >= CALL_RETRIES {
+                    if !e.is_transient_on(self.inner.quirks) || attempt >= CALL_RETRIES {
                         return Ok(Err(e));
                     }
                 }
@@ -286,6 +340,16 @@ impl Token {
             std::thread::sleep(Duration::from_millis(2 << attempt));
             attempt += 1;
         }
+    }
+
+    /// [`Token::call`] for a call on one object handle: a stale handle always comes back as
+    /// [`HsmError::is_stale_handle`], whatever code this token uses for it.
+    pub(crate) fn handle_call<T>(
+        &self,
+        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<std::result::Result<T, HsmError>> {
+        let quirks = self.inner.quirks;
+        Ok(self.call(f)?.map_err(|e| e.on_handle(quirks)))
     }
 
     /// `n` bytes from the token's RNG.
@@ -301,6 +365,8 @@ impl Token {
             return Ok(());
         }
         let s = self.inner.pool.get()?;
+        stats::Counters::add(&self.inner.stats.random_calls, 1);
+        stats::Counters::add(&self.inner.stats.random_bytes, buf.len() as u64);
         s.generate_random_slice(buf)
             .map_err(|e| HsmError::from(e).into())
     }
@@ -316,6 +382,7 @@ fn describe(ctx: &Pkcs11, slot: Slot, module: &Path) -> Result<TokenDescription>
     Ok(TokenDescription {
         module: module.display().to_string(),
         library: lib.library_description().trim_end().to_string(),
+        library_manufacturer: lib.manufacturer_id().trim_end().to_string(),
         library_version: lib.library_version().to_string(),
         cryptoki_version: lib.cryptoki_version().to_string(),
         slot: slot.id(),

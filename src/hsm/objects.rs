@@ -47,7 +47,7 @@ impl Token {
         let handles = self.call(|s| s.find_objects(&template))??;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            match self.call(|s| s.get_attributes(h, &[AttributeType::Label]))? {
+            match self.handle_call(|s| s.get_attributes(h, &[AttributeType::Label]))? {
                 Ok(attrs) => {
                     for a in attrs {
                         if let Attribute::Label(l) = a {
@@ -70,7 +70,7 @@ impl Token {
 
     /// A data object's value; `None` if it has vanished meanwhile.
     pub fn read_data(&self, handle: DataHandle) -> Result<Option<Vec<u8>>> {
-        match self.call(|s| s.get_attributes(handle.0, &[AttributeType::Value]))? {
+        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Value]))? {
             Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
                 Attribute::Value(v) => Some(v),
                 _ => None,
@@ -80,9 +80,67 @@ impl Token {
         }
     }
 
+    /// Every data object of `application` with its label and value, one read per object
+    /// (a first load, where every value is needed anyway).
+    pub fn list_data_values(&self, application: &str) -> Result<Vec<(DataObject, Vec<u8>)>> {
+        let template = base_template(application);
+        let handles = self.call(|s| s.find_objects(&template))??;
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            let attrs = match self.handle_call(|s| {
+                s.get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            })? {
+                Ok(a) => a,
+                Err(e) if e.is_stale_handle() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let (mut label, mut value) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                    Attribute::Value(v) => value = Some(v),
+                    _ => {}
+                }
+            }
+            if let (Some(label), Some(value)) = (label, value) {
+                out.push((
+                    DataObject {
+                        handle: DataHandle(h),
+                        label,
+                    },
+                    value,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A data object's label; `None` if it has vanished.
+    pub fn data_label(&self, handle: DataHandle) -> Result<Option<String>> {
+        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Label]))? {
+            Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::Label(l) => String::from_utf8(l).ok(),
+                _ => None,
+            })),
+            Err(e) if e.is_stale_handle() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes a data object's label in place (both tokens we target allow it, unlike the
+    /// value). `Ok(false)`: the object has vanished.
+    pub fn relabel_data(&self, handle: DataHandle, label: &str) -> Result<bool> {
+        let attr = [Attribute::Label(label.as_bytes().to_vec())];
+        match self.handle_call(|s| s.update_attributes(handle.0, &attr))? {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_stale_handle() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Destroys a data object; one already gone is not an error.
     pub fn destroy_data(&self, handle: DataHandle) -> Result<()> {
-        match self.call(|s| s.destroy_object(handle.0))? {
+        match self.handle_call(|s| s.destroy_object(handle.0))? {
             Ok(()) => Ok(()),
             Err(e) if e.is_stale_handle() => Ok(()),
             Err(e) => Err(e.into()),

@@ -5,7 +5,7 @@
 //!  0      1    format version (1)
 //!  1     16    key id (UUID bytes)
 //! 17      4    backing-key version (u32 BE)
-//! 21      1    KDF id (1 = CKM_AES_CBC_ENCRYPT_DATA)
+//! 21      1    KDF id (1 = CKM_AES_CBC_ENCRYPT_DATA, 2 = SP 800-108 counter KDF, AES-CMAC)
 //! 22     32    KDF nonce (derivation data for the epoch key)
 //! 54     12    AES-GCM IV
 //! 66      n    ciphertext
@@ -134,6 +134,68 @@ mod tests {
         assert_eq!(e[21], 1);
         assert_eq!(e[22], 0x11);
         assert_eq!(e[54], 0x22);
+    }
+
+    /// The two test vectors of docs/ciphertext-format.md, from their epoch keys (the derivation
+    /// itself happens in the token).
+    #[test]
+    fn documented_test_vectors() {
+        use aes_gcm::aead::{Aead, Payload};
+        use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce};
+        use base64::Engine as _;
+        let ctx = EncryptionContext::from_pairs(["tenant=acme", "purpose=demo"]).unwrap();
+        for (kdf, key, b64) in [
+            (
+                Kdf::AesCbcEncryptData,
+                "a37edf3f975abaef937b62c78d5bb157a36e5f05ba7cce858453a779401a16dd",
+                "ARI0q80SqzTNVu8SNFZ4kKsAAAABAUBBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5foKGio6SlpqeoqaqrnF33Cer/tkK+hXteFX4EaIH7W/aOhqRskBBu/6rorkC1spdHG0EXhY1EhTqpLPV7",
+            ),
+            (
+                Kdf::Sp800108CounterCmac,
+                "b7c9e8aee9b1a37866fa91837ce932a5871dcc500a06f5e793499857f90c1522",
+                "ARI0q80SqzTNVu8SNFZ4kKsAAAABAkBBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5foKGio6SlpqeoqaqrRTpvtvKc4vgrt6Lf7rjxI1f0bQMlbPyiJRWY2xrpojALacL8CNHZWj4pubOUpr9/",
+            ),
+        ] {
+            let h = Header {
+                key_id: "1234abcd-12ab-34cd-56ef-1234567890ab".parse().unwrap(),
+                key_version: 1,
+                kdf,
+                nonce: std::array::from_fn(|i| 0x40 + i as u8),
+                iv: std::array::from_fn(|i| 0xa0 + i as u8),
+            };
+            let key = hex::decode(key).unwrap();
+            let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+            let aad = h.aad(&ctx);
+            let sealed = cipher
+                .encrypt(
+                    Nonce::from_slice(&h.iv),
+                    Payload {
+                        msg: &[0x11; 32],
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            assert_eq!(h.assemble(&sealed), blob, "{kdf:?}");
+            assert_eq!(parse(&blob).unwrap().header, h);
+        }
+    }
+
+    #[test]
+    fn kdf_ids_are_a_registry() {
+        for kdf in [Kdf::AesCbcEncryptData, Kdf::Sp800108CounterCmac] {
+            assert_eq!(Kdf::from_id(kdf.id()), Some(kdf));
+            let mut h = header();
+            h.kdf = kdf;
+            assert_eq!(parse(&h.assemble(&[9u8; 20])).unwrap().header.kdf, kdf);
+        }
+        // The meanings never change: 1 and 2 are taken, 0 and 3.. are not ids.
+        assert_eq!(Kdf::AesCbcEncryptData.id(), 1);
+        assert_eq!(Kdf::Sp800108CounterCmac.id(), 2);
+        assert_eq!(Kdf::from_id(0), None);
+        assert_eq!(Kdf::from_id(3), None);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! [`EpochPolicy::max_uses`] requests or lived [`EpochPolicy::max_age`]; then a new nonce is
 //! drawn. Opened blobs re-derive from the nonce they carry; derived keys are cached by
 //! (key, version, nonce) with a bounded size, and destroyed in the token when evicted.
+//!
+//! Both caches sit on every request path, so hits take only a shared (read) lock and touch
+//! atomics; the exclusive lock is taken to derive, insert, evict or forget.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{KmsError, Result};
@@ -46,14 +49,17 @@ struct Epoch {
 
 struct Cached {
     key: Arc<SessionKey>,
-    last_used: Instant,
+    /// Value of the cache's use counter at the last hit (a clock for LRU eviction).
+    last_used: AtomicU64,
 }
 
 /// The derived-key caches of one process.
 pub struct EpochKeys {
     policy: EpochPolicy,
-    sealing: Mutex<HashMap<(KeyId, u32), Arc<Epoch>>>,
-    opening: Mutex<HashMap<CacheKey, Cached>>,
+    sealing: RwLock<HashMap<(KeyId, u32), Arc<Epoch>>>,
+    opening: RwLock<HashMap<CacheKey, Cached>>,
+    /// Ticks once per use of the opening cache: its LRU clock.
+    tick: AtomicU64,
 }
 
 /// An epoch key ready to seal with, and the nonce that re-derives it.
@@ -70,8 +76,9 @@ impl EpochKeys {
     pub fn new(policy: EpochPolicy) -> EpochKeys {
         EpochKeys {
             policy,
-            sealing: Mutex::new(HashMap::new()),
-            opening: Mutex::new(HashMap::new()),
+            sealing: RwLock::new(HashMap::new()),
+            opening: RwLock::new(HashMap::new()),
+            tick: AtomicU64::new(0),
         }
     }
 
@@ -84,10 +91,26 @@ impl EpochKeys {
         new_nonce: impl FnOnce() -> Result<[u8; NONCE_LEN]>,
         derive: impl FnOnce(&[u8; NONCE_LEN]) -> Result<SessionKey>,
     ) -> Result<SealingKey> {
-        let mut sealing = self.sealing.lock().map_err(|_| poisoned())?;
-        if let Some(e) = sealing.get(&(id, version)) {
+        let usable = |e: &Epoch| {
+            // Counting under any lock: every use is counted once, so the bound holds.
             let n = e.uses.fetch_add(1, Ordering::Relaxed);
-            if n < self.policy.max_uses && e.born.elapsed() < self.policy.max_age {
+            n < self.policy.max_uses && e.born.elapsed() < self.policy.max_age
+        };
+        {
+            let sealing = self.sealing.read().map_err(|_| poisoned())?;
+            if let Some(e) = sealing.get(&(id, version)) {
+                if usable(e) {
+                    return Ok(SealingKey {
+                        nonce: e.nonce,
+                        key: Arc::clone(&e.key),
+                    });
+                }
+            }
+        }
+        let mut sealing = self.sealing.write().map_err(|_| poisoned())?;
+        // Another thread may have derived a fresh one while we waited for the lock.
+        if let Some(e) = sealing.get(&(id, version)) {
+            if usable(e) {
                 return Ok(SealingKey {
                     nonce: e.nonce,
                     key: Arc::clone(&e.key),
@@ -120,20 +143,23 @@ impl EpochKeys {
         version: u32,
         nonce: &[u8; NONCE_LEN],
     ) -> Result<Option<Arc<SessionKey>>> {
-        let mut opening = self.opening.lock().map_err(|_| poisoned())?;
-        Ok(opening.get_mut(&(id, version, *nonce)).map(|c| {
-            c.last_used = Instant::now();
+        let opening = self.opening.read().map_err(|_| poisoned())?;
+        Ok(opening.get(&(id, version, *nonce)).map(|c| {
+            let now = self.tick.fetch_add(1, Ordering::Relaxed);
+            c.last_used.store(now, Ordering::Relaxed);
             Arc::clone(&c.key)
         }))
     }
 
     /// Keeps a derived key that has just proven itself (opened a blob).
     pub fn remember(&self, k: CacheKey, key: Arc<SessionKey>) -> Result<()> {
-        let mut opening = self.opening.lock().map_err(|_| poisoned())?;
+        let mut opening = self.opening.write().map_err(|_| poisoned())?;
         if opening.len() >= self.policy.cache_entries && !opening.contains_key(&k) {
             // Evict the least recently used eighth in one pass, not one entry per insert.
-            let mut ages: Vec<(Instant, CacheKey)> =
-                opening.iter().map(|(k, c)| (c.last_used, *k)).collect();
+            let mut ages: Vec<(u64, CacheKey)> = opening
+                .iter()
+                .map(|(k, c)| (c.last_used.load(Ordering::Relaxed), *k))
+                .collect();
             ages.sort_unstable_by_key(|(t, _)| *t);
             for (_, old) in ages.iter().take((self.policy.cache_entries / 8).max(1)) {
                 opening.remove(old);
@@ -143,7 +169,7 @@ impl EpochKeys {
             k,
             Cached {
                 key,
-                last_used: Instant::now(),
+                last_used: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
             },
         );
         Ok(())
@@ -152,11 +178,11 @@ impl EpochKeys {
     /// Drops every derived key of `id` (disabled, scheduled for deletion, or gone).
     pub fn forget(&self, id: &KeyId) -> Result<()> {
         self.sealing
-            .lock()
+            .write()
             .map_err(|_| poisoned())?
             .retain(|(k, _), _| k != id);
         self.opening
-            .lock()
+            .write()
             .map_err(|_| poisoned())?
             .retain(|(k, _, _), _| k != id);
         Ok(())
@@ -164,6 +190,6 @@ impl EpochKeys {
 
     /// Number of derived keys held for opening (for tests and `token info`).
     pub fn cached_len(&self) -> usize {
-        self.opening.lock().map(|m| m.len()).unwrap_or(0)
+        self.opening.read().map(|m| m.len()).unwrap_or(0)
     }
 }

@@ -12,7 +12,7 @@ use super::blob::{self, Header, NONCE_LEN};
 use super::records::{AliasRecord, BackingVersion, KeyRecord, KeyState};
 use super::store::KeyEntry;
 use super::types::*;
-use super::{AliasName, EncryptionContext, Forms, KeyId, KeyRef, Kms};
+use super::{AliasName, EncryptionContext, Forms, KeyId, KeyRef, Kms, SealingPath};
 use crate::error::{KmsError, Result};
 use crate::hsm::{CmkHandle, Kdf, SessionKey, GCM_IV_LEN};
 
@@ -406,12 +406,19 @@ impl Kms {
     }
 
     /// Brings token attributes in line with the records (after a crash between the two writes).
+    /// Uses the `CKA_DERIVE` values the store's first load read along with the labels, so
+    /// start-up costs no extra token call per key.
     pub(crate) fn reconcile_token_state(&self) -> Result<()> {
+        let known = self.store.take_initial_derive()?;
         let entries: Vec<KeyEntry> = self.store.read()?.keys.values().cloned().collect();
         for e in entries {
             let usable = e.record.state == KeyState::Enabled;
-            for h in e.cmks.values() {
-                if self.token.cmk_usable(*h)? != usable {
+            for (v, h) in &e.cmks {
+                let current = match known.get(&(e.record.id, *v)) {
+                    Some(d) => *d,
+                    None => self.token.cmk_usable(*h)?,
+                };
+                if current != usable {
                     self.token.set_cmk_usable(*h, usable)?;
                 }
             }
@@ -677,16 +684,18 @@ impl Kms {
                 self.scope.key_arn(&id)
             ))
         };
+        // Epoch keys wrap only where data keys are sealed in the token.
+        let wrap = self.sealing == SealingPath::Token;
         let first = match cmk {
-            Some(h) => match self.token.derive_key(h, kdf, nonce) {
+            Some(h) => match self.token.derive_key(h, kdf, nonce, wrap) {
                 Ok(k) => return Ok(k),
                 Err(e) => e,
             },
             None => unavailable(),
         };
         match self.store.relocate_cmk(&id, version)? {
-            Some(h) if Some(h) != cmk => self.token.derive_key(h, kdf, nonce),
-            Some(h) if self.heal_token_state(&id, h)? => self.token.derive_key(h, kdf, nonce),
+            Some(h) if Some(h) != cmk => self.token.derive_key(h, kdf, nonce, wrap),
+            Some(h) if self.heal_token_state(&id, h)? => self.token.derive_key(h, kdf, nonce, wrap),
             Some(_) => Err(first),
             None => Err(unavailable()),
         }
@@ -711,13 +720,30 @@ impl Kms {
         Ok(false)
     }
 
-    /// Seals `plaintext` under the key's current backing version. Returns the blob.
+    /// Seals `plaintext` under the key's current backing version (`C_Encrypt`). Returns the
+    /// blob.
     fn seal(
         &self,
         entry: &KeyEntry,
         ctx: &EncryptionContext,
         plaintext: &[u8],
         iv: [u8; GCM_IV_LEN],
+    ) -> Result<Vec<u8>> {
+        self.seal_with(entry, ctx, iv, |key, iv, aad| {
+            self.token.gcm_seal(key, iv, aad, plaintext)
+        })
+    }
+
+    /// Builds a blob under the key's current backing version: picks the epoch key and the
+    /// header, and lets `sealer` produce ciphertext ‖ tag under that key with that IV and AAD
+    /// (`C_Encrypt` of host bytes, or `C_WrapKey` of a key generated in the token: the same
+    /// bytes either way).
+    fn seal_with(
+        &self,
+        entry: &KeyEntry,
+        ctx: &EncryptionContext,
+        iv: [u8; GCM_IV_LEN],
+        sealer: impl FnOnce(&SessionKey, &[u8; GCM_IV_LEN], &[u8]) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let r = &entry.record;
         let version = r.current_version;
@@ -739,9 +765,7 @@ impl Kms {
             nonce: sk.nonce,
             iv,
         };
-        let sealed = self
-            .token
-            .gcm_seal(&sk.key, &iv, &header.aad(ctx), plaintext)?;
+        let sealed = sealer(&sk.key, &iv, &header.aad(ctx))?;
         Ok(header.assemble(&sealed))
     }
 
@@ -873,46 +897,84 @@ impl Kms {
         })
     }
 
-    /// The shared body of GenerateDataKey(WithoutPlaintext): key bytes and IV from the token
-    /// RNG in one call, sealed by the token under the epoch key.
-    fn data_key(
+    /// The checks shared by GenerateDataKey(WithoutPlaintext): length, context, key.
+    fn data_key_request(
         &self,
         req: GenerateDataKeyRequest,
-    ) -> Result<(String, Vec<u8>, Zeroizing<Vec<u8>>)> {
+    ) -> Result<(usize, EncryptionContext, KeyEntry)> {
         let len = data_key_len(&req.key_spec, req.number_of_bytes)?;
         check_grant_tokens(&req.grant_tokens)?;
         let ctx = context(req.encryption_context)?;
         let entry = self.crypto_key(req.key_id)?;
         dry_run(req.dry_run)?;
+        Ok((len, ctx, entry))
+    }
+
+    /// The host path: key bytes and IV from the token RNG in one call, sealed by the token with
+    /// `C_Encrypt` under the epoch key. The key bytes are in host memory until the caller drops
+    /// them (zeroized).
+    fn host_data_key(
+        &self,
+        entry: &KeyEntry,
+        ctx: &EncryptionContext,
+        len: usize,
+    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
         let mut random = self.token.random(len + GCM_IV_LEN)?;
         let mut iv = [0u8; GCM_IV_LEN];
         iv.copy_from_slice(&random[len..]);
         random.truncate(len);
-        let blob = self.seal(&entry, &ctx, &random, iv)?;
-        Ok((self.scope.key_arn(&entry.record.id), blob, random))
+        let blob = self.seal(entry, ctx, &random, iv)?;
+        Ok((blob, random))
     }
 
+    /// GenerateDataKey always takes the host path, on every token: the caller asks for the
+    /// plaintext, so it reaches host memory whichever way it is made, and generating it in the
+    /// token would cost a `C_GenerateKey` + `C_WrapKey` + `C_DestroyObject` + `C_Decrypt`
+    /// instead of one `C_GenerateRandom` + `C_Encrypt`, for the same blob.
     pub fn generate_data_key(
         &self,
         req: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyResponse> {
-        let (key_id, blob, plaintext) = self.data_key(req)?;
+        let (len, ctx, entry) = self.data_key_request(req)?;
+        let (blob, plaintext) = self.host_data_key(&entry, &ctx, len)?;
         Ok(GenerateDataKeyResponse {
             ciphertext_blob: Bytes(blob),
             plaintext: SecretBytes(plaintext),
-            key_id,
+            key_id: self.scope.key_arn(&entry.record.id),
         })
     }
 
+    /// GenerateDataKeyWithoutPlaintext: on the token path the data key is generated and sealed
+    /// inside the token (`C_GenerateKey` + `C_WrapKey` with AES-GCM) and its bytes never enter
+    /// this process; only the IV comes from `C_GenerateRandom`. On the host path, as
+    /// GenerateDataKey, the plaintext dropped (zeroized) as soon as it is sealed.
     pub fn generate_data_key_without_plaintext(
         &self,
         req: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyWithoutPlaintextResponse> {
-        // The plaintext is zeroized when `_plaintext` drops at the end of this call.
-        let (key_id, blob, _plaintext) = self.data_key(req)?;
+        let (len, ctx, entry) = self.data_key_request(req)?;
+        let in_token = self.sealing == SealingPath::Token
+            && self
+                .token
+                .capabilities()
+                .in_token_data_keys
+                .is_some_and(|k| k.covers(len));
+        let blob = if in_token {
+            self.seal_with(&entry, &ctx, self.iv()?, |key, iv, aad| {
+                self.token.seal_new_data_key(key, iv, aad, len)
+            })?
+        } else if self.require_in_token {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "this token can seal only 16- and 32-byte data keys inside itself, and \
+                 in-token sealing is required; ask for AES_128, AES_256, 16 or 32 bytes \
+                 (not {len})"
+            )));
+        } else {
+            self.host_data_key(&entry, &ctx, len)?.0
+        };
         Ok(GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: Bytes(blob),
-            key_id,
+            key_id: self.scope.key_arn(&entry.record.id),
         })
     }
 

@@ -236,6 +236,19 @@ mod tests {
             policy: None,
         });
         assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+        // The KDF's stored name is part of the record format.
+        if let Record::KeyV1(k) = &r {
+            let k2 = KeyRecord {
+                kdf: Kdf::Sp800108CounterCmac,
+                ..k.clone()
+            };
+            let enc = Record::KeyV1(k2.clone()).encode();
+            assert!(String::from_utf8_lossy(&enc).contains("\"kdf\":\"SP800_108_COUNTER_CMAC\""));
+            assert_eq!(Record::decode(&enc), Some(Record::KeyV1(k2)));
+            assert!(
+                String::from_utf8_lossy(&r.encode()).contains("\"kdf\":\"AES_CBC_ENCRYPT_DATA\"")
+            );
+        }
         let enc = r.encode();
         assert_eq!(Record::decode(&enc[..enc.len() - 1]), None);
         let a = Record::AliasV1(AliasRecord {

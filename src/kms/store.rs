@@ -1,22 +1,43 @@
 //! The metadata store: key and alias records kept in the token, cached in memory.
 //!
 //! The token is the single source of truth. Reads on a request path only touch the in-memory
-//! snapshot; [`Store::refresh`] (started at open and then every `metadata_refresh`) re-reads the
-//! token's object list, reading the value of an object only the first time its label is seen
-//! (record objects are immutable), so other processes' changes appear within one interval.
+//! snapshot. Other processes' changes are picked up by [`Store::refresh`] (at open, then every
+//! `metadata_refresh`), which is cheap when nothing changed:
+//!
+//! - **Change detector.** One `CKO_DATA` object, the *generation object*, carries a stamp in its
+//!   label (`p11kms:generation:<counter>:<writer>`). Every write (by any process) ends by
+//!   relabelling it with the next counter. A refresh reads that one label (one
+//!   `C_GetAttributeValue` on a known handle, whatever the size of the token) and re-lists the
+//!   token only when the stamp differs from the one its snapshot was built at.
+//! - **Re-listing** finds every p11kms data object and reads the value of an object only the
+//!   first time its label is seen (record objects are immutable). It also runs every
+//!   [`FULL_REFRESH_EVERY`] whatever the stamp says, as a safety net for a writer that died
+//!   between its record and its stamp.
+//! - **Lost stamps.** Relabelling is a blind write: two processes bumping at the same moment
+//!   may write the same counter, and one stamp is lost. Each writer remembers its last stamp;
+//!   its next refresh (or a read-back right after the write) notices a different stamp with a
+//!   counter not above its own and bumps again, so the others re-list. Worst case, a change is
+//!   seen after two refresh intervals; a short-lived writer (a CLI command) that collides and
+//!   exits is covered by the periodic re-list.
+//! - **Finding it.** The generation object has its own `CKA_APPLICATION`, so finding it does
+//!   not read the records; at open its stamp is read *before* the records are listed, so the
+//!   snapshot is known current from the start. Two processes opening a brand-new token at
+//!   once may each create one: whoever looks last keeps the one with the smallest (random,
+//!   immutable) value, destroys the other and bumps the survivor; a process watching a
+//!   destroyed one gets a stale handle at its next refresh and looks again.
 //!
 //! Crash safety: a change writes a complete new record object before it destroys the old
-//! ones. A crash at any point leaves the old record (new one not created), or both (the newer
-//! one wins and the older is swept at the next refresh). CreateKey generates the CMK before
-//! its record: a crash between leaves an unreferenced CMK that no operation can see, swept
-//! after a grace period.
+//! ones, then bumps the stamp. A crash at any point leaves the old record (new one not
+//! created), or both (the newer one wins and the older is swept at the next refresh), with or
+//! without the stamp. CreateKey generates the CMK before its record: a crash between leaves an
+//! unreferenced CMK that no operation can see, swept after a grace period.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{KmsError, Result};
-use crate::hsm::{CmkHandle, DataHandle, Token};
+use crate::hsm::{CmkHandle, DataHandle, DataObject, Token};
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
     AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION, CMK_LABEL_PREFIX,
@@ -25,6 +46,53 @@ use crate::kms::records::{
 /// An unreferenced CMK is destroyed only after it has stayed unreferenced this long, so a
 /// CreateKey in progress in another process is never swept.
 const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
+/// How often the periodic upkeep scans the token's CMKs for orphans (a scan reads every CMK's
+/// label), or [`SAFETY_NET_FACTOR`] times as long as the last scan took if that is longer.
+/// Orphans are destroyed between one and about one and a half grace periods after they appear.
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(300);
+
+/// A full re-list happens at least this often even when the stamp says nothing changed, or
+/// [`SAFETY_NET_FACTOR`] times as long as the last re-list took, whichever is longer (so the
+/// safety net costs at most 1% of a core however large the token grows).
+pub const FULL_REFRESH_EVERY: Duration = Duration::from_secs(60);
+const SAFETY_NET_FACTOR: u32 = 100;
+
+/// Label prefix of the generation object (not a record: `RecordLabel::parse` ignores it).
+const GENERATION_PREFIX: &str = "p11kms:generation:";
+/// `CKA_APPLICATION` of the generation object: its own, so that finding it does not list
+/// (or cost reading) the records.
+const GENERATION_APPLICATION: &str = "p11kms-generation";
+
+/// Re-listing looks CMKs up one search each up to this many new ones, else lists them all.
+const CMK_SEARCHES: usize = 4;
+
+/// A generation stamp: (counter, writer tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    counter: u64,
+    writer: String,
+}
+
+impl Stamp {
+    fn parse(label: &str) -> Option<Stamp> {
+        let (counter, writer) = label.strip_prefix(GENERATION_PREFIX)?.split_once(':')?;
+        Some(Stamp {
+            counter: counter.parse().ok()?,
+            writer: writer.to_owned(),
+        })
+    }
+
+    fn format(&self) -> String {
+        format!("{GENERATION_PREFIX}{:020}:{}", self.counter, self.writer)
+    }
+}
+
+/// (key id, version) from a CMK label `p11kms:cmk:<id>:v<version>`.
+fn parse_cmk_label(label: &str) -> Option<(KeyId, u32)> {
+    let (id, version) = label.strip_prefix(CMK_LABEL_PREFIX)?.split_once(":v")?;
+    Some((id.parse().ok()?, version.parse().ok()?))
+}
 
 /// A key as the request path needs it.
 #[derive(Debug, Clone)]
@@ -101,6 +169,22 @@ struct WriterState {
     seen: HashMap<String, Record>,
     /// When each unreferenced CMK label was first seen unreferenced.
     orphans: HashMap<String, Instant>,
+    last_orphan_scan: Option<Instant>,
+    /// The generation object watched (None: none yet, every refresh re-lists).
+    generation: Option<DataHandle>,
+    /// The stamp the snapshot is known to include every change up to (None: unknown).
+    current: Option<String>,
+    /// This process's last stamp, until a higher counter shows it was not lost.
+    my_stamp: Option<Stamp>,
+    last_full: Option<Instant>,
+    /// How long the last re-list took.
+    last_full_took: Duration,
+    /// How long the last orphan scan took.
+    last_orphan_took: Duration,
+    /// The token refused to relabel the generation object: always re-list.
+    no_detector: bool,
+    /// `CKA_DERIVE` of each CMK as read by the first load, for the start-up reconcile.
+    initial_derive: HashMap<(KeyId, u32), bool>,
 }
 
 impl Store {
@@ -114,8 +198,17 @@ impl Store {
             writer: Mutex::new(WriterState::default()),
             writer_tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
         };
-        store.refresh()?;
+        {
+            let mut w = store.lock_writer()?;
+            let stamp = store.locate_generation(&mut w)?;
+            store.relist(&mut w, stamp)?;
+        }
         Ok(store)
+    }
+
+    /// `CKA_DERIVE` of each (key, version)'s CMK as the first load read it (once; empty after).
+    pub fn take_initial_derive(&self) -> Result<HashMap<(KeyId, u32), bool>> {
+        Ok(std::mem::take(&mut self.lock_writer()?.initial_derive))
     }
 
     pub fn read(&self) -> Result<RwLockReadGuard<'_, Snapshot>> {
@@ -136,15 +229,120 @@ impl Store {
             .map_err(|_| KmsError::Internal("metadata cache poisoned".into()))
     }
 
-    /// Re-reads the token's records: picks up other processes' changes, sweeps superseded
-    /// record objects. Returns the ids of keys whose record changed.
+    /// Picks up other processes' changes: reads the generation stamp and re-lists the token
+    /// only if it moved (or the safety-net interval has passed). Returns the ids of keys whose
+    /// record changed.
     pub fn refresh(&self) -> Result<Vec<KeyId>> {
         let mut w = self.lock_writer()?;
-        let objects = self.token.list_data(APPLICATION)?;
+        let stamp = match w.generation {
+            Some(g) => match self.token.data_label(g)? {
+                Some(l) => Some(l),
+                // Destroyed as a duplicate by another process: find the one that stays.
+                None => self.locate_generation(&mut w)?,
+            },
+            None => self.locate_generation(&mut w)?,
+        };
+        let every = FULL_REFRESH_EVERY.max(w.last_full_took * SAFETY_NET_FACTOR);
+        let stale = w.last_full.is_none_or(|t| t.elapsed() >= every);
+        let changed = if stamp.is_none() || stamp != w.current || stale {
+            self.relist(&mut w, stamp.clone())?
+        } else {
+            Vec::new()
+        };
+        // Our last stamp overwritten by a concurrent writer's (same or lower counter): bump
+        // again so that processes that took theirs for the latest re-list.
+        if let (Some(mine), Some(seen)) = (&w.my_stamp, stamp.as_deref().and_then(Stamp::parse)) {
+            if seen.counter > mine.counter {
+                w.my_stamp = None;
+            } else if seen != *mine {
+                self.bump(&mut w)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Re-lists the token's records regardless of the stamp (start-up, tests, the safety net).
+    pub fn refresh_full(&self) -> Result<Vec<KeyId>> {
+        let mut w = self.lock_writer()?;
+        let stamp = match w.generation {
+            Some(g) => self.token.data_label(g)?,
+            None => None,
+        };
+        let stamp = match stamp {
+            Some(s) => Some(s),
+            None => self.locate_generation(&mut w)?,
+        };
+        self.relist(&mut w, stamp)
+    }
+
+    /// Finds the generation object (creating it in a new token) and returns its stamp, read
+    /// now: a re-list that starts after this read sees every change announced before it.
+    /// Two processes may create one each at the same moment: the later of the two to look
+    /// again sees both, keeps the one with the smaller (random, immutable) value, as every
+    /// process would, and destroys the other; whoever watched that one gets a stale handle
+    /// at its next refresh and comes here again.
+    fn locate_generation(&self, w: &mut WriterState) -> Result<Option<String>> {
+        if w.no_detector {
+            return Ok(None);
+        }
+        let watched = w.generation;
+        let mut found = self.token.list_data_values(GENERATION_APPLICATION)?;
+        if found.is_empty() {
+            let mut id = [0u8; 16];
+            self.token.random_fill(&mut id)?;
+            let stamp = Stamp {
+                counter: 1,
+                writer: self.writer_tag.clone(),
+            };
+            self.token
+                .create_data(GENERATION_APPLICATION, &stamp.format(), &id)?;
+            found = self.token.list_data_values(GENERATION_APPLICATION)?;
+        }
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut iter = found.into_iter();
+        let Some((keep, _)) = iter.next() else {
+            return Ok(None);
+        };
+        w.generation = Some(keep.handle);
+        if watched != Some(keep.handle) {
+            // Whatever stamp the snapshot was built at belonged to another object.
+            w.current = None;
+        }
+        let duplicates: Vec<DataHandle> = iter.map(|(o, _)| o.handle).collect();
+        if !duplicates.is_empty() {
+            for h in duplicates {
+                let _ = self.token.destroy_data(h);
+            }
+            // Processes that watched a loser may have missed stamps: make them re-list.
+            self.bump_once(w)?;
+        }
+        self.token.data_label(keep.handle)
+    }
+
+    /// Re-reads the token's records (the stamp was read before, so a change that lands during
+    /// the listing is seen again next time), sweeps superseded record objects and duplicate
+    /// generation objects. Returns the ids of keys whose record changed.
+    fn relist(&self, w: &mut WriterState, stamp_before: Option<String>) -> Result<Vec<KeyId>> {
+        let started = Instant::now();
+        let first_load = w.seen.is_empty() && w.last_full.is_none();
+        let listed: Vec<(DataObject, Option<Vec<u8>>)> = if first_load {
+            // Every value is needed: label and value in one read per object.
+            self.token
+                .list_data_values(APPLICATION)?
+                .into_iter()
+                .map(|(o, v)| (o, Some(v)))
+                .collect()
+        } else {
+            self.token
+                .list_data(APPLICATION)?
+                .into_iter()
+                .map(|o| (o, None))
+                .collect()
+        };
         let mut live_labels = std::collections::HashSet::new();
         let mut keys: HashMap<KeyId, Versions<KeyRecord>> = HashMap::new();
         let mut aliases: HashMap<AliasName, Versions<AliasRecord>> = HashMap::new();
-        for obj in objects {
+        for (obj, value) in listed {
             let Some(label) = RecordLabel::parse(&obj.label) else {
                 continue;
             };
@@ -152,8 +350,12 @@ impl Store {
             let record = match w.seen.get(&obj.label) {
                 Some(r) => r.clone(),
                 None => {
-                    let Some(value) = self.token.read_data(obj.handle)? else {
-                        continue;
+                    let value = match value {
+                        Some(v) => v,
+                        None => match self.token.read_data(obj.handle)? {
+                            Some(v) => v,
+                            None => continue,
+                        },
                     };
                     // Incomplete or foreign values are skipped, and re-read next time.
                     let Some(r) = Record::decode(&value) else {
@@ -175,7 +377,9 @@ impl Store {
         }
         w.seen.retain(|l, _| live_labels.contains(l));
 
-        // CMK handles: reuse known ones, look up only keys new to this process.
+        // CMK handles: reuse known ones; find new ones one search each if few, else list
+        // them all at once (a search costs as much as listing on SoftHSM: it visits every
+        // object).
         let old_cmks: HashMap<KeyId, BTreeMap<u32, CmkHandle>> = {
             let snap = self.read()?;
             snap.keys
@@ -183,6 +387,29 @@ impl Store {
                 .map(|(id, e)| (*id, e.cmks.clone()))
                 .collect()
         };
+        let missing: usize = keys
+            .iter()
+            .map(|(id, v)| {
+                v.record
+                    .versions
+                    .iter()
+                    .filter(|b| !old_cmks.get(id).is_some_and(|m| m.contains_key(&b.version)))
+                    .count()
+            })
+            .sum();
+        let listed_cmks: Option<HashMap<String, CmkHandle>> =
+            if first_load || missing > CMK_SEARCHES {
+                let all = self.token.list_cmks_detailed(CMK_LABEL_PREFIX)?;
+                if first_load {
+                    w.initial_derive = all
+                        .iter()
+                        .filter_map(|c| parse_cmk_label(&c.label).map(|k| (k, c.derive)))
+                        .collect();
+                }
+                Some(all.into_iter().map(|c| (c.label, c.handle)).collect())
+            } else {
+                None
+            };
         let mut next = Snapshot::default();
         let mut changed = Vec::new();
         let mut superseded = Vec::new();
@@ -190,7 +417,12 @@ impl Store {
             let mut cmks = old_cmks.get(&id).cloned().unwrap_or_default();
             for v in &record.versions {
                 if let std::collections::btree_map::Entry::Vacant(slot) = cmks.entry(v.version) {
-                    if let Some(h) = self.token.find_cmk(&record.cmk_label(v.version))? {
+                    let label = record.cmk_label(v.version);
+                    let found = match &listed_cmks {
+                        Some(map) => map.get(&label).copied(),
+                        None => self.token.find_cmk(&label)?,
+                    };
+                    if let Some(h) = found {
                         slot.insert(h);
                     }
                 }
@@ -219,12 +451,78 @@ impl Store {
             changed.extend(snap.keys.keys().filter(|id| !next.keys.contains_key(id)));
             *snap = next;
         }
-        drop(w);
+        w.last_full = Some(Instant::now());
+        w.last_full_took = started.elapsed();
+        w.current = stamp_before;
         // Best effort: a superseded object another process already removed is fine.
         for h in superseded {
             let _ = self.token.destroy_data(h);
         }
         Ok(changed)
+    }
+
+    /// Announces a change: the generation stamp goes to the next counter, with our tag.
+    fn bump(&self, w: &mut WriterState) -> Result<()> {
+        for _ in 0..3 {
+            if self.bump_once(w)? {
+                return Ok(());
+            }
+            // The object vanished (a duplicate another process destroyed): find the one that
+            // stays, then stamp that.
+            self.locate_generation(w)?;
+        }
+        Ok(())
+    }
+
+    /// One stamp write. `Ok(false)`: the watched object has vanished.
+    fn bump_once(&self, w: &mut WriterState) -> Result<bool> {
+        let Some(g) = w.generation else {
+            return Ok(true);
+        };
+        let Some(before) = self.token.data_label(g)? else {
+            return Ok(false);
+        };
+        let next = Stamp {
+            counter: Stamp::parse(&before).map_or(0, |s| s.counter) + 1,
+            writer: self.writer_tag.clone(),
+        };
+        let label = next.format();
+        match self.token.relabel_data(g, &label) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => {
+                // A token that refuses to relabel data objects: no detector, so every
+                // refresh re-lists (correct, only slower). Tell the operator once.
+                eprintln!(
+                    "p11kms: the token refused to relabel the generation object ({}); \
+                     metadata refreshes will re-list the token every time",
+                    e.message()
+                );
+                w.generation = None;
+                w.no_detector = true;
+                w.current = None;
+                return Ok(true);
+            }
+        }
+        // Our snapshot was current up to `before` and now holds our own change.
+        if w.current.as_deref() == Some(before.as_str()) {
+            w.current = Some(label.clone());
+        }
+        w.my_stamp = Some(next.clone());
+        // Read back: a concurrent bump that landed after ours replaced it with an equal
+        // counter; leave a higher one so that the other writer's readers re-list too.
+        if let Some(now) = self.token.data_label(g)? {
+            if now != label && Stamp::parse(&now).is_none_or(|s| s.counter <= next.counter) {
+                let again = Stamp {
+                    counter: next.counter + 1,
+                    writer: self.writer_tag.clone(),
+                };
+                if self.token.relabel_data(g, &again.format())? {
+                    w.my_stamp = Some(again);
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn write_record(&self, label: &RecordLabel, record: &Record) -> Result<DataHandle> {
@@ -259,7 +557,7 @@ impl Store {
                 let _ = self.token.destroy_data(h);
             }
         }
-        Ok(())
+        self.bump(&mut *self.lock_writer()?)
     }
 
     /// Writes an alias (create or update), or with `target: None` deletes it.
@@ -292,7 +590,7 @@ impl Store {
             self.token.destroy_data(handle)?;
             self.write_snapshot()?.alias_meta.remove(name);
         }
-        Ok(())
+        self.bump(&mut *self.lock_writer()?)
     }
 
     /// Removes a key for good: its aliases, backing keys, then its records (in that order, so
@@ -326,16 +624,18 @@ impl Store {
                 }
             }
         }
-        let _w = self.lock_writer()?;
+        let mut w = self.lock_writer()?;
         if let Some((_, handles)) = meta {
             for h in handles {
                 self.token.destroy_data(h)?;
             }
         }
-        let mut snap = self.write_snapshot()?;
-        snap.keys.remove(id);
-        snap.key_meta.remove(id);
-        Ok(())
+        {
+            let mut snap = self.write_snapshot()?;
+            snap.keys.remove(id);
+            snap.key_meta.remove(id);
+        }
+        self.bump(&mut w)
     }
 
     /// Replaces a cached CMK handle after the token said the old one is stale.
@@ -359,8 +659,22 @@ impl Store {
     /// Destroys CMK objects that no key record references and that have stayed so for
     /// [`ORPHAN_GRACE`] (left by a CreateKey that died between the two steps). Returns how
     /// many were destroyed, and how many are waiting out their grace.
+    /// Scans at most every [`ORPHAN_SCAN_EVERY`] (the scan reads every CMK's label); calls in
+    /// between return (0, 0).
     pub fn sweep_orphan_cmks(&self) -> Result<(usize, usize)> {
-        self.sweep_orphan_cmks_after(ORPHAN_GRACE)
+        {
+            let w = self.lock_writer()?;
+            let every = ORPHAN_SCAN_EVERY.max(w.last_orphan_took * SAFETY_NET_FACTOR);
+            if w.last_orphan_scan.is_some_and(|t| t.elapsed() < every) {
+                return Ok((0, 0));
+            }
+        }
+        let started = Instant::now();
+        let r = self.sweep_orphan_cmks_after(ORPHAN_GRACE);
+        let mut w = self.lock_writer()?;
+        w.last_orphan_scan = Some(Instant::now());
+        w.last_orphan_took = started.elapsed();
+        r
     }
 
     pub fn sweep_orphan_cmks_after(&self, grace: Duration) -> Result<(usize, usize)> {

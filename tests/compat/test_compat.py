@@ -4,6 +4,11 @@ The server is the real binary (P11KMS_BIN, default target/debug/p11kms) on a fre
 token in a temporary state folder, on an ephemeral loopback port. Clients get nothing but the
 `export ...` lines the server prints, exactly as a user pastes them.
 
+With P11KMS_TEST_TOKEN=kryoptic (and P11KMS_KRYOPTIC_MODULE), the token is a fresh Kryoptic
+token reached through a configuration file instead, initialised with `p11kms token init
+--so-pin-file`; the server then prints no credential (it never does for a file configuration),
+so the clients get the access key this fixture wrote into that file.
+
 Run: python -m pytest tests/compat (after `cargo build` and installing requirements.txt).
 """
 
@@ -28,6 +33,7 @@ from botocore.exceptions import ClientError
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("P11KMS_BIN", str(REPO / "target" / "debug" / "p11kms"))
 START_TIMEOUT = 60
+TOKEN = os.environ.get("P11KMS_TEST_TOKEN") or "softhsm"
 
 
 class Server:
@@ -44,10 +50,59 @@ def _clean_env(extra):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("AWS_") and k not in ("P11KMS_CONFIG", "SOFTHSM2_CONF")
+        if not k.startswith("AWS_")
+        and k
+        not in (
+            "P11KMS_CONFIG",
+            "SOFTHSM2_CONF",
+            "KRYOPTIC_CONF",
+            "P11KMS_REQUIRE_IN_TOKEN_SEALING",
+        )
     }
     env.update(extra)
     return env
+
+
+def _secret_file(path, value):
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+
+
+def _kryoptic_token(state):
+    """A fresh Kryoptic token and the configuration file naming it; returns (env, credential)."""
+    module = os.environ.get("P11KMS_KRYOPTIC_MODULE")
+    if not module:
+        pytest.fail("P11KMS_TEST_TOKEN=kryoptic needs P11KMS_KRYOPTIC_MODULE (scripts/kryoptic.sh)")
+    (state / "kryoptic.toml").write_text(
+        f'[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "{state / "kryoptic.sql"}"\n'
+    )
+    _secret_file(state / "so.pin", os.urandom(16).hex())
+    _secret_file(state / "user.pin", os.urandom(16).hex())
+    key_id, secret = "AKIACOMPATKRYOPTIC01", base64.b64encode(os.urandom(30)).decode()
+    _secret_file(state / "dev-secret-key", secret)
+    conf = state / "p11kms.toml"
+    conf.write_text(
+        f"""[token]
+module = "{module}"
+label = "p11kms"
+pin_file = "{state / 'user.pin'}"
+env = {{ KRYOPTIC_CONF = "{state / 'kryoptic.toml'}" }}
+
+[[server.credentials]]
+access_key_id = "{key_id}"
+secret_file = "{state / 'dev-secret-key'}"
+principal = "arn:aws:iam::111122223333:user/dev"
+"""
+    )
+    env = _clean_env({"P11KMS_CONFIG": str(conf), "P11KMS_LISTEN": "127.0.0.1:0"})
+    subprocess.run(
+        [BIN, "token", "init", "--so-pin-file", str(state / "so.pin")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return env, {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +110,14 @@ def server():
     if not os.access(BIN, os.X_OK):
         pytest.fail(f"p11kms binary not found at {BIN}: run `cargo build` or set P11KMS_BIN")
     state = Path(tempfile.mkdtemp(prefix="p11kms-compat-"))
-    base = _clean_env({"P11KMS_STATE_DIR": str(state), "P11KMS_LISTEN": "127.0.0.1:0"})
-    subprocess.run([BIN, "token", "init"], env=base, check=True, capture_output=True, timeout=120)
+    if TOKEN == "kryoptic":
+        base, exports = _kryoptic_token(state)
+    else:
+        base = _clean_env({"P11KMS_STATE_DIR": str(state), "P11KMS_LISTEN": "127.0.0.1:0"})
+        subprocess.run(
+            [BIN, "token", "init"], env=base, check=True, capture_output=True, timeout=120
+        )
+        exports = {}
     log = open(state / "server.log", "wb")
     proc = subprocess.Popen(
         [BIN, "serve"], env=base, stdout=subprocess.PIPE, stderr=log, text=True
@@ -69,7 +130,7 @@ def server():
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    exports, listen = {}, None
+    listen = None
     try:
         while listen is None:
             line = lines.get(timeout=START_TIMEOUT)
@@ -263,6 +324,17 @@ def test_aws_cli_data_key_then_decrypt(server, tmp_path):
     )
     assert r.returncode != 0
     assert "InvalidCiphertextException" in r.stderr
+
+
+def test_start_up_log_states_custody(server):
+    log = (server.state_dir / "server.log").read_text(errors="replace")
+    lines = [l for l in log.splitlines() if l.startswith("p11kms: custody: ")]
+    assert len(lines) == 8, log
+    (without,) = [l for l in lines if "GenerateDataKeyWithoutPlaintext: " in l]
+    if TOKEN == "kryoptic":
+        assert without.endswith("plaintext: token only"), without
+    else:
+        assert "plaintext: host memory for ~" in without, without
 
 
 def test_aws_cli_uses_the_pasted_endpoint(server):
