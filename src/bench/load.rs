@@ -156,6 +156,37 @@ pub fn run_cell(
     })
 }
 
+/// Sends one request on a new connection and returns the HTTP status (for polling).
+pub fn one_request(target: &Target<'_>, work: &Workload) -> Result<u16, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        let mut conn = connect(target.addr).await?;
+        let mut signer = target.signer.clone();
+        let (body, hash) = work.bodies.first().ok_or("no request body")?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let date = amz_date(now);
+        let auth = signer.authorization(&date, &work.target, hash);
+        let mut request = format!(
+            "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: {CONTENT_TYPE}\r\nx-amz-date: {date}\r\n\
+             x-amz-target: {}\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n",
+            signer.host(),
+            work.target,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let mut buf = Vec::new();
+        exchange(&mut conn, &request, &mut buf)
+            .await
+            .map(|(status, _, _)| status)
+    })
+}
+
 async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     let stream = TcpStream::connect(addr)
         .await

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// A note on the machine's condition to print with the results (e.g. "idle").
     #[arg(long)]
     pub note: Option<String>,
+    /// Run this `p11kms` executable as the server instead of this one (to compare builds
+    /// under the same harness, ceiling and token).
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
 }
 
 /// Runs the benchmark (or the scale run) and writes the report.
@@ -475,9 +479,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(state: &Path, log: &Path) -> Result<Server> {
-        let exe = std::env::current_exe()
-            .map_err(|e| KmsError::Io(format!("cannot find this executable: {e}")))?;
+    fn start(state: &Path, log: &Path, bin: Option<&Path>) -> Result<Server> {
+        let exe = match bin {
+            Some(b) => b.to_path_buf(),
+            None => std::env::current_exe()
+                .map_err(|e| KmsError::Io(format!("cannot find this executable: {e}")))?,
+        };
         let log = std::fs::File::create(log)
             .map_err(|e| KmsError::Io(format!("cannot create the server log: {e}")))?;
         let t0 = Instant::now();
@@ -680,7 +687,7 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     // 3. End to end.
     progress.start("starting p11kms serve");
     let log = state.join("bench-server.log");
-    let server = Server::start(state, &log)?;
+    let server = Server::start(state, &log, args.server_bin.as_deref())?;
     progress.note(&format!(
         "p11kms serve (pid {}) listening on {} after {:.0} ms",
         server.pid(),
@@ -798,6 +805,9 @@ impl RunInfo {
         }
         if let Some(n) = args.scale {
             let _ = write!(command, " --scale {n}");
+        }
+        if let Some(b) = &args.server_bin {
+            let _ = write!(command, " --server-bin {}", b.display());
         }
         Ok(RunInfo {
             date: time::OffsetDateTime::now_utc()

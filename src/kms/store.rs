@@ -461,6 +461,20 @@ impl Store {
         Ok(changed)
     }
 
+    /// [`Store::bump`] after a write that is already in the token: a failure here must not
+    /// turn a done write into an error; other processes then see it at their safety-net
+    /// re-list instead of their next refresh.
+    fn announce(&self, w: &mut WriterState) {
+        if let Err(e) = self.bump(w) {
+            eprintln!(
+                "p11kms: could not announce a metadata change to other processes ({}); they \
+                 will see it within {} s",
+                e.message(),
+                FULL_REFRESH_EVERY.as_secs()
+            );
+        }
+    }
+
     /// Announces a change: the generation stamp goes to the next counter, with our tag.
     fn bump(&self, w: &mut WriterState) -> Result<()> {
         for _ in 0..3 {
@@ -557,7 +571,8 @@ impl Store {
                 let _ = self.token.destroy_data(h);
             }
         }
-        self.bump(&mut *self.lock_writer()?)
+        self.announce(&mut *self.lock_writer()?);
+        Ok(())
     }
 
     /// Writes an alias (create or update), or with `target: None` deletes it.
@@ -590,7 +605,8 @@ impl Store {
             self.token.destroy_data(handle)?;
             self.write_snapshot()?.alias_meta.remove(name);
         }
-        self.bump(&mut *self.lock_writer()?)
+        self.announce(&mut *self.lock_writer()?);
+        Ok(())
     }
 
     /// Removes a key for good: its aliases, backing keys, then its records (in that order, so
@@ -635,7 +651,8 @@ impl Store {
             snap.keys.remove(id);
             snap.key_meta.remove(id);
         }
-        self.bump(&mut w)
+        self.announce(&mut w);
+        Ok(())
     }
 
     /// Replaces a cached CMK handle after the token said the old one is stale.
