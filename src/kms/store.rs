@@ -51,6 +51,9 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(600);
 /// label), or [`SAFETY_NET_FACTOR`] times as long as the last scan took if that is longer.
 /// Orphans are destroyed between one and about one and a half grace periods after they appear.
 const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(300);
+/// The first periodic orphan scan of a process waits this long, so that it does not add to
+/// the work of start-up (a process must live a grace period anyway to destroy an orphan).
+const FIRST_ORPHAN_SCAN: Duration = Duration::from_secs(60);
 
 /// A full re-list happens at least this often even when the stamp says nothing changed, or
 /// [`SAFETY_NET_FACTOR`] times as long as the last re-list took, whichever is longer (so the
@@ -202,6 +205,7 @@ impl Store {
             let mut w = store.lock_writer()?;
             let stamp = store.locate_generation(&mut w)?;
             store.relist(&mut w, stamp)?;
+            w.last_orphan_scan = Instant::now().checked_sub(ORPHAN_SCAN_EVERY - FIRST_ORPHAN_SCAN);
         }
         Ok(store)
     }
