@@ -21,5 +21,6 @@ pub mod error;
 pub mod hsm;
 pub mod kms;
 pub mod setup;
+mod sync;
 
 pub use error::{KmsError, Result};

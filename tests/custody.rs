@@ -215,10 +215,7 @@ fn derive_template_on_cmks_per_token() {
     let key = common::new_key();
     let id: p11kms::kms::KeyId = key.parse().unwrap();
     let token = kms.token();
-    let cmk = token
-        .find_cmk(&p11kms::kms::records::cmk_label(&id, 1))
-        .unwrap()
-        .expect("the CMK");
+    let cmk = common::cmk(token, &id, 1);
     let kdf = token.capabilities().kdf.unwrap();
     let dt = token.capabilities().derive_template;
     let outcome = token.try_exposed_derivation(cmk, kdf).unwrap();

@@ -392,11 +392,7 @@ fn cmk_is_sensitive_derive_only_and_never_extractable() {
     let key = common::new_key();
     let id: KeyId = key.parse().unwrap();
     let token = kms().token();
-    let label = p11kms::kms::records::cmk_label(&id, 1);
-    let h = token
-        .find_cmk(&label)
-        .unwrap()
-        .expect("CMK object in the token");
+    let h = common::cmk(token, &id, 1);
     let c = token.cmk_custody(h).unwrap();
     assert!(c.sensitive && !c.extractable && c.always_sensitive && c.never_extractable);
     assert!(!c.value_readable, "CKA_VALUE of a CMK must not be readable");
@@ -513,7 +509,7 @@ fn deletion_sweeper_destroys_token_objects() {
     assert_eq!(name(describe(&key).unwrap_err()), "NotFoundException");
     assert_eq!(name(describe(&alias).unwrap_err()), "NotFoundException");
     let label = p11kms::kms::records::cmk_label(&id, 1);
-    assert!(kms().token().find_cmk(&label).unwrap().is_none());
+    assert!(kms().token().find_cmks(&label).unwrap().is_empty());
     // And it stays gone after re-reading the token.
     kms().refresh().unwrap();
     assert_eq!(name(describe(&key).unwrap_err()), "NotFoundException");
@@ -801,10 +797,7 @@ fn token_state_is_healed_from_the_records() {
     let key = common::new_key();
     let id: KeyId = key.parse().unwrap();
     let token = kms().token();
-    let h = token
-        .find_cmk(&p11kms::kms::records::cmk_label(&id, 1))
-        .unwrap()
-        .unwrap();
+    let h = common::cmk(token, &id, 1);
     token.set_cmk_usable(h, false).unwrap();
     gdk(&key, None);
     assert!(token.cmk_custody(h).unwrap().derive);

@@ -38,6 +38,17 @@ impl Default for Quirks {
     }
 }
 
+/// What a failed AES-GCM open means (see [`HsmError::gcm_open_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GcmFailure {
+    /// The tag did not verify: the ciphertext, its AAD or the key is wrong.
+    Authentication,
+    /// The code is used both for a failed tag and for token failures: check the token.
+    Ambiguous,
+    /// The token failed.
+    Token,
+}
+
 /// A PKCS#11 failure, classified. Converted into [`KmsError`] at the edge of `hsm`.
 #[derive(Debug, Clone)]
 pub struct HsmError {
@@ -103,16 +114,22 @@ impl HsmError {
         )
     }
 
-    /// A GCM open failed: wrong tag, wrong AAD, truncated input. SoftHSM reports this as
-    /// `CKR_GENERAL_ERROR`, Kryoptic as `CKR_ENCRYPTED_DATA_INVALID` / `_LEN_RANGE`.
-    pub fn is_auth_failure(&self) -> bool {
-        matches!(
-            self.rv,
-            Some(RvError::GeneralError)
-                | Some(RvError::EncryptedDataInvalid)
-                | Some(RvError::EncryptedDataLenRange)
-                | Some(RvError::DataInvalid)
-        )
+    /// Why a GCM open failed, as far as the code tells. Kryoptic reports a failed tag as
+    /// `CKR_ENCRYPTED_DATA_INVALID` (short input: `_LEN_RANGE`); SoftHSM as
+    /// `CKR_GENERAL_ERROR`, the code it also uses for its own failures, so on SoftHSM that
+    /// code is [`GcmFailure::Ambiguous`]. Every other code (device errors, stale handles,
+    /// memory) is the token's failure, never the ciphertext's.
+    pub(crate) fn gcm_open_failure(&self, quirks: Quirks) -> GcmFailure {
+        match self.rv {
+            Some(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange,
+            ) => GcmFailure::Authentication,
+            Some(RvError::GeneralError) if quirks.general_error_transient => GcmFailure::Ambiguous,
+            _ => GcmFailure::Token,
+        }
     }
 
     /// What SoftHSM answers when it read its token file while another process rewrote it.
@@ -188,5 +205,51 @@ impl From<HsmError> for KmsError {
         } else {
             KmsError::Internal(format!("the token failed ({e})"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rv(rv: RvError) -> HsmError {
+        HsmError {
+            rv: Some(rv),
+            text: format!("{rv:?}"),
+        }
+    }
+
+    #[test]
+    fn a_device_error_in_a_gcm_open_is_never_a_bad_ciphertext() {
+        let softhsm = Quirks::for_library("SoftHSM", "Implementation of PKCS11");
+        let kryoptic = Quirks::for_library("Kryoptic Project", "Kryoptic PKCS11 Module");
+        for q in [softhsm, kryoptic] {
+            for code in [
+                RvError::DeviceError,
+                RvError::DeviceMemory,
+                RvError::DeviceRemoved,
+                RvError::SessionHandleInvalid,
+                RvError::KeyHandleInvalid,
+                RvError::HostMemory,
+                RvError::FunctionFailed,
+            ] {
+                assert_eq!(rv(code).gcm_open_failure(q), GcmFailure::Token, "{code:?}");
+                let e = KmsError::from(rv(code));
+                assert!(!e.is_client_error(), "{code:?} → {}", e.aws_name());
+            }
+            assert_eq!(
+                rv(RvError::EncryptedDataInvalid).gcm_open_failure(q),
+                GcmFailure::Authentication
+            );
+        }
+        // Kryoptic's CKR_GENERAL_ERROR is its own failure (its failed tags have their code).
+        assert_eq!(
+            rv(RvError::GeneralError).gcm_open_failure(kryoptic),
+            GcmFailure::Token
+        );
+        assert_eq!(
+            rv(RvError::GeneralError).gcm_open_failure(softhsm),
+            GcmFailure::Ambiguous
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Secret keys in the token: CMKs (token objects, derive-only) and the session keys derived from
 //! them (epoch keys), plus AES-GCM with those keys.
 
-use std::sync::Arc;
-
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
@@ -19,10 +19,12 @@ use zeroize::Zeroizing;
 use cryptoki::session::Session;
 
 use super::caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, KDF_LABEL};
+use super::error::GcmFailure;
 use super::raw::RawModule;
 use super::stats::Counters;
 use super::{HsmError, Kdf, Token, TokenInner};
 use crate::error::{KmsError, Result};
+use crate::sync;
 
 pub const GCM_IV_LEN: usize = 12;
 pub const GCM_TAG_LEN: usize = 16;
@@ -46,10 +48,25 @@ impl std::fmt::Debug for SessionKey {
 }
 
 impl Drop for SessionKey {
+    /// Destroys the key with a session that is free right now, or queues it for the next
+    /// drop (or [`Token::reap`]) that finds one: a drop on a request path never waits for the
+    /// pool. (A session object would also vanish when its session closed; pool sessions live
+    /// as long as the process.)
     fn drop(&mut self) {
-        // Best effort: a session object also disappears when its session closes.
-        if let Ok(s) = self.token.pool.get() {
-            let _ = s.destroy_object(self.handle);
+        match self.token.pool.try_get() {
+            Some(s) => {
+                let _ = s.destroy_object(self.handle);
+                // A few of the queued ones too, so the queue drains under steady load.
+                let queued: Vec<ObjectHandle> = {
+                    let mut g = sync::lock(&self.token.graveyard);
+                    let n = g.len().min(16);
+                    g.drain(..n).collect()
+                };
+                for h in queued {
+                    let _ = s.destroy_object(h);
+                }
+            }
+            None => sync::lock(&self.token.graveyard).push(self.handle),
         }
     }
 }
@@ -209,6 +226,9 @@ impl Token {
 
     /// Generates a new AES-256 CMK in the token: derive-only, sensitive, never extractable,
     /// and with `CKA_DERIVE_TEMPLATE` (sensitive, non-extractable) where the token enforces it.
+    /// A transiently failed attempt is followed by a look for the key it may have made
+    /// (label and `CKA_ID`) before another attempt: one CreateKey never leaves two objects
+    /// under one label, which [`Token::find_cmk`] would refuse as ambiguous.
     pub fn generate_cmk(&self, label: &str, id: &[u8], kdf: Kdf) -> Result<CmkHandle> {
         let mech = Mechanism::AesKeyGen;
         let raw = self
@@ -220,17 +240,31 @@ impl Token {
         let mut last = None;
         for allowed in [true, false] {
             let template = cmk_template(label, id, kdf, allowed);
-            self.count(|c| &c.generate_key_calls);
+            let find = || match self.find_cmk(label, id)? {
+                CmkLookup::Found(h) => Ok(Some(h.0)),
+                CmkLookup::Missing => Ok(None),
+                CmkLookup::Refused(why) => Err(KmsError::KeyUnavailable(why)),
+            };
             let result = match raw {
-                Some(raw) => self.call(|s| {
-                    raw.generate_key_with_derive_template(
-                        s,
-                        cryptoki_sys::CKM_AES_KEY_GEN,
-                        &template,
-                        &cmk_derive_template(),
-                    )
-                })?,
-                None => self.call(|s| s.generate_key(&mech, &template))?,
+                Some(raw) => self.create(
+                    |s| {
+                        self.count(|c| &c.generate_key_calls);
+                        raw.generate_key_with_derive_template(
+                            s,
+                            cryptoki_sys::CKM_AES_KEY_GEN,
+                            &template,
+                            &cmk_derive_template(),
+                        )
+                    },
+                    find,
+                )?,
+                None => self.create(
+                    |s| {
+                        self.count(|c| &c.generate_key_calls);
+                        s.generate_key(&mech, &template)
+                    },
+                    find,
+                )?,
             };
             match result {
                 Ok(h) => return Ok(CmkHandle(h)),
@@ -244,8 +278,23 @@ impl Token {
             .unwrap_or_else(|| KmsError::Internal("no CMK template tried".into())))
     }
 
-    /// Finds a CMK by its label (start-up and stale-handle recovery only, never per request).
-    pub fn find_cmk(&self, label: &str) -> Result<Option<CmkHandle>> {
+    /// Finds the CMK labelled `label` and checks that it is the one p11kms generated in this
+    /// token ([`CmkLookup::judge`]). Start-up, re-listing and stale-handle recovery only,
+    /// never per request.
+    pub fn find_cmk(&self, label: &str, expected_id: &[u8]) -> Result<CmkLookup> {
+        let mut found = Vec::new();
+        for h in self.find_cmks(label)? {
+            match self.handle_call(|s| s.get_attributes(h.0, &CmkAttributes::TYPES))? {
+                Ok(a) => found.push((h, CmkAttributes::from_attributes(a))),
+                Err(e) if e.is_stale_handle() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(CmkLookup::judge(label, &found, expected_id))
+    }
+
+    /// Every token secret key labelled exactly `label`, unchecked (for destroying them all).
+    pub fn find_cmks(&self, label: &str) -> Result<Vec<CmkHandle>> {
         let found = self.call(|s| {
             s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -253,7 +302,7 @@ impl Token {
                 Attribute::Label(label.as_bytes().to_vec()),
             ])
         })??;
-        Ok(found.first().copied().map(CmkHandle))
+        Ok(found.into_iter().map(CmkHandle).collect())
     }
 
     /// Labels and handles of every token secret key whose label starts with `prefix`.
@@ -387,22 +436,23 @@ impl Token {
                     "the token cannot generate and seal a {len}-byte data key itself"
                 ))
             })?;
-        let mut used = *iv;
-        let params = gcm_params(&mut used, aad)?;
-        let s = self.inner.pool.get()?;
-        self.count(|c| &c.generate_key_calls);
-        let secret = Transient {
-            handle: s
-                .generate_key(&data_key_mechanism(kind), &data_key_template(kind, len))
-                .map_err(HsmError::from)?,
-            session: &s,
-        };
-        self.count(|c| &c.wrap_calls);
-        let sealed = s
-            .wrap_key(&Mechanism::AesGcm(params), key.handle, secret.handle)
-            .map_err(HsmError::from)?;
-        drop(secret);
-        check_sealed(iv, &used, sealed, len)
+        // Retried like any call: a failed attempt's data key is destroyed with its session
+        // object and its output never leaves the token, so the IV is never used twice for
+        // two published ciphertexts.
+        let used = RefCell::new(*iv);
+        let sealed = self.call(|s| {
+            let mut u = used.borrow_mut();
+            *u = *iv;
+            let params = GcmParams::new(&mut *u, aad, Ulong::new((GCM_TAG_LEN * 8) as _))?;
+            self.count(|c| &c.generate_key_calls);
+            let secret = Transient {
+                handle: s.generate_key(&data_key_mechanism(kind), &data_key_template(kind, len))?,
+                session: s,
+            };
+            self.count(|c| &c.wrap_calls);
+            s.wrap_key(&Mechanism::AesGcm(params), key.handle, secret.handle)
+        })??;
+        check_sealed(iv, &used.into_inner(), sealed, len)
     }
 
     /// Asks the token for a *non-sensitive, extractable* key derived from `cmk` (what someone
@@ -415,7 +465,8 @@ impl Token {
     }
 
     /// AES-GCM seal with a caller IV (exactly 12 bytes, from the token RNG) and a 128-bit tag.
-    /// Returns ciphertext ‖ tag.
+    /// Returns ciphertext ‖ tag. Retried like any call: the same key, IV and plaintext give
+    /// the same output, and a failed attempt's output never leaves the token.
     pub fn gcm_seal(
         &self,
         key: &SessionKey,
@@ -423,17 +474,21 @@ impl Token {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>> {
-        let mut used = *iv;
-        let params = gcm_params(&mut used, aad)?;
-        let s = self.inner.pool.get()?;
-        self.count(|c| &c.encrypt_calls);
-        let sealed = s
-            .encrypt(&Mechanism::AesGcm(params), key.handle, plaintext)
-            .map_err(HsmError::from)?;
-        check_sealed(iv, &used, sealed, plaintext.len())
+        let used = RefCell::new(*iv);
+        let sealed = self.call(|s| {
+            let mut u = used.borrow_mut();
+            *u = *iv;
+            let params = GcmParams::new(&mut *u, aad, Ulong::new((GCM_TAG_LEN * 8) as _))?;
+            self.count(|c| &c.encrypt_calls);
+            s.encrypt(&Mechanism::AesGcm(params), key.handle, plaintext)
+        })??;
+        check_sealed(iv, &used.into_inner(), sealed, plaintext.len())
     }
 
-    /// AES-GCM open. Any authentication failure is `InvalidCiphertextException`.
+    /// AES-GCM open. A failed authentication (wrong key, tag, AAD, or truncated input) is
+    /// `InvalidCiphertextException`; a token that failed for another reason is a server-side
+    /// error, never blamed on the ciphertext. Where the token uses one code for both
+    /// (SoftHSM's `CKR_GENERAL_ERROR`), a health check on the same session and key decides.
     pub fn gcm_open(
         &self,
         key: &SessionKey,
@@ -452,7 +507,16 @@ impl Token {
             Ok(pt) => Ok(Zeroizing::new(pt)),
             Err(e) => {
                 let e = HsmError::from(e);
-                if e.is_auth_failure() {
+                let auth = match e.gcm_open_failure(self.inner.quirks) {
+                    GcmFailure::Authentication => true,
+                    GcmFailure::Ambiguous => {
+                        s.get_session_info().is_ok()
+                            && s.get_attributes(key.handle, &[AttributeType::Class])
+                                .is_ok()
+                    }
+                    GcmFailure::Token => false,
+                };
+                if auth {
                     Err(KmsError::invalid_ciphertext())
                 } else {
                     Err(e.into())
@@ -507,6 +571,143 @@ pub struct CmkCustody {
     pub sign: bool,
     pub derive: bool,
     pub value_readable: bool,
+}
+
+/// What a label lookup of a CMK found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmkLookup {
+    /// Exactly one object, proven to be a CMK p11kms generated in this token.
+    Found(CmkHandle),
+    /// No object under the label.
+    Missing,
+    /// An object (or several) under the label that must not be used; why, for the log and
+    /// the caller.
+    Refused(String),
+}
+
+impl CmkLookup {
+    /// Judges what the token holds under a CMK's label: exactly one object, whose attributes
+    /// prove it genuine ([`CmkAttributes::verify`]). Two objects under one label are refused
+    /// (one of them was planted, and guessing which is not p11kms's job). Refusals are
+    /// logged, loudly: they mean someone holding the PIN changed the token.
+    pub fn judge(label: &str, found: &[(CmkHandle, CmkAttributes)], expected_id: &[u8]) -> Self {
+        let why = match found {
+            [] => return CmkLookup::Missing,
+            [(h, attrs)] => match attrs.verify(expected_id) {
+                Ok(()) => return CmkLookup::Found(*h),
+                Err(why) => format!("the token object labelled {label} is refused: {why}"),
+            },
+            more => format!(
+                "{} secret keys in the token are labelled {label}: refusing to use any of them \
+                 (someone holding the token PIN created the extra ones)",
+                more.len()
+            ),
+        };
+        tracing::error!(target: "p11kms::custody", label, "{why}");
+        CmkLookup::Refused(why)
+    }
+}
+
+/// The attributes of a secret key that prove it is a CMK as p11kms makes them: generated in
+/// this token (`CKA_LOCAL`), always sensitive and never extractable (so nobody ever held its
+/// value), AES-256, derive-only, with the `CKA_ID` p11kms wrote. A key created from a known
+/// value with `C_CreateObject` or `C_UnwrapKey` has `CKA_LOCAL` false and is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmkAttributes {
+    key_type: Option<KeyType>,
+    value_len: Option<u64>,
+    id: Option<Vec<u8>>,
+    local: Option<bool>,
+    never_extractable: Option<bool>,
+    always_sensitive: Option<bool>,
+    sensitive: Option<bool>,
+    extractable: Option<bool>,
+    /// Usages other than derivation that are switched on.
+    other_usages: Vec<&'static str>,
+}
+
+impl CmkAttributes {
+    /// Everything [`CmkAttributes::verify`] looks at, read in one `C_GetAttributeValue`.
+    pub(crate) const TYPES: [AttributeType; 14] = [
+        AttributeType::KeyType,
+        AttributeType::ValueLen,
+        AttributeType::Id,
+        AttributeType::Local,
+        AttributeType::NeverExtractable,
+        AttributeType::AlwaysSensitive,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+    ];
+
+    pub(crate) fn from_attributes(attrs: Vec<Attribute>) -> CmkAttributes {
+        let mut c = CmkAttributes::default();
+        for a in attrs {
+            match a {
+                Attribute::KeyType(t) => c.key_type = Some(t),
+                Attribute::ValueLen(n) => c.value_len = Some(u64::from(n)),
+                Attribute::Id(id) => c.id = Some(id),
+                Attribute::Local(v) => c.local = Some(v),
+                Attribute::NeverExtractable(v) => c.never_extractable = Some(v),
+                Attribute::AlwaysSensitive(v) => c.always_sensitive = Some(v),
+                Attribute::Sensitive(v) => c.sensitive = Some(v),
+                Attribute::Extractable(v) => c.extractable = Some(v),
+                Attribute::Encrypt(true) => c.other_usages.push("CKA_ENCRYPT"),
+                Attribute::Decrypt(true) => c.other_usages.push("CKA_DECRYPT"),
+                Attribute::Sign(true) => c.other_usages.push("CKA_SIGN"),
+                Attribute::Verify(true) => c.other_usages.push("CKA_VERIFY"),
+                Attribute::Wrap(true) => c.other_usages.push("CKA_WRAP"),
+                Attribute::Unwrap(true) => c.other_usages.push("CKA_UNWRAP"),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// `Ok` if these attributes prove a CMK p11kms generated with `CKA_ID = expected_id`;
+    /// otherwise every reason it is refused. An attribute the token does not report counts
+    /// as not proven.
+    pub fn verify(&self, expected_id: &[u8]) -> std::result::Result<(), String> {
+        let mut why = Vec::new();
+        if self.key_type != Some(KeyType::AES) {
+            why.push("it is not an AES key".to_string());
+        }
+        if self.value_len != Some(AES_256) {
+            why.push("it is not 32 bytes long".to_string());
+        }
+        if self.id.as_deref() != Some(expected_id) {
+            why.push("its CKA_ID is not the one p11kms wrote".to_string());
+        }
+        for (name, value, want) in [
+            ("CKA_LOCAL", self.local, true),
+            ("CKA_NEVER_EXTRACTABLE", self.never_extractable, true),
+            ("CKA_ALWAYS_SENSITIVE", self.always_sensitive, true),
+            ("CKA_SENSITIVE", self.sensitive, true),
+            ("CKA_EXTRACTABLE", self.extractable, false),
+        ] {
+            match value {
+                Some(v) if v == want => {}
+                Some(v) => why.push(format!("{name} is {v}")),
+                None => why.push(format!("the token does not report {name}")),
+            }
+        }
+        if !self.other_usages.is_empty() {
+            why.push(format!(
+                "it allows {} besides derivation",
+                self.other_usages.join(", ")
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
 }
 
 /// Derives from `base` with a template asking for a readable key; see [`ExposedDerivation`].

@@ -28,13 +28,17 @@ use cryptoki::types::AuthPin;
 pub use bench::{CeilingOp, CeilingResult};
 pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
 pub use error::{HsmError, Quirks};
-pub use keys::{CmkCustody, CmkHandle, ExposedDerivation, SessionKey, GCM_IV_LEN, GCM_TAG_LEN};
+pub use keys::{
+    CmkAttributes, CmkCustody, CmkHandle, CmkLookup, ExposedDerivation, SessionKey, GCM_IV_LEN,
+    GCM_TAG_LEN,
+};
 pub use objects::{DataHandle, DataObject};
 pub use scan::ListedCmk;
 pub use stats::TokenStats;
 
 use crate::config::{Secret, TokenSelector};
 use crate::error::{KmsError, Result};
+use crate::sync;
 use pool::SessionPool;
 
 /// How long a request waits for a free session before answering `DependencyTimeoutException`.
@@ -69,6 +73,9 @@ pub(crate) struct TokenInner {
     stats: stats::Counters,
     /// For the calls cryptoki cannot make (CKA_DERIVE_TEMPLATE); `None` if unavailable.
     raw: Option<raw::RawModule>,
+    /// Session objects whose last user found no free session to destroy them with; destroyed
+    /// by the next drop that finds one, or by [`Token::reap`]. A `Drop` never waits.
+    graveyard: Mutex<Vec<cryptoki::object::ObjectHandle>>,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -96,9 +103,7 @@ fn registry() -> &'static Registry {
 /// One `Pkcs11` per module path per process: `C_Initialize` may only be called once. The flag
 /// says whether this call loaded it (so nothing else in the process uses it yet).
 fn module(path: &Path) -> Result<(Pkcs11, bool)> {
-    let mut map = registry()
-        .lock()
-        .map_err(|_| KmsError::Internal("module registry poisoned".into()))?;
+    let mut map = sync::lock(registry());
     if let Some(ctx) = map.get(path) {
         return Ok((ctx.clone(), false));
     }
@@ -133,10 +138,8 @@ fn module(path: &Path) -> Result<(Pkcs11, bool)> {
 /// Finalizes and forgets a module this process loaded but could not use, so the next
 /// [`module`] call reads the token afresh.
 fn unload(path: &Path) {
-    if let Ok(mut map) = registry().lock() {
-        if let Some(ctx) = map.remove(path) {
-            let _ = ctx.finalize();
-        }
+    if let Some(ctx) = sync::lock(registry()).remove(path) {
+        let _ = ctx.finalize();
     }
 }
 
@@ -277,6 +280,7 @@ impl Token {
                 quirks,
                 stats: stats::Counters::default(),
                 raw,
+                graveyard: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -316,29 +320,79 @@ impl Token {
             .map_err(|e| HsmError::from(e).into())
     }
 
+    /// How long the longest-running token call has been running (`None`: none is). Seconds
+    /// mean the token has stopped answering (a network HSM failing over, a held lock).
+    pub fn longest_call(&self) -> Option<Duration> {
+        self.inner.pool.longest_loan()
+    }
+
+    /// Destroys the session objects queued by drops that found no free session.
+    pub fn reap(&self) {
+        let queued = std::mem::take(&mut *sync::lock(&self.inner.graveyard));
+        if queued.is_empty() {
+            return;
+        }
+        match self.inner.pool.get() {
+            Ok(s) => {
+                for h in queued {
+                    let _ = s.destroy_object(h);
+                }
+            }
+            Err(_) => sync::lock(&self.inner.graveyard).extend(queued),
+        }
+    }
+
     /// Runs one call on a pooled session, retrying a few times while the token reports
-    /// transient trouble (see [`HsmError::is_transient`]). The outer error is the pool's.
+    /// transient trouble (see [`HsmError::is_transient_on`]). The outer error is the pool's.
+    /// Only for calls that may be repeated: a call that creates an object goes through
+    /// [`Token::create`].
     pub(crate) fn call<T>(
         &self,
         f: impl Fn(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<std::result::Result<T, HsmError>> {
         let mut attempt = 0;
         loop {
-            let result = {
-                let s = self.inner.pool.get()?;
-                f(&s)
-            };
-            match result {
+            match self.call_once(&f)? {
                 Ok(v) => return Ok(Ok(v)),
-                Err(e) => {
-                    let e = HsmError::from(e);
-                    if !e.is_transient_on(self.inner.quirks) || attempt >= CALL_RETRIES {
-                        return Ok(Err(e));
-                    }
-                }
+                Err(e) if e.is_transient_on(self.inner.quirks) && attempt < CALL_RETRIES => {}
+                Err(e) => return Ok(Err(e)),
             }
             std::thread::sleep(Duration::from_millis(2 << attempt));
             attempt += 1;
+        }
+    }
+
+    /// One attempt of one call on a pooled session.
+    fn call_once<T>(
+        &self,
+        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<std::result::Result<T, HsmError>> {
+        let s = self.inner.pool.get()?;
+        Ok(f(&s).map_err(HsmError::from))
+    }
+
+    /// A call that creates a token object. A transient failure does not prove that nothing
+    /// was created (the token may have stored the object and then failed), so before each
+    /// new attempt `find` looks for what the failed one may have left: never two objects for
+    /// one create.
+    pub(crate) fn create<T>(
+        &self,
+        create: impl Fn(&Session) -> cryptoki::error::Result<T>,
+        find: impl Fn() -> Result<Option<T>>,
+    ) -> Result<std::result::Result<T, HsmError>> {
+        let mut attempt = 0;
+        loop {
+            match self.call_once(&create)? {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) if e.is_transient_on(self.inner.quirks) && attempt < CALL_RETRIES => {
+                    std::thread::sleep(Duration::from_millis(2 << attempt));
+                    attempt += 1;
+                    if let Some(v) = find()? {
+                        return Ok(Ok(v));
+                    }
+                }
+                Err(e) => return Ok(Err(e)),
+            }
         }
     }
 
@@ -364,11 +418,13 @@ impl Token {
         if buf.is_empty() {
             return Ok(());
         }
-        let s = self.inner.pool.get()?;
-        stats::Counters::add(&self.inner.stats.random_calls, 1);
-        stats::Counters::add(&self.inner.stats.random_bytes, buf.len() as u64);
-        s.generate_random_slice(buf)
-            .map_err(|e| HsmError::from(e).into())
+        let cell = std::cell::RefCell::new(buf);
+        Ok(self.call(|s| {
+            let mut buf = cell.borrow_mut();
+            stats::Counters::add(&self.inner.stats.random_calls, 1);
+            stats::Counters::add(&self.inner.stats.random_bytes, buf.len() as u64);
+            s.generate_random_slice(&mut buf)
+        })??)
     }
 }
 

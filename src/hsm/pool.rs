@@ -6,10 +6,13 @@
 //! "their" session and do not contend on a shared cache line. Only when every slot is busy
 //! does a caller take the waiters' lock and sleep on a condition variable; a returning
 //! session wakes a sleeper only if there is one.
+//!
+//! Each slot also records since when its session has been on loan, so that a readiness check
+//! can tell a busy token from a stalled one ([`SessionPool::longest_loan`]).
 
 use std::cell::Cell;
 use std::ops::Deref;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,9 @@ static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) struct SessionPool {
     slots: Box<[Mutex<Session>]>,
+    /// Per slot: when its session went on loan, in µs since `epoch` (0: not on loan).
+    loaned_at: Box<[AtomicU64]>,
+    epoch: Instant,
     /// Callers sleeping in [`SessionPool::get`]; returning sessions notify only if non-zero.
     waiters: AtomicUsize,
     sleep: Mutex<()>,
@@ -45,6 +51,8 @@ impl SessionPool {
             })?));
         }
         Ok(SessionPool {
+            loaned_at: (0..slots.len()).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             slots: slots.into_boxed_slice(),
             waiters: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -57,8 +65,40 @@ impl SessionPool {
         self.slots.len()
     }
 
+    /// How long the session on loan longest has been out (`None`: none is on loan). A call
+    /// that has held a session for seconds means the token has stopped answering.
+    pub(crate) fn longest_loan(&self) -> Option<Duration> {
+        let now = self.micros();
+        self.loaned_at
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .filter(|t| *t != 0)
+            .min()
+            .map(|t| Duration::from_micros(now.saturating_sub(t)))
+    }
+
+    fn micros(&self) -> u64 {
+        // +1: 0 means "not on loan".
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn lend<'a>(&'a self, idx: usize, guard: MutexGuard<'a, Session>) -> PooledSession<'a> {
+        self.loaned_at[idx].store(self.micros(), Ordering::Relaxed);
+        PooledSession {
+            pool: self,
+            idx,
+            guard: Some(guard),
+        }
+    }
+
+    /// A session if one is free right now; never waits (for `Drop` impls and other places
+    /// that must not block).
+    pub(crate) fn try_get(&self) -> Option<PooledSession<'_>> {
+        self.try_take().map(|(idx, g)| self.lend(idx, g))
+    }
+
     /// One pass over the slots, starting at this thread's last one.
-    fn try_take(&self) -> Option<MutexGuard<'_, Session>> {
+    fn try_take(&self) -> Option<(usize, MutexGuard<'_, Session>)> {
         let n = self.slots.len();
         let mut start = HINT.with(Cell::get);
         if start == usize::MAX {
@@ -77,18 +117,15 @@ impl SessionPool {
                 }
             };
             HINT.with(|h| h.set(idx));
-            return Some(guard);
+            return Some((idx, guard));
         }
         None
     }
 
     /// Takes a session, waiting up to the pool's limit for one to come back.
     pub(crate) fn get(&self) -> Result<PooledSession<'_>> {
-        if let Some(g) = self.try_take() {
-            return Ok(PooledSession {
-                pool: self,
-                guard: Some(g),
-            });
+        if let Some(s) = self.try_get() {
+            return Ok(s);
         }
         let deadline = Instant::now() + self.wait;
         let mut sleeping = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,12 +133,9 @@ impl SessionPool {
             // Announce first, then look: a session returned after our look sees the count
             // and notifies under `sleep`, which we hold until `wait_timeout` releases it.
             self.waiters.fetch_add(1, Ordering::SeqCst);
-            if let Some(g) = self.try_take() {
+            if let Some((idx, g)) = self.try_take() {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
-                return Ok(PooledSession {
-                    pool: self,
-                    guard: Some(g),
-                });
+                return Ok(self.lend(idx, g));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -133,6 +167,7 @@ impl SessionPool {
 /// A session on loan; it goes back to the pool when dropped.
 pub(crate) struct PooledSession<'a> {
     pool: &'a SessionPool,
+    idx: usize,
     guard: Option<MutexGuard<'a, Session>>,
 }
 
@@ -149,6 +184,7 @@ impl Deref for PooledSession<'_> {
 
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
+        self.pool.loaned_at[self.idx].store(0, Ordering::Relaxed);
         drop(self.guard.take());
         self.pool.returned();
     }

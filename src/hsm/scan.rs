@@ -3,20 +3,23 @@
 
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 
+use super::keys::CmkAttributes;
 use super::{CmkHandle, Token};
 use crate::error::Result;
 
-/// A CMK as listed: its label, handle and whether the token lets it derive now.
+/// A CMK as listed: its label, handle, whether the token lets it derive now, and the
+/// attributes that must prove it genuine before it is used ([`CmkAttributes::verify`]).
 #[derive(Debug, Clone)]
 pub struct ListedCmk {
     pub label: String,
     pub handle: CmkHandle,
     pub derive: bool,
+    pub attributes: CmkAttributes,
 }
 
 impl Token {
-    /// Every token secret key whose label starts with `prefix`, with its `CKA_DERIVE`, read
-    /// in one call per key.
+    /// Every token secret key whose label starts with `prefix`, with its `CKA_DERIVE` and
+    /// identity attributes, read in one call per key.
     pub fn list_cmks_detailed(&self, prefix: &str) -> Result<Vec<ListedCmk>> {
         let handles = self.call(|s| {
             s.find_objects(&[
@@ -26,18 +29,18 @@ impl Token {
         })??;
         let mut out = Vec::new();
         for h in handles {
-            let attrs = match self.handle_call(|s| {
-                s.get_attributes(h, &[AttributeType::Label, AttributeType::Derive])
-            })? {
+            let mut types = vec![AttributeType::Label, AttributeType::Derive];
+            types.extend(CmkAttributes::TYPES);
+            let attrs = match self.handle_call(|s| s.get_attributes(h, &types))? {
                 Ok(a) => a,
                 Err(e) if e.is_stale_handle() => continue,
                 Err(e) => return Err(e.into()),
             };
             let (mut label, mut derive) = (None, false);
-            for a in attrs {
+            for a in &attrs {
                 match a {
-                    Attribute::Label(l) => label = String::from_utf8(l).ok(),
-                    Attribute::Derive(d) => derive = d,
+                    Attribute::Label(l) => label = String::from_utf8(l.clone()).ok(),
+                    Attribute::Derive(d) => derive = *d,
                     _ => {}
                 }
             }
@@ -46,6 +49,7 @@ impl Token {
                     label,
                     handle: CmkHandle(h),
                     derive,
+                    attributes: CmkAttributes::from_attributes(attrs),
                 });
             }
         }

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 use super::blob::{self, Header, NONCE_LEN};
-use super::records::{AliasRecord, BackingVersion, KeyRecord, KeyState};
-use super::store::KeyEntry;
+use super::records::{cmk_id, AliasRecord, BackingVersion, KeyRecord, KeyState};
+use super::store::{Change, KeyEntry};
 use super::types::*;
 use super::{AliasName, EncryptionContext, Forms, KeyId, KeyRef, Kms, SealingPath};
 use crate::error::{KmsError, Result};
-use crate::hsm::{CmkHandle, Kdf, SessionKey, GCM_IV_LEN};
+use crate::hsm::{CmkHandle, CmkLookup, SessionKey, GCM_IV_LEN};
 
 const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
@@ -106,7 +106,16 @@ fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
         KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
             "{arn} is pending deletion."
         ))),
+        KeyState::Unknown => Err(unavailable_state(arn)),
     }
+}
+
+/// A key whose record this version cannot fully read (see [`KeyState::Unknown`]).
+fn unavailable_state(arn: &str) -> KmsError {
+    KmsError::InvalidState(format!(
+        "{arn} is unavailable: its record was written by a newer version of p11kms or is \
+         damaged; this version neither uses nor changes it"
+    ))
 }
 
 /// Data key length from exactly one of KeySpec / NumberOfBytes.
@@ -233,7 +242,7 @@ impl Kms {
     /// Resolves a `KeyId` parameter to the key it names (following an alias).
     fn resolve(&self, key_id: &str, forms: Forms) -> Result<(KeyId, KeyEntry)> {
         let r = KeyRef::parse(key_id, &self.scope, forms)?;
-        let snap = self.store.read()?;
+        let snap = self.store.read();
         let id = match r {
             KeyRef::Id(id) => id,
             KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
@@ -354,7 +363,7 @@ impl Kms {
                     .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
             ),
         };
-        let snap = self.store.read()?;
+        let snap = self.store.read();
         let mut iter = snap.keys.range((start, Bound::Unbounded));
         let keys: Vec<KeyListEntry> = iter
             .by_ref()
@@ -374,26 +383,35 @@ impl Kms {
         })
     }
 
-    /// Writes a new state into a key's record, then makes the token agree.
+    /// Changes a key's state as `rule` decides from its record as it is now (`None`: no
+    /// change), with this process's other writes held off, then makes the token agree.
     fn set_state(
         &self,
-        entry: KeyEntry,
-        state: KeyState,
-        deletion: Option<(i64, u32)>,
+        id: &KeyId,
+        rule: impl FnOnce(&KeyRecord) -> Result<Option<(KeyState, Option<(i64, u32)>)>>,
     ) -> Result<KeyRecord> {
-        let record = KeyRecord {
-            state,
-            deletion_ms: deletion.map(|d| d.0),
-            pending_window_days: deletion.map(|d| d.1),
-            ..entry.record
-        };
-        let id = record.id;
-        if state != KeyState::Enabled {
-            self.epochs.forget(&id)?;
+        let entry = self.store.update_key(
+            id,
+            |entry| {
+                if entry.record.state == KeyState::Unknown {
+                    return Err(unavailable_state(&self.scope.key_arn(id)));
+                }
+                Ok(match rule(&entry.record)? {
+                    None => Change::Keep,
+                    Some((state, deletion)) => Change::Write(KeyRecord {
+                        state,
+                        deletion_ms: deletion.map(|d| d.0),
+                        pending_window_days: deletion.map(|d| d.1),
+                        ..entry.record.clone()
+                    }),
+                })
+            },
+            |entry| self.apply_token_state(&entry.record, &entry.cmks),
+        )?;
+        if entry.record.state != KeyState::Enabled {
+            self.epochs.forget(id);
         }
-        self.store.put_key(record.clone(), entry.cmks.clone())?;
-        self.apply_token_state(&record, &entry.cmks)?;
-        Ok(record)
+        Ok(entry.record)
     }
 
     /// A CMK is derivable in the token exactly when its key is Enabled.
@@ -409,9 +427,14 @@ impl Kms {
     /// Uses the `CKA_DERIVE` values the store's first load read along with the labels, so
     /// start-up costs no extra token call per key.
     pub(crate) fn reconcile_token_state(&self) -> Result<()> {
-        let known = self.store.take_initial_derive()?;
-        let entries: Vec<KeyEntry> = self.store.read()?.keys.values().cloned().collect();
+        let known = self.store.take_initial_derive();
+        let entries: Vec<KeyEntry> = self.store.read().keys.values().cloned().collect();
         for e in entries {
+            // A record this version cannot read (a newer writer's): its token state is not
+            // ours to change.
+            if e.record.state == KeyState::Unknown {
+                continue;
+            }
             let usable = e.record.state == KeyState::Enabled;
             for (v, h) in &e.cmks {
                 let current = match known.get(&(e.record.id, *v)) {
@@ -427,27 +450,29 @@ impl Kms {
     }
 
     pub fn enable_key(&self, req: KeyIdRequest) -> Result<()> {
-        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        match entry.record.state {
-            KeyState::Enabled => Ok(()),
-            KeyState::Disabled => self.set_state(entry, KeyState::Enabled, None).map(|_| ()),
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::Disabled => Ok(Some((KeyState::Enabled, None))),
             KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
                 "{} is pending deletion.",
-                self.scope.key_arn(&entry.record.id)
+                self.scope.key_arn(&id)
             ))),
-        }
+            KeyState::Enabled | KeyState::Unknown => Ok(None),
+        })?;
+        Ok(())
     }
 
     pub fn disable_key(&self, req: KeyIdRequest) -> Result<()> {
-        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        match entry.record.state {
-            KeyState::Disabled => Ok(()),
-            KeyState::Enabled => self.set_state(entry, KeyState::Disabled, None).map(|_| ()),
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::Enabled => Ok(Some((KeyState::Disabled, None))),
             KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
                 "{} is pending deletion.",
-                self.scope.key_arn(&entry.record.id)
+                self.scope.key_arn(&id)
             ))),
-        }
+            KeyState::Disabled | KeyState::Unknown => Ok(None),
+        })?;
+        Ok(())
     }
 
     pub fn schedule_key_deletion(
@@ -464,15 +489,15 @@ impl Kms {
                 )))
             }
         };
-        let (id, entry) = self.resolve(&key_id, Forms::KeyOnly)?;
-        if entry.record.state == KeyState::PendingDeletion {
-            return Err(KmsError::InvalidState(format!(
+        let (id, _) = self.resolve(&key_id, Forms::KeyOnly)?;
+        let when = now_ms() + i64::from(days) * DAY_MS;
+        let r = self.set_state(&id, |r| match r.state {
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
-            )));
-        }
-        let when = now_ms() + i64::from(days) * DAY_MS;
-        let r = self.set_state(entry, KeyState::PendingDeletion, Some((when, days)))?;
+            ))),
+            _ => Ok(Some((KeyState::PendingDeletion, Some((when, days))))),
+        })?;
         Ok(ScheduleKeyDeletionResponse {
             key_id: self.scope.key_arn(&id),
             deletion_date: secs(when),
@@ -483,50 +508,64 @@ impl Kms {
 
     /// CancelKeyDeletion: the key comes back Disabled, as in AWS.
     pub fn cancel_key_deletion(&self, req: KeyIdRequest) -> Result<KeyIdResponse> {
-        let (id, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        if entry.record.state != KeyState::PendingDeletion {
-            return Err(KmsError::InvalidState(format!(
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::PendingDeletion => Ok(Some((KeyState::Disabled, None))),
+            _ => Err(KmsError::InvalidState(format!(
                 "{} is not pending deletion.",
                 self.scope.key_arn(&id)
-            )));
-        }
-        self.set_state(entry, KeyState::Disabled, None)?;
+            ))),
+        })?;
         Ok(KeyIdResponse {
             key_id: self.scope.key_arn(&id),
         })
     }
 
-    /// Destroys every key whose deletion date is at or before `now_ms` (the sweeper).
+    /// Destroys every key whose deletion date is at or before `now_ms` (the sweeper). Each
+    /// key's records are read again from the token first: a key whose deletion another
+    /// process cancelled since the last refresh is kept.
     pub fn sweep_deletions_at(&self, now_ms: i64) -> Result<Vec<KeyId>> {
-        let due: Vec<KeyId> = self
+        let due = |r: &KeyRecord| {
+            r.state == KeyState::PendingDeletion && r.deletion_ms.is_some_and(|d| d <= now_ms)
+        };
+        let candidates: Vec<KeyId> = self
             .store
-            .read()?
+            .read()
             .keys
             .values()
-            .filter(|e| {
-                e.record.state == KeyState::PendingDeletion
-                    && e.record.deletion_ms.is_some_and(|d| d <= now_ms)
-            })
+            .filter(|e| due(&e.record))
             .map(|e| e.record.id)
             .collect();
-        for id in &due {
-            self.epochs.forget(id)?;
-            self.store.destroy_key(id)?;
+        let mut destroyed = Vec::new();
+        let mut stale = false;
+        for id in candidates {
+            self.epochs.forget(&id);
+            if self.store.destroy_key_if(&id, due)? {
+                destroyed.push(id);
+            } else {
+                stale = true;
+            }
         }
-        Ok(due)
+        if stale {
+            // This process's view was behind the token's: catch up now.
+            self.refresh()?;
+        }
+        Ok(destroyed)
     }
 
     /// Picks up other processes' changes (keys, aliases, states) from the token.
     pub fn refresh(&self) -> Result<()> {
         for id in self.store.refresh()? {
-            self.epochs.forget(&id)?;
+            self.epochs.forget(&id);
         }
         Ok(())
     }
 
     /// One round of upkeep: refresh, destroy keys past their deletion date, sweep orphaned
-    /// CMKs left by interrupted CreateKey calls.
+    /// CMKs left by interrupted CreateKey calls, destroy derived keys whose drop found no free
+    /// session.
     pub fn maintain(&self) -> Result<()> {
+        self.token.reap();
         self.refresh()?;
         self.sweep_deletions_at(now_ms())?;
         self.store.sweep_orphan_cmks()?;
@@ -542,7 +581,10 @@ impl Kms {
             let Some(kms) = weak.upgrade() else { return };
             // Errors are transient here (the next round retries); nothing secret is in them.
             if let Err(e) = kms.maintain() {
-                eprintln!("p11kms: metadata refresh failed: {}", e.message());
+                tracing::warn!(
+                    error = e.message(),
+                    "metadata upkeep failed; retrying next round"
+                );
             }
         })
     }
@@ -554,76 +596,124 @@ impl Kms {
 
     // ----- aliases ------------------------------------------------------------------------------
 
-    /// The target of CreateAlias/UpdateAlias: a key id or ARN of a key not pending deletion.
+    /// The target of CreateAlias/UpdateAlias: a key id or ARN (the key's state is checked
+    /// when the alias is written, see [`check_alias_target`]).
     fn alias_target(&self, target: Option<String>) -> Result<KeyId> {
-        let (id, entry) = self.resolve(&required(target, "targetKeyId")?, Forms::KeyOnly)?;
-        if entry.record.state == KeyState::PendingDeletion {
-            return Err(KmsError::InvalidState(format!(
-                "{} is pending deletion.",
-                self.scope.key_arn(&id)
-            )));
+        Ok(self
+            .resolve(&required(target, "targetKeyId")?, Forms::KeyOnly)?
+            .0)
+    }
+
+    fn alias_not_found(&self, name: &AliasName) -> KmsError {
+        KmsError::NotFound(format!(
+            "Alias {} is not found.",
+            self.scope.alias_arn(name)
+        ))
+    }
+
+    /// An alias may point at a key that exists and is neither pending deletion nor unknown,
+    /// as the snapshot has it when the alias is written.
+    fn check_alias_target(&self, snap: &super::store::Snapshot, target: KeyId) -> Result<()> {
+        let arn = self.scope.key_arn(&target);
+        match snap.keys.get(&target).map(|e| e.record.state) {
+            None => Err(KmsError::NotFound(format!("Key '{arn}' does not exist"))),
+            Some(KeyState::PendingDeletion) => Err(KmsError::InvalidState(format!(
+                "{arn} is pending deletion."
+            ))),
+            Some(KeyState::Unknown) => Err(unavailable_state(&arn)),
+            Some(KeyState::Enabled | KeyState::Disabled) => Ok(()),
         }
-        Ok(id)
     }
 
     pub fn create_alias(&self, req: AliasRequest) -> Result<()> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
         let target = self.alias_target(req.target_key_id)?;
-        if self.store.read()?.aliases.contains_key(&name) {
-            return Err(KmsError::AlreadyExists(format!(
-                "An alias with the name {} already exists",
-                self.scope.alias_arn(&name)
-            )));
-        }
         let now = now_ms();
-        self.store.put_alias(
-            &name,
-            AliasRecord {
+        self.store.put_alias(&name, |snap, current| {
+            if current.is_some() {
+                return Err(KmsError::AlreadyExists(format!(
+                    "An alias with the name {} already exists",
+                    self.scope.alias_arn(&name)
+                )));
+            }
+            self.check_alias_target(snap, target)?;
+            Ok(AliasRecord {
                 name: name.to_string(),
                 target: Some(target),
                 created_ms: now,
                 updated_ms: now,
-            },
-        )
+            })
+        })
     }
 
     pub fn update_alias(&self, req: AliasRequest) -> Result<()> {
+        self.update_alias_expecting(req, None).map(|_| ())
+    }
+
+    /// UpdateAlias, if the alias still points at `expected` (when given; `Ok(false)`
+    /// otherwise, nothing changed): the caller authorized the change against that target.
+    pub fn update_alias_expecting(
+        &self,
+        req: AliasRequest,
+        expected: Option<KeyId>,
+    ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
         let target = self.alias_target(req.target_key_id)?;
-        let current = self.store.read()?.aliases.get(&name).cloned();
-        let current = current.ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "Alias {} is not found.",
-                self.scope.alias_arn(&name)
-            ))
-        })?;
-        self.store.put_alias(
-            &name,
-            AliasRecord {
+        let mut moved = false;
+        let r = self.store.put_alias(&name, |snap, current| {
+            let current = current.ok_or_else(|| self.alias_not_found(&name))?;
+            if expected.is_some_and(|e| current.target != Some(e)) {
+                moved = true;
+                return Err(self.alias_not_found(&name));
+            }
+            self.check_alias_target(snap, target)?;
+            Ok(AliasRecord {
                 target: Some(target),
                 updated_ms: now_ms(),
-                ..current
-            },
-        )
+                ..current.clone()
+            })
+        });
+        match r {
+            Err(_) if moved => Ok(false),
+            r => r.map(|()| true),
+        }
     }
 
     pub fn delete_alias(&self, req: AliasRequest) -> Result<()> {
+        self.delete_alias_expecting(req, None).map(|_| ())
+    }
+
+    /// DeleteAlias, if the alias still points at `expected` (see
+    /// [`Kms::update_alias_expecting`]).
+    pub fn delete_alias_expecting(
+        &self,
+        req: AliasRequest,
+        expected: Option<KeyId>,
+    ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
-        let current = self.store.read()?.aliases.get(&name).cloned();
-        let current = current.ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "Alias {} is not found.",
-                self.scope.alias_arn(&name)
-            ))
-        })?;
-        self.store.put_alias(
-            &name,
-            AliasRecord {
+        let mut moved = false;
+        let r = self.store.put_alias(&name, |_, current| {
+            let current = current.ok_or_else(|| self.alias_not_found(&name))?;
+            if expected.is_some_and(|e| current.target != Some(e)) {
+                moved = true;
+                return Err(self.alias_not_found(&name));
+            }
+            Ok(AliasRecord {
                 target: None,
                 updated_ms: now_ms(),
-                ..current
-            },
-        )
+                ..current.clone()
+            })
+        });
+        match r {
+            Err(_) if moved => Ok(false),
+            r => r.map(|()| true),
+        }
+    }
+
+    /// The key an alias points at now, if the alias exists.
+    pub fn alias_target_of(&self, alias: &str) -> Result<Option<KeyId>> {
+        let name = AliasName::parse(alias)?;
+        Ok(self.store.read().aliases.get(&name).and_then(|a| a.target))
     }
 
     pub fn list_aliases(&self, req: ListRequest) -> Result<ListAliasesResponse> {
@@ -639,7 +729,7 @@ impl Kms {
                     .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
             ),
         };
-        let snap = self.store.read()?;
+        let snap = self.store.read();
         let mut iter = snap
             .aliases
             .range((start, Bound::Unbounded))
@@ -668,56 +758,68 @@ impl Kms {
 
     // ----- cryptography -----------------------------------------------------------------------
 
-    /// Derives an epoch key, looking the CMK up again once if the token says its handle is
-    /// stale (another process re-created or the token was re-opened).
+    /// Derives the epoch key of `entry`'s backing `version` for `nonce`. Runs with no lock
+    /// held (the sealing cache calls it while only this key's derivation turn is taken). When
+    /// the token refuses, the records say why: they are re-read first (another process may
+    /// have disabled or deleted the key: then that is the answer); for a key still Enabled, a
+    /// stale handle is bound again, or a backing key that refuses derivation gets its token
+    /// state healed, once.
     fn derive(
         &self,
-        id: KeyId,
+        entry: &KeyEntry,
         version: u32,
-        kdf: Kdf,
-        cmk: Option<CmkHandle>,
         nonce: &[u8; NONCE_LEN],
     ) -> Result<SessionKey> {
-        let unavailable = || {
-            KmsError::KeyUnavailable(format!(
-                "the backing key of {} is not in the token",
-                self.scope.key_arn(&id)
-            ))
-        };
+        let id = entry.record.id;
+        let kdf = entry.record.kdf;
+        let arn = self.scope.key_arn(&id);
         // Epoch keys wrap only where data keys are sealed in the token.
         let wrap = self.sealing == SealingPath::Token;
-        let first = match cmk {
-            Some(h) => match self.token.derive_key(h, kdf, nonce, wrap) {
-                Ok(k) => return Ok(k),
-                Err(e) => e,
-            },
-            None => unavailable(),
+        let Some(h) = entry.cmks.get(&version).copied() else {
+            // Known unusable: answered without touching the token.
+            return Err(KmsError::KeyUnavailable(
+                entry.unbound.get(&version).cloned().unwrap_or_else(|| {
+                    format!("the backing key of {arn} (version {version}) is not in the token")
+                }),
+            ));
         };
+        let first = match self.token.derive_key(h, kdf, nonce, wrap) {
+            Ok(k) => return Ok(k),
+            Err(e) => e,
+        };
+        self.refresh()?;
+        let now = self
+            .store
+            .key(&id)
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+        check_usable(&now, &arn)?;
         match self.store.relocate_cmk(&id, version)? {
-            Some(h) if Some(h) != cmk => self.token.derive_key(h, kdf, nonce, wrap),
-            Some(h) if self.heal_token_state(&id, h)? => self.token.derive_key(h, kdf, nonce, wrap),
-            Some(_) => Err(first),
-            None => Err(unavailable()),
+            CmkLookup::Found(n) if n != h => self.token.derive_key(n, kdf, nonce, wrap),
+            CmkLookup::Found(n) if self.heal_token_state(&id, n)? => {
+                self.token.derive_key(n, kdf, nonce, wrap)
+            }
+            CmkLookup::Found(_) => Err(first),
+            CmkLookup::Missing => Err(KmsError::KeyUnavailable(format!(
+                "the backing key of {arn} (version {version}) is not in the token"
+            ))),
+            CmkLookup::Refused(why) => Err(KmsError::KeyUnavailable(why)),
         }
     }
 
     /// The token refuses to derive from a CMK whose record says Enabled: another process may
-    /// have reconciled from a record that was just superseded. Re-read the records (the source
-    /// of truth) and, if the key is still Enabled, make the token agree. Rare, so the full
-    /// refresh on this error path is acceptable.
+    /// have reconciled from a record that was just superseded. If the key is still Enabled
+    /// (the records were just re-read), make the token agree; serialised with this process's
+    /// state changes, so a concurrent DisableKey is never undone here.
     fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle) -> Result<bool> {
-        self.refresh()?;
-        let enabled = self
-            .store
-            .read()?
-            .keys
-            .get(id)
-            .is_some_and(|e| e.record.state == KeyState::Enabled);
-        if enabled && !self.token.cmk_usable(cmk)? {
-            self.token.set_cmk_usable(cmk, true)?;
-            return Ok(true);
-        }
-        Ok(false)
+        self.store.with_key(id, |entry| {
+            if entry.is_some_and(|e| e.record.state == KeyState::Enabled)
+                && !self.token.cmk_usable(cmk)?
+            {
+                self.token.set_cmk_usable(cmk, true)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })
     }
 
     /// Seals `plaintext` under the key's current backing version (`C_Encrypt`). Returns the
@@ -747,17 +849,11 @@ impl Kms {
     ) -> Result<Vec<u8>> {
         let r = &entry.record;
         let version = r.current_version;
-        let cmk = entry.cmks.get(&version).copied();
-        let sk = self.epochs.for_sealing(
-            r.id,
-            version,
-            || {
-                let mut n = [0u8; NONCE_LEN];
-                self.token.random_fill(&mut n)?;
-                Ok(n)
-            },
-            |nonce| self.derive(r.id, version, r.kdf, cmk, nonce),
-        )?;
+        let sk = self.epochs.for_sealing(r.id, version, || {
+            let mut nonce = [0u8; NONCE_LEN];
+            self.token.random_fill(&mut nonce)?;
+            Ok((nonce, self.derive(entry, version, &nonce)?))
+        })?;
         let header = Header {
             key_id: r.id,
             key_version: version,
@@ -788,7 +884,7 @@ impl Kms {
             }
         }
         let arn = self.scope.key_arn(&h.key_id);
-        let entry = self.store.read()?.keys.get(&h.key_id).cloned();
+        let entry = self.store.read().keys.get(&h.key_id).cloned();
         let entry = entry.ok_or_else(|| {
             KmsError::NotFound(format!(
                 "Key '{arn}' named by the ciphertext does not exist"
@@ -805,18 +901,17 @@ impl Kms {
             return Err(KmsError::invalid_ciphertext());
         }
         let aad = h.aad(ctx);
-        if let Some(key) = self.epochs.cached(h.key_id, h.key_version, &h.nonce)? {
+        if let Some(key) = self.epochs.cached(h.key_id, h.key_version, &h.nonce) {
             return Ok((
                 h.key_id,
                 self.token.gcm_open(&key, &h.iv, &aad, blob.sealed)?,
             ));
         }
-        let cmk = entry.cmks.get(&h.key_version).copied();
-        let key = self.derive(h.key_id, h.key_version, h.kdf, cmk, &h.nonce)?;
+        let key = self.derive(&entry, h.key_version, &h.nonce)?;
         let plaintext = self.token.gcm_open(&key, &h.iv, &aad, blob.sealed)?;
         // Only keys that opened a genuine blob are cached: forged nonces cannot fill the cache.
         self.epochs
-            .remember((h.key_id, h.key_version, h.nonce), Arc::new(key))?;
+            .remember((h.key_id, h.key_version, h.nonce), Arc::new(key));
         Ok((h.key_id, plaintext))
     }
 
@@ -996,13 +1091,6 @@ impl Kms {
             plaintext: SecretBytes(self.token.random(n)?),
         })
     }
-}
-
-/// CKA_ID of a backing key: key id bytes ‖ version (u32 BE).
-fn cmk_id(id: &KeyId, version: u32) -> Vec<u8> {
-    let mut v = id.as_bytes().to_vec();
-    v.extend_from_slice(&version.to_be_bytes());
-    v
 }
 
 trait ErrOrInternal {

@@ -27,6 +27,11 @@ pub enum KeyState {
     Enabled,
     Disabled,
     PendingDeletion,
+    /// A record this version cannot fully read: a state or field written by a newer p11kms
+    /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
+    /// nothing here uses or changes it; AWS calls such a key `Unavailable`. Never written.
+    #[serde(other)]
+    Unknown,
 }
 
 impl KeyState {
@@ -35,6 +40,7 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::Unknown => "Unavailable",
         }
     }
 }
@@ -74,6 +80,19 @@ impl KeyRecord {
 
 pub fn cmk_label(id: &KeyId, version: u32) -> String {
     format!("{CMK_LABEL_PREFIX}{id}:v{version}")
+}
+
+/// `CKA_ID` of a backing key: key id bytes ‖ version (u32 BE).
+pub fn cmk_id(id: &KeyId, version: u32) -> Vec<u8> {
+    let mut v = id.as_bytes().to_vec();
+    v.extend_from_slice(&version.to_be_bytes());
+    v
+}
+
+/// (key id, version) from a CMK label `p11kms:cmk:<id>:v<version>`.
+pub fn parse_cmk_label(label: &str) -> Option<(KeyId, u32)> {
+    let (id, version) = label.strip_prefix(CMK_LABEL_PREFIX)?.split_once(":v")?;
+    Some((id.parse().ok()?, version.parse().ok()?))
 }
 
 /// An alias and its target; `target: None` is a tombstone (the alias was deleted).
@@ -153,9 +172,42 @@ impl Record {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// A value that does not parse is an incomplete or foreign object: ignored.
+    /// Decodes a record value. A key record that this version cannot fully read (a field
+    /// or enum value it does not know: a newer writer's, or damage) still decodes, to a record
+    /// in state [`KeyState::Unknown`] with what could be read, so that the key stays known
+    /// (and its backing keys are never taken for orphans). Anything else that does not parse
+    /// is an incomplete or foreign object: `None`, ignored.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        serde_json::from_slice(bytes).ok()
+        if let Ok(r) = serde_json::from_slice(bytes) {
+            return Some(r);
+        }
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        if !v.get("record")?.as_str()?.starts_with("key_v") {
+            return None;
+        }
+        let id: KeyId = v.get("id")?.as_str()?.parse().ok()?;
+        let int = |field: &str| v.get(field).and_then(serde_json::Value::as_i64);
+        Some(Record::KeyV1(KeyRecord {
+            id,
+            created_ms: int("created_ms").unwrap_or(0),
+            description: v
+                .get("description")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            state: KeyState::Unknown,
+            deletion_ms: None,
+            pending_window_days: None,
+            // Never used: a key in state Unknown is refused before any derivation.
+            kdf: Kdf::AesCbcEncryptData,
+            current_version: 0,
+            versions: v
+                .get("versions")
+                .and_then(|vs| serde_json::from_value(vs.clone()).ok())
+                .unwrap_or_default(),
+            tags: Vec::new(),
+            policy: None,
+        }))
     }
 }
 
@@ -197,6 +249,55 @@ mod opt_key_id_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_a_newer_writer_made_keep_the_key() {
+        let id = KeyId::new_random();
+        let good = Record::KeyV1(KeyRecord {
+            id,
+            created_ms: 5,
+            description: "d".into(),
+            state: KeyState::Enabled,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf: Kdf::AesCbcEncryptData,
+            current_version: 1,
+            versions: vec![BackingVersion {
+                version: 1,
+                created: 1,
+            }],
+            tags: vec![],
+            policy: None,
+        })
+        .encode();
+        let text = String::from_utf8(good).unwrap();
+        for newer in [
+            text.replace("\"Enabled\"", "\"PendingImport\""),
+            text.replace("\"AES_CBC_ENCRYPT_DATA\"", "\"HKDF_SHA256\""),
+            text.replace("\"key_v1\"", "\"key_v2\""),
+            text.replace("\"current_version\":1", "\"current_version\":\"one\""),
+        ] {
+            let Some(Record::KeyV1(r)) = Record::decode(newer.as_bytes()) else {
+                panic!("{newer} did not decode");
+            };
+            assert_eq!((r.id, r.state), (id, KeyState::Unknown), "{newer}");
+            assert_eq!(r.versions.len(), 1);
+            assert_eq!(r.state.as_str(), "Unavailable");
+        }
+        // Not a key record, or no usable id: not ours.
+        assert_eq!(Record::decode(br#"{"record":"grant_v1","id":"x"}"#), None);
+        assert_eq!(Record::decode(br#"{"record":"key_v3","id":"nope"}"#), None);
+    }
+
+    #[test]
+    fn cmk_labels_and_ids() {
+        let id = KeyId::new_random();
+        assert_eq!(parse_cmk_label(&cmk_label(&id, 7)), Some((id, 7)));
+        assert_eq!(parse_cmk_label("p11kms:cmk:x:v1"), None);
+        let cid = cmk_id(&id, 7);
+        assert_eq!(&cid[..16], id.as_bytes());
+        assert_eq!(&cid[16..], &7u32.to_be_bytes());
+    }
 
     #[test]
     fn labels_round_trip() {
@@ -251,6 +352,7 @@ mod tests {
         }
         let enc = r.encode();
         assert_eq!(Record::decode(&enc[..enc.len() - 1]), None);
+        assert_eq!(Record::decode(b"\xff\x00 not json"), None);
         let a = Record::AliasV1(AliasRecord {
             name: "alias/x".into(),
             target: None,

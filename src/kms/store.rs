@@ -26,22 +26,34 @@
 //!   immutable) value, destroys the other and bumps the survivor; a process watching a
 //!   destroyed one gets a stale handle at its next refresh and looks again.
 //!
+//! Writes in one process are serialised by the writer lock, and each is decided there: the
+//! caller's rule (does the alias exist? may this key change state?) runs against the snapshot
+//! under that lock, and the snapshot is updated before the lock is released, so of two
+//! concurrent CreateAlias calls for one name exactly one succeeds. The rules themselves are
+//! plain functions: no token call and no callback into the service runs under a snapshot
+//! lock, and the snapshot is only ever written with the writer lock held.
+//!
+//! Nothing is destroyed on the strength of the snapshot alone: before a key past its deletion
+//! date or an orphaned backing key is destroyed, the token's record objects are read again.
+//!
 //! Crash safety: a change writes a complete new record object before it destroys the old
 //! ones, then bumps the stamp. A crash at any point leaves the old record (new one not
 //! created), or both (the newer one wins and the older is swept at the next refresh), with or
 //! without the stamp. CreateKey generates the CMK before its record: a crash between leaves an
 //! unreferenced CMK that no operation can see, swept after a grace period.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{KmsError, Result};
-use crate::hsm::{CmkHandle, DataHandle, DataObject, Token};
+use crate::hsm::{CmkAttributes, CmkHandle, CmkLookup, DataHandle, DataObject, ListedCmk, Token};
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
-    AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION, CMK_LABEL_PREFIX,
+    cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
+    APPLICATION, CMK_LABEL_PREFIX,
 };
+use crate::sync;
 
 /// An unreferenced CMK is destroyed only after it has stayed unreferenced this long, so a
 /// CreateKey in progress in another process is never swept.
@@ -91,18 +103,15 @@ impl Stamp {
     }
 }
 
-/// (key id, version) from a CMK label `p11kms:cmk:<id>:v<version>`.
-fn parse_cmk_label(label: &str) -> Option<(KeyId, u32)> {
-    let (id, version) = label.strip_prefix(CMK_LABEL_PREFIX)?.split_once(":v")?;
-    Some((id.parse().ok()?, version.parse().ok()?))
-}
-
 /// A key as the request path needs it.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub record: KeyRecord,
-    /// Token handles of the backing keys by version.
+    /// Token handles of the backing keys by version, each proven genuine when it was bound.
     pub cmks: BTreeMap<u32, CmkHandle>,
+    /// Versions without a usable backing key, and why (missing, or refused: see
+    /// [`CmkLookup::Refused`]). Answered as `KeyUnavailableException` without a token search.
+    pub unbound: BTreeMap<u32, String>,
 }
 
 /// The in-memory view of the token's metadata.
@@ -112,6 +121,9 @@ pub struct Snapshot {
     pub aliases: BTreeMap<AliasName, AliasRecord>,
     key_meta: HashMap<KeyId, (RecordLabel, Vec<DataHandle>)>,
     alias_meta: HashMap<AliasName, (RecordLabel, Vec<DataHandle>, bool)>,
+    /// Every key id with at least one record object in the token, readable or not: its
+    /// backing keys are never orphans.
+    claimed: HashSet<KeyId>,
 }
 
 impl Snapshot {
@@ -159,9 +171,10 @@ impl<R> Versions<R> {
 }
 
 pub struct Store {
-    token: std::sync::Arc<Token>,
+    token: Arc<Token>,
     snapshot: RwLock<Snapshot>,
-    /// Serialises this process's writes and refreshes (reads never take it).
+    /// Serialises this process's writes and refreshes (reads never take it). Every write of
+    /// the snapshot happens with it held.
     writer: Mutex<WriterState>,
     writer_tag: String,
 }
@@ -190,9 +203,17 @@ struct WriterState {
     initial_derive: HashMap<(KeyId, u32), bool>,
 }
 
+/// What a record rule decided (see [`Store::update_key`]).
+pub enum Change {
+    /// Write this record.
+    Write(KeyRecord),
+    /// Nothing to do.
+    Keep,
+}
+
 impl Store {
     /// Loads every record from the token.
-    pub fn open(token: std::sync::Arc<Token>) -> Result<Store> {
+    pub fn open(token: Arc<Token>) -> Result<Store> {
         let mut tag = [0u8; 4];
         token.random_fill(&mut tag)?;
         let store = Store {
@@ -202,7 +223,7 @@ impl Store {
             writer_tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
         };
         {
-            let mut w = store.lock_writer()?;
+            let mut w = store.lock_writer();
             let stamp = store.locate_generation(&mut w)?;
             store.relist(&mut w, stamp)?;
             w.last_orphan_scan = Instant::now().checked_sub(ORPHAN_SCAN_EVERY - FIRST_ORPHAN_SCAN);
@@ -211,33 +232,40 @@ impl Store {
     }
 
     /// `CKA_DERIVE` of each (key, version)'s CMK as the first load read it (once; empty after).
-    pub fn take_initial_derive(&self) -> Result<HashMap<(KeyId, u32), bool>> {
-        Ok(std::mem::take(&mut self.lock_writer()?.initial_derive))
+    pub fn take_initial_derive(&self) -> HashMap<(KeyId, u32), bool> {
+        std::mem::take(&mut self.lock_writer().initial_derive)
     }
 
-    pub fn read(&self) -> Result<RwLockReadGuard<'_, Snapshot>> {
-        self.snapshot
-            .read()
-            .map_err(|_| KmsError::Internal("metadata cache poisoned".into()))
+    /// The snapshot, for reading. Hold the guard only to look or clone: never across a token
+    /// call or a call into the store.
+    pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
+        sync::read(&self.snapshot)
     }
 
-    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, WriterState>> {
-        self.writer
-            .lock()
-            .map_err(|_| KmsError::Internal("metadata writer poisoned".into()))
+    /// A key's entry as the snapshot has it.
+    pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
+        self.read().keys.get(id).cloned()
     }
 
-    fn write_snapshot(&self) -> Result<std::sync::RwLockWriteGuard<'_, Snapshot>> {
-        self.snapshot
-            .write()
-            .map_err(|_| KmsError::Internal("metadata cache poisoned".into()))
+    /// Whether the snapshot can be read now (a readiness check: nothing holds it for long).
+    pub fn responsive(&self) -> bool {
+        sync::readable(&self.snapshot)
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        sync::lock(&self.writer)
+    }
+
+    /// Only with the writer lock held (the `_w` argument proves it).
+    fn write_snapshot(&self, _w: &mut WriterState) -> RwLockWriteGuard<'_, Snapshot> {
+        sync::write(&self.snapshot)
     }
 
     /// Picks up other processes' changes: reads the generation stamp and re-lists the token
     /// only if it moved (or the safety-net interval has passed). Returns the ids of keys whose
     /// record changed.
     pub fn refresh(&self) -> Result<Vec<KeyId>> {
-        let mut w = self.lock_writer()?;
+        let mut w = self.lock_writer();
         let stamp = match w.generation {
             Some(g) => match self.token.data_label(g)? {
                 Some(l) => Some(l),
@@ -267,7 +295,7 @@ impl Store {
 
     /// Re-lists the token's records regardless of the stamp (start-up, tests, the safety net).
     pub fn refresh_full(&self) -> Result<Vec<KeyId>> {
-        let mut w = self.lock_writer()?;
+        let mut w = self.lock_writer();
         let stamp = match w.generation {
             Some(g) => self.token.data_label(g)?,
             None => None,
@@ -343,7 +371,8 @@ impl Store {
                 .map(|o| (o, None))
                 .collect()
         };
-        let mut live_labels = std::collections::HashSet::new();
+        let mut live_labels = HashSet::new();
+        let mut claimed = HashSet::new();
         let mut keys: HashMap<KeyId, Versions<KeyRecord>> = HashMap::new();
         let mut aliases: HashMap<AliasName, Versions<AliasRecord>> = HashMap::new();
         for (obj, value) in listed {
@@ -351,6 +380,10 @@ impl Store {
                 continue;
             };
             live_labels.insert(obj.label.clone());
+            if let Subject::Key(id) = &label.subject {
+                // Whatever its value says: a key with a record object keeps its backing keys.
+                claimed.insert(*id);
+            }
             let record = match w.seen.get(&obj.label) {
                 Some(r) => r.clone(),
                 None => {
@@ -383,9 +416,9 @@ impl Store {
 
         // CMK handles: reuse known ones; find new ones one search each if few, else list
         // them all at once (a search costs as much as listing on SoftHSM: it visits every
-        // object).
+        // object). Every new handle is bound only once the token proves it genuine.
         let old_cmks: HashMap<KeyId, BTreeMap<u32, CmkHandle>> = {
-            let snap = self.read()?;
+            let snap = self.read();
             snap.keys
                 .iter()
                 .map(|(id, e)| (*id, e.cmks.clone()))
@@ -401,7 +434,7 @@ impl Store {
                     .count()
             })
             .sum();
-        let listed_cmks: Option<HashMap<String, CmkHandle>> =
+        let listed_cmks: Option<HashMap<String, Vec<ListedCmk>>> =
             if first_load || missing > CMK_SEARCHES {
                 let all = self.token.list_cmks_detailed(CMK_LABEL_PREFIX)?;
                 if first_load {
@@ -410,31 +443,61 @@ impl Store {
                         .filter_map(|c| parse_cmk_label(&c.label).map(|k| (k, c.derive)))
                         .collect();
                 }
-                Some(all.into_iter().map(|c| (c.label, c.handle)).collect())
+                let mut by_label: HashMap<String, Vec<ListedCmk>> = HashMap::new();
+                for c in all {
+                    by_label.entry(c.label.clone()).or_default().push(c);
+                }
+                Some(by_label)
             } else {
                 None
             };
-        let mut next = Snapshot::default();
+        let mut next = Snapshot {
+            claimed,
+            ..Snapshot::default()
+        };
         let mut changed = Vec::new();
         let mut superseded = Vec::new();
         for (id, Versions { best, record, objs }) in keys {
             let mut cmks = old_cmks.get(&id).cloned().unwrap_or_default();
+            let mut unbound = BTreeMap::new();
             for v in &record.versions {
-                if let std::collections::btree_map::Entry::Vacant(slot) = cmks.entry(v.version) {
-                    let label = record.cmk_label(v.version);
-                    let found = match &listed_cmks {
-                        Some(map) => map.get(&label).copied(),
-                        None => self.token.find_cmk(&label)?,
-                    };
-                    if let Some(h) = found {
-                        slot.insert(h);
+                if cmks.contains_key(&v.version) {
+                    continue;
+                }
+                let label = cmk_label(&id, v.version);
+                let expected = cmk_id(&id, v.version);
+                let lookup = match &listed_cmks {
+                    Some(map) => {
+                        lookup_listed(map.get(&label).map(Vec::as_slice), &label, &expected)
+                    }
+                    None => self.token.find_cmk(&label, &expected)?,
+                };
+                match lookup {
+                    CmkLookup::Found(h) => {
+                        cmks.insert(v.version, h);
+                    }
+                    CmkLookup::Missing => {
+                        unbound.insert(
+                            v.version,
+                            format!("the backing key {label} is not in the token"),
+                        );
+                    }
+                    CmkLookup::Refused(why) => {
+                        unbound.insert(v.version, why);
                     }
                 }
             }
             superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
             let handles = objs.into_iter().map(|(_, h)| h).collect();
             next.key_meta.insert(id, (best, handles));
-            next.keys.insert(id, KeyEntry { record, cmks });
+            next.keys.insert(
+                id,
+                KeyEntry {
+                    record,
+                    cmks,
+                    unbound,
+                },
+            );
         }
         for (name, Versions { best, record, objs }) in aliases {
             superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
@@ -445,16 +508,17 @@ impl Store {
                 next.aliases.insert(name, record);
             }
         }
-        {
-            let mut snap = self.write_snapshot()?;
+        let old = {
+            let mut snap = self.write_snapshot(w);
             for (id, e) in &next.keys {
                 if snap.keys.get(id).map(|o| &o.record) != Some(&e.record) {
                     changed.push(*id);
                 }
             }
             changed.extend(snap.keys.keys().filter(|id| !next.keys.contains_key(id)));
-            *snap = next;
-        }
+            std::mem::replace(&mut *snap, next)
+        };
+        drop(old);
         w.last_full = Some(Instant::now());
         w.last_full_took = started.elapsed();
         w.current = stamp_before;
@@ -470,10 +534,10 @@ impl Store {
     /// re-list instead of their next refresh.
     fn announce(&self, w: &mut WriterState) {
         if let Err(e) = self.bump(w) {
-            eprintln!(
-                "p11kms: could not announce a metadata change to other processes ({}); they \
-                 will see it within {} s",
-                e.message(),
+            tracing::warn!(
+                error = e.message(),
+                "could not announce a metadata change to other processes; they will see it \
+                 within {} s",
                 FULL_REFRESH_EVERY.as_secs()
             );
         }
@@ -511,10 +575,10 @@ impl Store {
             Err(e) => {
                 // A token that refuses to relabel data objects: no detector, so every
                 // refresh re-lists (correct, only slower). Tell the operator once.
-                eprintln!(
-                    "p11kms: the token refused to relabel the generation object ({}); \
-                     metadata refreshes will re-list the token every time",
-                    e.message()
+                tracing::warn!(
+                    error = e.message(),
+                    "the token refused to relabel the generation object; metadata refreshes \
+                     will re-list the token every time"
                 );
                 w.generation = None;
                 w.no_detector = true;
@@ -556,41 +620,102 @@ impl Store {
         }
     }
 
-    /// Writes a key's new record (creating the key if it is new).
-    pub fn put_key(&self, record: KeyRecord, cmks: BTreeMap<u32, CmkHandle>) -> Result<()> {
-        let mut w = self.lock_writer()?;
-        let prev = self.read()?.key_meta.get(&record.id).cloned();
-        let label = self.next_label(Subject::Key(record.id), prev.as_ref().map(|p| &p.0));
-        let value = Record::KeyV1(record.clone());
+    /// Writes a key's record object and puts the entry into the snapshot; destroys the
+    /// versions it supersedes. Writer lock held.
+    fn write_key(&self, w: &mut WriterState, entry: KeyEntry) -> Result<()> {
+        let id = entry.record.id;
+        let prev = self.read().key_meta.get(&id).cloned();
+        let label = self.next_label(Subject::Key(id), prev.as_ref().map(|p| &p.0));
+        let value = Record::KeyV1(entry.record.clone());
         let handle = self.write_record(&label, &value)?;
         w.seen.insert(label.format(), value);
-        drop(w);
-        {
-            let mut snap = self.write_snapshot()?;
-            snap.key_meta.insert(record.id, (label, vec![handle]));
-            snap.keys.insert(record.id, KeyEntry { record, cmks });
-        }
+        let old = {
+            let mut snap = self.write_snapshot(w);
+            snap.key_meta.insert(id, (label, vec![handle]));
+            snap.claimed.insert(id);
+            snap.keys.insert(id, entry)
+        };
+        drop(old);
         if let Some((_, old)) = prev {
             for h in old {
                 let _ = self.token.destroy_data(h);
             }
         }
-        self.announce(&mut *self.lock_writer()?);
         Ok(())
     }
 
-    /// Writes an alias (create or update), or with `target: None` deletes it.
-    pub fn put_alias(&self, name: &AliasName, record: AliasRecord) -> Result<()> {
-        let mut w = self.lock_writer()?;
-        let prev = self.read()?.alias_meta.get(name).cloned();
+    /// Records a new key (CreateKey: its backing key already exists in the token).
+    pub fn put_key(&self, record: KeyRecord, cmks: BTreeMap<u32, CmkHandle>) -> Result<()> {
+        let mut w = self.lock_writer();
+        self.write_key(
+            &mut w,
+            KeyEntry {
+                record,
+                cmks,
+                unbound: BTreeMap::new(),
+            },
+        )?;
+        self.announce(&mut w);
+        Ok(())
+    }
+
+    /// Changes a key's record, decided by `rule` against the key as it is now, with every
+    /// other write of this process held off meanwhile: two concurrent state changes are
+    /// applied one after the other, each to the outcome of the one before. `then` runs with
+    /// the new entry, still in that order (e.g. to make the token's attributes agree); its
+    /// failure is logged, not returned, because the record, which every process checks, is
+    /// already in force. Both must be quick and must not call into the store.
+    pub fn update_key(
+        &self,
+        id: &KeyId,
+        rule: impl FnOnce(&KeyEntry) -> Result<Change>,
+        then: impl FnOnce(&KeyEntry) -> Result<()>,
+    ) -> Result<KeyEntry> {
+        let mut w = self.lock_writer();
+        let current = self
+            .key(id)
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{id}' does not exist")))?;
+        let record = match rule(&current)? {
+            Change::Keep => return Ok(current),
+            Change::Write(r) => r,
+        };
+        let entry = KeyEntry { record, ..current };
+        self.write_key(&mut w, entry.clone())?;
+        if let Err(e) = then(&entry) {
+            tracing::warn!(
+                key_id = %id,
+                error = e.message(),
+                "the key's new record is written, but the token's attributes could not be \
+                 updated; every process reconciles them when it opens the token"
+            );
+        }
+        self.announce(&mut w);
+        Ok(entry)
+    }
+
+    /// Runs `f` on a key's entry with this process's writes held off (for token state that
+    /// must follow the records, such as healing `CKA_DERIVE`). `f` must not call the store.
+    pub fn with_key<T>(&self, id: &KeyId, f: impl FnOnce(Option<&KeyEntry>) -> T) -> T {
+        let _w = self.lock_writer();
+        let entry = self.key(id);
+        f(entry.as_ref())
+    }
+
+    /// Writes an alias record (`target: None`: a tombstone, then gone). Writer lock held.
+    fn write_alias(
+        &self,
+        w: &mut WriterState,
+        name: &AliasName,
+        record: AliasRecord,
+    ) -> Result<()> {
+        let prev = self.read().alias_meta.get(name).cloned();
         let label = self.next_label(Subject::Alias(name.clone()), prev.as_ref().map(|p| &p.0));
         let value = Record::AliasV1(record.clone());
         let handle = self.write_record(&label, &value)?;
         w.seen.insert(label.format(), value);
-        drop(w);
         let live = record.target.is_some();
         {
-            let mut snap = self.write_snapshot()?;
+            let mut snap = self.write_snapshot(w);
             snap.alias_meta
                 .insert(name.clone(), (label, vec![handle], live));
             if live {
@@ -607,74 +732,149 @@ impl Store {
         // A tombstone has done its job once the older versions are gone.
         if !live {
             self.token.destroy_data(handle)?;
-            self.write_snapshot()?.alias_meta.remove(name);
+            self.write_snapshot(w).alias_meta.remove(name);
         }
-        self.announce(&mut *self.lock_writer()?);
         Ok(())
     }
 
-    /// Removes a key for good: its aliases, backing keys, then its records (in that order, so
-    /// a crash half-way leaves a record that the next sweep finishes).
-    pub fn destroy_key(&self, id: &KeyId) -> Result<()> {
-        let (aliases, entry, meta) = {
-            let snap = self.read()?;
-            let aliases: Vec<AliasName> = snap.aliases_of(*id).map(|(n, _)| n.clone()).collect();
-            (
-                aliases,
-                snap.keys.get(id).cloned(),
-                snap.key_meta.get(id).cloned(),
-            )
+    /// Creates, updates or (with `target: None`) deletes an alias, as `rule` decides from the
+    /// snapshot and the alias as it is now (`None`: no such alias), with every other write of
+    /// this process held off: of two concurrent CreateAlias calls for one name, exactly one
+    /// succeeds. `rule` must be quick and must not call into the store.
+    pub fn put_alias(
+        &self,
+        name: &AliasName,
+        rule: impl FnOnce(&Snapshot, Option<&AliasRecord>) -> Result<AliasRecord>,
+    ) -> Result<()> {
+        let mut w = self.lock_writer();
+        let record = {
+            let snap = self.read();
+            rule(&snap, snap.aliases.get(name))?
         };
-        for name in aliases {
-            // Bind first: an `if let` scrutinee would hold the read guard across the write.
-            let current = self.read()?.aliases.get(&name).cloned();
-            if let Some(a) = current {
-                self.put_alias(&name, AliasRecord { target: None, ..a })?;
-            }
-        }
-        if let Some(entry) = entry {
-            for v in &entry.record.versions {
-                match entry.cmks.get(&v.version) {
-                    Some(h) => self.token.destroy_cmk(*h)?,
-                    None => {
-                        if let Some(h) = self.token.find_cmk(&entry.record.cmk_label(v.version))? {
-                            self.token.destroy_cmk(h)?;
-                        }
-                    }
-                }
-            }
-        }
-        let mut w = self.lock_writer()?;
-        if let Some((_, handles)) = meta {
-            for h in handles {
-                self.token.destroy_data(h)?;
-            }
-        }
-        {
-            let mut snap = self.write_snapshot()?;
-            snap.keys.remove(id);
-            snap.key_meta.remove(id);
-        }
+        self.write_alias(&mut w, name, record)?;
         self.announce(&mut w);
         Ok(())
     }
 
-    /// Replaces a cached CMK handle after the token said the old one is stale.
-    pub fn relocate_cmk(&self, id: &KeyId, version: u32) -> Result<Option<CmkHandle>> {
-        let label = crate::kms::records::cmk_label(id, version);
-        let found = self.token.find_cmk(&label)?;
-        let mut snap = self.write_snapshot()?;
-        if let Some(e) = snap.keys.get_mut(id) {
-            match found {
-                Some(h) => {
-                    e.cmks.insert(version, h);
-                }
-                None => {
-                    e.cmks.remove(&version);
+    /// Every record object of key `id` in the token now, read afresh (not from the snapshot
+    /// or the value cache), and the newest readable record among them.
+    fn token_records_of(&self, id: &KeyId) -> Result<(Vec<DataHandle>, Option<KeyRecord>)> {
+        let mut handles = Vec::new();
+        let mut best: Option<(RecordLabel, KeyRecord)> = None;
+        for obj in self.token.list_data(APPLICATION)? {
+            let Some(label) = RecordLabel::parse(&obj.label) else {
+                continue;
+            };
+            if label.subject != Subject::Key(*id) {
+                continue;
+            }
+            handles.push(obj.handle);
+            let Some(value) = self.token.read_data(obj.handle)? else {
+                continue;
+            };
+            if let Some(Record::KeyV1(r)) = Record::decode(&value) {
+                if r.id == *id && best.as_ref().is_none_or(|(b, _)| label.rank() > b.rank()) {
+                    best = Some((label, r));
                 }
             }
         }
-        Ok(found)
+        Ok((handles, best.map(|(_, r)| r)))
+    }
+
+    /// Destroys a key for good, if the token still says it is due: its records are read
+    /// again from the token first (another process may have cancelled the deletion since this
+    /// snapshot was made), and `due` decides on what they say now. Then its aliases, backing
+    /// keys and records go, in that order, so a crash half-way leaves a record that the next
+    /// sweep finishes. Returns whether the key was destroyed. Every destruction is logged.
+    pub fn destroy_key_if(&self, id: &KeyId, due: impl FnOnce(&KeyRecord) -> bool) -> Result<bool> {
+        let mut w = self.lock_writer();
+        let (record_objects, newest) = self.token_records_of(id)?;
+        let Some(record) = newest.filter(|r| due(r)) else {
+            return Ok(false);
+        };
+        let (aliases, cmks) = {
+            let snap = self.read();
+            let aliases: Vec<(AliasName, AliasRecord)> = snap
+                .aliases_of(*id)
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect();
+            (aliases, snap.keys.get(id).map(|e| e.cmks.clone()))
+        };
+        for (name, alias) in aliases {
+            self.write_alias(
+                &mut w,
+                &name,
+                AliasRecord {
+                    target: None,
+                    ..alias
+                },
+            )?;
+        }
+        for v in &record.versions {
+            let label = cmk_label(id, v.version);
+            // The bound handle, and anything else under the label (the key is going).
+            let mut handles = self.token.find_cmks(&label)?;
+            if let Some(h) = cmks.as_ref().and_then(|m| m.get(&v.version)) {
+                if !handles.contains(h) {
+                    handles.push(*h);
+                }
+            }
+            for h in handles {
+                self.token.destroy_cmk(h)?;
+                tracing::warn!(
+                    target: "p11kms::custody",
+                    key_id = %id,
+                    label,
+                    "destroyed a backing key: its key was scheduled for deletion and is past its \
+                     deletion date"
+                );
+            }
+        }
+        for h in record_objects {
+            self.token.destroy_data(h)?;
+        }
+        let old = {
+            let mut snap = self.write_snapshot(&mut w);
+            snap.key_meta.remove(id);
+            snap.claimed.remove(id);
+            snap.keys.remove(id)
+        };
+        drop(old);
+        self.announce(&mut w);
+        Ok(true)
+    }
+
+    /// Binds a backing key again after the token said its handle is stale (another process
+    /// re-created it, or the token was re-opened); the new object must prove itself like any.
+    pub fn relocate_cmk(&self, id: &KeyId, version: u32) -> Result<CmkLookup> {
+        let lookup = self
+            .token
+            .find_cmk(&cmk_label(id, version), &cmk_id(id, version))?;
+        let mut w = self.lock_writer();
+        let mut snap = self.write_snapshot(&mut w);
+        if let Some(e) = snap.keys.get_mut(id) {
+            match &lookup {
+                CmkLookup::Found(h) => {
+                    e.cmks.insert(version, *h);
+                    e.unbound.remove(&version);
+                }
+                CmkLookup::Missing => {
+                    e.cmks.remove(&version);
+                    e.unbound.insert(
+                        version,
+                        format!(
+                            "the backing key {} is not in the token",
+                            cmk_label(id, version)
+                        ),
+                    );
+                }
+                CmkLookup::Refused(why) => {
+                    e.cmks.remove(&version);
+                    e.unbound.insert(version, why.clone());
+                }
+            }
+        }
+        Ok(lookup)
     }
 
     /// Destroys CMK objects that no key record references and that have stayed so for
@@ -684,7 +884,7 @@ impl Store {
     /// between return (0, 0).
     pub fn sweep_orphan_cmks(&self) -> Result<(usize, usize)> {
         {
-            let w = self.lock_writer()?;
+            let w = self.lock_writer();
             let every = ORPHAN_SCAN_EVERY.max(w.last_orphan_took * SAFETY_NET_FACTOR);
             if w.last_orphan_scan.is_some_and(|t| t.elapsed() < every) {
                 return Ok((0, 0));
@@ -692,48 +892,77 @@ impl Store {
         }
         let started = Instant::now();
         let r = self.sweep_orphan_cmks_after(ORPHAN_GRACE);
-        let mut w = self.lock_writer()?;
+        let mut w = self.lock_writer();
         w.last_orphan_scan = Some(Instant::now());
         w.last_orphan_took = started.elapsed();
         r
     }
 
+    /// [`Store::sweep_orphan_cmks`] with another grace period (tests, `token sweep`). A CMK
+    /// is an orphan only if its label is exactly ours and no record object of its key exists,
+    /// readable or not; before anything is destroyed the token's records are listed again.
     pub fn sweep_orphan_cmks_after(&self, grace: Duration) -> Result<(usize, usize)> {
         let cmks = self.token.list_cmks(CMK_LABEL_PREFIX)?;
-        let mut w = self.lock_writer()?;
-        let snap = self.read()?;
-        let referenced = |label: &str| {
-            let Some((id, version)) = label
-                .strip_prefix(CMK_LABEL_PREFIX)
-                .and_then(|rest| rest.split_once(":v"))
-            else {
-                return false;
-            };
-            let (Ok(id), Ok(version)) = (id.parse::<KeyId>(), version.parse::<u32>()) else {
-                return false;
-            };
-            snap.keys
-                .get(&id)
-                .is_some_and(|e| e.record.versions.iter().any(|v| v.version == version))
-        };
+        let mut w = self.lock_writer();
+        let claimed = self.read().claimed.clone();
         let now = Instant::now();
-        let mut destroyed = 0;
         let mut waiting = 0;
         let mut still = HashMap::new();
+        let mut due = Vec::new();
         for (label, handle) in cmks {
-            if referenced(&label) {
+            // A label we cannot read as ours (a newer version's?) is not ours to destroy.
+            let Some((id, _)) = parse_cmk_label(&label) else {
+                continue;
+            };
+            if claimed.contains(&id) {
                 continue;
             }
             let first = w.orphans.get(&label).copied().unwrap_or(now);
             if now.duration_since(first) >= grace {
-                self.token.destroy_cmk(handle)?;
-                destroyed += 1;
+                due.push((id, label, handle));
             } else {
                 waiting += 1;
                 still.insert(label, first);
             }
         }
+        let mut destroyed = 0;
+        if !due.is_empty() {
+            let recorded: HashSet<KeyId> = self
+                .token
+                .list_data(APPLICATION)?
+                .iter()
+                .filter_map(|o| match RecordLabel::parse(&o.label)?.subject {
+                    Subject::Key(id) => Some(id),
+                    Subject::Alias(_) => None,
+                })
+                .collect();
+            for (id, label, handle) in due {
+                if recorded.contains(&id) {
+                    continue;
+                }
+                self.token.destroy_cmk(handle)?;
+                destroyed += 1;
+                tracing::warn!(
+                    target: "p11kms::custody",
+                    key_id = %id,
+                    label,
+                    grace_s = grace.as_secs(),
+                    "destroyed an orphaned backing key: no record of its key exists in the token \
+                     (a CreateKey that was interrupted before writing its record)"
+                );
+            }
+        }
         w.orphans = still;
         Ok((destroyed, waiting))
     }
+}
+
+/// Binds a listed CMK: exactly one object under the label, proven genuine.
+fn lookup_listed(found: Option<&[ListedCmk]>, label: &str, expected: &[u8]) -> CmkLookup {
+    let found: Vec<(CmkHandle, CmkAttributes)> = found
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (c.handle, c.attributes.clone()))
+        .collect();
+    CmkLookup::judge(label, &found, expected)
 }

@@ -217,3 +217,19 @@ pub fn key_req(k: &str) -> p11kms::kms::types::KeyIdRequest {
         ..Default::default()
     }
 }
+
+/// The backing key (version `version`) of key `id` in `token`, proven genuine.
+pub fn cmk(
+    token: &p11kms::hsm::Token,
+    id: &p11kms::kms::KeyId,
+    version: u32,
+) -> p11kms::hsm::CmkHandle {
+    use p11kms::kms::records::{cmk_id, cmk_label};
+    match token
+        .find_cmk(&cmk_label(id, version), &cmk_id(id, version))
+        .expect("find the CMK")
+    {
+        p11kms::hsm::CmkLookup::Found(h) => h,
+        other => panic!("CMK {id} v{version}: {other:?}"),
+    }
+}
