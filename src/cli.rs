@@ -302,6 +302,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    init_logging();
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -310,6 +311,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `P11KMS_LOG` (`tracing` filter syntax, e.g. `info` or
+/// `p11kms=debug`; default `warn`). Nothing secret is ever logged.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("P11KMS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(true)
+        .try_init();
 }
 
 fn report_error(e: &KmsError, json: bool) {

@@ -30,7 +30,15 @@ const DEFAULT_SESSIONS: usize = 4;
 const MAX_SESSIONS: usize = 256;
 const DEFAULT_METADATA_REFRESH_MS: u64 = 1000;
 const MAX_METADATA_REFRESH_MS: u64 = 3_600_000;
-const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest valid KMS request p11kms serves is a CreateKey with a 32 KB policy, an 8 KB
+/// description and 50 tags, or a data-key call with ten 8 KB grant tokens and an 8 KB
+/// encryption context: about 140 KB even with every character JSON-escaped. 256 KiB leaves
+/// room; anything larger is not a KMS request.
+const DEFAULT_MAX_BODY_BYTES: usize = 256 << 10;
+/// Open connections, and open connections from one address (0: no per-source limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const MIN_MAX_CONNECTIONS: usize = 16;
+const MAX_MAX_CONNECTIONS: usize = 65_536;
 const MIN_MAX_BODY_BYTES: usize = 1024;
 const MAX_MAX_BODY_BYTES: usize = 64 << 20;
 /// Secret files larger than this are certainly a mistake (e.g. pointing at a key store).
@@ -255,6 +263,11 @@ pub struct ServerConfig {
     pub credentials: Vec<Credential>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Open connections at most; past it the oldest idle one is closed (or the new one
+    /// refused when none is idle).
+    pub max_connections: usize,
+    /// Open connections from one IP address at most (`None`: no such limit).
+    pub max_connections_per_source: Option<usize>,
 }
 
 /// Where a [`Config`] came from.
@@ -368,9 +381,26 @@ impl Config {
                 tls_key: None,
                 credentials,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_source: None,
             },
             source: ConfigSource::Embedded(state),
         })
+    }
+
+    /// The environment variables this configuration reads secrets from (the PIN and the
+    /// credential secrets), to be wiped once read.
+    pub fn secret_env_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        if let SecretSource::Env(n) = &self.token.pin {
+            names.push(n.as_str());
+        }
+        for c in &self.server.credentials {
+            if let SecretSource::Env(n) = &c.secret {
+                names.push(n.as_str());
+            }
+        }
+        names
     }
 
     /// Environment overrides; `get` is injectable so tests do not touch the process env.
@@ -769,6 +799,8 @@ struct RawServer {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     max_body_bytes: Option<i64>,
+    max_connections: Option<i64>,
+    max_connections_per_source: Option<i64>,
     credentials: Option<Vec<RawCredential>>,
 }
 
@@ -1039,6 +1071,8 @@ impl Validator<'_> {
                 tls_key: None,
                 credentials: Vec::new(),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_source: None,
             });
         };
         let listen = match raw.listen {
@@ -1068,6 +1102,32 @@ impl Validator<'_> {
                     )
                 })?,
         };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (MIN_MAX_CONNECTIONS..=MAX_MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| {
+                    self.err(
+                        "server.max_connections",
+                        format!("must be between {MIN_MAX_CONNECTIONS} and {MAX_MAX_CONNECTIONS}"),
+                    )
+                })?,
+        };
+        let max_connections_per_source = match raw.max_connections_per_source {
+            None | Some(0) => None,
+            Some(n) => Some(
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=max_connections).contains(n))
+                    .ok_or_else(|| {
+                        self.err(
+                            "server.max_connections_per_source",
+                            format!("must be between 0 (no limit) and max_connections ({max_connections})"),
+                        )
+                    })?,
+            ),
+        };
         let mut credentials: Vec<Credential> = Vec::new();
         for (i, raw) in raw.credentials.unwrap_or_default().into_iter().enumerate() {
             let credential = self.credential(i, raw)?;
@@ -1088,6 +1148,8 @@ impl Validator<'_> {
             tls_key,
             credentials,
             max_body_bytes,
+            max_connections,
+            max_connections_per_source,
         })
     }
 
@@ -1322,6 +1384,8 @@ listen = "0.0.0.0:8443"
 tls_cert = "tls/cert.pem"
 tls_key = "/etc/tls/key.pem"
 max_body_bytes = 65536
+max_connections = 256
+max_connections_per_source = 32
 
 [[server.credentials]]
 access_key_id = "AKIAIOSFODNN7EXAMPLE"
@@ -1361,6 +1425,8 @@ principal = "arn:aws:iam::012345678901:role/ops"
             Some(Path::new("/etc/tls/key.pem"))
         );
         assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.server.max_connections, 256);
+        assert_eq!(c.server.max_connections_per_source, Some(32));
         assert_eq!(c.server.credentials.len(), 2);
         let dev = &c.server.credentials[0];
         assert_eq!(dev.access_key_id, "AKIAIOSFODNN7EXAMPLE");
@@ -1389,7 +1455,9 @@ principal = "arn:aws:iam::012345678901:role/ops"
         assert!(matches!(&c.token.pin, SecretSource::Env(n) if n == "P11KMS_PIN"));
         assert!(c.token.softhsm2_conf.is_none());
         assert_eq!(c.server.listen, DEFAULT_LISTEN);
-        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.server.max_body_bytes, 256 * 1024);
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.server.max_connections_per_source, None);
         assert!(c.server.credentials.is_empty());
         assert!(c.server.tls_cert.is_none() && c.server.tls_key.is_none());
     }
@@ -1622,6 +1690,15 @@ principal = "arn:aws:iam::012345678901:role/ops"
             minimal("pin_env = \"X\"")
         );
         assert!(config_err(parse(&body)).contains("server.max_body_bytes"));
+        for (field, bad) in [
+            ("max_connections", "3"),
+            ("max_connections", "100000"),
+            ("max_connections_per_source", "-1"),
+            ("max_connections_per_source", "2000"),
+        ] {
+            let body = format!("{}[server]\n{field} = {bad}\n", minimal("pin_env = \"X\""));
+            assert!(config_err(parse(&body)).contains(field), "{field} = {bad}");
+        }
         let listen = format!(
             "{}[server]\nlisten = \"4599\"\n",
             minimal("pin_env = \"X\"")

@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod error;
 pub mod hsm;
 pub mod kms;
+pub mod process;
 pub mod setup;
 mod sync;
 

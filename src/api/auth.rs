@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::sigv4::SecretStore;
 use crate::config::{Credential, Secret};
 use crate::error::{KmsError, Result};
-use crate::kms::{KeyId, Kms};
+use crate::kms::{AliasName, KeyId, Kms};
 
 /// The identity a verified request acts as, with its configured limits.
 #[derive(Debug, Clone)]
@@ -121,6 +121,18 @@ pub trait Authorizer: Send + Sync {
         key: KeyId,
         kms: &Kms,
     ) -> Result<bool>;
+
+    /// May `principal` perform `action` (CreateAlias, UpdateAlias, DeleteAlias) on the alias
+    /// `alias` itself? Asked as well as [`Authorizer::allows_key`] for the key(s) involved:
+    /// otherwise a principal limited to its own key could create an alias that another
+    /// principal trusts.
+    fn allows_alias(
+        &self,
+        principal: &Principal,
+        action: &str,
+        alias: &AliasName,
+        kms: &Kms,
+    ) -> bool;
 }
 
 /// The per-credential `allow_actions` / `allow_keys` lists of the config.
@@ -155,6 +167,48 @@ impl Authorizer for ConfigAuthorizer {
             .iter()
             .any(|e| kms.resolve_key_id(e).is_ok_and(|id| id == key)))
     }
+
+    /// An alias is allowed when an `allow_keys` entry names it: its name or alias ARN,
+    /// exactly or as a pattern with `*` and `?` (`alias/team-*`). Key ids never allow an alias.
+    fn allows_alias(
+        &self,
+        principal: &Principal,
+        _action: &str,
+        alias: &AliasName,
+        kms: &Kms,
+    ) -> bool {
+        let Some(entries) = &principal.allow_keys else {
+            return true;
+        };
+        let arn = kms.scope().alias_arn(alias);
+        entries
+            .iter()
+            .any(|e| wildcard_match(e, alias.as_str()) || wildcard_match(e, &arn))
+    }
+}
+
+/// IAM-style resource match: `*` matches any run of characters, `?` any one character,
+/// everything else itself (case-sensitive). Linear in the input: no backtracking blow-up.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// IAM-style action match: `*`, `kms:*`, or the exact action (case-insensitive, as in IAM).
@@ -198,6 +252,31 @@ mod tests {
         assert!(a.allows_action(&principal(Some(&["kms:*"])), "kms:Decrypt"));
         assert!(a.allows_action(&principal(Some(&["*"])), "kms:Decrypt"));
         assert!(!a.limits_keys(&p));
+    }
+
+    #[test]
+    fn wildcards() {
+        for (p, t, want) in [
+            ("alias/app", "alias/app", true),
+            ("alias/app", "alias/apps", false),
+            ("alias/team-*", "alias/team-a", true),
+            ("alias/team-*", "alias/team-", true),
+            ("alias/team-*", "alias/other", false),
+            ("alias/?pp", "alias/app", true),
+            ("*", "anything", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            (
+                "arn:aws:kms:*:111122223333:alias/x",
+                "arn:aws:kms:us-east-2:111122223333:alias/x",
+                true,
+            ),
+        ] {
+            assert_eq!(wildcard_match(p, t), want, "{p} ~ {t}");
+        }
+        // No exponential backtracking.
+        let t = "a".repeat(5000);
+        assert!(!wildcard_match(&format!("{}b", "*a".repeat(50)), &t));
     }
 
     #[test]

@@ -44,6 +44,41 @@ impl ApiError {
         )
     }
 
+    /// What the client is told. Client errors say what was wrong; a server-side error gets
+    /// the generic wording AWS documents for its exception (plus the request id), and its
+    /// details (token return codes, which key, why) go to the log with the request id.
+    pub fn for_client(&self, request_id: &str) -> ApiError {
+        if !self.status.is_server_error() {
+            return self.clone();
+        }
+        tracing::error!(
+            request_id,
+            error = self.name,
+            status = self.status.as_u16(),
+            detail = %self.message,
+            "request failed"
+        );
+        let generic = match self.name {
+            "KeyUnavailableException" => {
+                "The request was rejected because the specified KMS key was not available. \
+                 You can retry the request."
+            }
+            "DependencyTimeoutException" => {
+                "The system timed out while trying to fulfill the request. You can retry the \
+                 request."
+            }
+            _ => {
+                "The request was rejected because an internal exception occurred. The request \
+                 can be retried."
+            }
+        };
+        ApiError::new(
+            self.status,
+            self.name,
+            format!("{generic} (request id {request_id})"),
+        )
+    }
+
     /// The JSON body. Built with serde so any message text is escaped correctly.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
@@ -91,6 +126,29 @@ mod tests {
         let a = ApiError::from(AuthError::Missing);
         assert_eq!(a.name, "MissingAuthenticationTokenException");
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let detail = ApiError::from(KmsError::Internal(
+            "the token failed (CKR_DEVICE_ERROR)".into(),
+        ));
+        let shown = detail.for_client("rid-1");
+        assert_eq!((shown.status, shown.name), (detail.status, detail.name));
+        assert!(!shown.message.contains("CKR_"), "{}", shown.message);
+        assert!(shown.message.contains("rid-1"));
+        let unavailable = ApiError::from(KmsError::KeyUnavailable(
+            "the token object labelled p11kms:cmk:x:v2 is refused: CKA_LOCAL is false".into(),
+        ))
+        .for_client("rid-2");
+        assert!(
+            !unavailable.message.contains("CKA_"),
+            "{}",
+            unavailable.message
+        );
+        // Client errors keep their message.
+        let nf = ApiError::from(KmsError::NotFound("Alias alias/x is not found.".into()));
+        assert_eq!(nf.for_client("rid-3"), nf);
     }
 
     #[test]

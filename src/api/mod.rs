@@ -8,6 +8,7 @@
 //! - [`run`]: the server over an open [`Kms`] and a bound listener (tests, embedding).
 
 pub mod auth;
+mod conns;
 pub mod error;
 pub mod operations;
 mod server;
@@ -38,6 +39,10 @@ pub struct ServerSettings {
     pub authorizer: Arc<dyn Authorizer>,
     /// Larger request bodies are answered 413.
     pub max_body_bytes: usize,
+    /// Open connections at most (the longest-idle one makes room for a new one).
+    pub max_connections: usize,
+    /// Open connections from one IP address at most.
+    pub max_connections_per_source: Option<usize>,
     /// Serve TLS with this configuration; `None` is plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Re-read other processes' metadata before every request (`metadata_refresh_ms = 0`).
@@ -76,6 +81,8 @@ impl ServerSettings {
             credentials: Credentials::from_config(&s.credentials)?,
             authorizer: Arc::new(ConfigAuthorizer),
             max_body_bytes: s.max_body_bytes,
+            max_connections: s.max_connections,
+            max_connections_per_source: s.max_connections_per_source,
             tls,
             refresh_every_request: config.metadata_refresh.is_zero(),
             blocking_limit: None,
@@ -115,8 +122,10 @@ where
 /// `config.server.listen`, prints the paste-able environment and `listening on <addr>`, and
 /// serves until SIGTERM/SIGINT.
 pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
+    // Before any secret is in memory: no core dumps, not dumpable.
+    let hardened = crate::process::harden();
     // Secrets and TLS files first: cheap failures before the token is opened.
-    let settings = ServerSettings::from_config(config)?;
+    let mut settings = ServerSettings::from_config(config)?;
     if settings.credentials.is_empty() {
         eprintln!(
             "p11kms: warning: no credentials are configured; every request will be refused \
@@ -124,6 +133,19 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
         );
     }
     let kms = Arc::new(Kms::open(config)?);
+    // Every secret is read: nothing may find them in the environment any more (children,
+    // /proc/<pid>/environ, a later bug that logs the environment).
+    for name in config.secret_env_names() {
+        crate::process::wipe_env(name);
+    }
+    // Every connection is a descriptor: shed connections before the descriptor limit.
+    let fd_room = usize::try_from(hardened.open_files.saturating_sub(64)).unwrap_or(usize::MAX);
+    settings.max_connections = settings.max_connections.min(fd_room.max(16));
+    eprintln!(
+        "p11kms: {}; at most {} connections",
+        hardened.describe(),
+        settings.max_connections
+    );
     log_custody(&kms);
     // With refresh on every request, upkeep still has deletions and orphans to sweep.
     let upkeep = if config.metadata_refresh.is_zero() {
@@ -132,7 +154,11 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
         config.metadata_refresh
     };
     Kms::spawn_maintenance(&kms, upkeep);
+    // One worker more than there are cores: token work runs inline on at most `workers - 1`
+    // of them (see server.rs), so one is always free for accept, timers and health checks.
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores + 1)
         .enable_all()
         .thread_name("p11kms-http")
         .build()

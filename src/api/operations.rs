@@ -9,7 +9,7 @@ use super::auth::{denied, Authorizer, Principal};
 use super::error::ApiError;
 use crate::error::Result;
 use crate::kms::types::Bytes;
-use crate::kms::{Forms, KeyId, KeyRef, Kms};
+use crate::kms::{AliasName, Forms, KeyId, KeyRef, Kms};
 
 /// The `X-Amz-Target` prefix of AWS KMS (its internal service name).
 pub const TARGET_PREFIX: &str = "TrentService.";
@@ -219,17 +219,44 @@ impl Caller<'_> {
         self.check_key(action, self.kms.resolve_key_id(k)?)
     }
 
-    /// The key an existing alias points at (a missing alias is the operation's error).
-    fn alias(&self, action: &str, alias: Option<&str>) -> Result<()> {
+    /// The alias itself (CreateAlias, UpdateAlias, DeleteAlias), when keys are limited: the
+    /// principal must be allowed on the alias name, whatever it points at. Fails closed.
+    fn alias_name(&self, action: &str, alias: Option<&str>) -> Result<()> {
         self.action(action)?;
         let Some(a) = alias else { return Ok(()) };
         if !self.authorizer.limits_keys(self.principal) {
             return Ok(());
         }
-        match self.kms.resolve_key_id(a) {
-            Ok(id) => self.check_key(action, id),
-            Err(_) => Ok(()),
+        let name = AliasName::parse(a)?;
+        if self
+            .authorizer
+            .allows_alias(self.principal, action, &name, self.kms)
+        {
+            Ok(())
+        } else {
+            Err(denied(
+                self.principal,
+                action,
+                Some(&self.kms.scope().alias_arn(&name)),
+            ))
         }
+    }
+
+    /// The alias itself and the key it points at now (UpdateAlias, DeleteAlias). Returns that
+    /// key when keys are limited, so the change can be made only if the alias still points
+    /// there ([`Kms::update_alias_expecting`]); `None` when there is nothing to hold it to.
+    fn alias_and_target(&self, action: &str, alias: Option<&str>) -> Result<Option<KeyId>> {
+        self.alias_name(action, alias)?;
+        let Some(a) = alias else { return Ok(None) };
+        if !self.authorizer.limits_keys(self.principal) {
+            return Ok(None);
+        }
+        // A missing alias is the operation's NotFoundException (the name was authorized).
+        let Some(current) = self.kms.alias_target_of(a)? else {
+            return Ok(None);
+        };
+        self.check_key(action, current)?;
+        Ok(Some(current))
     }
 
     /// The key a ciphertext names.
@@ -285,23 +312,34 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::CreateAlias => {
             let req: crate::kms::types::AliasRequest = parse(body)?;
+            // As in AWS: rights on the alias and on the key.
+            c.alias_name(action, req.alias_name.as_deref())?;
             c.key_only(action, req.target_key_id.as_deref())?;
             kms.create_alias(req)?;
             Ok(Reply::Empty)
         }
         Op::UpdateAlias => {
             let req: crate::kms::types::AliasRequest = parse(body)?;
-            // As in AWS: rights on both the current and the new target.
-            c.alias(action, req.alias_name.as_deref())?;
-            c.key_only(action, req.target_key_id.as_deref())?;
-            kms.update_alias(req)?;
-            Ok(Reply::Empty)
+            // As in AWS: rights on the alias, its current target and the new target; the
+            // change is made only if the alias still points where it did when authorized.
+            for _ in 0..ALIAS_RACE_RETRIES {
+                let current = c.alias_and_target(action, req.alias_name.as_deref())?;
+                c.key_only(action, req.target_key_id.as_deref())?;
+                if kms.update_alias_expecting(req.clone(), current)? {
+                    return Ok(Reply::Empty);
+                }
+            }
+            Err(alias_kept_moving().into())
         }
         Op::DeleteAlias => {
             let req: crate::kms::types::AliasRequest = parse(body)?;
-            c.alias(action, req.alias_name.as_deref())?;
-            kms.delete_alias(req)?;
-            Ok(Reply::Empty)
+            for _ in 0..ALIAS_RACE_RETRIES {
+                let current = c.alias_and_target(action, req.alias_name.as_deref())?;
+                if kms.delete_alias_expecting(req.clone(), current)? {
+                    return Ok(Reply::Empty);
+                }
+            }
+            Err(alias_kept_moving().into())
         }
         Op::ListAliases => {
             let req = parse(body)?;
@@ -343,6 +381,16 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             json(kms.generate_random(req))
         }
     }
+}
+
+/// How often an alias change is re-authorized when the alias moved meanwhile.
+const ALIAS_RACE_RETRIES: usize = 3;
+
+fn alias_kept_moving() -> crate::error::KmsError {
+    crate::error::KmsError::InvalidState(
+        "The alias was changed by another request while this one was being authorized; retry"
+            .into(),
+    )
 }
 
 /// JSON body → request. An empty body counts as `{}`; anything unparseable, of the wrong

@@ -1,5 +1,13 @@
-//! HTTP/1.1 plumbing: accept loop, TLS, routing, body limits, SigV4, and the bounded blocking
-//! pool that every token call runs on.
+//! HTTP/1.1 plumbing: accept loop, connection admission, TLS, routing, body limits, SigV4,
+//! and where token work runs.
+//!
+//! Token work never takes the whole async runtime: fast operations (tens of µs on a local
+//! token) run on a runtime worker, but at most `workers - 1` at a time, so one worker is
+//! always free to accept connections, answer `/healthz` and run timers even if the token
+//! stops answering; slow tokens and writing operations run on the blocking pool. Every token
+//! operation holds one of `pool size - 1` session permits (one session stays free for upkeep),
+//! so no request ever waits inside the token layer for a session. Waits for a permit are
+//! bounded and answered `DependencyTimeoutException`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,12 +25,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::auth::{Authorizer, Credentials};
+use super::conns::{Admission, Conn, Conns};
 use super::error::ApiError;
 use super::operations::{execute, Caller, Op, Reply};
 use super::sigv4::{RequestParts, Verifier};
@@ -31,21 +40,30 @@ use crate::kms::Kms;
 
 /// The content type of the AWS JSON 1.1 protocol (also what we answer with).
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request head must arrive within this; it is also how long an idle keep-alive connection
+/// is kept (hyper times the wait for every head, the first and each next one).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request may wait for a free token session before DependencyTimeoutException.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/readyz` answers within this.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A token call running longer than this means the token has stopped answering: not ready.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// Shutdown waits this long for in-flight requests, then gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_CONNECTIONS: usize = 1024;
 /// Fast operations run on the runtime thread while they take less than this on average
 /// (a local software token: tens of µs); above it (a network HSM), on the blocking pool.
 const INLINE_MAX_NS: u64 = 250_000;
 /// An oversized body is read and discarded up to this much more, so the client (which is
 /// usually still sending) gets the 413 instead of a connection reset.
-const DISCARD_LIMIT: u64 = 8 << 20;
+const DISCARD_LIMIT: u64 = 1 << 20;
+/// A KMS request head is a few hundred bytes (a session token adds a few KB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// hyper's read buffer (heads must fit in [`MAX_HEAD_BYTES`] of it; bodies stream through).
+const READ_BUFFER: usize = 64 * 1024;
 
 type Body = Full<Bytes>;
 
@@ -56,10 +74,14 @@ struct State {
     authorizer: Arc<dyn Authorizer>,
     max_body_bytes: usize,
     refresh_every_request: bool,
-    /// Permits = token sessions: blocking work never queues inside the token pool.
-    blocking: Arc<Semaphore>,
+    /// Token operations in progress, wherever they run: at most one per session the pool
+    /// can spare, so none ever waits inside the token layer.
+    sessions: Arc<Semaphore>,
+    /// Fast operations running on runtime workers: fewer than there are workers.
+    inline: Option<Arc<Semaphore>>,
     /// Moving average (ns) of how long the fast operations take, wherever they ran.
     fast_op_ns: AtomicU64,
+    conns: Arc<Conns>,
 }
 
 impl State {
@@ -90,6 +112,12 @@ fn fast_op(op: Op) -> bool {
     )
 }
 
+/// Session permits for a pool of `pool` sessions: one stays free for upkeep (metadata
+/// refresh, sweeps, destroying derived keys), so requests holding a permit never wait.
+fn session_permits(pool: usize) -> usize {
+    pool.saturating_sub(1).max(1)
+}
+
 pub(super) async fn run<F>(
     kms: Arc<Kms>,
     settings: ServerSettings,
@@ -101,8 +129,12 @@ where
 {
     let permits = settings
         .blocking_limit
-        .unwrap_or_else(|| kms.token().pool_size())
+        .unwrap_or_else(|| session_permits(kms.token().pool_size()))
         .max(1);
+    // Fewer inline slots than workers: one worker always stays free for accept, timers and
+    // health checks. A runtime with one worker runs nothing inline.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let inline = (workers > 1).then(|| Arc::new(Semaphore::new((workers - 1).min(permits))));
     let tls = settings.tls.map(tokio_rustls::TlsAcceptor::from);
     let state = Arc::new(State {
         kms,
@@ -111,48 +143,61 @@ where
         authorizer: settings.authorizer,
         max_body_bytes: settings.max_body_bytes,
         refresh_every_request: settings.refresh_every_request,
-        blocking: Arc::new(Semaphore::new(permits)),
+        sessions: Arc::new(Semaphore::new(permits)),
+        inline,
         fast_op_ns: AtomicU64::new(0),
+        conns: Arc::new(Conns::new(
+            settings.max_connections,
+            settings.max_connections_per_source,
+        )),
     });
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = Arc::clone(&connections).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // never closed
-            },
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    eprintln!("p11kms: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Typically EMFILE (connections are shed before the descriptor limit, see
+                    // `serve`): back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
+        };
+        let admitted = match state.conns.admit(peer.ip()) {
+            Admission::Admit(a) => a,
+            Admission::Refuse => {
+                tokio::spawn(refuse(stream, tls.is_none()));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let state = Arc::clone(&state);
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve_connection(stream, state, watcher).await,
-                Some(acceptor) => {
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        serve_connection(s, state, watcher).await;
+            let conn = Arc::clone(&admitted.conn);
+            let serve = async {
+                match tls {
+                    None => serve_connection(stream, state, &conn, watcher).await,
+                    Some(acceptor) => {
+                        if let Ok(Ok(s)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            serve_connection(s, state, &conn, watcher).await;
+                        }
                     }
                 }
+            };
+            // Admission may close this connection to make room for another.
+            tokio::select! {
+                () = serve => {},
+                () = admitted.conn.closed() => {},
             }
+            drop(admitted);
         });
     }
     drop(listener);
@@ -160,19 +205,50 @@ where
         .await
         .is_err()
     {
-        eprintln!("p11kms: gave up waiting for in-flight requests after {DRAIN_TIMEOUT:?}");
+        tracing::warn!("gave up waiting for in-flight requests after {DRAIN_TIMEOUT:?}");
     }
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, state: Arc<State>, watcher: Watcher)
+/// Answers a connection that cannot be admitted (every connection is busy) without reading
+/// from it: a throttling error the SDKs retry, then close. Over TLS, just close.
+async fn refuse(mut stream: TcpStream, plain: bool) {
+    if plain {
+        let body = br#"{"__type":"ThrottlingException","message":"The server has too many connections; retry later"}"#;
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: {AMZ_JSON}\r\nx-amzn-errortype: \
+             ThrottlingException\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let write = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+}
+
+async fn serve_connection<I>(io: I, state: Arc<State>, conn: &Arc<Conn>, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(Arc::clone(&state), req));
+    let c = Arc::clone(conn);
+    let svc = service_fn(move |req| {
+        let busy = c.request(&state.conns);
+        let state = Arc::clone(&state);
+        async move {
+            let r = handle(state, req).await;
+            drop(busy);
+            r
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(READ_BUFFER)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     // Errors here are the peer's (reset, garbage before a request): nothing to answer.
@@ -183,7 +259,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let request_id = request_id();
     let mut resp = match route(&state, req, &request_id).await {
         Ok(r) => r,
-        Err(e) => error_response(&e),
+        Err(e) => error_response(&e.for_client(&request_id)),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amzn-requestid", v);
@@ -232,13 +308,44 @@ async fn route(
     }
 }
 
-/// Ready when a token session answers. Goes through the blocking pool like any token call.
+/// Ready when the service can do work now: no token call has been stuck for seconds, the
+/// caches are not held, and a token session answers (through the session permits like any
+/// token call, within [`READY_TIMEOUT`]).
 async fn readiness(state: &Arc<State>) -> Response<Body> {
+    let unavailable = |why: String| {
+        let mut r = Response::new(Full::new(Bytes::from(why)));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        with_type(r, "text/plain; charset=utf-8")
+    };
+    if let Some(d) = state
+        .kms
+        .token()
+        .longest_call()
+        .filter(|d| *d > STALLED_AFTER)
+    {
+        return unavailable(format!(
+            "not ready: a token call has been running for {} s\n",
+            d.as_secs()
+        ));
+    }
+    if !state.kms.responsive() {
+        return unavailable("not ready: the metadata caches are held\n".into());
+    }
     let kms = Arc::clone(&state.kms);
-    let ok = run_blocking(state, READY_TIMEOUT, move || kms.token().ping().is_ok()).await;
-    match ok {
-        Ok(true) => text(StatusCode::OK, "ready\n"),
-        _ => text(StatusCode::SERVICE_UNAVAILABLE, "token not ready\n"),
+    let ping = run_blocking(state, READY_TIMEOUT, move || kms.token().ping().is_ok());
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(true)) => text(StatusCode::OK, "ready\n"),
+        _ => unavailable("not ready: the token does not answer\n".into()),
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::unknown_operation(format!("{name} is not valid text"))),
     }
 }
 
@@ -247,8 +354,36 @@ async fn kms_request(
     req: Request<Incoming>,
     request_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let declared = content_length(&parts.headers)?;
+    if let Some(n) = declared.filter(|n| *n > state.max_body_bytes as u64) {
+        // Refused on its declared size alone; the rest is read and thrown away (bounded, not
+        // buffered) so that a client still sending sees the answer.
+        if n <= state.max_body_bytes as u64 + DISCARD_LIMIT {
+            discard(&mut body, n).await;
+        }
+        return Err(too_large(n, state.max_body_bytes));
+    }
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let head = RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body: b"",
+    };
+    // Everything but the signature is checked before the body is read: without a known
+    // access key, a client cannot make the server read (or buffer) a body at all.
+    let checked =
+        state
+            .verifier
+            .check_head(&head, &state.credentials, time::OffsetDateTime::now_utc())?;
+    let op = Op::from_target(header_text(&parts.headers, "x-amz-target")?)?;
+    check_content_type(&parts.headers)?;
     let body = match tokio::time::timeout(
         BODY_TIMEOUT,
         read_body(body, declared, state.max_body_bytes),
@@ -264,43 +399,18 @@ async fn kms_request(
             ))
         }
     };
-
-    let headers: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    let request = RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &headers,
-        body: &body,
-    };
-    let verified = state.verifier.verify(
-        &request,
-        &state.credentials,
-        time::OffsetDateTime::now_utc(),
-    )?;
+    let verified = checked.finish(&body)?;
     // Verified means the key id is in the store; a miss would be a race with nothing.
     let principal = state
         .credentials
         .principal(&verified.access_key_id)
         .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?;
 
-    let target = match parts.headers.get("x-amz-target") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::unknown_operation("X-Amz-Target is not valid text"))?,
-        ),
-    };
-    let op = Op::from_target(target)?;
-    check_content_type(&parts.headers)?;
-
     let st = Arc::clone(state);
     let rid = request_id.to_owned();
     let work = move || {
+        let span = tracing::info_span!("request", request_id = %rid, op = op.name());
+        let _entered = span.enter();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if st.refresh_every_request {
                 st.kms.refresh()?;
@@ -313,24 +423,28 @@ async fn kms_request(
             execute(&caller, op, &body)
         }));
         result.unwrap_or_else(|_| {
-            eprintln!("p11kms: request {rid}: {} panicked", op.name());
+            tracing::error!("the operation panicked");
             Err(ApiError::internal("internal error"))
         })
     };
     let fast = fast_op(op) && !state.refresh_every_request;
-    let inline = fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
-    // Inline only with a free session permit: never more token calls than sessions.
-    let permit = if inline {
-        Arc::clone(&state.blocking).try_acquire_owned().ok()
-    } else {
-        None
+    let inline = match &state.inline {
+        Some(slots) if fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS => {
+            Some(slots)
+        }
+        _ => None,
     };
-    let outcome = match permit {
-        Some(permit) => {
+    let outcome = match inline {
+        Some(slots) => {
             let t0 = Instant::now();
+            // Both waits are async (they hold no worker) and bounded.
+            let slot = acquire(slots, QUEUE_TIMEOUT).await?;
+            let session =
+                acquire(&state.sessions, QUEUE_TIMEOUT.saturating_sub(t0.elapsed())).await?;
+            let t1 = Instant::now();
             let r = work();
-            drop(permit);
-            state.observe(t0.elapsed());
+            drop((session, slot));
+            state.observe(t1.elapsed());
             r
         }
         None => {
@@ -346,19 +460,19 @@ async fn kms_request(
             .await?
         }
     };
-    match outcome {
-        Ok(reply) => Ok(reply_response(reply)),
-        Err(e) => {
-            if e.status.is_server_error() {
-                eprintln!(
-                    "p11kms: request {request_id}: {} failed: {}: {}",
-                    op.name(),
-                    e.name,
-                    e.message
-                );
-            }
-            Err(e)
-        }
+    outcome.map(reply_response)
+}
+
+/// A permit of `sem` within `wait`, else `DependencyTimeoutException`.
+async fn acquire(
+    sem: &Arc<Semaphore>,
+    wait: Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(wait, Arc::clone(sem).acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::from(crate::KmsError::DependencyTimeout(
+            "All token sessions stayed busy; try again".into(),
+        ))),
     }
 }
 
@@ -368,15 +482,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let permit = match tokio::time::timeout(wait, Arc::clone(&state.blocking).acquire_owned()).await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            return Err(ApiError::from(crate::KmsError::DependencyTimeout(
-                "All token sessions stayed busy; try again".into(),
-            )))
-        }
-    };
+    let permit = acquire(&state.sessions, wait).await?;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         f()
@@ -405,29 +511,22 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
+fn too_large(n: u64, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "ValidationException",
+        format!("The request body ({n} bytes or more) exceeds the limit of {max} bytes"),
+    )
+}
+
 /// The body, at most `max` bytes, in a buffer that is zeroized when dropped (it may carry
-/// plaintext). Oversized bodies are discarded and answered 413.
+/// plaintext). A body that grows past `max` is discarded and answered 413. (A declared length
+/// over `max` is refused before this is called.)
 async fn read_body(
     mut body: Incoming,
     declared: Option<u64>,
     max: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let max_u64 = max as u64;
-    let too_large = |n: u64| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ValidationException",
-            format!("The request body ({n} bytes or more) exceeds the limit of {max} bytes"),
-        )
-    };
-    if let Some(n) = declared {
-        if n > max_u64 {
-            if n <= max_u64 + DISCARD_LIMIT {
-                discard(&mut body, n).await;
-            }
-            return Err(too_large(n));
-        }
-    }
     let mut buf = Zeroizing::new(Vec::with_capacity(
         declared.map_or(0, |n| n as usize).min(max),
     ));
@@ -440,8 +539,8 @@ async fn read_body(
         };
         let total = buf.len() + data.len();
         if total > max {
-            discard(&mut body, max_u64 + DISCARD_LIMIT).await;
-            return Err(too_large(total as u64));
+            discard(&mut body, max as u64 + DISCARD_LIMIT).await;
+            return Err(too_large(total as u64, max));
         }
         if total > buf.capacity() {
             // Grow by hand so the old allocation is zeroized, not just freed.

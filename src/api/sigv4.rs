@@ -160,6 +160,20 @@ impl Verifier {
         store: &dyn SecretStore,
         now: OffsetDateTime,
     ) -> Result<Verified, AuthError> {
+        self.check_head(req, store, now)?.finish(req.body)
+    }
+
+    /// Everything SigV4 checks that does not need the body: the Authorization header's
+    /// shape, the date and its skew, the scope, which headers are signed, and that the access
+    /// key is known. The server calls this before it reads a body, so a client without a
+    /// valid access key never makes it read one. The signature itself is checked by
+    /// [`HeadChecked::finish`] with the body (`req.body` is ignored here).
+    pub fn check_head<'a>(
+        &'a self,
+        req: &RequestParts<'a>,
+        store: &'a dyn SecretStore,
+        now: OffsetDateTime,
+    ) -> Result<HeadChecked<'a>, AuthError> {
         let auth_value = match single_header(req.headers, "authorization")? {
             Some(v) => v,
             None => return Err(AuthError::Missing),
@@ -171,7 +185,8 @@ impl Verifier {
         let amz_date_raw = single_header(req.headers, "x-amz-date")?.ok_or_else(|| {
             AuthError::Incomplete(format!(
                 "Authorization header requires existence of a 'X-Amz-Date' header. \
-                 Authorization={auth_text}"
+                 Authorization={}",
+                clip(auth_text)
             ))
         })?;
         let (amz_date, request_time) = parse_amz_date(amz_date_raw)?;
@@ -182,20 +197,16 @@ impl Verifier {
             return Err(AuthError::Incomplete(format!(
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date \
                  from HTTP: '{}' != '{day}', from '{amz_date}'.",
-                auth.date
+                clip(auth.date)
             )));
         }
         if auth.terminator != TERMINATOR {
             return Err(AuthError::Incomplete(format!(
                 "Credential should be scoped with a valid terminator: '{TERMINATOR}', not '{}'.",
-                auth.terminator
+                clip(auth.terminator)
             )));
         }
-        if !auth.signed_headers.iter().any(|h| h == "host") {
-            return Err(AuthError::Incomplete(
-                "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
-            ));
-        }
+        check_coverage(req, &auth.signed_headers)?;
         // A scope for another region/service is a signature error at AWS (the client signed
         // something this endpoint would never accept). The unit variant carries no detail.
         if auth.region != self.region || auth.service != self.service {
@@ -207,52 +218,22 @@ impl Verifier {
         let secret = store
             .secret_for(auth.access_key_id)
             .ok_or(AuthError::UnknownAccessKey)?;
-
-        let payload_hash = hex::encode(Sha256::digest(req.body));
-        // A signed x-amz-content-sha256 must describe the body we actually received; the
-        // canonical request always uses the real body hash.
-        if auth
-            .signed_headers
-            .iter()
-            .any(|h| h == "x-amz-content-sha256")
-        {
-            let all_match = req
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256"))
-                .all(|(_, v)| trim_spaces(v).eq_ignore_ascii_case(payload_hash.as_bytes()));
-            if !all_match {
-                return Err(AuthError::BadSignature);
-            }
-        }
-
-        let canonical = self.canonical_request(req, &auth.signed_headers, &payload_hash);
-        let scope = format!("{day}/{}/{}/{TERMINATOR}", self.region, self.service);
-        let string_to_sign = format!(
-            "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(&canonical))
-        );
-
-        let signing_key = self
-            .signing_key(auth.access_key_id, secret, day)
-            .ok_or(AuthError::BadSignature)?;
-        let expected =
-            hmac_sha256(&signing_key, string_to_sign.as_bytes()).ok_or(AuthError::BadSignature)?;
-        let provided = hex::decode(auth.signature).map_err(|_| AuthError::BadSignature)?;
-        // Length is public (always 32); ct_eq returns false on length mismatch.
-        if bool::from(expected.as_slice().ct_eq(provided.as_slice())) {
-            Ok(Verified {
-                access_key_id: auth.access_key_id.to_owned(),
-            })
-        } else {
-            Err(AuthError::BadSignature)
-        }
+        Ok(HeadChecked {
+            verifier: self,
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            auth,
+            amz_date,
+            secret,
+        })
     }
 
     fn canonical_request(
         &self,
-        req: &RequestParts,
-        signed_headers: &[String],
+        req: &HeadChecked<'_>,
+        signed_headers: &[&str],
         payload_hash: &str,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
@@ -342,21 +323,188 @@ struct ParsedAuth<'a> {
     region: &'a str,
     service: &'a str,
     terminator: &'a str,
-    /// Lower-cased, in the client's order (which is the order it signed them in).
-    signed_headers: Vec<String>,
+    /// As the client listed them: lower case, sorted, no repeats (checked), at most
+    /// [`MAX_SIGNED_HEADERS`].
+    signed_headers: Vec<&'a str>,
     signature: &'a str,
+}
+
+/// At most this many names in `SignedHeaders`: the SDKs sign five to ten, and each name is
+/// looked up among the request's headers while the canonical request is built.
+pub const MAX_SIGNED_HEADERS: usize = 64;
+/// Longest canonical request accepted (it is built, and hashed, before the signature can be
+/// checked, by anyone who knows an access key id; real ones are a few hundred bytes).
+pub const MAX_CANONICAL_REQUEST: usize = 32 * 1024;
+
+/// `SignedHeaders` as SigV4 defines it: lower-case names, sorted, separated by `;`. Repeats,
+/// a wrong order, upper case or empty names are refused (a repeated name would make the
+/// canonical request repeat that header's values: an amplification for anyone who knows an
+/// access key id), and so are lists longer than [`MAX_SIGNED_HEADERS`].
+fn parse_signed_headers(signed: &str) -> Result<Vec<&str>, AuthError> {
+    let mut names: Vec<&str> = Vec::new();
+    for name in signed.split(';') {
+        if names.len() == MAX_SIGNED_HEADERS {
+            return Err(AuthError::Incomplete(format!(
+                "SignedHeaders names more than {MAX_SIGNED_HEADERS} headers"
+            )));
+        }
+        if name.is_empty() {
+            return Err(AuthError::Incomplete(format!(
+                "SignedHeaders contains an empty header name: '{}'",
+                clip(signed)
+            )));
+        }
+        if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        }) {
+            return Err(AuthError::Incomplete(format!(
+                "SignedHeaders must list lower-case header names: '{}'",
+                clip(name)
+            )));
+        }
+        if let Some(prev) = names.last() {
+            if *prev >= name {
+                return Err(AuthError::Incomplete(format!(
+                    "SignedHeaders must be sorted and name each header once: '{}' after '{}'",
+                    clip(name),
+                    clip(prev)
+                )));
+            }
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// What the signature must cover: `host`, and every `x-amz-*` header the request carries
+/// (`X-Amz-Target` names the operation: an unsigned one could be swapped for another); and
+/// every signed name must be present. `Content-Type` need not be signed (the AWS SDK for
+/// JavaScript v2 never signs it). Also bounds the canonical request before it is built.
+fn check_coverage(req: &RequestParts, signed: &[&str]) -> Result<(), AuthError> {
+    if !signed.contains(&"host") {
+        return Err(AuthError::Incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
+    }
+    let mut size = req.method.len() + req.path.len() * 3 + req.query.len() * 3 + 200;
+    for name in signed {
+        let mut present = false;
+        for (n, v) in req.headers {
+            if n.eq_ignore_ascii_case(name) {
+                present = true;
+                size += name.len() + v.len() + 2;
+            }
+        }
+        if !present {
+            return Err(AuthError::Incomplete(format!(
+                "SignedHeaders names '{}', which the request does not have",
+                clip(name)
+            )));
+        }
+    }
+    if size > MAX_CANONICAL_REQUEST {
+        return Err(AuthError::Incomplete(format!(
+            "The signed headers are too large (over {MAX_CANONICAL_REQUEST} bytes)"
+        )));
+    }
+    for (n, _) in req.headers {
+        let lower = n.to_ascii_lowercase();
+        if lower.starts_with("x-amz-") && !signed.contains(&lower.as_str()) {
+            return Err(AuthError::Incomplete(format!(
+                "The request signature does not cover the '{}' header: every x-amz-* header \
+                 must be signed",
+                clip(&lower)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// At most 200 bytes of a client-supplied value in a message, cut on a character boundary.
+fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A request whose head passed [`Verifier::check_head`]; [`HeadChecked::finish`] checks the
+/// signature over it and the body.
+pub struct HeadChecked<'a> {
+    verifier: &'a Verifier,
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a [(&'a str, &'a [u8])],
+    auth: ParsedAuth<'a>,
+    amz_date: &'a str,
+    secret: &'a str,
+}
+
+impl HeadChecked<'_> {
+    /// The access key id the request claims (not yet proven: see [`HeadChecked::finish`]).
+    pub fn access_key_id(&self) -> &str {
+        self.auth.access_key_id
+    }
+
+    /// Checks the signature over the head and `body`.
+    pub fn finish(self, body: &[u8]) -> Result<Verified, AuthError> {
+        let payload_hash = hex::encode(Sha256::digest(body));
+        // A signed x-amz-content-sha256 must describe the body we actually received; the
+        // canonical request always uses the real body hash.
+        if self.auth.signed_headers.contains(&"x-amz-content-sha256") {
+            let all_match = self
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256"))
+                .all(|(_, v)| trim_spaces(v).eq_ignore_ascii_case(payload_hash.as_bytes()));
+            if !all_match {
+                return Err(AuthError::BadSignature);
+            }
+        }
+        let v = self.verifier;
+        let canonical = v.canonical_request(&self, &self.auth.signed_headers, &payload_hash);
+        let day = &self.amz_date[..8];
+        let scope = format!("{day}/{}/{}/{TERMINATOR}", v.region, v.service);
+        let string_to_sign = format!(
+            "{ALGORITHM}\n{}\n{scope}\n{}",
+            self.amz_date,
+            hex::encode(Sha256::digest(&canonical))
+        );
+        let signing_key = v
+            .signing_key(self.auth.access_key_id, self.secret, day)
+            .ok_or(AuthError::BadSignature)?;
+        let expected =
+            hmac_sha256(&signing_key, string_to_sign.as_bytes()).ok_or(AuthError::BadSignature)?;
+        let provided = hex::decode(self.auth.signature).map_err(|_| AuthError::BadSignature)?;
+        // Length is public (always 32); ct_eq returns false on length mismatch.
+        if bool::from(expected.as_slice().ct_eq(provided.as_slice())) {
+            Ok(Verified {
+                access_key_id: self.auth.access_key_id.to_owned(),
+            })
+        } else {
+            Err(AuthError::BadSignature)
+        }
+    }
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
 /// Components may be separated by commas and/or whitespace, since no value contains either.
 fn parse_authorization<'a>(text: &'a str) -> Result<ParsedAuth<'a>, AuthError> {
     let text = text.trim();
+    let shown = clip(text);
     let (algorithm, rest) = text
         .split_once(|c: char| c.is_ascii_whitespace())
         .unwrap_or((text, ""));
     if algorithm != ALGORITHM {
         return Err(AuthError::Incomplete(format!(
-            "Unsupported AWS 'algorithm': '{algorithm}'. Authorization={text}"
+            "Unsupported AWS 'algorithm': '{}'. Authorization={shown}",
+            clip(algorithm)
         )));
     }
 
@@ -367,8 +515,9 @@ fn parse_authorization<'a>(text: &'a str) -> Result<ParsedAuth<'a>, AuthError> {
     {
         let (key, value) = part.split_once('=').ok_or_else(|| {
             AuthError::Incomplete(format!(
-                "Authorization header component '{part}' is not a key=value pair. \
-                 Authorization={text}"
+                "Authorization header component '{}' is not a key=value pair. \
+                 Authorization={shown}",
+                clip(part)
             ))
         })?;
         let slot = match key {
@@ -380,7 +529,7 @@ fn parse_authorization<'a>(text: &'a str) -> Result<ParsedAuth<'a>, AuthError> {
         };
         if slot.replace(value).is_some() {
             return Err(AuthError::Incomplete(format!(
-                "Authorization header has a duplicate '{key}' component. Authorization={text}"
+                "Authorization header has a duplicate '{key}' component. Authorization={shown}"
             )));
         }
     }
@@ -399,30 +548,26 @@ fn parse_authorization<'a>(text: &'a str) -> Result<ParsedAuth<'a>, AuthError> {
                         ));
                     }
                 }
-                return Err(AuthError::Incomplete(format!("{msg}Authorization={text}")));
+                return Err(AuthError::Incomplete(format!("{msg}Authorization={shown}")));
             }
         };
 
-    let scope: Vec<&str> = credential.split('/').collect();
+    let scope: Vec<&str> = credential.splitn(6, '/').collect();
     let [access_key_id, date, region, service, terminator] = scope[..] else {
         return Err(AuthError::Incomplete(format!(
             "Credential must have exactly 5 slash-delimited elements, e.g. \
-             keyid/date/region/service/term, got '{credential}'"
+             keyid/date/region/service/term, got '{}'",
+            clip(credential)
         )));
     };
     if access_key_id.is_empty() {
         return Err(AuthError::Incomplete(format!(
-            "Credential has an empty access key id: '{credential}'"
+            "Credential has an empty access key id: '{}'",
+            clip(credential)
         )));
     }
 
-    let signed_headers: Vec<String> = signed.split(';').map(str::to_ascii_lowercase).collect();
-    if signed_headers.iter().any(String::is_empty) {
-        return Err(AuthError::Incomplete(format!(
-            "SignedHeaders contains an empty header name: '{signed}'"
-        )));
-    }
-
+    let signed_headers = parse_signed_headers(signed)?;
     Ok(ParsedAuth {
         access_key_id,
         date,
@@ -873,9 +1018,127 @@ mod tests {
         assert!(!req.header("authorization").contains("user-agent"));
         req.set_header("user-agent", "something else");
         req.set_header("X-Forwarded-For", "127.0.0.1");
-        req.headers
-            .push(("x-amz-security-token".into(), b"ignored".to_vec()));
+        req.set_header("X-Amzn-Trace-Id", "Root=1-abc");
         assert_eq!(req.verify(), ok());
+        // But never an x-amz-* header: those carry meaning (the operation, a session token).
+        req.headers
+            .push(("x-amz-security-token".into(), b"unsigned".to_vec()));
+        assert!(is_incomplete(req.verify()));
+    }
+
+    #[test]
+    fn an_operation_the_signature_does_not_cover_is_refused() {
+        // Signed without X-Amz-Target (botocore's SigV4Auth signs only the headers present),
+        // then one is added: the signature would still verify, for any operation.
+        let headers = vec![
+            ("host", HOST),
+            ("content-type", "application/x-amz-json-1.1"),
+        ];
+        let mut req = sign_with(
+            Signing::default(),
+            "POST",
+            &format!("https://{HOST}/"),
+            &headers,
+            BODY,
+        );
+        assert_eq!(req.verify(), ok());
+        req.set_header("X-Amz-Target", "TrentService.DisableKey");
+        let e = req.verify().expect_err("unsigned target");
+        assert!(
+            matches!(e, AuthError::Incomplete(ref m) if m.contains("x-amz-target")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn content_type_need_not_be_signed() {
+        // The AWS SDK for JavaScript v2 never signs Content-Type.
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = Some(vec!["content-type".into(), "user-agent".into()]);
+        let req = signed_kms(Signing {
+            settings,
+            ..Signing::default()
+        });
+        assert!(!req.header("authorization").contains("content-type"));
+        assert_eq!(req.verify(), ok());
+    }
+
+    #[test]
+    fn signed_header_lists_are_strict() {
+        let req = valid();
+        let auth = req.header("authorization");
+        let list = "content-type;host;x-amz-date;x-amz-target";
+        assert!(auth.contains(list));
+        let long = (0..MAX_SIGNED_HEADERS + 1)
+            .map(|i| format!("x-h{i:03}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        for bad in [
+            // The amplification: one name many times (each repeat copies its values).
+            "host;host;host;x-amz-date;x-amz-target".to_owned(),
+            "content-type;host;host;x-amz-date;x-amz-target".to_owned(),
+            // Not sorted, upper case, not a header name.
+            "host;content-type;x-amz-date;x-amz-target".to_owned(),
+            "content-type;Host;x-amz-date;x-amz-target".to_owned(),
+            "content-type;host;x-amz-date;x-amz-target;x y".to_owned(),
+            long,
+            // Names a header the request does not have.
+            "content-type;host;x-amz-date;x-amz-target;x-missing".to_owned(),
+        ] {
+            let mut r = req.clone();
+            r.set_header("authorization", &auth.replace(list, &bad));
+            let e = r.verify().expect_err(&bad);
+            assert!(matches!(e, AuthError::Incomplete(_)), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn the_canonical_request_is_bounded_before_it_is_built() {
+        let mut headers = kms_headers();
+        let big = "v".repeat(MAX_CANONICAL_REQUEST);
+        headers.push(("x-big", &big));
+        let req = sign_with(
+            Signing::default(),
+            "POST",
+            &format!("https://{HOST}/"),
+            &headers,
+            BODY,
+        );
+        let e = req.verify().expect_err("too large");
+        assert!(
+            matches!(e, AuthError::Incomplete(ref m) if m.contains("too large")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_head_is_checked_before_the_body() {
+        let req = valid();
+        let headers: Vec<(&str, &[u8])> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let head = RequestParts {
+            method: &req.method,
+            path: &req.path,
+            query: &req.query,
+            headers: &headers,
+            body: b"",
+        };
+        let v = Verifier::new(REGION, "kms");
+        let store = Store::one(AKID, SECRET);
+        let checked = v.check_head(&head, &store, T0).expect("head is fine");
+        assert_eq!(checked.access_key_id(), AKID);
+        assert_eq!(checked.finish(BODY), ok());
+        // An unknown access key is refused without any body.
+        let other = Store::one("AKIDOTHER", SECRET);
+        assert!(matches!(
+            v.check_head(&head, &other, T0),
+            Err(AuthError::UnknownAccessKey)
+        ));
+        let checked = v.check_head(&head, &store, T0).expect("head is fine");
+        assert_eq!(checked.finish(b"{}"), Err(AuthError::BadSignature));
     }
 
     #[test]

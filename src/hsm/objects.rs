@@ -29,16 +29,29 @@ fn base_template(application: &str) -> Vec<Attribute> {
 }
 
 impl Token {
-    /// Creates a private token data object; the object is complete or absent.
+    /// Creates a private token data object; the object is complete or absent. A transient
+    /// failure is followed by a look for an object with this label and value before another
+    /// attempt, so one call never leaves two copies.
     pub fn create_data(&self, application: &str, label: &str, value: &[u8]) -> Result<DataHandle> {
         let mut template = base_template(application);
         template.extend([
             // Kryoptic defaults CKO_DATA to public: metadata is private.
             Attribute::Private(true),
             Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Value(value.to_vec()),
         ]);
-        Ok(DataHandle(self.call(|s| s.create_object(&template))??))
+        let find = template.clone();
+        template.push(Attribute::Value(value.to_vec()));
+        let found = || -> Result<Option<ObjectHandle>> {
+            for h in self.call(|s| s.find_objects(&find))?? {
+                if self.read_data(DataHandle(h))?.as_deref() == Some(value) {
+                    return Ok(Some(h));
+                }
+            }
+            Ok(None)
+        };
+        Ok(DataHandle(
+            self.create(|s| s.create_object(&template), found)??,
+        ))
     }
 
     /// Every data object of `application`, with its label.

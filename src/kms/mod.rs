@@ -129,4 +129,10 @@ impl Kms {
     pub fn cached_epoch_keys(&self) -> usize {
         self.epochs.cached_len()
     }
+
+    /// Whether the in-memory metadata and key caches can be read now (none is held: they
+    /// never are for long). For readiness checks.
+    pub fn responsive(&self) -> bool {
+        self.store.responsive() && self.epochs.responsive()
+    }
 }

@@ -86,6 +86,8 @@ pub fn settings(tls: Option<Arc<rustls::ServerConfig>>) -> ServerSettings {
         credentials: Credentials::from_config(&creds).expect("credentials"),
         authorizer: Arc::new(ConfigAuthorizer),
         max_body_bytes: fx.config.server.max_body_bytes,
+        max_connections: fx.config.server.max_connections,
+        max_connections_per_source: None,
         tls,
         refresh_every_request: false,
         blocking_limit: None,
