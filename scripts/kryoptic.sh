@@ -42,28 +42,19 @@ if [ -f "$MODULE" ]; then
     exit 0
 fi
 
-# Build dependencies (Debian names). pkcs11-tool (opensc) is not needed: tokens are initialised
-# through p11kms's own C_InitToken/C_InitPIN.
-deps_missing() {
-    command -v cc >/dev/null 2>&1 || return 0
-    command -v pkg-config >/dev/null 2>&1 || return 0
-    pkg-config --exists openssl 2>/dev/null || return 0
-    pkg-config --exists sqlite3 2>/dev/null || return 0
-    # bindgen loads libclang at build time.
-    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 ||
-        ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || return 0
-    return 1
-}
-if deps_missing; then
-    command -v apt-get >/dev/null 2>&1 ||
-        die "install build-essential pkg-config libssl-dev libsqlite3-dev libclang-dev (Debian names) and re-run"
-    sudo=()
-    [ "$(id -u)" -ne 0 ] && sudo=(sudo)
-    say "installing build dependencies"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq >/dev/null
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-        build-essential pkg-config libssl-dev libsqlite3-dev libclang-dev >/dev/null
+# Build dependencies (Debian names), checked with dpkg-query (a file glob once took
+# libclang-cpp14's library for libclang-dev's and skipped the install). pkcs11-tool (opensc)
+# is not needed: tokens are initialised through p11kms's own C_InitToken/C_InitPIN.
+# shellcheck source-path=SCRIPTDIR source=lib/debian.sh
+. "$ROOT/scripts/lib/debian.sh"
+DEPS=(build-essential pkg-config libssl-dev libsqlite3-dev libclang-dev)
+if has_dpkg; then
+    mapfile -t missing < <(debs_missing "${DEPS[@]}")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install kryoptic "${missing[@]}" || die "could not install ${missing[*]}"
+    fi
+else
+    say "not a Debian system: make sure the equivalents of ${DEPS[*]} are installed"
 fi
 
 WORK="$TARGET/kryoptic/work"

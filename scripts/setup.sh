@@ -5,8 +5,9 @@
 #   - python3 with a working `python3 -m venv` (for the Python compatibility tests).
 # Rust itself (cargo >= 1.85) must already be installed; this script says how if it is not.
 #
-# Idempotent and quiet when everything is present. On Debian/Ubuntu it uses apt-get (as root,
-# or through sudo), running `apt-get update` once, and only when something must be installed.
+# Idempotent and quiet when everything is present. On Debian/Ubuntu packages are checked with
+# dpkg-query and installed with apt-get (as root, or through sudo), running `apt-get update`
+# once, and only when something must be installed.
 # Called by scripts/run.sh, scripts/demo.sh and scripts/test.sh; safe to run on its own.
 set -euo pipefail
 
@@ -18,7 +19,11 @@ die() {
     exit 1
 }
 
-# The locations p11kms itself searches (src/config.rs MODULE_CANDIDATES), plus any multiarch dir.
+# shellcheck source-path=SCRIPTDIR source=lib/debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
+
+# The locations p11kms itself searches (src/config.rs MODULE_CANDIDATES), for systems
+# without dpkg, and to check the installed package put the module where p11kms looks.
 softhsm_present() {
     local p
     for p in /usr/lib/softhsm/libsofthsm2.so \
@@ -30,47 +35,42 @@ softhsm_present() {
 }
 
 # `python3 -m venv` can bootstrap pip: needs the venv and ensurepip modules and a bundled pip
-# (on Debian/Ubuntu ensurepip and its wheels come with python3-venv). Cheap: no venv is made.
+# (on Debian/Ubuntu ensurepip and its wheels come with python3-venv). Checked by trying, not
+# by package: the python3 on PATH need not be Debian's (pyenv, a virtualenv).
 venv_works() {
     command -v python3 >/dev/null 2>&1 &&
         python3 -c 'import venv, ensurepip; ensurepip.version()' >/dev/null 2>&1
 }
 
-packages=()
-softhsm_present || packages+=(softhsm2)
-command -v cc >/dev/null 2>&1 || packages+=(build-essential pkg-config)
-venv_ok=1
-if venv_works; then
-    venv_ok=0
-else
-    command -v python3 >/dev/null 2>&1 || packages+=(python3)
-    packages+=(python3-venv python3-pip)
-fi
-
-if [ "${#packages[@]}" -gt 0 ]; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        die "missing: ${packages[*]} (Debian package names). This script installs them with apt-get only:
-       install the equivalents with your package manager, then run it again."
+if has_dpkg; then
+    mapfile -t packages < <(debs_missing softhsm2 build-essential pkg-config)
+    venv_ok=1
+    if venv_works; then
+        venv_ok=0
+    else
+        command -v python3 >/dev/null 2>&1 || packages+=(python3)
+        packages+=(python3-venv python3-pip)
     fi
-    sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 ||
-            die "need to install ${packages[*]} but not running as root and sudo is not available;
-       run as root: apt-get update && apt-get install -y ${packages[*]}"
-        sudo=(sudo)
+    if [ "${#packages[@]}" -gt 0 ]; then
+        apt_install setup "${packages[@]}" || exit 1
     fi
-    say "installing ${packages[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq >/dev/null ||
-        die "apt-get update failed (see the messages above)"
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null ||
-        die "apt-get install ${packages[*]} failed (see the messages above)"
     softhsm_present ||
         die "softhsm2 is installed but libsofthsm2.so is in none of the known places; set P11KMS_MODULE to it"
     command -v cc >/dev/null 2>&1 || die "a C compiler (cc) is still missing after installing build-essential"
     if [ "$venv_ok" -ne 0 ] && ! venv_works; then
         die "$(command -v python3 || echo python3) still cannot create a virtualenv with pip
        (if it is not the system python, e.g. pyenv, install its venv/ensurepip support)"
+    fi
+else
+    # Not Debian: nothing is installed here; say what is missing.
+    missing=()
+    softhsm_present || missing+=("SoftHSMv2 (libsofthsm2.so)")
+    command -v cc >/dev/null 2>&1 || missing+=("a C compiler")
+    command -v pkg-config >/dev/null 2>&1 || missing+=("pkg-config")
+    venv_works || missing+=("python3 with venv and ensurepip")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        die "missing: ${missing[*]}. This script installs packages with apt-get on Debian/Ubuntu
+       only: install the equivalents with your package manager, then run it again."
     fi
 fi
 
