@@ -97,6 +97,10 @@ struct ServeArgs {
     /// Address to listen on (overrides the config and P11KMS_LISTEN), e.g. 127.0.0.1:4599.
     #[arg(long)]
     listen: Option<String>,
+    /// For `p11kms bench`: serve a fixed answer to every request (no SigV4, no token), with
+    /// the same runtime and connection settings: the HTTP floor.
+    #[arg(long, hide = true)]
+    http_floor: bool,
 }
 
 #[derive(Subcommand)]
@@ -363,6 +367,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reencrypt(args) => reencrypt(&open(&config)?, &out, args),
         Command::Random(args) => random(&open(&config)?, &out, args),
         Command::Envelope(cmd) => envelope_cmd(&open(&config)?, &out, cmd),
+        Command::Serve(args) if args.http_floor => {
+            crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
+        }
         Command::Serve(args) => crate::api::serve(&config, args.listen.as_deref()),
         Command::Bench(args) => crate::bench::run(args),
     }

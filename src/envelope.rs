@@ -845,4 +845,33 @@ mod tests {
         assert!(write_atomically(&dec2, |f| decrypt_stream(&KEY, &h3, r, f, &mut |_| {})).is_err());
         assert!(!dec2.exists());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Any bytes as an envelope header: a header or an error; never a panic, and no
+            /// allocation beyond the format's limits (a length field is checked first).
+            #[test]
+            fn arbitrary_headers(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let _ = Header::read_from(&mut &bytes[..]);
+            }
+
+            /// A valid header with any one byte changed is refused or reads back the same bytes.
+            #[test]
+            fn changed_headers(at in any::<usize>(), byte in any::<u8>()) {
+                let h = Header::new(vec![7u8; 120], BTreeMap::from([("a".to_string(), "b".to_string())])).unwrap();
+                let mut bytes = h.encode();
+                let i = at % bytes.len();
+                prop_assume!(bytes[i] != byte);
+                bytes[i] = byte;
+                if let Ok(read) = Header::read_from(&mut &bytes[..]) {
+                    prop_assert_eq!(read.encode(), bytes);
+                }
+            }
+        }
+    }
 }

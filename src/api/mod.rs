@@ -10,6 +10,7 @@
 pub mod auth;
 mod conns;
 pub mod error;
+mod floor;
 pub mod operations;
 mod server;
 pub mod sigv4;
@@ -28,6 +29,7 @@ use crate::error::{KmsError, Result};
 use crate::kms::Kms;
 use auth::{Authorizer, ConfigAuthorizer, Credentials};
 
+pub use floor::serve_http_floor;
 pub use server::AMZ_JSON;
 
 /// Everything the server needs besides the [`Kms`] and the listener.

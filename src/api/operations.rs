@@ -551,4 +551,101 @@ mod tests {
         assert!(c.len() <= MAX_MESSAGE + 3);
         assert!(c.ends_with("..."));
     }
+
+    mod properties {
+        use super::*;
+        use crate::kms::types::*;
+        use proptest::prelude::*;
+
+        /// Some JSON-shaped text: nested values with the members the requests know.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(|f| serde_json::json!(f)),
+                "\\PC{0,40}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("KeyId".to_string()),
+                            Just("Plaintext".to_string()),
+                            Just("CiphertextBlob".to_string()),
+                            Just("EncryptionContext".to_string()),
+                            Just("NumberOfBytes".to_string()),
+                            Just("KeySpec".to_string()),
+                            Just("GrantTokens".to_string()),
+                            Just("Tags".to_string()),
+                            Just("Limit".to_string()),
+                            "\\PC{0,12}",
+                        ],
+                        inner,
+                        0..6,
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn every_request(body: &[u8]) -> Vec<Result<(), ApiError>> {
+            vec![
+                parse::<CreateKeyRequest>(body).map(|_| ()),
+                parse::<KeyIdRequest>(body).map(|_| ()),
+                parse::<ListRequest>(body).map(|_| ()),
+                parse::<AliasRequest>(body).map(|_| ()),
+                parse::<EncryptRequest>(body).map(|_| ()),
+                parse::<DecryptRequest>(body).map(|_| ()),
+                parse::<ReEncryptRequest>(body).map(|_| ()),
+                parse::<GenerateDataKeyRequest>(body).map(|_| ()),
+                parse::<GenerateRandomRequest>(body).map(|_| ()),
+                parse::<ScheduleKeyDeletionRequest>(body).map(|_| ()),
+                refuse_recipient(body),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Any bytes: parsed, or a SerializationException (400); never a panic.
+            #[test]
+            fn arbitrary_bodies(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+                for r in every_request(&body) {
+                    if let Err(e) = r {
+                        prop_assert!(e.name == "SerializationException", "{}", e.name);
+                        prop_assert_eq!(e.status.as_u16(), 400);
+                        prop_assert!(e.message.len() <= MAX_MESSAGE + 3);
+                    }
+                }
+            }
+
+            /// JSON of any shape with the members requests know.
+            #[test]
+            fn arbitrary_json(v in json_value()) {
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                for r in every_request(&body) {
+                    if let Err(e) = r {
+                        prop_assert!(
+                            e.name == "SerializationException" || e.name == "UnsupportedOperationException",
+                            "{}", e.name
+                        );
+                    }
+                }
+            }
+
+            /// Targets: one of the three answers, never a panic.
+            #[test]
+            fn arbitrary_targets(t in "\\PC{0,80}") {
+                let full = format!("{TARGET_PREFIX}{t}");
+                for target in [t.as_str(), full.as_str()] {
+                    if let Err(e) = Op::from_target(Some(target)) {
+                        prop_assert!(matches!(e.name, "UnknownOperationException" | "UnsupportedOperationException"));
+                    }
+                }
+            }
+        }
+    }
 }

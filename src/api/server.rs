@@ -243,16 +243,21 @@ where
             r
         }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+    let conn = http1_builder().serve_connection(TokioIo::new(io), svc);
+    // Errors here are the peer's (reset, garbage before a request): nothing to answer.
+    let _ = watcher.watch(conn).await;
+}
+
+/// The HTTP/1.1 settings of every connection (also the benchmark's floor server's).
+pub(super) fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(READ_BUFFER)
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), svc);
-    // Errors here are the peer's (reset, garbage before a request): nothing to answer.
-    let _ = watcher.watch(conn).await;
+        .keep_alive(true);
+    b
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -493,7 +498,7 @@ where
 
 /// A request id in UUID form without a system call per request: a random per-process base
 /// plus a counter (ids need to be unique, not unpredictable).
-fn request_id() -> String {
+pub(super) fn request_id() -> String {
     static BASE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());

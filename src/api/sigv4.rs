@@ -1620,4 +1620,86 @@ mod tests {
         push_normalized_value(&mut out, b"  a   b  c  ");
         assert_eq!(out, b"a b c");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn head_of(o: &Owned) -> Vec<(String, Vec<u8>)> {
+            o.headers.clone()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// Any Authorization text: an answer, never a panic.
+            #[test]
+            fn authorization_text_never_panics(s in "\\PC{0,400}") {
+                let _ = parse_authorization(&s);
+                let _ = parse_authorization(&format!("AWS4-HMAC-SHA256 {s}"));
+            }
+
+            /// A SignedHeaders list is accepted exactly when it is canonical.
+            #[test]
+            fn signed_header_lists_accepted_only_when_canonical(
+                names in proptest::collection::vec("[a-z0-9-]{1,10}", 1..80)
+            ) {
+                let joined = names.join(";");
+                let canonical = names.len() <= MAX_SIGNED_HEADERS
+                    && names.windows(2).all(|w| w[0] < w[1]);
+                prop_assert_eq!(parse_signed_headers(&joined).is_ok(), canonical);
+            }
+
+            /// Arbitrary headers and bodies: never a panic, never a pass.
+            #[test]
+            fn arbitrary_requests_never_verify(
+                headers in proptest::collection::vec(
+                    ("[A-Za-z-]{1,16}", proptest::collection::vec(any::<u8>(), 0..64)), 0..16),
+                auth in "\\PC{0,300}",
+                body in proptest::collection::vec(any::<u8>(), 0..128),
+            ) {
+                let mut h: Vec<(&str, &[u8])> =
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+                h.push(("authorization", auth.as_bytes()));
+                h.push(("x-amz-date", b"20240501T120000Z"));
+                let parts = RequestParts { method: "POST", path: "/", query: "", headers: &h, body: &body };
+                let r = Verifier::new(REGION, "kms").verify(&parts, &Store::one(AKID, SECRET), T0);
+                prop_assert!(r.is_err());
+            }
+
+            /// A genuinely signed request with its body changed in any way never verifies.
+            #[test]
+            fn changed_bodies_never_verify(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+                prop_assume!(body != BODY);
+                let mut req = valid();
+                req.body = body;
+                prop_assert_eq!(req.verify(), Err(AuthError::BadSignature));
+            }
+
+            /// Any signed header's value changed (beyond SigV4's whitespace folding) fails.
+            #[test]
+            fn changed_signed_values_never_verify(which in 0usize..4, byte in 33u8..127, at in 0usize..40) {
+                let req = valid();
+                let signed = ["content-type", "host", "x-amz-date", "x-amz-target"];
+                let name = signed[which];
+                let mut headers = head_of(&req);
+                let Some((_, v)) = headers.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+                    return Ok(());
+                };
+                let i = at % v.len().max(1);
+                prop_assume!(!v.is_empty() && v[i] != byte);
+                v[i] = byte;
+                let mut tampered = req.clone();
+                tampered.headers = headers;
+                prop_assert!(tampered.verify().is_err());
+            }
+
+            /// The canonicalisation helpers take any path and query.
+            #[test]
+            fn canonical_helpers_never_panic(path in "\\PC{0,200}", query in "\\PC{0,200}") {
+                let _ = uri_encode(normalize_uri_path(&path).as_bytes(), false);
+                let _ = canonical_query(&query);
+            }
+        }
+    }
 }

@@ -479,7 +479,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(state: &Path, log: &Path, bin: Option<&Path>) -> Result<Server> {
+    /// Starts `p11kms serve` (with `extra` arguments, e.g. `--http-floor`) on a free port.
+    fn start(state: &Path, log: &Path, bin: Option<&Path>, extra: &[&str]) -> Result<Server> {
         let exe = match bin {
             Some(b) => b.to_path_buf(),
             None => std::env::current_exe()
@@ -490,6 +491,7 @@ impl Server {
         let t0 = Instant::now();
         let mut child = Command::new(exe)
             .arg("serve")
+            .args(extra)
             .env("P11KMS_STATE_DIR", state)
             .env("P11KMS_LISTEN", "127.0.0.1:0")
             .env_remove("P11KMS_CONFIG")
@@ -626,7 +628,8 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
         vec![1]
     };
     let cells = Ceiling::ALL.len() * ceiling_threads.len()
-        + Op::ALL.len() * (lib_conc.len() + args.concurrency.len());
+        + Op::ALL.len() * (lib_conc.len() + args.concurrency.len())
+        + args.concurrency.len();
     let progress = Progress::new(cells as u64);
     let mut rows = Vec::new();
 
@@ -687,7 +690,7 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     // 3. End to end.
     progress.start("starting p11kms serve");
     let log = state.join("bench-server.log");
-    let server = Server::start(state, &log, args.server_bin.as_deref())?;
+    let server = Server::start(state, &log, args.server_bin.as_deref(), &[])?;
     progress.note(&format!(
         "p11kms serve (pid {}) listening on {} after {:.0} ms",
         server.pid(),
@@ -721,6 +724,36 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     let rss_peak = procfs::vm_kib(server.pid(), "VmHWM");
     let rss_now = procfs::vm_kib(server.pid(), "VmRSS");
     drop(server);
+
+    // 4. The HTTP floor: the same load against a server that answers without doing anything.
+    progress.start("starting the HTTP floor server");
+    let floor_log = state.join("bench-floor.log");
+    let floor = Server::start(
+        state,
+        &floor_log,
+        args.server_bin.as_deref(),
+        &["--http-floor"],
+    )?;
+    let floor_work = Arc::new(load::Workload::new(
+        Op::DataKeyWithoutPlaintext.name(),
+        wire_bodies(Op::DataKeyWithoutPlaintext, &key, &blobs),
+    ));
+    for &c in &args.concurrency {
+        progress.start(&format!("http floor c={c}"));
+        let target = load::Target {
+            addr: floor.addr,
+            signer: &signer,
+            server_pid: floor.pid(),
+            progress: &progress.count,
+        };
+        let r = load::run_cell(&target, &floor_work, c, warm, measure);
+        let mut row = cell_row("floor", Op::DataKeyWithoutPlaintext, c, r);
+        row.what = "fixed answer, no SigV4, no token".into();
+        row.ceiling = None;
+        progress.done(&row);
+        rows.push(row);
+    }
+    drop(floor);
     drop(progress);
     let load_after = procfs::loadavg();
 
@@ -943,11 +976,48 @@ fn render_main(
         mib(rss_now)
     );
 
-    // The targets of issue 5, checked mechanically.
+    // End to end against the floor: the HTTP floor of the same concurrency and the token
+    // ceiling together bound what a request can cost here (both run on the same cores), so
+    // the bound is their harmonic combination: 1 / (1/floor + 1/ceiling).
     let http = |op: Op, c: usize| {
         rows.iter()
             .find(|r| r.layer == "http" && r.what == op.label() && r.conc == c)
     };
+    let floor = |c: usize| rows.iter().find(|r| r.layer == "floor" && r.conc == c);
+    if rows.iter().any(|r| r.layer == "floor") {
+        let _ = writeln!(
+            out,
+            "\n#### End to end against the HTTP floor and the token ceiling\n"
+        );
+        let _ = writeln!(
+            out,
+            "| operation | conc. | ops/s | floor ops/s | × floor | ceiling ops/s | floor ⊕ ceiling | × (floor ⊕ ceiling) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows.iter().filter(|r| r.layer == "http") {
+            let (Some(f), Some(c)) = (floor(r.conc), r.ceiling.and_then(ceiling)) else {
+                continue;
+            };
+            let bound = 1.0 / (1.0 / f.rate().max(1e-9) + 1.0 / c.rate().max(1e-9));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
+                r.what,
+                r.conc,
+                r.rate(),
+                f.rate(),
+                r.rate() / f.rate().max(1e-9),
+                c.rate(),
+                bound,
+                r.rate() / bound
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nfloor ⊕ ceiling = 1 / (1/floor + 1/ceiling): a request costs at least the floor's \
+             HTTP work plus the ceiling's token work, on the same cores."
+        );
+    }
     let _ = writeln!(out, "\n#### Targets\n");
     for op in [Op::DataKeyWithoutPlaintext, Op::Decrypt] {
         if let (Some(r), Some(c)) = (http(op, 16), ceiling(op.ceiling())) {
@@ -979,6 +1049,20 @@ fn render_main(
             list.join(", "),
             if worst < 5.0 { "met" } else { "missed" }
         );
+    }
+    for op in Op::ALL {
+        if let (Some(r16), Some(r64)) = (http(op, 16), http(op, 64)) {
+            let ratio = r64.rate() / r16.rate().max(1e-9);
+            let _ = writeln!(
+                out,
+                "- {} at c=64 ≥ 0.9 × c=16: {:.0} vs {:.0} ops/s = {:.2}: **{}**",
+                op.name(),
+                r64.rate(),
+                r16.rate(),
+                ratio,
+                if ratio >= 0.9 { "met" } else { "missed" }
+            );
+        }
     }
     let e64: u64 = rows
         .iter()

@@ -168,6 +168,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
         state,
         &state.join("bench-scale-server.log"),
         args.server_bin.as_deref(),
+        &[],
     )?;
     f.startup = server.startup;
     // Idle upkeep once start-up work (the first orphan scan, seconds at 10,000 keys) is done.

@@ -235,4 +235,32 @@ mod tests {
         assert_ne!(h.aad(&c1), h2.aad(&c1));
         assert!(h.aad(&c1).starts_with(&h.encode()));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Any bytes: a blob, or InvalidCiphertextException; never a panic.
+            #[test]
+            fn arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..7000)) {
+                if let Err(e) = parse(&bytes) {
+                    prop_assert_eq!(e.aws_name(), "InvalidCiphertextException");
+                }
+            }
+
+            /// Every field of a parsed blob is what was encoded, whatever its values.
+            #[test]
+            fn round_trips(id in any::<[u8; 16]>(), version in any::<u32>(), nonce in any::<[u8; 32]>(),
+                           iv in any::<[u8; 12]>(), sealed in proptest::collection::vec(any::<u8>(), 17..200)) {
+                let h = Header { key_id: KeyId::from_bytes(id), key_version: version, kdf: Kdf::Sp800108CounterCmac, nonce, iv };
+                let bytes = h.assemble(&sealed);
+                let b = parse(&bytes).unwrap();
+                prop_assert_eq!(b.header, h);
+                prop_assert_eq!(b.sealed, &sealed[..]);
+            }
+        }
+    }
 }

@@ -141,4 +141,23 @@ mod tests {
         assert!(EncryptionContext::from_pairs(["novalue"]).is_err());
         assert!(EncryptionContext::from_pairs(["a=1", "a=2"]).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Any map: a context (whose canonical form is the same for the same map) or a
+            /// ValidationException.
+            #[test]
+            fn arbitrary_contexts(m in proptest::collection::btree_map("\\PC{0,20}", "\\PC{0,40}", 0..12)) {
+                match EncryptionContext::new(m.clone()) {
+                    Ok(c) => prop_assert_eq!(c.canonical(), EncryptionContext::new(m).unwrap().canonical()),
+                    Err(e) => prop_assert_eq!(e.aws_name(), "ValidationException"),
+                }
+            }
+        }
+    }
 }

@@ -282,4 +282,30 @@ mod tests {
         assert_eq!(id.to_string(), ID);
         assert_eq!(KeyId::from_bytes(*id.as_bytes()), id);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Any KeyId text: a reference or one of the documented errors; never a panic.
+            #[test]
+            fn arbitrary_key_ids(s in "\\PC{0,300}") {
+                let scope = ArnScope::new("us-east-2", "111122223333");
+                for forms in [Forms::Any, Forms::KeyOnly] {
+                    for text in [s.clone(), format!("alias/{s}"), format!("arn:aws:kms:us-east-2:111122223333:{s}")] {
+                        if let Err(e) = KeyRef::parse(&text, &scope, forms) {
+                            prop_assert!(matches!(
+                                e.aws_name(),
+                                "NotFoundException" | "ValidationException" | "InvalidAliasNameException"
+                            ), "{}", e.aws_name());
+                        }
+                    }
+                }
+                let _ = AliasName::parse(&s);
+            }
+        }
+    }
 }

@@ -361,4 +361,23 @@ mod tests {
         });
         assert_eq!(Record::decode(&a.encode()), Some(a));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Labels and values found in the token are anyone's: never a panic.
+            #[test]
+            fn arbitrary_labels_and_values(label in "\\PC{0,120}", value in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = RecordLabel::parse(&label);
+                let _ = RecordLabel::parse(&format!("p11kms:key:{label}"));
+                let _ = RecordLabel::parse(&format!("p11kms:alias:alias/{label}:0000000001:ab"));
+                let _ = Record::decode(&value);
+                let _ = parse_cmk_label(&format!("{CMK_LABEL_PREFIX}{label}"));
+            }
+        }
+    }
 }

@@ -233,3 +233,14 @@ pub fn cmk(
         other => panic!("CMK {id} v{version}: {other:?}"),
     }
 }
+
+/// Says, visibly even under the test harness's output capture, that a test was skipped and
+/// why (a capability this token lacks).
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test} on {:?}: {why}",
+        token_kind()
+    );
+}
