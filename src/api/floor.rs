@@ -1,4 +1,4 @@
-//! The HTTP floor of `p11kms bench`: a server with exactly `serve`'s runtime and connection
+//! The HTTP floor of `p11kms bench`: a server with `serve`'s runtime and connection
 //! settings that answers every request with a fixed KMS-shaped response, without SigV4, JSON
 //! or the token. What it achieves under the same load generator is the most any p11kms
 //! server can on that machine; the benchmark reports the real server against it.
@@ -40,9 +40,7 @@ async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Byt
 
 /// Serves the floor on `listen` until the process is killed; prints `listening on <addr>`.
 pub fn serve_http_floor(listen: &str) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores + 1)
         .enable_all()
         .thread_name("p11kms-floor")
         .build()

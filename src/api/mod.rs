@@ -156,11 +156,7 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
         config.metadata_refresh
     };
     Kms::spawn_maintenance(&kms, upkeep);
-    // One worker more than there are cores: token work runs inline on at most `workers - 1`
-    // of them (see server.rs), so one is always free for accept, timers and health checks.
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores + 1)
         .enable_all()
         .thread_name("p11kms-http")
         .build()

@@ -1,13 +1,16 @@
 //! HTTP/1.1 plumbing: accept loop, connection admission, TLS, routing, body limits, SigV4,
 //! and where token work runs.
 //!
-//! Token work never takes the whole async runtime: fast operations (tens of µs on a local
-//! token) run on a runtime worker, but at most `workers - 1` at a time, so one worker is
-//! always free to accept connections, answer `/healthz` and run timers even if the token
-//! stops answering; slow tokens and writing operations run on the blocking pool. Every token
-//! operation holds one of `pool size - 1` session permits (one session stays free for upkeep),
-//! so no request ever waits inside the token layer for a session. Waits for a permit are
-//! bounded and answered `DependencyTimeoutException`.
+//! Fast operations (tens of µs on a local token) run their token calls inline on the async
+//! runtime's workers: a hand-off to another thread costs more than the call. If the token
+//! stops answering, those workers are stuck, so the server does not depend on them to stay
+//! alive: a **control thread** of its own accepts every connection and watches a heartbeat
+//! that the main runtime ticks. While the heartbeat is fresh, connections are served on the
+//! main runtime; while it is stale (every worker stuck in a token call, or anything else
+//! that freezes it), the control thread serves new connections itself, never inline, so
+//! `/healthz` answers, `/readyz` says not ready and KMS requests wait (bounded) for the
+//! token. Every token operation holds one of `pool size − 1` session permits (one session
+//! stays free for upkeep), so no request ever waits inside the token layer for a session.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,9 +62,13 @@ const INLINE_MAX_NS: u64 = 250_000;
 /// An oversized body is read and discarded up to this much more, so the client (which is
 /// usually still sending) gets the 413 instead of a connection reset.
 const DISCARD_LIMIT: u64 = 1 << 20;
-/// A KMS request head is a few hundred bytes (a session token adds a few KB).
+/// A KMS request head is a few hundred bytes (a session token adds a few KB). (hyper's
+/// default of at most 100 headers stays: setting another count moves them to the heap.)
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+/// The main runtime ticks its heartbeat this often...
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(20);
+/// ...and is taken for stuck when the last tick is older than this.
+const STUCK_AFTER: Duration = Duration::from_millis(250);
 /// hyper's read buffer (heads must fit in [`MAX_HEAD_BYTES`] of it; bodies stream through).
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -77,14 +84,25 @@ struct State {
     /// Token operations in progress, wherever they run: at most one per session the pool
     /// can spare, so none ever waits inside the token layer.
     sessions: Arc<Semaphore>,
-    /// Fast operations running on runtime workers: fewer than there are workers.
-    inline: Option<Arc<Semaphore>>,
+    /// The main runtime's last heartbeat, in ms since `epoch`.
+    heartbeat: AtomicU64,
+    epoch: Instant,
     /// Moving average (ns) of how long the fast operations take, wherever they ran.
     fast_op_ns: AtomicU64,
     conns: Arc<Conns>,
 }
 
 impl State {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the main runtime has ticked recently (its workers are not all stuck).
+    fn main_runtime_alive(&self) -> bool {
+        let last = self.heartbeat.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < STUCK_AFTER.as_millis() as u64
+    }
+
     /// Records how long a fast operation took (exponential moving average, 1/16 weight).
     fn observe(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
@@ -131,10 +149,6 @@ where
         .blocking_limit
         .unwrap_or_else(|| session_permits(kms.token().pool_size()))
         .max(1);
-    // Fewer inline slots than workers: one worker always stays free for accept, timers and
-    // health checks. A runtime with one worker runs nothing inline.
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    let inline = (workers > 1).then(|| Arc::new(Semaphore::new((workers - 1).min(permits))));
     let tls = settings.tls.map(tokio_rustls::TlsAcceptor::from);
     let state = Arc::new(State {
         kms,
@@ -144,18 +158,120 @@ where
         max_body_bytes: settings.max_body_bytes,
         refresh_every_request: settings.refresh_every_request,
         sessions: Arc::new(Semaphore::new(permits)),
-        inline,
+        heartbeat: AtomicU64::new(0),
+        epoch: Instant::now(),
         fast_op_ns: AtomicU64::new(0),
         conns: Arc::new(Conns::new(
             settings.max_connections,
             settings.max_connections_per_source,
         )),
     });
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let main = tokio::runtime::Handle::current();
+    let graceful = Arc::new(GracefulShutdown::new());
+    let heartbeat = {
+        let state = Arc::clone(&state);
+        main.spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                state.heartbeat.store(state.now_ms(), Ordering::Relaxed);
+            }
+        })
+    };
+    let listener = listener
+        .into_std()
+        .map_err(|e| crate::KmsError::Io(format!("cannot hand the listener over: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let control = {
+        let (state, graceful, main) = (Arc::clone(&state), Arc::clone(&graceful), main.clone());
+        let signals = ControlSignals {
+            stop: stop_rx,
+            stopped: stopped_tx,
+            done: done_rx,
+        };
+        std::thread::Builder::new()
+            .name("p11kms-control".into())
+            .spawn(move || control_thread(state, listener, tls, main, graceful, signals))
+            .map_err(|e| crate::KmsError::Io(format!("cannot start the control thread: {e}")))?
+    };
+    shutdown.await;
+    let _ = stop_tx.send(());
+    // The control thread has stopped accepting and let go of the shutdown handle.
+    let _ = stopped_rx.await;
+    // Drain: connections on either runtime finish their requests (at most DRAIN_TIMEOUT).
+    if let Ok(g) = Arc::try_unwrap(graceful) {
+        if tokio::time::timeout(DRAIN_TIMEOUT, g.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("gave up waiting for in-flight requests after {DRAIN_TIMEOUT:?}");
+        }
+    }
+    heartbeat.abort();
+    let _ = done_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || control.join()).await;
+    Ok(())
+}
+
+/// How the main runtime stops the control thread: `stop` ends accepting; the thread answers
+/// on `stopped` once it has let go of the shutdown handle; `done` ends the drain.
+struct ControlSignals {
+    stop: tokio::sync::oneshot::Receiver<()>,
+    stopped: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The control thread: a one-thread runtime that accepts connections (never waiting for
+/// room), and serves them itself, without inline token work, while the main runtime is stuck.
+fn control_thread(
+    state: Arc<State>,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    main: tokio::runtime::Handle,
+    graceful: Arc<GracefulShutdown>,
+    signals: ControlSignals,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control runtime: not accepting");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the listener: not accepting");
+                return;
+            }
+        };
+        accept_loop(&state, &listener, tls, &main, &graceful, signals.stop).await;
+        drop(listener);
+        drop(graceful);
+        let _ = signals.stopped.send(());
+        // Keep driving this runtime's connections until the drain is over.
+        let _ = signals.done.await;
+    });
+}
+
+async fn accept_loop(
+    state: &Arc<State>,
+    listener: &TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    main: &tokio::runtime::Handle,
+    graceful: &GracefulShutdown,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            _ = &mut stop => return,
             r = listener.accept() => match r {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -176,18 +292,23 @@ where
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let state = Arc::clone(&state);
+        let state = Arc::clone(state);
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let on_main = state.main_runtime_alive();
+        let connection = async move {
             let conn = Arc::clone(&admitted.conn);
             let serve = async {
+                // Registered with the reactor of the runtime that serves it.
+                let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
+                    return;
+                };
                 match tls {
-                    None => serve_connection(stream, state, &conn, watcher).await,
+                    None => serve_connection(stream, state, &conn, watcher, on_main).await,
                     Some(acceptor) => {
                         if let Ok(Ok(s)) =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                         {
-                            serve_connection(s, state, &conn, watcher).await;
+                            serve_connection(s, state, &conn, watcher, on_main).await;
                         }
                     }
                 }
@@ -198,16 +319,13 @@ where
                 () = admitted.conn.closed() => {},
             }
             drop(admitted);
-        });
+        };
+        if on_main {
+            main.spawn(connection);
+        } else {
+            tokio::spawn(connection);
+        }
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("gave up waiting for in-flight requests after {DRAIN_TIMEOUT:?}");
-    }
-    Ok(())
 }
 
 /// Answers a connection that cannot be admitted (every connection is busy) without reading
@@ -229,8 +347,16 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     }
 }
 
-async fn serve_connection<I>(io: I, state: Arc<State>, conn: &Arc<Conn>, watcher: Watcher)
-where
+/// Serves one connection; `inline` says whether fast operations may run their token calls
+/// on this runtime's thread (the main runtime) or must go to the blocking pool (the control
+/// runtime, which must never be held up by the token).
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<State>,
+    conn: &Arc<Conn>,
+    watcher: Watcher,
+    inline: bool,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let c = Arc::clone(conn);
@@ -238,7 +364,7 @@ where
         let busy = c.request(&state.conns);
         let state = Arc::clone(&state);
         async move {
-            let r = handle(state, req).await;
+            let r = handle(state, req, inline).await;
             drop(busy);
             r
         }
@@ -255,14 +381,17 @@ pub(super) fn http1_builder() -> http1::Builder {
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(READ_BUFFER)
         .max_header_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     b
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    inline: bool,
+) -> Result<Response<Body>, Infallible> {
     let request_id = request_id();
-    let mut resp = match route(&state, req, &request_id).await {
+    let mut resp = match route(&state, req, &request_id, inline).await {
         Ok(r) => r,
         Err(e) => error_response(&e.for_client(&request_id)),
     };
@@ -276,10 +405,11 @@ async fn route(
     state: &Arc<State>,
     req: Request<Incoming>,
     request_id: &str,
+    inline: bool,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::POST, "/") => kms_request(state, req, request_id).await,
+        (&Method::POST, "/") => kms_request(state, req, request_id, inline).await,
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readiness(state).await),
         (_, "/") => {
@@ -314,7 +444,8 @@ async fn route(
 }
 
 /// Ready when the service can do work now: no token call has been stuck for seconds, the
-/// caches are not held, and a token session answers (through the session permits like any
+/// main runtime's workers are not all stuck, the caches are not held, and a token session
+/// answers (through the session permits like any
 /// token call, within [`READY_TIMEOUT`]).
 async fn readiness(state: &Arc<State>) -> Response<Body> {
     let unavailable = |why: String| {
@@ -332,6 +463,9 @@ async fn readiness(state: &Arc<State>) -> Response<Body> {
             "not ready: a token call has been running for {} s\n",
             d.as_secs()
         ));
+    }
+    if !state.main_runtime_alive() {
+        return unavailable("not ready: the server's workers are stuck\n".into());
     }
     if !state.kms.responsive() {
         return unavailable("not ready: the metadata caches are held\n".into());
@@ -358,6 +492,7 @@ async fn kms_request(
     state: &Arc<State>,
     req: Request<Incoming>,
     request_id: &str,
+    inline: bool,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, mut body) = req.into_parts();
     let declared = content_length(&parts.headers)?;
@@ -433,37 +568,30 @@ async fn kms_request(
         })
     };
     let fast = fast_op(op) && !state.refresh_every_request;
-    let inline = match &state.inline {
-        Some(slots) if fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS => {
-            Some(slots)
-        }
-        _ => None,
-    };
-    let outcome = match inline {
-        Some(slots) => {
+    let inline = inline && fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
+    let outcome = if inline {
+        // The wait for a permit is async (it holds no worker) and bounded; the token work then
+        // runs right here.
+        let session = match Arc::clone(&state.sessions).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => acquire(&state.sessions, QUEUE_TIMEOUT).await?,
+        };
+        let t0 = Instant::now();
+        let r = work();
+        drop(session);
+        state.observe(t0.elapsed());
+        r
+    } else {
+        let st = Arc::clone(state);
+        run_blocking(state, QUEUE_TIMEOUT, move || {
             let t0 = Instant::now();
-            // Both waits are async (they hold no worker) and bounded.
-            let slot = acquire(slots, QUEUE_TIMEOUT).await?;
-            let session =
-                acquire(&state.sessions, QUEUE_TIMEOUT.saturating_sub(t0.elapsed())).await?;
-            let t1 = Instant::now();
             let r = work();
-            drop((session, slot));
-            state.observe(t1.elapsed());
+            if fast {
+                st.observe(t0.elapsed());
+            }
             r
-        }
-        None => {
-            let st = Arc::clone(state);
-            run_blocking(state, QUEUE_TIMEOUT, move || {
-                let t0 = Instant::now();
-                let r = work();
-                if fast {
-                    st.observe(t0.elapsed());
-                }
-                r
-            })
-            .await?
-        }
+        })
+        .await?
     };
     outcome.map(reply_response)
 }

@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// under the same harness, ceiling and token).
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+    /// Only the end-to-end and floor rows (no ceiling, no library): for quick A/B runs of
+    /// server builds with --server-bin. Ratios to the ceiling are then not shown.
+    #[arg(long)]
+    pub http_only: bool,
 }
 
 /// Runs the benchmark (or the scale run) and writes the report.
@@ -627,14 +631,16 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     } else {
         vec![1]
     };
-    let cells = Ceiling::ALL.len() * ceiling_threads.len()
-        + Op::ALL.len() * (lib_conc.len() + args.concurrency.len())
-        + args.concurrency.len();
+    let cells = if args.http_only {
+        0
+    } else {
+        Ceiling::ALL.len() * ceiling_threads.len() + Op::ALL.len() * lib_conc.len()
+    } + (Op::ALL.len() + 1) * args.concurrency.len();
     let progress = Progress::new(cells as u64);
     let mut rows = Vec::new();
 
     // 1. The ceiling.
-    for c in Ceiling::ALL {
+    for c in Ceiling::ALL.into_iter().filter(|_| !args.http_only) {
         let op = ceiling_op(c)?;
         for &t in &ceiling_threads {
             progress.start(&format!("ceiling {} x{t}", c.label()));
@@ -675,7 +681,7 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
         .collect::<Result<_>>()?;
 
     // 2. The library.
-    for op in Op::ALL {
+    for op in Op::ALL.into_iter().filter(|_| !args.http_only) {
         for &t in &lib_conc {
             progress.start(&format!("library {} c={t}", op.name()));
             let r = threaded_cell(t, warm, measure, &progress.count, |n| {
@@ -728,12 +734,8 @@ fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     // 4. The HTTP floor: the same load against a server that answers without doing anything.
     progress.start("starting the HTTP floor server");
     let floor_log = state.join("bench-floor.log");
-    let floor = Server::start(
-        state,
-        &floor_log,
-        args.server_bin.as_deref(),
-        &["--http-floor"],
-    )?;
+    // Always this build's floor, also when --server-bin measures another server.
+    let floor = Server::start(state, &floor_log, None, &["--http-floor"])?;
     let floor_work = Arc::new(load::Workload::new(
         Op::DataKeyWithoutPlaintext.name(),
         wire_bodies(Op::DataKeyWithoutPlaintext, &key, &blobs),
