@@ -8,12 +8,10 @@
 //! address when a per-source limit is set.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use tokio::sync::Notify;
 
 use crate::sync;
 
@@ -25,8 +23,11 @@ pub(crate) struct Conn {
     busy: AtomicUsize,
     /// When it was accepted or last finished a request (ms since the registry started).
     last_active: AtomicU64,
-    /// Notified to make it close.
-    close: Notify,
+    /// A duplicate of the connection's socket, to close it from outside: `shutdown` on it
+    /// ends the connection wherever it is served, with nothing to poll on the request path
+    /// (and holding the duplicate means the descriptor number is never reused meanwhile).
+    socket: Option<TcpStream>,
+    evicted: AtomicBool,
 }
 
 impl Conn {
@@ -39,9 +40,18 @@ impl Conn {
         }
     }
 
-    /// Resolves when admission wants this connection closed.
-    pub(crate) async fn closed(&self) {
-        self.close.notified().await;
+    /// Closes the connection (reads and writes end at once).
+    fn close(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+        if let Some(s) = &self.socket {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Whether admission closed this connection to make room.
+    #[cfg(test)]
+    pub(crate) fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
     }
 }
 
@@ -122,9 +132,10 @@ impl Conns {
         sync::lock(&self.table).open.len()
     }
 
-    /// Admits a connection from `peer`, closing the longest-idle connection (of the same
-    /// source, when that source is at its own limit) to make room if needed. Never waits.
-    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
+    /// Admits a connection from `peer` (`socket`: a duplicate of its socket, to close it by),
+    /// closing the longest-idle connection (of the same source, when that source is at its
+    /// own limit) to make room if needed. Never waits.
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr, socket: Option<TcpStream>) -> Admission {
         let mut t = sync::lock(&self.table);
         let from_peer = t.per_source.get(&peer).copied().unwrap_or(0);
         let source_full = self.max_per_source.is_some_and(|m| from_peer >= m);
@@ -134,15 +145,15 @@ impl Conns {
                 .values()
                 .filter(|c| !source_full || c.peer == peer)
                 .filter(|c| c.busy.load(Ordering::Relaxed) == 0)
-                .min_by_key(|c| c.last_active.load(Ordering::Relaxed))
+                // Ties (same millisecond) go to the older connection.
+                .min_by_key(|c| (c.last_active.load(Ordering::Relaxed), c.id))
                 .map(|c| c.id);
             let Some(victim) = victim else {
                 return Admission::Refuse;
             };
-            // Out of the table now, so that a burst of arrivals picks distinct victims; it
-            // closes as soon as its task sees the notification.
+            // Out of the table now, so that a burst of arrivals picks distinct victims.
             if let Some(c) = t.open.remove(&victim) {
-                c.close.notify_one();
+                c.close();
                 if let Some(n) = t.per_source.get_mut(&c.peer) {
                     *n -= 1;
                     if *n == 0 {
@@ -157,7 +168,8 @@ impl Conns {
             peer,
             busy: AtomicUsize::new(0),
             last_active: AtomicU64::new(self.now_ms()),
-            close: Notify::new(),
+            socket,
+            evicted: AtomicBool::new(false),
         });
         t.open.insert(conn.id, Arc::clone(&conn));
         *t.per_source.entry(peer).or_default() += 1;
@@ -178,14 +190,14 @@ mod tests {
     }
 
     fn admit(c: &Arc<Conns>, peer: IpAddr) -> Option<Admitted> {
-        match c.admit(peer) {
+        match c.admit(peer, None) {
             Admission::Admit(a) => Some(a),
             Admission::Refuse => None,
         }
     }
 
-    #[tokio::test]
-    async fn the_longest_idle_connection_makes_room() {
+    #[test]
+    fn the_longest_idle_connection_makes_room() {
         let conns = Arc::new(Conns::new(3, None));
         let a = admit(&conns, ip(1)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -195,20 +207,37 @@ mod tests {
         let busy = b.conn.request(&conns);
         let d = admit(&conns, ip(3)).unwrap();
         assert_eq!(conns.len(), 3);
-        tokio::time::timeout(std::time::Duration::from_secs(1), a.conn.closed())
-            .await
-            .expect("a was told to close");
+        assert!(a.conn.evicted(), "a was closed");
+        assert!(!b.conn.evicted() && !c.conn.evicted());
         drop(a);
         assert_eq!(conns.len(), 3, "dropping a victim does not count twice");
         // c and d idle, b busy: the next arrival evicts c (older than d).
         let _e = admit(&conns, ip(4)).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), c.conn.closed())
-            .await
-            .expect("c was told to close");
+        assert!(c.conn.evicted(), "c was closed");
+        assert!(!d.conn.evicted());
         drop((c, d));
         drop(busy);
         drop(b);
         assert_eq!(conns.len(), 1);
+    }
+
+    #[test]
+    fn closing_shuts_the_socket_down() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (served, _) = l.accept().unwrap();
+        let conns = Arc::new(Conns::new(1, None));
+        let a = match conns.admit(ip(1), Some(served.try_clone().unwrap())) {
+            Admission::Admit(a) => a,
+            Admission::Refuse => unreachable!(),
+        };
+        let _b = admit(&conns, ip(2)).unwrap();
+        assert!(a.conn.evicted());
+        // The served side (what hyper reads from) sees the end at once.
+        let mut buf = [0u8; 1];
+        assert_eq!((&served).read(&mut buf).unwrap(), 0);
+        drop(client);
     }
 
     #[test]

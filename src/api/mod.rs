@@ -140,8 +140,9 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
     for name in config.secret_env_names() {
         crate::process::wipe_env(name);
     }
-    // Every connection is a descriptor: shed connections before the descriptor limit.
-    let fd_room = usize::try_from(hardened.open_files.saturating_sub(64)).unwrap_or(usize::MAX);
+    // Every connection takes two descriptors (its socket and the duplicate admission closes
+    // it by): shed connections before the descriptor limit.
+    let fd_room = usize::try_from(hardened.open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
     settings.max_connections = settings.max_connections.min(fd_room.max(16));
     eprintln!(
         "p11kms: {}; at most {} connections",

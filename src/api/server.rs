@@ -66,9 +66,9 @@ const DISCARD_LIMIT: u64 = 1 << 20;
 /// default of at most 100 headers stays: setting another count moves them to the heap.)
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// The main runtime ticks its heartbeat this often...
-const HEARTBEAT_EVERY: Duration = Duration::from_millis(20);
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 /// ...and is taken for stuck when the last tick is older than this.
-const STUCK_AFTER: Duration = Duration::from_millis(250);
+const STUCK_AFTER: Duration = Duration::from_millis(1000);
 /// hyper's read buffer (heads must fit in [`MAX_HEAD_BYTES`] of it; bodies stream through).
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -283,7 +283,13 @@ async fn accept_loop(
                 }
             },
         };
-        let admitted = match state.conns.admit(peer.ip()) {
+        // A duplicate of the socket lets admission close this connection later, wherever it
+        // is served (see `Conns`).
+        let dup = std::os::fd::AsFd::as_fd(&stream)
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from);
+        let admitted = match state.conns.admit(peer.ip(), dup) {
             Admission::Admit(a) => a,
             Admission::Refuse => {
                 tokio::spawn(refuse(stream, tls.is_none()));
@@ -296,27 +302,20 @@ async fn accept_loop(
         let tls = tls.clone();
         let on_main = state.main_runtime_alive();
         let connection = async move {
-            let conn = Arc::clone(&admitted.conn);
-            let serve = async {
-                // Registered with the reactor of the runtime that serves it.
-                let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
-                    return;
-                };
-                match tls {
-                    None => serve_connection(stream, state, &conn, watcher, on_main).await,
-                    Some(acceptor) => {
-                        if let Ok(Ok(s)) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            serve_connection(s, state, &conn, watcher, on_main).await;
-                        }
+            // Registered with the reactor of the runtime that serves it.
+            let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
+                return;
+            };
+            let conn = &admitted.conn;
+            match tls {
+                None => serve_connection(stream, state, conn, watcher, on_main).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        serve_connection(s, state, conn, watcher, on_main).await;
                     }
                 }
-            };
-            // Admission may close this connection to make room for another.
-            tokio::select! {
-                () = serve => {},
-                () = admitted.conn.closed() => {},
             }
             drop(admitted);
         };
@@ -369,7 +368,12 @@ async fn serve_connection<I>(
             r
         }
     });
-    let conn = http1_builder().serve_connection(TokioIo::new(io), svc);
+    let mut builder = http1_builder();
+    // A connection the control thread serves (the main runtime was stuck when it arrived)
+    // answers one request and closes, so that the client's next connection goes back to
+    // the main runtime once it has recovered.
+    builder.keep_alive(inline);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     // Errors here are the peer's (reset, garbage before a request): nothing to answer.
     let _ = watcher.watch(conn).await;
 }

@@ -381,41 +381,44 @@ fn parse_signed_headers(signed: &str) -> Result<Vec<&str>, AuthError> {
 /// every signed name must be present. `Content-Type` need not be signed (the AWS SDK for
 /// JavaScript v2 never signs it). Also bounds the canonical request before it is built.
 fn check_coverage(req: &RequestParts, signed: &[&str]) -> Result<(), AuthError> {
-    if !signed.contains(&"host") {
+    if signed.binary_search(&"host").is_err() {
         return Err(AuthError::Incomplete(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
     }
+    // One pass over the request's headers: `signed` is sorted lower case (checked), so each
+    // header is looked up by binary search, case-insensitively.
+    let mut present: u64 = 0;
     let mut size = req.method.len() + req.path.len() * 3 + req.query.len() * 3 + 200;
-    for name in signed {
-        let mut present = false;
-        for (n, v) in req.headers {
-            if n.eq_ignore_ascii_case(name) {
-                present = true;
-                size += name.len() + v.len() + 2;
+    for (n, v) in req.headers {
+        let found =
+            signed.binary_search_by(|s| s.bytes().cmp(n.bytes().map(|b| b.to_ascii_lowercase())));
+        match found {
+            Ok(i) => {
+                present |= 1 << i;
+                size += n.len() + v.len() + 2;
             }
+            Err(_) if n.len() > 6 && n.as_bytes()[..6].eq_ignore_ascii_case(b"x-amz-") => {
+                return Err(AuthError::Incomplete(format!(
+                    "The request signature does not cover the '{}' header: every x-amz-* header \
+                     must be signed",
+                    clip(&n.to_ascii_lowercase())
+                )));
+            }
+            Err(_) => {}
         }
-        if !present {
-            return Err(AuthError::Incomplete(format!(
-                "SignedHeaders names '{}', which the request does not have",
-                clip(name)
-            )));
-        }
+    }
+    // At most MAX_SIGNED_HEADERS (64) names, so the bit set holds them all.
+    if let Some(missing) = (0..signed.len()).find(|i| present & (1 << i) == 0) {
+        return Err(AuthError::Incomplete(format!(
+            "SignedHeaders names '{}', which the request does not have",
+            clip(signed[missing])
+        )));
     }
     if size > MAX_CANONICAL_REQUEST {
         return Err(AuthError::Incomplete(format!(
             "The signed headers are too large (over {MAX_CANONICAL_REQUEST} bytes)"
         )));
-    }
-    for (n, _) in req.headers {
-        let lower = n.to_ascii_lowercase();
-        if lower.starts_with("x-amz-") && !signed.contains(&lower.as_str()) {
-            return Err(AuthError::Incomplete(format!(
-                "The request signature does not cover the '{}' header: every x-amz-* header \
-                 must be signed",
-                clip(&lower)
-            )));
-        }
     }
     Ok(())
 }
