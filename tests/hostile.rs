@@ -414,20 +414,7 @@ fn a_planted_backing_key_is_never_used() {
     let _g = serial();
     let key = common::new_key();
     let s = plant::session();
-    let mut record = plant::key_record_json(&s, &key);
-    let created = record["versions"][0]["created"].clone();
-    record["current_version"] = 2.into();
-    record["versions"] = serde_json::json!([
-        {"version": 1, "created": created},
-        {"version": 2, "created": created},
-    ]);
-    let mut cid = uuid::Uuid::parse_str(&key)
-        .expect("uuid")
-        .as_bytes()
-        .to_vec();
-    cid.extend_from_slice(&2u32.to_be_bytes());
-    plant::plant_known_key(&s, &format!("p11kms:cmk:{key}:v2"), &cid, [0x42; 32]);
-    plant::replace_key_record(&s, &key, &serde_json::to_vec(&record).expect("json"));
+    plant::plant_current_version(&s, &key, [0x42; 32]);
 
     let fresh = common::fresh_kms();
     let e = fresh
@@ -444,12 +431,12 @@ fn a_planted_backing_key_is_never_used() {
 
     // Two objects under one label (one genuine, one planted) are refused as ambiguous.
     let k2 = common::new_key();
-    let mut cid2 = uuid::Uuid::parse_str(&k2)
-        .expect("uuid")
-        .as_bytes()
-        .to_vec();
-    cid2.extend_from_slice(&1u32.to_be_bytes());
-    plant::plant_known_key(&s, &format!("p11kms:cmk:{k2}:v1"), &cid2, [0x43; 32]);
+    plant::plant_known_key(
+        &s,
+        &format!("p11kms:cmk:{k2}:v1"),
+        &plant::cmk_id(&k2, 1),
+        [0x43; 32],
+    );
     let fresh = common::fresh_kms();
     let e = fresh
         .generate_data_key_without_plaintext(p11kms::kms::types::GenerateDataKeyRequest {
@@ -768,20 +755,7 @@ fn internal_failures_are_answered_generically() {
     // A key whose backing key is refused (see the planted-key test) fails on the server side.
     let key = common::new_key();
     let s = plant::session();
-    let mut record = plant::key_record_json(&s, &key);
-    let created = record["versions"][0]["created"].clone();
-    record["current_version"] = 2.into();
-    record["versions"] = serde_json::json!([
-        {"version": 1, "created": created},
-        {"version": 2, "created": created},
-    ]);
-    let mut cid = uuid::Uuid::parse_str(&key)
-        .expect("uuid")
-        .as_bytes()
-        .to_vec();
-    cid.extend_from_slice(&2u32.to_be_bytes());
-    plant::plant_known_key(&s, &format!("p11kms:cmk:{key}:v2"), &cid, [0x44; 32]);
-    plant::replace_key_record(&s, &key, &serde_json::to_vec(&record).expect("json"));
+    plant::plant_current_version(&s, &key, [0x44; 32]);
     let srv = server_process::start(&Options {
         credentials: vec![Cred::dev()],
         ..Options::default()

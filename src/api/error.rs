@@ -89,6 +89,19 @@ impl ApiError {
     }
 }
 
+/// At most `max` bytes of `s` (client-supplied text quoted in a message), cut on a character
+/// boundary, with `...` when cut.
+pub(crate) fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> ApiError {
         let status = match &e {

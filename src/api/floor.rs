@@ -6,6 +6,8 @@
 use std::convert::Infallible;
 use std::io::Write as _;
 
+use super::server::{http1_builder, request_id, AMZ_JSON};
+use crate::error::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -13,10 +15,6 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-
-use super::server::{http1_builder, request_id, AMZ_JSON};
-use crate::error::{KmsError, Result};
 
 /// The size of a GenerateDataKeyWithoutPlaintext answer (a 114-byte blob, base64, and an ARN).
 fn fixed_body() -> Bytes {
@@ -40,18 +38,8 @@ async fn answer(req: Request<Incoming>, body: Bytes) -> Result<Response<Full<Byt
 
 /// Serves the floor on `listen` until the process is killed; prints `listening on <addr>`.
 pub fn serve_http_floor(listen: &str) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("p11kms-floor")
-        .build()
-        .map_err(|e| KmsError::Io(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| KmsError::Config(format!("cannot listen on {listen}: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| KmsError::Io(format!("cannot read the bound address: {e}")))?;
+    super::server_runtime()?.block_on(async {
+        let (listener, addr) = super::bind(listen).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();

@@ -157,25 +157,36 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
         config.metadata_refresh
     };
     Kms::spawn_maintenance(&kms, upkeep);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("p11kms-http")
-        .build()
-        .map_err(|e| KmsError::Io(format!("cannot start the async runtime: {e}")))?;
+    let runtime = server_runtime()?;
     let listen = listen_override.unwrap_or(&config.server.listen);
     runtime.block_on(async {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| KmsError::Config(format!("cannot listen on {listen}: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| KmsError::Io(format!("cannot read the bound address: {e}")))?;
+        let (listener, addr) = bind(listen).await?;
         print_banner(config, &settings, addr);
         run(kms, settings, listener, shutdown_signal()).await
     })?;
     // Blocking tasks still finishing after the drain timeout are not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The async runtime `serve` (and the benchmark's floor server) runs on.
+fn server_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("p11kms-http")
+        .build()
+        .map_err(|e| KmsError::Io(format!("cannot start the async runtime: {e}")))
+}
+
+/// Binds `listen`; returns the listener and the address it got.
+async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| KmsError::Config(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| KmsError::Io(format!("cannot read the bound address: {e}")))?;
+    Ok((listener, addr))
 }
 
 /// States on stderr, one line per operation, which PKCS#11 path it takes and where its

@@ -443,16 +443,9 @@ fn json<T: Serialize>(r: Result<T>) -> Result<Reply, ApiError> {
     Ok(Reply::Json(buf))
 }
 
-/// At most [`MAX_MESSAGE`] bytes, cut on a character boundary.
+/// At most [`MAX_MESSAGE`] bytes of a client-supplied text.
 fn clip(s: &str) -> String {
-    if s.len() <= MAX_MESSAGE {
-        return s.to_owned();
-    }
-    let mut end = MAX_MESSAGE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    super::error::clip_to(s, MAX_MESSAGE)
 }
 
 #[cfg(test)]

@@ -423,17 +423,9 @@ fn check_coverage(req: &RequestParts, signed: &[&str]) -> Result<(), AuthError> 
     Ok(())
 }
 
-/// At most 200 bytes of a client-supplied value in a message, cut on a character boundary.
+/// At most 200 bytes of a client-supplied value in a message.
 fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    super::error::clip_to(s, 200)
 }
 
 /// A request whose head passed [`Verifier::check_head`]; [`HeadChecked::finish`] checks the

@@ -659,24 +659,14 @@ impl Kms {
     ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
         let target = self.alias_target(req.target_key_id)?;
-        let mut moved = false;
-        let r = self.store.put_alias(&name, |snap, current| {
-            let current = current.ok_or_else(|| self.alias_not_found(&name))?;
-            if expected.is_some_and(|e| current.target != Some(e)) {
-                moved = true;
-                return Err(self.alias_not_found(&name));
-            }
+        self.change_alias(&name, expected, |snap, current| {
             self.check_alias_target(snap, target)?;
             Ok(AliasRecord {
                 target: Some(target),
                 updated_ms: now_ms(),
                 ..current.clone()
             })
-        });
-        match r {
-            Err(_) if moved => Ok(false),
-            r => r.map(|()| true),
-        }
+        })
     }
 
     pub fn delete_alias(&self, req: AliasRequest) -> Result<()> {
@@ -691,18 +681,31 @@ impl Kms {
         expected: Option<KeyId>,
     ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
-        let mut moved = false;
-        let r = self.store.put_alias(&name, |_, current| {
-            let current = current.ok_or_else(|| self.alias_not_found(&name))?;
-            if expected.is_some_and(|e| current.target != Some(e)) {
-                moved = true;
-                return Err(self.alias_not_found(&name));
-            }
+        self.change_alias(&name, expected, |_, current| {
             Ok(AliasRecord {
                 target: None,
                 updated_ms: now_ms(),
                 ..current.clone()
             })
+        })
+    }
+
+    /// Rewrites an existing alias as `make` says, if it still points at `expected` (when
+    /// given); `Ok(false)` when it has moved (nothing written).
+    fn change_alias(
+        &self,
+        name: &AliasName,
+        expected: Option<KeyId>,
+        make: impl FnOnce(&super::store::Snapshot, &AliasRecord) -> Result<AliasRecord>,
+    ) -> Result<bool> {
+        let mut moved = false;
+        let r = self.store.put_alias(name, |snap, current| {
+            let current = current.ok_or_else(|| self.alias_not_found(name))?;
+            if expected.is_some_and(|e| current.target != Some(e)) {
+                moved = true;
+                return Err(self.alias_not_found(name));
+            }
+            make(snap, current)
         });
         match r {
             Err(_) if moved => Ok(false),

@@ -188,3 +188,24 @@ pub fn announce(s: &Session) {
             .expect("relabel the generation object");
     }
 }
+
+/// `CKA_ID` of key `id`'s backing key `version`, as p11kms writes it.
+pub fn cmk_id(id: &str, version: u32) -> Vec<u8> {
+    let mut cid = uuid::Uuid::parse_str(id).expect("uuid").as_bytes().to_vec();
+    cid.extend_from_slice(&version.to_be_bytes());
+    cid
+}
+
+/// The attack on a key: a known-value key planted as its backing version 2, and a newer
+/// record that makes version 2 current.
+pub fn plant_current_version(s: &Session, key: &str, value: [u8; 32]) {
+    let mut record = key_record_json(s, key);
+    let created = record["versions"][0]["created"].clone();
+    record["current_version"] = 2.into();
+    record["versions"] = serde_json::json!([
+        {"version": 1, "created": created},
+        {"version": 2, "created": created},
+    ]);
+    plant_known_key(s, &format!("p11kms:cmk:{key}:v2"), &cmk_id(key, 2), value);
+    replace_key_record(s, key, &serde_json::to_vec(&record).expect("json"));
+}
