@@ -637,7 +637,12 @@ fn token_init_configured(config: &Config, so_pin_file: &Path, out: &Out) -> Resu
     let user_pin = config.token.pin.read()?;
     // The module reads its environment (KRYOPTIC_CONF, SOFTHSM2_CONF) in C_Initialize.
     config.token.export_env();
-    let token_created = crate::hsm::init_token(&config.token.module, label, &so_pin, &user_pin)?;
+    let token_created = crate::hsm::init_token(
+        &config.token.module,
+        label,
+        so_pin.expose(),
+        user_pin.expose(),
+    )?;
     let outcome = crate::setup::InitOutcome {
         files_created: false,
         token_created,

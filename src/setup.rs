@@ -27,7 +27,12 @@ pub fn init_embedded(state_dir: &Path) -> Result<InitOutcome> {
     let module = find_softhsm_module()?;
     let so_pin = crate::config::SecretSource::File(embedded.so_pin_path()).read()?;
     let user_pin = crate::config::SecretSource::File(embedded.pin_path()).read()?;
-    let token_created = hsm::init_token(&module, EmbeddedToken::LABEL, &so_pin, &user_pin)?;
+    let token_created = hsm::init_token(
+        &module,
+        EmbeddedToken::LABEL,
+        so_pin.expose(),
+        user_pin.expose(),
+    )?;
     // Takes the copy of the new token's file.
     repair_embedded(state_dir)?;
     Ok(InitOutcome {

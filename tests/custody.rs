@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TokenKind;
-use p11kms::config::SealingPolicy;
+
 use p11kms::hsm::{ExposedDerivation, Token};
 use p11kms::kms::types::*;
-use p11kms::kms::{EpochPolicy, Kms, SealingPath};
+use p11kms::kms::{Kms, SealingPath, SealingPolicy, Settings};
 
 const GCM_IV: u64 = 12;
 
@@ -23,11 +23,12 @@ const GCM_IV: u64 = 12;
 /// only what this test does.
 fn service(sealing: SealingPolicy) -> (Kms, Arc<Token>) {
     let token = common::fresh_token(2);
-    let kms = Kms::with_sealing(
+    let kms = Kms::new(
         Arc::clone(&token),
-        common::kms().scope().clone(),
-        EpochPolicy::default(),
-        sealing,
+        Settings {
+            sealing,
+            ..Settings::new(common::kms().scope().clone())
+        },
     )
     .expect("open service");
     (kms, token)
@@ -151,11 +152,12 @@ fn blobs_cross_between_the_two_paths() {
     assert_eq!(host.sealing_path(), SealingPath::Host);
     if common::token_kind() == TokenKind::SoftHsm {
         // No second path to cross to: asking for it is refused, naming what is missing.
-        let e = Kms::with_sealing(
+        let e = Kms::new(
             common::fresh_token(1),
-            common::kms().scope().clone(),
-            EpochPolicy::default(),
-            SealingPolicy::Token,
+            Settings {
+                sealing: SealingPolicy::Token,
+                ..Settings::new(common::kms().scope().clone())
+            },
         )
         .err()
         .expect("sealing = token on SoftHSM");

@@ -725,20 +725,15 @@ fn dry_run_changes_nothing() {
 fn epoch_keys_are_reused_within_their_bound_and_rotated_after() {
     use std::sync::Arc;
     // A second service over the same token with a tiny epoch bound.
-    let f = common::fixture();
-    let pin = f.config.token.pin.read().unwrap();
-    let token = p11kms::hsm::Token::open(p11kms::hsm::TokenParams {
-        module: &f.config.token.module,
-        selector: &f.config.token.selector,
-        pin: &pin,
-        sessions: 2,
-    })
-    .unwrap();
-    let policy = p11kms::kms::EpochPolicy {
-        max_uses: 3,
-        ..Default::default()
+    let token = common::fresh_token(2);
+    let settings = p11kms::kms::Settings {
+        epochs: p11kms::kms::EpochPolicy {
+            max_uses: 3,
+            ..Default::default()
+        },
+        ..p11kms::kms::Settings::new(kms().scope().clone())
     };
-    let small = p11kms::kms::Kms::new(Arc::new(token), kms().scope().clone(), policy).unwrap();
+    let small = p11kms::kms::Kms::new(Arc::clone(&token), settings).unwrap();
     let key = common::new_key();
     small.refresh().unwrap();
     let nonces: Vec<Vec<u8>> = (0..7)

@@ -14,15 +14,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
-use cryptoki::types::Ulong;
 
-use super::{HsmError, Token, GCM_IV_LEN, GCM_TAG_LEN};
-use crate::error::{KmsError, Result};
+use super::aead::gcm_params;
+use super::templates::{KeyTemplate, Usages};
+use super::{HsmError, Result, Token, GCM_IV_LEN};
 
 /// One kind of request, as token calls.
 #[derive(Debug, Clone)]
@@ -44,67 +43,39 @@ pub struct CeilingResult {
     pub latencies_ns: Vec<u64>,
 }
 
-fn hsm(e: cryptoki::error::Error) -> KmsError {
-    HsmError::from(e).into()
-}
-
 /// Sensitive, non-extractable session keys: a derive-only base and a GCM key derived from it.
 fn derived_key(s: &Session) -> Result<(ObjectHandle, ObjectHandle)> {
-    let base = s
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(Ulong::new(32)),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Derive(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-            ],
-        )
-        .map_err(hsm)?;
+    let base = s.generate_key(
+        &Mechanism::AesKeyGen,
+        &KeyTemplate::aes256().usages(Usages::DERIVE).build(),
+    )?;
     let nonce = [7u8; 32];
     let mech = Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([0u8; 16], &nonce));
-    let key = s
-        .derive_key(
-            &mech,
-            base,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(Ulong::new(32)),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-            ],
-        )
-        .map_err(hsm)?;
+    let key = s.derive_key(
+        &mech,
+        base,
+        &KeyTemplate::aes256()
+            .usages(Usages::ENCRYPT_DECRYPT)
+            .build(),
+    )?;
     Ok((base, key))
 }
 
+fn iv_of(iv: &[u8]) -> Result<[u8; GCM_IV_LEN]> {
+    iv.try_into()
+        .map_err(|_| HsmError::Misbehaved("IV length".into()))
+}
+
 fn seal(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>> {
-    let mut iv: [u8; GCM_IV_LEN] = iv
-        .try_into()
-        .map_err(|_| KmsError::Internal("IV length".into()))?;
-    let params = GcmParams::new(&mut iv, aad, Ulong::new((GCM_TAG_LEN * 8) as _))
-        .map_err(|e| KmsError::Internal(format!("GCM parameters: {e}")))?;
-    s.encrypt(&Mechanism::AesGcm(params), key, pt).map_err(hsm)
+    let mut iv = iv_of(iv)?;
+    let params = gcm_params(&mut iv, aad)?;
+    Ok(s.encrypt(&Mechanism::AesGcm(params), key, pt)?)
 }
 
 fn open(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], ct: &[u8]) -> Result<Vec<u8>> {
-    let mut iv: [u8; GCM_IV_LEN] = iv
-        .try_into()
-        .map_err(|_| KmsError::Internal("IV length".into()))?;
-    let params = GcmParams::new(&mut iv, aad, Ulong::new((GCM_TAG_LEN * 8) as _))
-        .map_err(|e| KmsError::Internal(format!("GCM parameters: {e}")))?;
-    s.decrypt(&Mechanism::AesGcm(params), key, ct).map_err(hsm)
+    let mut iv = iv_of(iv)?;
+    let params = gcm_params(&mut iv, aad)?;
+    Ok(s.decrypt(&Mechanism::AesGcm(params), key, ct)?)
 }
 
 /// One iteration of `op` on `s`. `sealed` is the input of a Decrypt.
@@ -117,14 +88,13 @@ fn once(
 ) -> Result<()> {
     match op {
         CeilingOp::DataKey { key_len, aad } => {
-            s.generate_random_slice(&mut buf[..key_len + GCM_IV_LEN])
-                .map_err(hsm)?;
+            s.generate_random_slice(&mut buf[..key_len + GCM_IV_LEN])?;
             let (k, iv) = buf[..key_len + GCM_IV_LEN].split_at(*key_len);
             seal(s, key, iv, aad, k)?;
         }
         CeilingOp::Encrypt { plaintext_len, aad } => {
             let (iv, pt) = buf.split_at_mut(GCM_IV_LEN);
-            s.generate_random_slice(iv).map_err(hsm)?;
+            s.generate_random_slice(iv)?;
             seal(s, key, iv, aad, &pt[..*plaintext_len])?;
         }
         CeilingOp::Decrypt { aad, .. } => {
@@ -161,7 +131,7 @@ impl Token {
         let sealed = {
             let s = self.inner.pool.get()?;
             let mut iv = [0u8; GCM_IV_LEN];
-            s.generate_random_slice(&mut iv).map_err(hsm)?;
+            s.generate_random_slice(&mut iv)?;
             let aad = match op {
                 CeilingOp::DataKey { aad, .. }
                 | CeilingOp::Encrypt { aad, .. }
@@ -198,7 +168,7 @@ impl Token {
             for w in workers {
                 let (n, lat) = w
                     .join()
-                    .map_err(|_| KmsError::Internal("ceiling thread panicked".into()))??;
+                    .map_err(|_| HsmError::Misbehaved("ceiling thread panicked".into()))??;
                 ops += n;
                 latencies_ns.extend(lat);
             }

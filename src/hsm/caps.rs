@@ -8,7 +8,7 @@ use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 use serde::Serialize;
 
-use crate::error::{KmsError, Result};
+use super::{HsmError, Result};
 
 /// How an epoch key is derived from a CMK inside the token. The number is stored in every
 /// ciphertext blob and in each key's metadata, so it must never change meaning.
@@ -173,7 +173,7 @@ impl Capabilities {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(KmsError::Config(format!(
+            Err(HsmError::Unusable(format!(
                 "the token lacks what p11kms requires: {}",
                 missing.join(", ")
             )))
@@ -203,14 +203,14 @@ fn ask(ctx: &Pkcs11, slot: Slot, name: &'static str, ty: MechanismType) -> Mecha
 pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
     let token = ctx
         .get_token_info(slot)
-        .map_err(|e| KmsError::Config(format!("C_GetTokenInfo failed: {e}")))?;
+        .map_err(|e| HsmError::Unusable(format!("C_GetTokenInfo failed: {e}")))?;
     let aes_cbc_encrypt_data = ask(
         ctx,
         slot,
         "CKM_AES_CBC_ENCRYPT_DATA",
         MechanismType::AES_CBC_ENCRYPT_DATA,
     );
-    // Listed by the flags; `keys::probe_kdfs` keeps those that really derive.
+    // Listed by the flags; `probe::probe_kdfs` keeps those that really derive.
     let mut kdfs = Vec::new();
     if aes_cbc_encrypt_data.derive {
         kdfs.push(Kdf::AesCbcEncryptData);

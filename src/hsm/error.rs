@@ -1,11 +1,9 @@
-//! Classifies PKCS#11 return values into the few cases p11kms reacts to differently, then
-//! converts them into the crate's one error enum.
+//! The token layer's own errors: what a PKCS#11 call answered, classified into the few cases
+//! p11kms reacts to differently. Nothing here names an AWS exception; `kms` maps these once.
 
 use std::fmt;
 
 use cryptoki::error::{Error as CkError, RvError};
-
-use crate::error::KmsError;
 
 /// How one token's return codes must be read where the tokens we target disagree. Chosen at
 /// open from the module's manufacturer: neither case can be provoked cheaply at start-up
@@ -38,44 +36,57 @@ impl Default for Quirks {
     }
 }
 
-/// What a failed AES-GCM open means (see [`HsmError::gcm_open_failure`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GcmFailure {
-    /// The tag did not verify: the ciphertext, its AAD or the key is wrong.
-    Authentication,
-    /// The code is used both for a failed tag and for token failures: check the token.
-    Ambiguous,
-    /// The token failed.
-    Token,
+/// Everything the token layer can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HsmError {
+    /// A `C_*` call returned an error (its return code and how to read it).
+    Call(CallError),
+    /// No pool session became free in time.
+    Busy,
+    /// The module or the token cannot be used as configured (module missing, no such token,
+    /// login refused, a required mechanism lacking): the operator's to fix. Never carries a
+    /// PIN.
+    Unusable(String),
+    /// An AES-GCM open did not authenticate: wrong key, tag, AAD, or truncated input.
+    AuthenticationFailed,
+    /// The token answered something p11kms must not accept (it replaced the caller's IV, or
+    /// sealed into the wrong number of bytes).
+    Misbehaved(String),
 }
 
-/// A PKCS#11 failure, classified. Converted into [`KmsError`] at the edge of `hsm`.
-#[derive(Debug, Clone)]
-pub struct HsmError {
+/// One failed PKCS#11 call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
     rv: Option<RvError>,
     text: String,
+    /// Worth another try, as this token's [`Quirks`] read the code.
+    transient: bool,
 }
+
+/// The token layer's result.
+pub type Result<T, E = HsmError> = std::result::Result<T, E>;
 
 impl From<CkError> for HsmError {
     fn from(e: CkError) -> Self {
-        HsmError::from(&e)
+        HsmError::Call(CallError::from(&e))
     }
 }
 
-impl From<&CkError> for HsmError {
+impl From<&CkError> for CallError {
     fn from(e: &CkError) -> Self {
         let rv = match e {
             CkError::Pkcs11(rv, _) => Some(*rv),
             _ => None,
         };
-        HsmError {
+        CallError {
             rv,
             text: e.to_string(),
+            transient: false,
         }
     }
 }
 
-impl fmt::Display for HsmError {
+impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.rv {
             Some(rv) => write!(f, "{rv:?}"),
@@ -84,7 +95,48 @@ impl fmt::Display for HsmError {
     }
 }
 
-impl HsmError {
+impl fmt::Display for HsmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HsmError::Call(c) => write!(f, "the token failed ({c})"),
+            HsmError::Busy => f.write_str("no token session became free in time"),
+            HsmError::Unusable(m) | HsmError::Misbehaved(m) => f.write_str(m),
+            HsmError::AuthenticationFailed => f.write_str("AES-GCM authentication failed"),
+        }
+    }
+}
+
+impl std::error::Error for HsmError {}
+
+impl CallError {
+    /// The return code's name (e.g. `CKR_DEVICE_ERROR` as `DeviceError`), for reports.
+    pub fn code(&self) -> String {
+        self.to_string()
+    }
+
+    /// Worth another try (a torn read on SoftHSM, Kryoptic's busy sqlite).
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// Reads the code with this token's quirks: marks transient codes, and on a token whose
+    /// stale handles come back as `CKR_GENERAL_ERROR` (Kryoptic, after another process
+    /// destroyed the object) turns that code into `CKR_OBJECT_HANDLE_INVALID` when `on_handle`
+    /// (a call whose one object is a handle), so callers test [`Self::is_stale_handle`] alone.
+    pub(crate) fn read_with(mut self, quirks: Quirks, on_handle: bool) -> CallError {
+        if on_handle && quirks.general_error_stale_handle && self.rv == Some(RvError::GeneralError)
+        {
+            self.rv = Some(RvError::ObjectHandleInvalid);
+            self.text = format!("{} (read as a stale handle)", self.text);
+        }
+        self.transient = match self.rv {
+            Some(RvError::DeviceMemory) | Some(RvError::SessionCount) => true,
+            Some(RvError::GeneralError) => quirks.general_error_transient,
+            _ => false,
+        };
+        self
+    }
+
     /// The object handle no longer names an object (another process destroyed it, or the
     /// token was re-opened): look the object up again.
     pub fn is_stale_handle(&self) -> bool {
@@ -114,6 +166,37 @@ impl HsmError {
         )
     }
 
+    /// What SoftHSM answers when it read its token file while another process rewrote it.
+    pub(crate) fn is_torn_read(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::GeneralError) | Some(RvError::UserPinNotInitialized)
+        )
+    }
+
+    pub(crate) fn is_already_initialized(&self) -> bool {
+        matches!(self.rv, Some(RvError::CryptokiAlreadyInitialized))
+    }
+
+    pub(crate) fn is_already_logged_in(&self) -> bool {
+        matches!(self.rv, Some(RvError::UserAlreadyLoggedIn))
+    }
+
+    /// The token or its session is not there (removed, closed, logged out, not initialised).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::DeviceError)
+                | Some(RvError::DeviceRemoved)
+                | Some(RvError::TokenNotPresent)
+                | Some(RvError::TokenNotRecognized)
+                | Some(RvError::SessionClosed)
+                | Some(RvError::SessionHandleInvalid)
+                | Some(RvError::UserNotLoggedIn)
+                | Some(RvError::CryptokiNotInitialized)
+        )
+    }
+
     /// Why a GCM open failed, as far as the code tells. Kryoptic reports a failed tag as
     /// `CKR_ENCRYPTED_DATA_INVALID` (short input: `_LEN_RANGE`); SoftHSM as
     /// `CKR_GENERAL_ERROR`, the code it also uses for its own failures, so on SoftHSM that
@@ -131,91 +214,58 @@ impl HsmError {
             _ => GcmFailure::Token,
         }
     }
+}
 
-    /// What SoftHSM answers when it read its token file while another process rewrote it.
-    pub fn is_torn_read(&self) -> bool {
-        matches!(
-            self.rv,
-            Some(RvError::GeneralError) | Some(RvError::UserPinNotInitialized)
-        )
-    }
-
-    pub fn is_already_initialized(&self) -> bool {
-        matches!(self.rv, Some(RvError::CryptokiAlreadyInitialized))
-    }
-
-    pub fn is_already_logged_in(&self) -> bool {
-        matches!(self.rv, Some(RvError::UserAlreadyLoggedIn))
-    }
-
-    /// Transient contention on the token's storage, worth another try: Kryoptic's sqlite
-    /// under concurrent writers (`CKR_DEVICE_MEMORY`), and, where [`Quirks`] says so, SoftHSM
-    /// reading its token file while another process or thread rewrites it
-    /// (`CKR_GENERAL_ERROR`). Never used for GCM opens, where SoftHSM's `CKR_GENERAL_ERROR`
-    /// means a failed tag.
-    pub(crate) fn is_transient_on(&self, quirks: Quirks) -> bool {
-        match self.rv {
-            Some(RvError::DeviceMemory) | Some(RvError::SessionCount) => true,
-            Some(RvError::GeneralError) => quirks.general_error_transient,
-            _ => false,
+impl HsmError {
+    /// The failed call, if this is one.
+    pub fn call(&self) -> Option<&CallError> {
+        match self {
+            HsmError::Call(c) => Some(c),
+            _ => None,
         }
     }
 
-    /// Reads the answer to a call on an object handle: on a token whose stale handles come
-    /// back as `CKR_GENERAL_ERROR` (Kryoptic, after another process destroyed the object),
-    /// that code becomes `CKR_OBJECT_HANDLE_INVALID`, so callers test [`Self::is_stale_handle`]
-    /// alone. Only for calls whose one object is the handle (get/set/destroy/derive-from).
-    pub(crate) fn on_handle(self, quirks: Quirks) -> HsmError {
-        if quirks.general_error_stale_handle && self.rv == Some(RvError::GeneralError) {
-            HsmError {
-                rv: Some(RvError::ObjectHandleInvalid),
-                text: format!("{} (read as a stale handle)", self.text),
-            }
-        } else {
-            self
-        }
+    /// See [`CallError::is_stale_handle`].
+    pub fn is_stale_handle(&self) -> bool {
+        self.call().is_some_and(CallError::is_stale_handle)
     }
 
-    /// The raw return value, for reports (e.g. what a token answered to a probe).
-    pub fn code(&self) -> String {
-        self.to_string()
+    /// See [`CallError::is_not_permitted`].
+    pub fn is_not_permitted(&self) -> bool {
+        self.call().is_some_and(CallError::is_not_permitted)
     }
 
-    fn is_unavailable(&self) -> bool {
-        matches!(
-            self.rv,
-            Some(RvError::DeviceError)
-                | Some(RvError::DeviceRemoved)
-                | Some(RvError::TokenNotPresent)
-                | Some(RvError::TokenNotRecognized)
-                | Some(RvError::SessionClosed)
-                | Some(RvError::SessionHandleInvalid)
-                | Some(RvError::UserNotLoggedIn)
-                | Some(RvError::CryptokiNotInitialized)
-        )
+    /// See [`CallError::is_template_refused`].
+    pub fn is_template_refused(&self) -> bool {
+        self.call().is_some_and(CallError::is_template_refused)
+    }
+
+    /// See [`CallError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        self.call().is_some_and(CallError::is_transient)
     }
 }
 
-impl From<HsmError> for KmsError {
-    fn from(e: HsmError) -> Self {
-        if e.is_unavailable() || e.is_not_permitted() || e.is_stale_handle() {
-            KmsError::KeyUnavailable(format!(
-                "the key is not usable in the token right now ({e})"
-            ))
-        } else {
-            KmsError::Internal(format!("the token failed ({e})"))
-        }
-    }
+/// What a failed AES-GCM open means (see [`CallError::gcm_open_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GcmFailure {
+    /// The tag did not verify: the ciphertext, its AAD or the key is wrong.
+    Authentication,
+    /// The code is used both for a failed tag and for token failures: check the token.
+    Ambiguous,
+    /// The token failed.
+    Token,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rv(rv: RvError) -> HsmError {
-        HsmError {
+    fn rv(rv: RvError) -> CallError {
+        CallError {
             rv: Some(rv),
             text: format!("{rv:?}"),
+            transient: false,
         }
     }
 
@@ -234,8 +284,6 @@ mod tests {
                 RvError::FunctionFailed,
             ] {
                 assert_eq!(rv(code).gcm_open_failure(q), GcmFailure::Token, "{code:?}");
-                let e = KmsError::from(rv(code));
-                assert!(!e.is_client_error(), "{code:?} → {}", e.aws_name());
             }
             assert_eq!(
                 rv(RvError::EncryptedDataInvalid).gcm_open_failure(q),
@@ -251,5 +299,23 @@ mod tests {
             rv(RvError::GeneralError).gcm_open_failure(softhsm),
             GcmFailure::Ambiguous
         );
+    }
+
+    #[test]
+    fn codes_are_read_with_the_tokens_quirks() {
+        let softhsm = Quirks::for_library("SoftHSM", "");
+        let kryoptic = Quirks::for_library("Kryoptic", "");
+        let general = || rv(RvError::GeneralError);
+        assert!(general().read_with(softhsm, true).is_transient());
+        assert!(!general().read_with(softhsm, true).is_stale_handle());
+        let k = general().read_with(kryoptic, true);
+        assert!(k.is_stale_handle() && !k.is_transient());
+        assert!(!general().read_with(kryoptic, false).is_stale_handle());
+        assert!(rv(RvError::DeviceMemory)
+            .read_with(kryoptic, false)
+            .is_transient());
+        assert!(!rv(RvError::DeviceError)
+            .read_with(softhsm, false)
+            .is_transient());
     }
 }

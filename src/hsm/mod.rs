@@ -5,15 +5,18 @@
 //! ([`CmkHandle`], [`DataHandle`], [`SessionKey`]) and the handful of operations p11kms needs.
 //! The rules of KMS (states, formats, contexts) live in `kms`, not here.
 
+mod aead;
 mod bench;
 mod caps;
+mod cmk;
+mod derived;
 mod error;
-mod keys;
 mod objects;
 mod pool;
+mod probe;
 mod raw;
-mod scan;
 mod stats;
+mod templates;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,30 +28,37 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
+pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
 pub use bench::{CeilingOp, CeilingResult};
 pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
-pub use error::{HsmError, Quirks};
-pub use keys::{
-    CmkAttributes, CmkCustody, CmkHandle, CmkLookup, ExposedDerivation, SessionKey, GCM_IV_LEN,
-    GCM_TAG_LEN,
-};
+pub use cmk::{CmkAttributes, CmkCustody, CmkHandle, CmkLookup, ListedCmk};
+pub use derived::SessionKey;
+pub use error::{CallError, HsmError, Quirks, Result};
 pub use objects::{DataHandle, DataObject};
-pub use scan::ListedCmk;
+pub use probe::ExposedDerivation;
 pub use stats::TokenStats;
 
-use crate::config::{Secret, TokenSelector};
-use crate::error::{KmsError, Result};
 use crate::sync;
 use pool::SessionPool;
 
-/// How long a request waits for a free session before answering `DependencyTimeoutException`.
+/// How long a call waits for a free session before answering [`HsmError::Busy`].
 const SESSION_WAIT: Duration = Duration::from_secs(10);
 
-/// What [`Token::open`] needs to reach and log in to a token.
+/// Which token of the PKCS#11 module to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// The token whose label (trailing blanks ignored) equals this.
+    Label(String),
+    /// The token in this slot id.
+    Slot(u64),
+}
+
+/// What [`Token::open`] needs to reach and log in to a token. The caller keeps the PIN in
+/// memory that is zeroized when it is done with it.
 pub struct TokenParams<'a> {
     pub module: &'a Path,
     pub selector: &'a TokenSelector,
-    pub pin: &'a Secret,
+    pub pin: &'a str,
     pub sessions: usize,
 }
 
@@ -108,13 +118,13 @@ fn module(path: &Path) -> Result<(Pkcs11, bool)> {
         return Ok((ctx.clone(), false));
     }
     if !path.exists() {
-        return Err(KmsError::Config(format!(
+        return Err(HsmError::Unusable(format!(
             "PKCS#11 module {} does not exist",
             path.display()
         )));
     }
     let ctx = Pkcs11::new(path).map_err(|e| {
-        KmsError::Config(format!(
+        HsmError::Unusable(format!(
             "cannot load PKCS#11 module {}: {e}",
             path.display()
         ))
@@ -122,9 +132,9 @@ fn module(path: &Path) -> Result<(Pkcs11, bool)> {
     // Without OS locking SoftHSM silently turns its own locking off and is not thread-safe.
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) => {}
-        Err(e) if HsmError::from(&e).is_already_initialized() => {}
+        Err(e) if CallError::from(&e).is_already_initialized() => {}
         Err(e) => {
-            return Err(KmsError::Config(format!(
+            return Err(HsmError::Unusable(format!(
                 "C_Initialize of {} failed: {e} (the module's own configuration: SoftHSM reads \
                  SOFTHSM2_CONF, Kryoptic KRYOPTIC_CONF; see token.softhsm2_conf and token.env)",
                 path.display()
@@ -151,7 +161,7 @@ const OPEN_RETRIES: u32 = 6;
 
 /// Why opening a token failed, and whether starting over may help.
 struct OpenError {
-    error: KmsError,
+    error: HsmError,
     /// SoftHSM rewrites its token file on every login: a process starting at that moment can
     /// read it half-written and see no token, no user PIN, or CKR_GENERAL_ERROR. The module
     /// keeps what it read at `C_Initialize`, so only a fresh `C_Initialize` helps. None of
@@ -159,8 +169,8 @@ struct OpenError {
     transient: bool,
 }
 
-impl From<KmsError> for OpenError {
-    fn from(error: KmsError) -> Self {
+impl From<HsmError> for OpenError {
+    fn from(error: HsmError) -> Self {
         OpenError {
             error,
             transient: false,
@@ -168,7 +178,7 @@ impl From<KmsError> for OpenError {
     }
 }
 
-fn transient(error: KmsError) -> OpenError {
+fn transient(error: HsmError) -> OpenError {
     OpenError {
         error,
         transient: true,
@@ -178,14 +188,14 @@ fn transient(error: KmsError) -> OpenError {
 fn find_slot(ctx: &Pkcs11, selector: &TokenSelector) -> Result<Slot> {
     let slots = ctx
         .get_slots_with_initialized_token()
-        .map_err(|e| KmsError::Config(format!("cannot list slots: {e}")))?;
+        .map_err(|e| HsmError::Unusable(format!("cannot list slots: {e}")))?;
     for slot in slots {
         match selector {
             TokenSelector::Slot(id) if slot.id() == *id => return Ok(slot),
             TokenSelector::Label(label) => {
                 let info = ctx
                     .get_token_info(slot)
-                    .map_err(|e| KmsError::Config(format!("cannot read token info: {e}")))?;
+                    .map_err(|e| HsmError::Unusable(format!("cannot read token info: {e}")))?;
                 if info.label().trim_end() == label {
                     return Ok(slot);
                 }
@@ -193,7 +203,7 @@ fn find_slot(ctx: &Pkcs11, selector: &TokenSelector) -> Result<Slot> {
             _ => {}
         }
     }
-    Err(KmsError::Config(match selector {
+    Err(HsmError::Unusable(match selector {
         TokenSelector::Label(l) => format!("no initialized token labelled {l:?}"),
         TokenSelector::Slot(s) => format!("no initialized token in slot {s}"),
     }))
@@ -227,15 +237,15 @@ impl Token {
         let slot = find_slot(ctx, params.selector).map_err(transient)?;
         let keeper = ctx
             .open_rw_session(slot)
-            .map_err(|e| KmsError::Config(format!("cannot open a session: {e}")))?;
-        let pin = AuthPin::from(params.pin.expose().to_owned());
+            .map_err(|e| HsmError::Unusable(format!("cannot open a session: {e}")))?;
+        let pin = AuthPin::from(params.pin.to_owned());
         match keeper.login(UserType::User, Some(&pin)) {
             Ok(()) => {}
-            Err(e) if HsmError::from(&e).is_already_logged_in() => {}
+            Err(e) if CallError::from(&e).is_already_logged_in() => {}
             // The PIN itself never reaches a message.
             Err(e) => {
-                let e = HsmError::from(e);
-                let error = KmsError::Config(format!("login to the token failed: {e}"));
+                let e = CallError::from(&e);
+                let error = HsmError::Unusable(format!("login to the token failed: {e}"));
                 return Err(OpenError {
                     transient: e.is_torn_read(),
                     error,
@@ -249,19 +259,19 @@ impl Token {
         let raw = raw::RawModule::load(params.module);
         // Functional probes on throwaway session objects: what the mechanism flags cannot say.
         let listed = !caps.kdfs.is_empty();
-        keys::probe_kdfs(&keeper, &mut caps);
+        probe::probe_kdfs(&keeper, &mut caps);
         if listed && caps.kdfs.is_empty() {
             // Listed but failed: most likely the token was busy (e.g. a torn SoftHSM read).
-            return Err(transient(KmsError::Config(
+            return Err(transient(HsmError::Unusable(
                 "the token lists an AES key derivation, but deriving with it failed".into(),
             )));
         }
         caps.require()?;
-        keys::probe_in_token_sealing(&keeper, &mut caps);
-        keys::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
-        keys::probe_gcm_encrypt(&keeper, &mut caps);
+        probe::probe_in_token_sealing(&keeper, &mut caps);
+        probe::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
+        probe::probe_gcm_encrypt(&keeper, &mut caps);
         if !caps.gcm_caller_iv {
-            return Err(KmsError::Config(
+            return Err(HsmError::Unusable(
                 "the token does not seal AES-GCM under the caller's 12-byte IV (it substitutes \
                  its own, as AWS CloudHSM and Luna HSMs in FIPS mode do): p11kms's ciphertext \
                  format authenticates the IV it chose, so this token cannot be used"
@@ -315,9 +325,11 @@ impl Token {
     /// Whether a session can be taken and used right now (for readiness checks).
     pub fn ping(&self) -> Result<()> {
         let s = self.inner.pool.get()?;
-        s.get_session_info()
-            .map(|_| ())
-            .map_err(|e| HsmError::from(e).into())
+        s.get_session_info().map(|_| ()).map_err(HsmError::from)
+    }
+
+    fn count(&self, counter: impl Fn(&stats::Counters) -> &std::sync::atomic::AtomicU64) {
+        stats::Counters::add(counter(&self.inner.stats), 1);
     }
 
     /// How long the longest-running token call has been running (`None`: none is). Seconds
@@ -343,32 +355,48 @@ impl Token {
     }
 
     /// Runs one call on a pooled session, retrying a few times while the token reports
-    /// transient trouble (see [`HsmError::is_transient_on`]). The outer error is the pool's.
-    /// Only for calls that may be repeated: a call that creates an object goes through
-    /// [`Token::create`].
-    pub(crate) fn call<T>(
+    /// transient trouble ([`CallError::is_transient`]): the one retry policy of every token
+    /// call that may be repeated. A call that creates an object goes through
+    /// [`Token::create`] instead.
+    pub(crate) fn call<T>(&self, f: impl Fn(&Session) -> cryptoki::error::Result<T>) -> Result<T> {
+        self.retrying(false, f)
+    }
+
+    /// [`Token::call`] for a call on one object handle: a stale handle always comes back as
+    /// [`CallError::is_stale_handle`], whatever code this token uses for it.
+    pub(crate) fn handle_call<T>(
         &self,
         f: impl Fn(&Session) -> cryptoki::error::Result<T>,
-    ) -> Result<std::result::Result<T, HsmError>> {
+    ) -> Result<T> {
+        self.retrying(true, f)
+    }
+
+    fn retrying<T>(
+        &self,
+        on_handle: bool,
+        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T> {
         let mut attempt = 0;
         loop {
-            match self.call_once(&f)? {
-                Ok(v) => return Ok(Ok(v)),
-                Err(e) if e.is_transient_on(self.inner.quirks) && attempt < CALL_RETRIES => {}
-                Err(e) => return Ok(Err(e)),
+            match self.call_once(on_handle, &f) {
+                Err(HsmError::Call(e)) if e.is_transient() && attempt < CALL_RETRIES => {}
+                r => return r,
             }
             std::thread::sleep(Duration::from_millis(2 << attempt));
             attempt += 1;
         }
     }
 
-    /// One attempt of one call on a pooled session.
+    /// One attempt of one call on a pooled session, its error read with this token's quirks.
     fn call_once<T>(
         &self,
+        on_handle: bool,
         f: impl Fn(&Session) -> cryptoki::error::Result<T>,
-    ) -> Result<std::result::Result<T, HsmError>> {
+    ) -> Result<T> {
         let s = self.inner.pool.get()?;
-        Ok(f(&s).map_err(HsmError::from))
+        f(&s).map_err(|e| {
+            HsmError::Call(CallError::from(&e).read_with(self.inner.quirks, on_handle))
+        })
     }
 
     /// A call that creates a token object. A transient failure does not prove that nothing
@@ -379,31 +407,20 @@ impl Token {
         &self,
         create: impl Fn(&Session) -> cryptoki::error::Result<T>,
         find: impl Fn() -> Result<Option<T>>,
-    ) -> Result<std::result::Result<T, HsmError>> {
+    ) -> Result<T> {
         let mut attempt = 0;
         loop {
-            match self.call_once(&create)? {
-                Ok(v) => return Ok(Ok(v)),
-                Err(e) if e.is_transient_on(self.inner.quirks) && attempt < CALL_RETRIES => {
+            match self.call_once(false, &create) {
+                Err(HsmError::Call(e)) if e.is_transient() && attempt < CALL_RETRIES => {
                     std::thread::sleep(Duration::from_millis(2 << attempt));
                     attempt += 1;
                     if let Some(v) = find()? {
-                        return Ok(Ok(v));
+                        return Ok(v);
                     }
                 }
-                Err(e) => return Ok(Err(e)),
+                r => return r,
             }
         }
-    }
-
-    /// [`Token::call`] for a call on one object handle: a stale handle always comes back as
-    /// [`HsmError::is_stale_handle`], whatever code this token uses for it.
-    pub(crate) fn handle_call<T>(
-        &self,
-        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
-    ) -> Result<std::result::Result<T, HsmError>> {
-        let quirks = self.inner.quirks;
-        Ok(self.call(f)?.map_err(|e| e.on_handle(quirks)))
     }
 
     /// `n` bytes from the token's RNG.
@@ -419,22 +436,22 @@ impl Token {
             return Ok(());
         }
         let cell = std::cell::RefCell::new(buf);
-        Ok(self.call(|s| {
+        self.call(|s| {
             let mut buf = cell.borrow_mut();
             stats::Counters::add(&self.inner.stats.random_calls, 1);
             stats::Counters::add(&self.inner.stats.random_bytes, buf.len() as u64);
             s.generate_random_slice(&mut buf)
-        })??)
+        })
     }
 }
 
 fn describe(ctx: &Pkcs11, slot: Slot, module: &Path) -> Result<TokenDescription> {
     let lib = ctx
         .get_library_info()
-        .map_err(|e| KmsError::Config(format!("C_GetInfo failed: {e}")))?;
+        .map_err(|e| HsmError::Unusable(format!("C_GetInfo failed: {e}")))?;
     let tok = ctx
         .get_token_info(slot)
-        .map_err(|e| KmsError::Config(format!("C_GetTokenInfo failed: {e}")))?;
+        .map_err(|e| HsmError::Unusable(format!("C_GetTokenInfo failed: {e}")))?;
     Ok(TokenDescription {
         module: module.display().to_string(),
         library: lib.library_description().trim_end().to_string(),
@@ -452,51 +469,49 @@ fn describe(ctx: &Pkcs11, slot: Slot, module: &Path) -> Result<TokenDescription>
 /// Initialises a token in the first free slot of `module` (SoftHSM offers one), with `label`,
 /// the SO PIN and the user PIN. Does nothing if a token with that label already exists.
 /// Returns true if a token was created.
-pub fn init_token(
-    module_path: &Path,
-    label: &str,
-    so_pin: &Secret,
-    user_pin: &Secret,
-) -> Result<bool> {
+pub fn init_token(module_path: &Path, label: &str, so_pin: &str, user_pin: &str) -> Result<bool> {
     let (ctx, _) = module(module_path)?;
     if find_slot(&ctx, &TokenSelector::Label(label.to_string())).is_ok() {
         return Ok(false);
     }
+    let unusable = |what: &str, e: cryptoki::error::Error| {
+        HsmError::Unusable(format!("{what}: {}", CallError::from(&e)))
+    };
     let slots = ctx
         .get_slots_with_token()
-        .map_err(|e| KmsError::Config(format!("cannot list slots: {e}")))?;
+        .map_err(|e| unusable("cannot list slots", e))?;
     let mut free = None;
     for slot in slots {
         let info = ctx
             .get_token_info(slot)
-            .map_err(|e| KmsError::Config(format!("cannot read token info: {e}")))?;
+            .map_err(|e| unusable("cannot read token info", e))?;
         if !info.token_initialized() {
             free = Some(slot);
             break;
         }
     }
     let slot = free.ok_or_else(|| {
-        KmsError::Config(format!(
+        HsmError::Unusable(format!(
             "no free slot to initialise a token in {}",
             module_path.display()
         ))
     })?;
-    let so = AuthPin::from(so_pin.expose().to_owned());
+    let so = AuthPin::from(so_pin.to_owned());
     ctx.init_token(slot, &so, label)
-        .map_err(|e| KmsError::Config(format!("C_InitToken failed: {}", HsmError::from(e))))?;
+        .map_err(|e| unusable("C_InitToken failed", e))?;
     // SoftHSM moves the new token to a new slot id: find it again by label.
     let slot = find_slot(&ctx, &TokenSelector::Label(label.to_string()))?;
     let session = ctx
         .open_rw_session(slot)
-        .map_err(|e| KmsError::Config(format!("cannot open a session: {e}")))?;
+        .map_err(|e| unusable("cannot open a session", e))?;
     session
         .login(UserType::So, Some(&so))
-        .map_err(|e| KmsError::Config(format!("SO login failed: {}", HsmError::from(e))))?;
+        .map_err(|e| unusable("SO login failed", e))?;
     session
-        .init_pin(&AuthPin::from(user_pin.expose().to_owned()))
-        .map_err(|e| KmsError::Config(format!("C_InitPIN failed: {}", HsmError::from(e))))?;
+        .init_pin(&AuthPin::from(user_pin.to_owned()))
+        .map_err(|e| unusable("C_InitPIN failed", e))?;
     session
         .logout()
-        .map_err(|e| KmsError::Config(format!("SO logout failed: {}", HsmError::from(e))))?;
+        .map_err(|e| unusable("SO logout failed", e))?;
     Ok(true)
 }

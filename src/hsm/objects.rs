@@ -5,8 +5,7 @@
 
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
-use super::Token;
-use crate::error::Result;
+use super::{Result, Token};
 
 /// A data object's handle. Opaque outside `hsm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +41,7 @@ impl Token {
         let find = template.clone();
         template.push(Attribute::Value(value.to_vec()));
         let found = || -> Result<Option<ObjectHandle>> {
-            for h in self.call(|s| s.find_objects(&find))?? {
+            for h in self.call(|s| s.find_objects(&find))? {
                 if self.read_data(DataHandle(h))?.as_deref() == Some(value) {
                     return Ok(Some(h));
                 }
@@ -50,17 +49,17 @@ impl Token {
             Ok(None)
         };
         Ok(DataHandle(
-            self.create(|s| s.create_object(&template), found)??,
+            self.create(|s| s.create_object(&template), found)?,
         ))
     }
 
     /// Every data object of `application`, with its label.
     pub fn list_data(&self, application: &str) -> Result<Vec<DataObject>> {
         let template = base_template(application);
-        let handles = self.call(|s| s.find_objects(&template))??;
+        let handles = self.call(|s| s.find_objects(&template))?;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            match self.handle_call(|s| s.get_attributes(h, &[AttributeType::Label]))? {
+            match self.handle_call(|s| s.get_attributes(h, &[AttributeType::Label])) {
                 Ok(attrs) => {
                     for a in attrs {
                         if let Attribute::Label(l) = a {
@@ -75,7 +74,7 @@ impl Token {
                 }
                 // Destroyed by another process between find and read.
                 Err(e) if e.is_stale_handle() => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -83,13 +82,13 @@ impl Token {
 
     /// A data object's value; `None` if it has vanished meanwhile.
     pub fn read_data(&self, handle: DataHandle) -> Result<Option<Vec<u8>>> {
-        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Value]))? {
+        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Value])) {
             Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
                 Attribute::Value(v) => Some(v),
                 _ => None,
             })),
             Err(e) if e.is_stale_handle() => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -97,15 +96,15 @@ impl Token {
     /// (a first load, where every value is needed anyway).
     pub fn list_data_values(&self, application: &str) -> Result<Vec<(DataObject, Vec<u8>)>> {
         let template = base_template(application);
-        let handles = self.call(|s| s.find_objects(&template))??;
+        let handles = self.call(|s| s.find_objects(&template))?;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            let attrs = match self.handle_call(|s| {
-                s.get_attributes(h, &[AttributeType::Label, AttributeType::Value])
-            })? {
+            let attrs = match self
+                .handle_call(|s| s.get_attributes(h, &[AttributeType::Label, AttributeType::Value]))
+            {
                 Ok(a) => a,
                 Err(e) if e.is_stale_handle() => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             let (mut label, mut value) = (None, None);
             for a in attrs {
@@ -130,13 +129,13 @@ impl Token {
 
     /// A data object's label; `None` if it has vanished.
     pub fn data_label(&self, handle: DataHandle) -> Result<Option<String>> {
-        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Label]))? {
+        match self.handle_call(|s| s.get_attributes(handle.0, &[AttributeType::Label])) {
             Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
                 Attribute::Label(l) => String::from_utf8(l).ok(),
                 _ => None,
             })),
             Err(e) if e.is_stale_handle() => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -144,19 +143,19 @@ impl Token {
     /// value). `Ok(false)`: the object has vanished.
     pub fn relabel_data(&self, handle: DataHandle, label: &str) -> Result<bool> {
         let attr = [Attribute::Label(label.as_bytes().to_vec())];
-        match self.handle_call(|s| s.update_attributes(handle.0, &attr))? {
+        match self.handle_call(|s| s.update_attributes(handle.0, &attr)) {
             Ok(()) => Ok(true),
             Err(e) if e.is_stale_handle() => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
     /// Destroys a data object; one already gone is not an error.
     pub fn destroy_data(&self, handle: DataHandle) -> Result<()> {
-        match self.handle_call(|s| s.destroy_object(handle.0))? {
+        match self.handle_call(|s| s.destroy_object(handle.0)) {
             Ok(()) => Ok(()),
             Err(e) if e.is_stale_handle() => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 }

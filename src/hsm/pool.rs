@@ -20,7 +20,7 @@ use cryptoki::context::Pkcs11;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
-use crate::error::{KmsError, Result};
+use super::{HsmError, Result};
 
 thread_local! {
     /// The slot this thread took last: where its next scan starts.
@@ -47,7 +47,7 @@ impl SessionPool {
         let mut slots = Vec::with_capacity(size);
         for _ in 0..size {
             slots.push(Mutex::new(ctx.open_rw_session(slot).map_err(|e| {
-                KmsError::Config(format!("cannot open a session: {e}"))
+                HsmError::Unusable(format!("cannot open a session: {e}"))
             })?));
         }
         Ok(SessionPool {
@@ -140,9 +140,7 @@ impl SessionPool {
             let now = Instant::now();
             if now >= deadline {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
-                return Err(KmsError::DependencyTimeout(
-                    "no token session became free in time".into(),
-                ));
+                return Err(HsmError::Busy);
             }
             sleeping = self
                 .ready

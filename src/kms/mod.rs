@@ -1,8 +1,9 @@
 //! The KMS: operations and their rules over a token.
 //!
-//! [`Kms`] is the library entry point: open it over a [`Token`] (or from a
-//! [`Config`](crate::config::Config)) and call the operations, named and shaped as in the AWS
-//! KMS API. Nothing here knows HTTP; the wire layer and the CLI are thin callers.
+//! [`Kms`] is the library entry point: open it over a [`Token`] ([`Kms::new`]; from a
+//! configuration, [`crate::app::open`]) and call the operations, named and shaped as in the
+//! AWS KMS API. Nothing here knows HTTP, files or the environment; the wire layer and the CLI
+//! are thin callers.
 
 pub mod blob;
 pub mod context;
@@ -12,6 +13,7 @@ pub mod keyref;
 mod ops;
 pub mod records;
 pub mod store;
+mod token_errors;
 pub mod types;
 
 use std::sync::Arc;
@@ -22,9 +24,44 @@ pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef};
 pub use records::KeyState;
 
-use crate::config::{Config, SealingPolicy};
 use crate::error::{KmsError, Result};
-use crate::hsm::{Token, TokenParams};
+use crate::hsm::Token;
+
+/// Where GenerateDataKeyWithoutPlaintext is to seal data keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SealingPolicy {
+    /// In the token where it can (`C_GenerateKey` + `C_WrapKey` with AES-GCM), else on the host.
+    #[default]
+    Auto,
+    /// Always `C_GenerateRandom` + `C_Encrypt`: the key bytes pass through host memory.
+    Host,
+    /// Always in the token; a token that cannot is refused.
+    Token,
+}
+
+/// How a [`Kms`] is set up over its token.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Region and account of the ARNs.
+    pub scope: ArnScope,
+    /// Bounds of the epoch keys.
+    pub epochs: EpochPolicy,
+    pub sealing: SealingPolicy,
+    /// Refuse (at [`Kms::enforce_custody`]) a token that cannot seal data keys itself.
+    pub require_in_token_sealing: bool,
+}
+
+impl Settings {
+    /// The defaults for `scope`: sealing in the token where it can, default epoch bounds.
+    pub fn new(scope: ArnScope) -> Settings {
+        Settings {
+            scope,
+            epochs: EpochPolicy::default(),
+            sealing: SealingPolicy::Auto,
+            require_in_token_sealing: false,
+        }
+    }
+}
 
 /// The key service over one token.
 pub struct Kms {
@@ -39,57 +76,22 @@ pub struct Kms {
 }
 
 impl Kms {
-    /// Opens the token named by `config` and loads the metadata it holds. Refuses a token
-    /// that cannot seal data keys inside itself when `require_in_token_sealing` is set (or
-    /// `sealing = "token"`), naming the token and what it lacks.
-    pub fn open(config: &Config) -> Result<Kms> {
-        let kms = Kms::open_unenforced(config)?;
-        kms.enforce_custody()?;
-        Ok(kms)
+    /// Opens the token named by `config` (see [`crate::app::open`]).
+    pub fn open(config: &crate::config::Config) -> Result<Kms> {
+        crate::app::open(config)
     }
 
-    /// [`Kms::open`] without the in-token sealing requirement: for `token info`, which must be
-    /// able to say why a token does not meet it. The host path is still never chosen when
-    /// sealing is required: such a service refuses WithoutPlaintext requests instead.
-    pub fn open_unenforced(config: &Config) -> Result<Kms> {
-        // Modules read their environment (SOFTHSM2_CONF, KRYOPTIC_CONF) in C_Initialize. This
-        // runs before any token thread exists.
-        config.token.export_env();
-        if let crate::config::ConfigSource::Embedded(state_dir) = &config.source {
-            crate::setup::repair_embedded(state_dir)?;
-        }
-        let pin = config.token.pin.read()?;
-        let token = Token::open(TokenParams {
-            module: &config.token.module,
-            selector: &config.token.selector,
-            pin: &pin,
-            sessions: config.sessions,
-        })?;
-        let mut kms = Kms::with_sealing(
-            Arc::new(token),
-            ArnScope::new(&config.region, &config.account),
-            EpochPolicy::default(),
-            config.sealing,
-        )?;
-        kms.require_in_token |= config.require_in_token_sealing;
-        Ok(kms)
+    /// See [`crate::app::open_unenforced`].
+    pub fn open_unenforced(config: &crate::config::Config) -> Result<Kms> {
+        crate::app::open_unenforced(config)
     }
 
-    /// A service over an already open token, sealing data keys in the token where it can.
-    pub fn new(token: Arc<Token>, scope: ArnScope, policy: EpochPolicy) -> Result<Kms> {
-        Kms::with_sealing(token, scope, policy, SealingPolicy::Auto)
-    }
-
-    /// A service over an already open token with an explicit sealing policy. `Token` on a
-    /// token that cannot seal data keys itself is refused.
-    pub fn with_sealing(
-        token: Arc<Token>,
-        scope: ArnScope,
-        policy: EpochPolicy,
-        sealing: SealingPolicy,
-    ) -> Result<Kms> {
+    /// The service over an open token: loads the metadata the token holds and reconciles the
+    /// token's attributes with it. `SealingPolicy::Token` on a token that cannot seal data keys
+    /// itself is refused.
+    pub fn new(token: Arc<Token>, settings: Settings) -> Result<Kms> {
         let in_token = token.capabilities().in_token_sealing();
-        let path = match (sealing, in_token) {
+        let path = match (settings.sealing, in_token) {
             (SealingPolicy::Host, _) | (SealingPolicy::Auto, false) => SealingPath::Host,
             (SealingPolicy::Auto | SealingPolicy::Token, true) => SealingPath::Token,
             (SealingPolicy::Token, false) => {
@@ -102,11 +104,12 @@ impl Kms {
         let store = store::Store::open(Arc::clone(&token))?;
         let kms = Kms {
             token,
-            scope,
+            scope: settings.scope,
             store,
-            epochs: epoch::EpochKeys::new(policy),
+            epochs: epoch::EpochKeys::new(settings.epochs),
             sealing: path,
-            require_in_token: sealing == SealingPolicy::Token,
+            require_in_token: settings.sealing == SealingPolicy::Token
+                || settings.require_in_token_sealing,
         };
         kms.reconcile_token_state()?;
         Ok(kms)

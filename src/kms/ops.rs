@@ -797,11 +797,11 @@ impl Kms {
             .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
         check_usable(&now, &arn)?;
         match self.store.relocate_cmk(&id, version)? {
-            CmkLookup::Found(n) if n != h => self.token.derive_key(n, kdf, nonce, wrap),
+            CmkLookup::Found(n) if n != h => Ok(self.token.derive_key(n, kdf, nonce, wrap)?),
             CmkLookup::Found(n) if self.heal_token_state(&id, n)? => {
-                self.token.derive_key(n, kdf, nonce, wrap)
+                Ok(self.token.derive_key(n, kdf, nonce, wrap)?)
             }
-            CmkLookup::Found(_) => Err(first),
+            CmkLookup::Found(_) => Err(first.into()),
             CmkLookup::Missing => Err(KmsError::KeyUnavailable(format!(
                 "the backing key of {arn} (version {version}) is not in the token"
             ))),
@@ -835,7 +835,7 @@ impl Kms {
         iv: [u8; GCM_IV_LEN],
     ) -> Result<Vec<u8>> {
         self.seal_with(entry, ctx, iv, |key, iv, aad| {
-            self.token.gcm_seal(key, iv, aad, plaintext)
+            Ok(self.token.gcm_seal(key, iv, aad, plaintext)?)
         })
     }
 
@@ -1059,7 +1059,7 @@ impl Kms {
                 .is_some_and(|k| k.covers(len));
         let blob = if in_token {
             self.seal_with(&entry, &ctx, self.iv()?, |key, iv, aad| {
-                self.token.seal_new_data_key(key, iv, aad, len)
+                Ok(self.token.seal_new_data_key(key, iv, aad, len)?)
             })?
         } else if self.require_in_token {
             return Err(KmsError::UnsupportedOperation(format!(

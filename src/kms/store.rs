@@ -348,7 +348,7 @@ impl Store {
             // Processes that watched a loser may have missed stamps: make them re-list.
             self.bump_once(w)?;
         }
-        self.token.data_label(keep.handle)
+        Ok(self.token.data_label(keep.handle)?)
     }
 
     /// Re-reads the token's records (the stamp was read before, so a change that lands during
@@ -576,7 +576,7 @@ impl Store {
                 // A token that refuses to relabel data objects: no detector, so every
                 // refresh re-lists (correct, only slower). Tell the operator once.
                 tracing::warn!(
-                    error = e.message(),
+                    error = %e,
                     "the token refused to relabel the generation object; metadata refreshes \
                      will re-list the token every time"
                 );
@@ -608,8 +608,9 @@ impl Store {
     }
 
     fn write_record(&self, label: &RecordLabel, record: &Record) -> Result<DataHandle> {
-        self.token
-            .create_data(APPLICATION, &label.format(), &record.encode())
+        Ok(self
+            .token
+            .create_data(APPLICATION, &label.format(), &record.encode())?)
     }
 
     fn next_label(&self, subject: Subject, prev: Option<&RecordLabel>) -> RecordLabel {

@@ -122,8 +122,13 @@ fn init_kryoptic(state_dir: &Path) -> PathBuf {
         .read()
         .expect("SO PIN");
     let user = config.token.pin.read().expect("user PIN");
-    p11kms::hsm::init_token(&config.token.module, EmbeddedToken::LABEL, &so, &user)
-        .expect("init kryoptic token");
+    p11kms::hsm::init_token(
+        &config.token.module,
+        EmbeddedToken::LABEL,
+        so.expose(),
+        user.expose(),
+    )
+    .expect("init kryoptic token");
     file
 }
 
@@ -193,22 +198,16 @@ pub fn embedded_cmd(state_dir: &Path) -> std::process::Command {
 /// A service opened afresh over the fixture's token (its own `Token`): what a restarted or
 /// second process sees.
 pub fn fresh_kms() -> Kms {
-    Kms::new(fresh_token(2), kms().scope().clone(), Default::default()).expect("open kms")
+    Kms::new(
+        fresh_token(2),
+        p11kms::kms::Settings::new(kms().scope().clone()),
+    )
+    .expect("open kms")
 }
 
 /// A second `Token` over the fixture's token, with `sessions` sessions.
 pub fn fresh_token(sessions: usize) -> Arc<p11kms::hsm::Token> {
-    let f = fixture();
-    let pin = f.config.token.pin.read().expect("pin");
-    Arc::new(
-        p11kms::hsm::Token::open(p11kms::hsm::TokenParams {
-            module: &f.config.token.module,
-            selector: &f.config.token.selector,
-            pin: &pin,
-            sessions,
-        })
-        .expect("open token"),
-    )
+    p11kms::app::open_token(&fixture().config, sessions).expect("open token")
 }
 
 pub fn key_req(k: &str) -> p11kms::kms::types::KeyIdRequest {
