@@ -795,7 +795,9 @@ fn token_sweep(kms: &Kms, out: &Out) -> Result<()> {
                 ..Default::default()
             })?
             .key_metadata;
-        if m.key_state == "PendingDeletion" && m.deletion_date.is_some_and(|d| d <= now) {
+        if m.key_state == crate::kms::KeyState::PendingDeletion
+            && m.deletion_date.is_some_and(|d| d <= now)
+        {
             due.push(m.arn);
         }
     }
@@ -1121,7 +1123,7 @@ fn decrypt(kms: &Kms, out: &Out, args: DecryptArgs) -> Result<()> {
                 out.emit(
                     &DecryptedToFile {
                         key_id: &r.key_id,
-                        encryption_algorithm: &r.encryption_algorithm,
+                        encryption_algorithm: crate::kms::AwsEnum::as_str(r.encryption_algorithm),
                     },
                     "",
                 )

@@ -77,6 +77,7 @@ fn describe_state(kms: &p11kms::kms::Kms, key: &str) -> String {
         .expect("describe")
         .key_metadata
         .key_state
+        .to_string()
 }
 
 /// Defect 1. A key disabled by another process, then used through a server that has not

@@ -5,9 +5,11 @@
 //! AWS KMS API. Nothing here knows HTTP, files or the environment; the wire layer and the CLI
 //! are thin callers.
 
+mod backing;
 pub mod blob;
 pub mod context;
 pub mod custody;
+pub mod domain;
 pub mod epoch;
 pub mod keyref;
 mod ops;
@@ -15,14 +17,17 @@ pub mod records;
 pub mod store;
 mod token_errors;
 pub mod types;
+mod upkeep;
 
 use std::sync::Arc;
 
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
+pub use domain::{
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
+};
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef};
-pub use records::KeyState;
 
 use crate::error::{KmsError, Result};
 use crate::hsm::Token;

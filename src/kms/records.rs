@@ -21,29 +21,7 @@ use crate::kms::keyref::{AliasName, KeyId};
 pub const APPLICATION: &str = "p11kms";
 pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
 
-/// The lifecycle state of a CMK, named as AWS names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeyState {
-    Enabled,
-    Disabled,
-    PendingDeletion,
-    /// A record this version cannot fully read: a state or field written by a newer p11kms
-    /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
-    /// nothing here uses or changes it; AWS calls such a key `Unavailable`. Never written.
-    #[serde(other)]
-    Unknown,
-}
-
-impl KeyState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Enabled => "Enabled",
-            KeyState::Disabled => "Disabled",
-            KeyState::PendingDeletion => "PendingDeletion",
-            KeyState::Unknown => "Unavailable",
-        }
-    }
-}
+pub use super::domain::KeyState;
 
 /// One backing key of a CMK. Version 1 is created with the key; rotation adds more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
+use super::domain::{EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+
 /// Bytes that travel as base64 in JSON (ciphertext blobs).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Bytes(pub Vec<u8>);
@@ -108,17 +110,18 @@ pub struct KeyMetadata {
     pub creation_date: f64,
     pub enabled: bool,
     pub description: String,
-    pub key_usage: String,
-    pub key_state: String,
+    pub key_usage: KeyUsage,
+    pub key_state: KeyState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion_date: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
-    pub origin: String,
-    pub key_manager: String,
-    pub customer_master_key_spec: String,
-    pub key_spec: String,
-    pub encryption_algorithms: Vec<String>,
+    pub origin: Origin,
+    pub key_manager: KeyManager,
+    /// The deprecated mirror of `KeySpec`, still sent by AWS.
+    pub customer_master_key_spec: KeySpec,
+    pub key_spec: KeySpec,
+    pub encryption_algorithms: Vec<EncryptionAlgorithm>,
     pub multi_region: bool,
 }
 
@@ -198,7 +201,7 @@ pub struct ScheduleKeyDeletionRequest {
 pub struct ScheduleKeyDeletionResponse {
     pub key_id: String,
     pub deletion_date: f64,
-    pub key_state: String,
+    pub key_state: KeyState,
     pub pending_window_in_days: u32,
 }
 
@@ -224,7 +227,7 @@ pub struct EncryptRequest {
 pub struct EncryptResponse {
     pub ciphertext_blob: Bytes,
     pub key_id: String,
-    pub encryption_algorithm: String,
+    pub encryption_algorithm: EncryptionAlgorithm,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -243,7 +246,7 @@ pub struct DecryptRequest {
 pub struct DecryptResponse {
     pub key_id: String,
     pub plaintext: SecretBytes,
-    pub encryption_algorithm: String,
+    pub encryption_algorithm: EncryptionAlgorithm,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -266,8 +269,8 @@ pub struct ReEncryptResponse {
     pub ciphertext_blob: Bytes,
     pub source_key_id: String,
     pub key_id: String,
-    pub source_encryption_algorithm: String,
-    pub destination_encryption_algorithm: String,
+    pub source_encryption_algorithm: EncryptionAlgorithm,
+    pub destination_encryption_algorithm: EncryptionAlgorithm,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -341,15 +344,15 @@ mod tests {
             creation_date: 1.5,
             enabled: true,
             description: String::new(),
-            key_usage: "ENCRYPT_DECRYPT".into(),
-            key_state: "Enabled".into(),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_state: KeyState::Enabled,
             deletion_date: None,
             pending_deletion_window_in_days: None,
-            origin: "AWS_KMS".into(),
-            key_manager: "CUSTOMER".into(),
-            customer_master_key_spec: "SYMMETRIC_DEFAULT".into(),
-            key_spec: "SYMMETRIC_DEFAULT".into(),
-            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+            origin: Origin::AwsKms,
+            key_manager: KeyManager::Customer,
+            customer_master_key_spec: KeySpec::SymmetricDefault,
+            key_spec: KeySpec::SymmetricDefault,
+            encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
             multi_region: false,
         };
         let v = serde_json::to_value(&m).unwrap();
@@ -366,6 +369,12 @@ mod tests {
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }
+        // The enums travel under their AWS names.
+        assert_eq!(v["KeyState"], "Enabled");
+        assert_eq!(v["KeyUsage"], "ENCRYPT_DECRYPT");
+        assert_eq!(v["Origin"], "AWS_KMS");
+        assert_eq!(v["KeyManager"], "CUSTOMER");
+        assert_eq!(v["EncryptionAlgorithms"][0], "SYMMETRIC_DEFAULT");
         assert!(v.get("DeletionDate").is_none());
     }
 }

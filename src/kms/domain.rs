@@ -1,0 +1,233 @@
+//! What a KMS key is, as enums with the AWS names: key specs, usages, origins, states and
+//! algorithms. Requests carry these as strings (an unknown value is AWS's
+//! `ValidationException`, not a parse failure): [`AwsEnum::parse`] turns them into values
+//! here, with AWS's wording; responses and records carry the enums themselves.
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{KmsError, Result};
+
+/// An enum of the AWS KMS API: its values and their names.
+pub trait AwsEnum: Sized + Copy + 'static {
+    /// Every value, in the order the API Reference lists them.
+    const ALL: &'static [Self];
+    /// The AWS name of the value.
+    fn as_str(self) -> &'static str;
+
+    /// The value named `text`, or AWS's `ValidationException` for `member` (its lower camel
+    /// case name, e.g. `keySpec`), listing the values the member allows.
+    fn parse(text: &str, member: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                KmsError::validation(format!(
+                    "1 validation error detected: Value '{text}' at '{member}' failed to satisfy \
+                     constraint: Member must satisfy enum value set: [{}]",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+macro_rules! aws_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $aws:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $aws)] $variant),*
+        }
+
+        impl AwsEnum for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),*];
+            fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $aws),* }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Compares with an AWS name (`spec == "SYMMETRIC_DEFAULT"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+aws_enum!(
+    /// `KeySpec` (and the deprecated `CustomerMasterKeySpec`), as the API lists them.
+    KeySpec {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        EccNistP256 = "ECC_NIST_P256",
+        EccNistP384 = "ECC_NIST_P384",
+        EccNistP521 = "ECC_NIST_P521",
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        Hmac224 = "HMAC_224",
+        Hmac256 = "HMAC_256",
+        Hmac384 = "HMAC_384",
+        Hmac512 = "HMAC_512",
+        Sm2 = "SM2",
+        MlDsa44 = "ML_DSA_44",
+        MlDsa65 = "ML_DSA_65",
+        MlDsa87 = "ML_DSA_87",
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+    }
+);
+
+aws_enum!(
+    /// `KeyUsage`.
+    KeyUsage {
+        SignVerify = "SIGN_VERIFY",
+        EncryptDecrypt = "ENCRYPT_DECRYPT",
+        GenerateVerifyMac = "GENERATE_VERIFY_MAC",
+        KeyAgreement = "KEY_AGREEMENT",
+    }
+);
+
+aws_enum!(
+    /// `Origin`: where the key material came from.
+    Origin {
+        AwsCloudhsm = "AWS_CLOUDHSM",
+        External = "EXTERNAL",
+        AwsKms = "AWS_KMS",
+        ExternalKeyStore = "EXTERNAL_KEY_STORE",
+    }
+);
+
+aws_enum!(
+    /// `KeyManager`: every key here is the customer's.
+    KeyManager {
+        Aws = "AWS",
+        Customer = "CUSTOMER",
+    }
+);
+
+aws_enum!(
+    /// `EncryptionAlgorithm`.
+    EncryptionAlgorithm {
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        RsaesOaepSha1 = "RSAES_OAEP_SHA_1",
+        RsaesOaepSha256 = "RSAES_OAEP_SHA_256",
+        Sm2pke = "SM2PKE",
+    }
+);
+
+aws_enum!(
+    /// `DataKeySpec` of GenerateDataKey(WithoutPlaintext).
+    DataKeySpec {
+        Aes256 = "AES_256",
+        Aes128 = "AES_128",
+    }
+);
+
+impl DataKeySpec {
+    /// The data key's length in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            DataKeySpec::Aes256 => 32,
+            DataKeySpec::Aes128 => 16,
+        }
+    }
+}
+
+/// The lifecycle state of a KMS key, named as AWS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum KeyState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    /// A record this version cannot fully read: a state or field written by a newer p11kms
+    /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
+    /// nothing here uses or changes it; AWS calls such a key `Unavailable`. Never written to
+    /// a record.
+    #[serde(other)]
+    Unknown,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::Unknown => "Unavailable",
+        }
+    }
+}
+
+impl Serialize for KeyState {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Compares with an AWS name (`state == "Enabled"`).
+impl PartialEq<&str> for KeyState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde_and_parse() {
+        for s in KeySpec::ALL {
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<KeySpec>(&json).unwrap(), *s);
+            assert_eq!(KeySpec::parse(s.as_str(), "keySpec").unwrap(), *s);
+        }
+        for s in [
+            KeyState::Enabled,
+            KeyState::Disabled,
+            KeyState::PendingDeletion,
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<KeyState>(&json).unwrap(), s);
+        }
+        assert_eq!(
+            serde_json::from_str::<KeyState>("\"PendingImport\"").unwrap(),
+            KeyState::Unknown
+        );
+        assert_eq!(
+            serde_json::to_string(&KeyState::Unknown).unwrap(),
+            "\"Unavailable\""
+        );
+    }
+
+    #[test]
+    fn unknown_values_are_validation_errors_in_aws_words() {
+        let e = KeyUsage::parse("NOPE", "keyUsage").unwrap_err();
+        assert_eq!(e.aws_name(), "ValidationException");
+        assert_eq!(
+            e.message(),
+            "1 validation error detected: Value 'NOPE' at 'keyUsage' failed to satisfy \
+             constraint: Member must satisfy enum value set: [SIGN_VERIFY, ENCRYPT_DECRYPT, \
+             GENERATE_VERIFY_MAC, KEY_AGREEMENT]"
+        );
+        assert_eq!(
+            DataKeySpec::parse("AES_128", "keySpec").unwrap().bytes(),
+            16
+        );
+    }
+}

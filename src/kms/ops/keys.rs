@@ -1,0 +1,372 @@
+//! Key management: CreateKey, DescribeKey, ListKeys and the state changes (EnableKey,
+//! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::super::domain::{
+    AwsEnum, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
+};
+use super::super::records::{cmk_id, BackingVersion, KeyRecord};
+use super::super::store::Change;
+use super::super::types::*;
+use super::super::{Forms, KeyId, Kms};
+use super::{check_grant_tokens, check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
+use crate::error::{KmsError, Result};
+use crate::hsm::CmkHandle;
+
+/// The rules of CreateKey's members, before anything is made. Values outside the API's enums
+/// are `ValidationException`; real AWS values p11kms does not serve are
+/// `UnsupportedOperationException`.
+fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
+    if req.description.as_ref().is_some_and(|d| d.len() > 8192) {
+        return Err(KmsError::validation(
+            "Description must be at most 8192 characters long",
+        ));
+    }
+    if let Some(u) = &req.key_usage {
+        match KeyUsage::parse(u, "keyUsage")? {
+            KeyUsage::EncryptDecrypt => {}
+            u => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeyUsage {u} is not supported by p11kms yet; only ENCRYPT_DECRYPT"
+                )))
+            }
+        }
+    }
+    if req.key_spec.is_some() && req.customer_master_key_spec.is_some() {
+        return Err(KmsError::validation(
+            "You cannot specify KeySpec and CustomerMasterKeySpec in the same request",
+        ));
+    }
+    let spec = match (&req.key_spec, &req.customer_master_key_spec) {
+        (Some(s), _) => Some(KeySpec::parse(s, "keySpec")?),
+        (None, Some(s)) => Some(KeySpec::parse(s, "customerMasterKeySpec")?),
+        (None, None) => None,
+    };
+    match spec {
+        None | Some(KeySpec::SymmetricDefault) => {}
+        Some(s) => {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeySpec {s} is not supported by p11kms yet; only SYMMETRIC_DEFAULT"
+            )))
+        }
+    }
+    if let Some(o) = &req.origin {
+        match Origin::parse(o, "origin")? {
+            Origin::AwsKms => {}
+            o => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "Origin {o} is not supported by p11kms; keys are generated in the token"
+                )))
+            }
+        }
+    }
+    if req.multi_region == Some(true) {
+        return Err(KmsError::UnsupportedOperation(
+            "Multi-Region keys are not supported by p11kms".into(),
+        ));
+    }
+    if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
+        return Err(KmsError::UnsupportedOperation(
+            "Custom key stores are not supported by p11kms".into(),
+        ));
+    }
+    if req
+        .policy
+        .as_ref()
+        .is_some_and(|p| p.is_empty() || p.len() > 32768)
+    {
+        return Err(KmsError::validation(
+            "Policy must be between 1 and 32768 characters long",
+        ));
+    }
+    if let Some(tags) = &req.tags {
+        if tags.len() > 50 {
+            return Err(KmsError::Tag("A key can have at most 50 tags".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in tags {
+            if t.tag_key.is_empty() || t.tag_key.len() > 128 || t.tag_value.len() > 256 {
+                return Err(KmsError::Tag(
+                    "Tag keys must be 1 to 128 and tag values 0 to 256 characters long".into(),
+                ));
+            }
+            if !seen.insert(&t.tag_key) {
+                return Err(KmsError::Tag(format!("Duplicate tag key {}", t.tag_key)));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Kms {
+    pub(super) fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
+        KeyMetadata {
+            aws_account_id: self.scope.account.clone(),
+            key_id: r.id.to_string(),
+            arn: self.scope.key_arn(&r.id),
+            creation_date: secs(r.created_ms),
+            enabled: r.state == KeyState::Enabled,
+            description: r.description.clone(),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_state: r.state,
+            deletion_date: r.deletion_ms.map(secs),
+            pending_deletion_window_in_days: r.pending_window_days,
+            origin: Origin::AwsKms,
+            key_manager: KeyManager::Customer,
+            customer_master_key_spec: KeySpec::SymmetricDefault,
+            key_spec: KeySpec::SymmetricDefault,
+            encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
+            multi_region: false,
+        }
+    }
+
+    /// CreateKey: a new AES-256 CMK generated in the token, derive-only, never extractable.
+    pub fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadataResponse> {
+        check_create_key(&req)?;
+        let kdf = self
+            .token
+            .capabilities()
+            .kdf
+            .ok_or_else(|| KmsError::Internal("the token offers no key derivation".into()))?;
+        let id = KeyId::new_random();
+        let now = now_ms();
+        let record = KeyRecord {
+            id,
+            created_ms: now,
+            description: req.description.unwrap_or_default(),
+            state: KeyState::Enabled,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf,
+            current_version: 1,
+            versions: vec![BackingVersion {
+                version: 1,
+                created: now / 1000,
+            }],
+            tags: req
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.tag_key, t.tag_value))
+                .collect(),
+            policy: req.policy,
+        };
+        // The key material first: a crash before the record leaves an invisible orphan,
+        // never a record without a key.
+        let cmk = self
+            .token
+            .generate_cmk(&record.cmk_label(1), &cmk_id(&id, 1), kdf)?;
+        if let Err(e) = self
+            .store
+            .put_key(record.clone(), BTreeMap::from([(1, cmk)]))
+        {
+            let _ = self.token.destroy_cmk(cmk);
+            return Err(e);
+        }
+        Ok(KeyMetadataResponse {
+            key_metadata: self.metadata(&record),
+        })
+    }
+
+    pub fn describe_key(&self, req: KeyIdRequest) -> Result<KeyMetadataResponse> {
+        check_grant_tokens(&req.grant_tokens)?;
+        let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::Any)?;
+        Ok(KeyMetadataResponse {
+            key_metadata: self.metadata(&entry.record),
+        })
+    }
+
+    pub fn list_keys(&self, req: ListRequest) -> Result<ListKeysResponse> {
+        let limit = check_limit(req.limit, 100)?;
+        let start = match &req.marker {
+            None => Bound::Unbounded,
+            Some(m) => Bound::Excluded(
+                m.parse::<KeyId>()
+                    .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+            ),
+        };
+        let snap = self.store.read();
+        let mut iter = snap.keys.range((start, Bound::Unbounded));
+        let keys: Vec<KeyListEntry> = iter
+            .by_ref()
+            .take(limit)
+            .map(|(id, _)| KeyListEntry {
+                key_id: id.to_string(),
+                key_arn: self.scope.key_arn(id),
+            })
+            .collect();
+        let truncated = iter.next().is_some();
+        Ok(ListKeysResponse {
+            next_marker: truncated
+                .then(|| keys.last().map(|k| k.key_id.clone()))
+                .flatten(),
+            keys,
+            truncated,
+        })
+    }
+
+    /// Changes a key's state as `rule` decides from its record as it is now (`None`: no
+    /// change), with this process's other writes held off, then makes the token agree.
+    fn set_state(
+        &self,
+        id: &KeyId,
+        rule: impl FnOnce(&KeyRecord) -> Result<Option<(KeyState, Option<(i64, u32)>)>>,
+    ) -> Result<KeyRecord> {
+        let entry = self.store.update_key(
+            id,
+            |entry| {
+                if entry.record.state == KeyState::Unknown {
+                    return Err(unavailable_state(&self.scope.key_arn(id)));
+                }
+                Ok(match rule(&entry.record)? {
+                    None => Change::Keep,
+                    Some((state, deletion)) => Change::Write(KeyRecord {
+                        state,
+                        deletion_ms: deletion.map(|d| d.0),
+                        pending_window_days: deletion.map(|d| d.1),
+                        ..entry.record.clone()
+                    }),
+                })
+            },
+            |entry| self.apply_token_state(&entry.record, &entry.cmks),
+        )?;
+        if entry.record.state != KeyState::Enabled {
+            self.epochs.forget(id);
+        }
+        Ok(entry.record)
+    }
+
+    /// A CMK is derivable in the token exactly when its key is Enabled.
+    fn apply_token_state(&self, record: &KeyRecord, cmks: &BTreeMap<u32, CmkHandle>) -> Result<()> {
+        let usable = record.state == KeyState::Enabled;
+        for h in cmks.values() {
+            self.token.set_cmk_usable(*h, usable)?;
+        }
+        Ok(())
+    }
+
+    pub fn enable_key(&self, req: KeyIdRequest) -> Result<()> {
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::Disabled => Ok(Some((KeyState::Enabled, None))),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&id)
+            ))),
+            KeyState::Enabled | KeyState::Unknown => Ok(None),
+        })?;
+        Ok(())
+    }
+
+    pub fn disable_key(&self, req: KeyIdRequest) -> Result<()> {
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::Enabled => Ok(Some((KeyState::Disabled, None))),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&id)
+            ))),
+            KeyState::Disabled | KeyState::Unknown => Ok(None),
+        })?;
+        Ok(())
+    }
+
+    pub fn schedule_key_deletion(
+        &self,
+        req: ScheduleKeyDeletionRequest,
+    ) -> Result<ScheduleKeyDeletionResponse> {
+        let key_id = required(req.key_id, "keyId")?;
+        let days = match req.pending_window_in_days {
+            None => 30,
+            Some(d @ 7..=30) => d as u32,
+            Some(d) => {
+                return Err(KmsError::validation(format!(
+                    "1 validation error detected: Value '{d}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
+                )))
+            }
+        };
+        let (id, _) = self.resolve(&key_id, Forms::KeyOnly)?;
+        let when = now_ms() + i64::from(days) * DAY_MS;
+        let r = self.set_state(&id, |r| match r.state {
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.scope.key_arn(&id)
+            ))),
+            _ => Ok(Some((KeyState::PendingDeletion, Some((when, days))))),
+        })?;
+        Ok(ScheduleKeyDeletionResponse {
+            key_id: self.scope.key_arn(&id),
+            deletion_date: secs(when),
+            key_state: r.state,
+            pending_window_in_days: days,
+        })
+    }
+
+    /// CancelKeyDeletion: the key comes back Disabled, as in AWS.
+    pub fn cancel_key_deletion(&self, req: KeyIdRequest) -> Result<KeyIdResponse> {
+        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.set_state(&id, |r| match r.state {
+            KeyState::PendingDeletion => Ok(Some((KeyState::Disabled, None))),
+            _ => Err(KmsError::InvalidState(format!(
+                "{} is not pending deletion.",
+                self.scope.key_arn(&id)
+            ))),
+        })?;
+        Ok(KeyIdResponse {
+            key_id: self.scope.key_arn(&id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_key_rules() {
+        let ok = CreateKeyRequest::default();
+        assert!(check_create_key(&ok).is_ok());
+        let cases = [
+            (
+                CreateKeyRequest {
+                    key_usage: Some("SIGN_VERIFY".into()),
+                    ..Default::default()
+                },
+                "UnsupportedOperationException",
+            ),
+            (
+                CreateKeyRequest {
+                    key_usage: Some("NOPE".into()),
+                    ..Default::default()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateKeyRequest {
+                    description: Some("d".repeat(8193)),
+                    ..Default::default()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateKeyRequest {
+                    origin: Some("EXTERNAL".into()),
+                    ..Default::default()
+                },
+                "UnsupportedOperationException",
+            ),
+            (
+                CreateKeyRequest {
+                    tags: Some(vec![Tag::default()]),
+                    ..Default::default()
+                },
+                "TagException",
+            ),
+        ];
+        for (req, name) in cases {
+            assert_eq!(check_create_key(&req).unwrap_err().aws_name(), name);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The operations, as in the AWS KMS API Reference: validation first (a bad request changes
+//! nothing), then the state rules, then the token. One file per family: keys, aliases,
+//! cryptography; the shared rules are here.
+
+mod aliases;
+mod crypto;
+mod keys;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::domain::{AwsEnum, EncryptionAlgorithm, KeyState};
+use super::store::KeyEntry;
+use super::types::ContextMap;
+use super::{EncryptionContext, Forms, KeyId, KeyRef, Kms};
+use crate::error::{KmsError, Result};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Milliseconds as AWS's timestamps: seconds, as a JSON number.
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A missing required member, worded as AWS words it.
+fn required<T>(v: Option<T>, member: &str) -> Result<T> {
+    v.ok_or_else(|| {
+        KmsError::validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+fn check_grant_tokens(tokens: &Option<Vec<String>>) -> Result<()> {
+    if let Some(t) = tokens {
+        if t.len() > 10 {
+            return Err(KmsError::validation(
+                "GrantTokens must contain at most 10 grant tokens",
+            ));
+        }
+        if t.iter().any(|g| g.is_empty() || g.len() > 8192) {
+            return Err(KmsError::validation(
+                "each grant token must be between 1 and 8192 characters long",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn context(c: Option<ContextMap>) -> Result<EncryptionContext> {
+    c.map_or_else(|| Ok(EncryptionContext::empty()), EncryptionContext::new)
+}
+
+/// The encryption algorithm of a request to a symmetric key: SYMMETRIC_DEFAULT (also when
+/// absent); the asymmetric names are a usage error, anything else a validation error.
+fn symmetric_algorithm(a: &Option<String>, member: &str) -> Result<EncryptionAlgorithm> {
+    let Some(text) = a.as_deref() else {
+        return Ok(EncryptionAlgorithm::SymmetricDefault);
+    };
+    match EncryptionAlgorithm::parse(text, member)? {
+        EncryptionAlgorithm::SymmetricDefault => Ok(EncryptionAlgorithm::SymmetricDefault),
+        other => Err(KmsError::InvalidKeyUsage(format!(
+            "{member} {other} is not valid for a symmetric key"
+        ))),
+    }
+}
+
+fn check_limit(limit: Option<i64>, default: usize) -> Result<usize> {
+    match limit {
+        None => Ok(default),
+        Some(l @ 1..=1000) => Ok(l as usize),
+        Some(l) => Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{l}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000"
+        ))),
+    }
+}
+
+fn dry_run(flag: Option<bool>) -> Result<()> {
+    if flag == Some(true) {
+        Err(KmsError::DryRunOperation(
+            "The request would have succeeded, but the DryRun flag is set.".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The state rule for using a key in a cryptographic operation.
+pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
+    match entry.record.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(format!("{arn} is disabled."))),
+        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            "{arn} is pending deletion."
+        ))),
+        KeyState::Unknown => Err(unavailable_state(arn)),
+    }
+}
+
+/// A key whose record this version cannot fully read (see [`KeyState::Unknown`]).
+fn unavailable_state(arn: &str) -> KmsError {
+    KmsError::InvalidState(format!(
+        "{arn} is unavailable: its record was written by a newer version of p11kms or is \
+         damaged; this version neither uses nor changes it"
+    ))
+}
+
+impl Kms {
+    /// Resolves a `KeyId` parameter to the key it names (following an alias).
+    pub(super) fn resolve(&self, key_id: &str, forms: Forms) -> Result<(KeyId, KeyEntry)> {
+        let r = KeyRef::parse(key_id, &self.scope, forms)?;
+        let snap = self.store.read();
+        let id = match r {
+            KeyRef::Id(id) => id,
+            KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
+                Some(id) => id,
+                None => {
+                    return Err(KmsError::NotFound(format!(
+                        "Alias {} is not found.",
+                        self.scope.alias_arn(&a)
+                    )))
+                }
+            },
+        };
+        match snap.keys.get(&id) {
+            Some(e) => Ok((id, e.clone())),
+            None => Err(KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.scope.key_arn(&id)
+            ))),
+        }
+    }
+
+    /// The key a `KeyId` parameter (any of the four forms) names now, without doing anything
+    /// with it: callers authorize on the result before the operation.
+    pub fn resolve_key_id(&self, key_id: &str) -> Result<KeyId> {
+        self.resolve(key_id, Forms::Any).map(|(id, _)| id)
+    }
+
+    /// The key a ciphertext blob names, from its header alone (nothing is decrypted).
+    pub fn blob_key_id(blob: &[u8]) -> Result<KeyId> {
+        Ok(super::blob::parse(blob)?.header.key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_token_rules() {
+        assert!(check_grant_tokens(&Some(vec!["g".into(); 10])).is_ok());
+        assert!(check_grant_tokens(&Some(vec!["g".into(); 11])).is_err());
+        assert!(check_grant_tokens(&Some(vec![String::new()])).is_err());
+    }
+
+    #[test]
+    fn algorithm_rules() {
+        assert!(symmetric_algorithm(&None, "x").is_ok());
+        assert!(symmetric_algorithm(&Some("SYMMETRIC_DEFAULT".into()), "x").is_ok());
+        assert_eq!(
+            symmetric_algorithm(&Some("RSAES_OAEP_SHA_1".into()), "x")
+                .unwrap_err()
+                .aws_name(),
+            "InvalidKeyUsageException"
+        );
+        assert_eq!(
+            symmetric_algorithm(&Some("ROT13".into()), "x")
+                .unwrap_err()
+                .aws_name(),
+            "ValidationException"
+        );
+    }
+}
