@@ -32,11 +32,11 @@ fn cmk_template(label: &str, id: &[u8], kdf: Kdf, pinned: bool) -> Vec<Attribute
     }
 }
 
-/// What a label lookup of a CMK found.
+/// What a label lookup of a CMK found (`K`: the handle type; [`CmkHandle`] in a token).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CmkLookup {
+pub enum Lookup<K> {
     /// Exactly one object, proven to be a CMK p11kms generated in this token.
-    Found(CmkHandle),
+    Found(K),
     /// No object under the label.
     Missing,
     /// An object (or several) under the label that must not be used; why, for the log and
@@ -44,16 +44,19 @@ pub enum CmkLookup {
     Refused(String),
 }
 
-impl CmkLookup {
+/// A lookup in a token.
+pub type CmkLookup = Lookup<CmkHandle>;
+
+impl<K: Copy> Lookup<K> {
     /// Judges what the token holds under a CMK's label: exactly one object, whose attributes
     /// prove it genuine ([`CmkAttributes::verify`]). Two objects under one label are refused
     /// (one of them was planted, and guessing which is not p11kms's job). Refusals are
     /// logged, loudly: they mean someone holding the PIN changed the token.
-    pub fn judge(label: &str, found: &[(CmkHandle, CmkAttributes)], expected_id: &[u8]) -> Self {
+    pub fn judge(label: &str, found: &[(K, CmkAttributes)], expected_id: &[u8]) -> Self {
         let why = match found {
-            [] => return CmkLookup::Missing,
+            [] => return Lookup::Missing,
             [(h, attrs)] => match attrs.verify(expected_id) {
-                Ok(()) => return CmkLookup::Found(*h),
+                Ok(()) => return Lookup::Found(*h),
                 Err(why) => format!("the token object labelled {label} is refused: {why}"),
             },
             more => format!(
@@ -63,7 +66,7 @@ impl CmkLookup {
             ),
         };
         tracing::error!(target: "p11kms::custody", label, "{why}");
-        CmkLookup::Refused(why)
+        Lookup::Refused(why)
     }
 }
 
@@ -103,6 +106,23 @@ impl CmkAttributes {
         AttributeType::Wrap,
         AttributeType::Unwrap,
     ];
+
+    /// The attributes of a genuine CMK with `CKA_ID = id` (for tests of the rules that use
+    /// them, without a token).
+    #[cfg(test)]
+    pub(crate) fn genuine_for_tests(id: &[u8]) -> CmkAttributes {
+        CmkAttributes {
+            key_type: Some(KeyType::AES),
+            value_len: Some(32),
+            id: Some(id.to_vec()),
+            local: Some(true),
+            never_extractable: Some(true),
+            always_sensitive: Some(true),
+            sensitive: Some(true),
+            extractable: Some(false),
+            other_usages: Vec::new(),
+        }
+    }
 
     pub(crate) fn from_attributes(attrs: Vec<Attribute>) -> CmkAttributes {
         let mut c = CmkAttributes::default();
@@ -172,12 +192,15 @@ impl CmkAttributes {
 /// A CMK as listed: its label, handle, whether the token lets it derive now, and the
 /// attributes that must prove it genuine before it is used ([`CmkAttributes::verify`]).
 #[derive(Debug, Clone)]
-pub struct ListedCmk {
+pub struct Listed<K> {
     pub label: String,
-    pub handle: CmkHandle,
+    pub handle: K,
     pub derive: bool,
     pub attributes: CmkAttributes,
 }
+
+/// A CMK of a token, as listed.
+pub type ListedCmk = Listed<CmkHandle>;
 
 /// The custody attributes of a CMK as the token reports them.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -31,7 +31,7 @@ use cryptoki::types::AuthPin;
 pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
 pub use bench::{CeilingOp, CeilingResult};
 pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
-pub use cmk::{CmkAttributes, CmkCustody, CmkHandle, CmkLookup, ListedCmk};
+pub use cmk::{CmkAttributes, CmkCustody, CmkHandle, CmkLookup, Listed, ListedCmk, Lookup};
 pub use derived::SessionKey;
 pub use error::{CallError, HsmError, Quirks, Result};
 pub use objects::{DataHandle, DataObject};

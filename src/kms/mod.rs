@@ -106,7 +106,7 @@ impl Kms {
                 )))
             }
         };
-        let store = store::Store::open(Arc::clone(&token))?;
+        let store = store::Store::open(Arc::clone(&token), Arc::clone(&token))?;
         let kms = Kms {
             token,
             scope: settings.scope,

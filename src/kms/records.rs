@@ -35,7 +35,7 @@ pub struct BackingVersion {
 pub struct KeyRecord {
     #[serde(with = "key_id_str")]
     pub id: KeyId,
-    /// Unix seconds (milliseconds precision kept as f64 on the wire).
+    /// Unix milliseconds (shown as fractional seconds on the wire).
     pub created_ms: i64,
     pub description: String,
     pub state: KeyState,

@@ -1,0 +1,240 @@
+//! Re-listing the records: the newest version of each subject, superseded versions swept,
+//! new backing keys bound once the token proves them genuine.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use super::backend::Stored;
+use super::{BackingKeys, KeyEntry, RecordBackend, Snapshot, Store, WriterState};
+use crate::error::Result;
+use crate::hsm::{CmkAttributes, Listed, Lookup};
+use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::records::{
+    cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
+    APPLICATION, CMK_LABEL_PREFIX,
+};
+
+/// Re-listing looks CMKs up one search each up to this many new ones, else lists them all.
+const CMK_SEARCHES: usize = 4;
+
+/// Every object holding a version of one subject's record, and the newest among them.
+struct Versions<R, O> {
+    best: RecordLabel,
+    record: R,
+    objs: Vec<(RecordLabel, O)>,
+}
+
+impl<R, O> Versions<R, O> {
+    fn offer<S>(
+        slot: std::collections::hash_map::Entry<'_, S, Versions<R, O>>,
+        label: RecordLabel,
+        record: R,
+        handle: O,
+    ) {
+        use std::collections::hash_map::Entry;
+        match slot {
+            Entry::Vacant(v) => {
+                v.insert(Versions {
+                    best: label.clone(),
+                    record,
+                    objs: vec![(label, handle)],
+                });
+            }
+            Entry::Occupied(mut o) => {
+                let v = o.get_mut();
+                if label.rank() > v.best.rank() {
+                    v.best = label.clone();
+                    v.record = record;
+                }
+                v.objs.push((label, handle));
+            }
+        }
+    }
+}
+
+impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
+    /// Re-reads the token's records (the stamp was read before, so a change that lands during
+    /// the listing is seen again next time), sweeps superseded record objects and duplicate
+    /// generation objects. Returns the ids of keys whose record changed.
+    pub(super) fn relist(
+        &self,
+        w: &mut WriterState<R::Object>,
+        stamp_before: Option<String>,
+    ) -> Result<Vec<KeyId>> {
+        let started = Instant::now();
+        let first_load = w.seen.is_empty() && w.last_full.is_none();
+        // A first load needs every value: label and value in one read per object.
+        let listed = self.records.list(APPLICATION, first_load)?;
+        let mut live_labels = HashSet::new();
+        let mut claimed = HashSet::new();
+        let mut keys: HashMap<KeyId, Versions<KeyRecord, R::Object>> = HashMap::new();
+        let mut aliases: HashMap<AliasName, Versions<AliasRecord, R::Object>> = HashMap::new();
+        for Stored {
+            object: handle,
+            label: obj_label,
+            value,
+        } in listed
+        {
+            let Some(label) = RecordLabel::parse(&obj_label) else {
+                continue;
+            };
+            live_labels.insert(obj_label.clone());
+            if let Subject::Key(id) = &label.subject {
+                // Whatever its value says: a key with a record object keeps its backing keys.
+                claimed.insert(*id);
+            }
+            let record = match w.seen.get(&obj_label) {
+                Some(r) => r.clone(),
+                None => {
+                    let value = match value {
+                        Some(v) => v,
+                        None => match self.records.read(handle)? {
+                            Some(v) => v,
+                            None => continue,
+                        },
+                    };
+                    // Incomplete or foreign values are skipped, and re-read next time.
+                    let Some(r) = Record::decode(&value) else {
+                        continue;
+                    };
+                    w.seen.insert(obj_label.clone(), r.clone());
+                    r
+                }
+            };
+            match (&label.subject, record) {
+                (Subject::Key(id), Record::KeyV1(r)) if r.id == *id => {
+                    Versions::offer(keys.entry(*id), label, r, handle);
+                }
+                (Subject::Alias(name), Record::AliasV1(r)) if r.name == name.as_str() => {
+                    Versions::offer(aliases.entry(name.clone()), label, r, handle);
+                }
+                _ => {}
+            }
+        }
+        w.seen.retain(|l, _| live_labels.contains(l));
+
+        // CMK handles: reuse known ones; find new ones one search each if few, else list
+        // them all at once (a search costs as much as listing on SoftHSM: it visits every
+        // object). Every new handle is bound only once the token proves it genuine.
+        let old_cmks: HashMap<KeyId, BTreeMap<u32, K::Key>> = {
+            let snap = self.read();
+            snap.keys
+                .iter()
+                .map(|(id, e)| (*id, e.cmks.clone()))
+                .collect()
+        };
+        let missing: usize = keys
+            .iter()
+            .map(|(id, v)| {
+                v.record
+                    .versions
+                    .iter()
+                    .filter(|b| !old_cmks.get(id).is_some_and(|m| m.contains_key(&b.version)))
+                    .count()
+            })
+            .sum();
+        let listed_cmks: Option<HashMap<String, Vec<Listed<K::Key>>>> =
+            if first_load || missing > CMK_SEARCHES {
+                let all = self.keys.list_detailed(CMK_LABEL_PREFIX)?;
+                if first_load {
+                    w.initial_derive = all
+                        .iter()
+                        .filter_map(|c| parse_cmk_label(&c.label).map(|k| (k, c.derive)))
+                        .collect();
+                }
+                let mut by_label: HashMap<String, Vec<Listed<K::Key>>> = HashMap::new();
+                for c in all {
+                    by_label.entry(c.label.clone()).or_default().push(c);
+                }
+                Some(by_label)
+            } else {
+                None
+            };
+        let mut next = Snapshot {
+            claimed,
+            ..Snapshot::default()
+        };
+        let mut changed = Vec::new();
+        let mut superseded = Vec::new();
+        for (id, Versions { best, record, objs }) in keys {
+            let mut cmks = old_cmks.get(&id).cloned().unwrap_or_default();
+            let mut unbound = BTreeMap::new();
+            for v in &record.versions {
+                if cmks.contains_key(&v.version) {
+                    continue;
+                }
+                let label = cmk_label(&id, v.version);
+                let expected = cmk_id(&id, v.version);
+                let lookup = match &listed_cmks {
+                    Some(map) => {
+                        lookup_listed(map.get(&label).map(Vec::as_slice), &label, &expected)
+                    }
+                    None => self.keys.find(&label, &expected)?,
+                };
+                match lookup {
+                    Lookup::Found(h) => {
+                        cmks.insert(v.version, h);
+                    }
+                    Lookup::Missing => {
+                        unbound.insert(
+                            v.version,
+                            format!("the backing key {label} is not in the token"),
+                        );
+                    }
+                    Lookup::Refused(why) => {
+                        unbound.insert(v.version, why);
+                    }
+                }
+            }
+            superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
+            let handles = objs.into_iter().map(|(_, h)| h).collect();
+            next.key_meta.insert(id, (best, handles));
+            next.keys.insert(
+                id,
+                KeyEntry {
+                    record,
+                    cmks,
+                    unbound,
+                },
+            );
+        }
+        for (name, Versions { best, record, objs }) in aliases {
+            superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
+            let handles = objs.into_iter().map(|(_, h)| h).collect();
+            let live = record.target.is_some();
+            next.alias_meta.insert(name.clone(), (best, handles, live));
+            if live {
+                next.aliases.insert(name, record);
+            }
+        }
+        let old = {
+            let mut snap = self.write_snapshot(w);
+            for (id, e) in &next.keys {
+                if snap.keys.get(id).map(|o| &o.record) != Some(&e.record) {
+                    changed.push(*id);
+                }
+            }
+            changed.extend(snap.keys.keys().filter(|id| !next.keys.contains_key(id)));
+            std::mem::replace(&mut *snap, next)
+        };
+        drop(old);
+        w.last_full = Some(Instant::now());
+        w.last_full_took = started.elapsed();
+        w.current = stamp_before;
+        // Best effort: a superseded object another process already removed is fine.
+        for h in superseded {
+            let _ = self.records.destroy(h);
+        }
+        Ok(changed)
+    }
+}
+
+/// Binds a listed CMK: exactly one object under the label, proven genuine.
+fn lookup_listed<H: Copy>(found: Option<&[Listed<H>]>, label: &str, expected: &[u8]) -> Lookup<H> {
+    let found: Vec<(H, CmkAttributes)> = found
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (c.handle, c.attributes.clone()))
+        .collect();
+    Lookup::judge(label, &found, expected)
+}
