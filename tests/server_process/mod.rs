@@ -10,12 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::Client;
 
-use crate::common;
+use crate::{common, sdk};
 
 pub const REGION: &str = "us-east-2";
 pub const ACCOUNT: &str = "111122223333";
@@ -45,14 +43,8 @@ impl Cred {
 
     /// The fixture's dev credential, read from its state folder.
     pub fn dev() -> Cred {
-        let dir = common::state_dir();
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .expect("dev credential file")
-                .trim()
-                .to_owned()
-        };
-        Cred::new(&read("dev-access-key-id"), &read("dev-secret-key"), "dev")
+        let (id, secret) = common::dev_credentials();
+        Cred::new(&id, &secret, "dev")
     }
 }
 
@@ -90,9 +82,9 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// An `aws-sdk-kms` client for `cred`, without retries (each call is one request).
+    /// An `aws-sdk-kms` client for `cred` (see [`sdk::client`]).
     pub fn client(&self, cred: &Cred) -> Client {
-        client(&self.endpoint, &cred.id, &cred.secret)
+        sdk::client(&self.endpoint, REGION, &cred.id, &cred.secret, None)
     }
 
     /// A line of the server's `/proc/<pid>/status`, e.g. `VmHWM` (in kB).
@@ -109,29 +101,6 @@ impl ServerProcess {
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().expect("stderr lines").join("\n")
     }
-}
-
-/// An `aws-sdk-kms` client for an endpoint, without retries.
-pub fn client(endpoint: &str, id: &str, secret: &str) -> Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(id, secret, None, None, "test"))
-        .http_client(http)
-        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_sdk_kms::config::timeout::TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(20))
-                .build(),
-        )
-        .build();
-    Client::from_conf(conf)
 }
 
 fn write_private(path: &Path, text: &str) {
