@@ -12,7 +12,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime};
 
-use api_support::{dev_credentials, server, REGION};
+use api_support::{server, REGION};
+use common::dev_credentials;
 use wire::{connect, raw, read_response, request_bytes, signed_headers, Resp, JSON};
 
 /// A correctly signed KMS call from the dev principal.

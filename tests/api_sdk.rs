@@ -3,57 +3,29 @@
 
 mod api_support;
 mod common;
+mod sdk;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
 
-use api_support::{dev_credentials, server, ALLOWED_ALIAS, REGION};
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use api_support::{server, ALLOWED_ALIAS, REGION};
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyState, Tag};
 use aws_sdk_kms::Client;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-
-fn http_client(ca: Option<Vec<u8>>) -> aws_sdk_kms::config::SharedHttpClient {
-    let builder = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
-    match ca {
-        None => builder.build_https(),
-        Some(pem) => builder
-            .tls_context(
-                TlsContext::builder()
-                    .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
-                    .build()
-                    .expect("tls context"),
-            )
-            .build_https(),
-    }
-}
-
-fn client_for(endpoint: &str, id: &str, secret: &str, ca: Option<Vec<u8>>) -> Client {
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(id, secret, None, None, "p11kms-tests"))
-        .http_client(http_client(ca))
-        // Errors should surface at once, not after retries.
-        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
+use common::dev_credentials;
 
 /// The dev principal, exactly as a user pastes it from `serve`'s output.
 fn client() -> Client {
     let (id, secret) = dev_credentials();
-    client_for(&server().endpoint, &id, &secret, None)
+    sdk::client(&server().endpoint, REGION, &id, &secret, None)
 }
 
 fn restricted_client() -> Client {
-    client_for(
+    sdk::client(
         &server().endpoint,
+        REGION,
         api_support::RESTRICTED_ID,
         api_support::RESTRICTED_SECRET,
         None,
@@ -954,12 +926,18 @@ async fn unsupported_operations_answer_by_name() {
 #[tokio::test]
 async fn authentication_failures_reach_the_sdk_by_name() {
     let (id, _) = dev_credentials();
-    let wrong_secret = client_for(&server().endpoint, &id, "not-the-secret", None);
+    let wrong_secret = sdk::client(&server().endpoint, REGION, &id, "not-the-secret", None);
     assert_eq!(
         code(wrong_secret.list_keys().send().await),
         "InvalidSignatureException"
     );
-    let unknown = client_for(&server().endpoint, "AKIAUNKNOWNKEY000001", "whatever", None);
+    let unknown = sdk::client(
+        &server().endpoint,
+        REGION,
+        "AKIAUNKNOWNKEY000001",
+        "whatever",
+        None,
+    );
     assert_eq!(
         code(unknown.list_keys().send().await),
         "UnrecognizedClientException"
@@ -1092,7 +1070,7 @@ async fn over_tls() {
         tls.endpoint.clone(),
         format!("https://localhost:{}", tls.addr.port()),
     ] {
-        let c = client_for(&endpoint, &id, &secret, Some(api_support::ca_pem()));
+        let c = sdk::client(&endpoint, REGION, &id, &secret, Some(api_support::ca_pem()));
         let (key, _) = new_key(&c).await;
         let blob = c
             .encrypt()
@@ -1112,6 +1090,6 @@ async fn over_tls() {
         assert_eq!(d.plaintext().expect("pt").as_ref(), b"over tls");
     }
     // A client that does not trust our CA fails the handshake, not the request.
-    let untrusting = client_for(&tls.endpoint, &id, &secret, None);
+    let untrusting = sdk::client(&tls.endpoint, REGION, &id, &secret, None);
     assert!(untrusting.list_keys().send().await.is_err());
 }

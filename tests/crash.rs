@@ -5,10 +5,38 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use p11kms::kms::types::*;
+
+/// How one killed child ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Finished and printed its answer before the kill.
+    completed: usize,
+    /// Killed by the SIGKILL before it printed its answer: the kill interrupted it.
+    interrupted: usize,
+    /// Exited with an error of its own.
+    failed: usize,
+}
+
+/// The command of child `i`.
+fn command(i: u64, alias: &str, base: &str, spare: &str) -> Vec<String> {
+    let target = if i % 2 == 0 { spare } else { base };
+    match i % 3 {
+        0 => vec!["key".into(), "create".into()],
+        1 => vec!["alias".into(), "update".into(), alias.into(), target.into()],
+        _ => vec![
+            "alias".into(),
+            "create".into(),
+            format!("alias/crash-new-{i}"),
+            base.into(),
+        ],
+    }
+}
 
 /// Kills `p11kms` processes at spread-out moments of CreateKey and alias updates, then checks
 /// that a freshly opened service sees a consistent store: every key usable, every alias
@@ -25,34 +53,51 @@ fn killed_writers_leave_a_consistent_store() {
     })
     .unwrap();
 
+    // How long a command takes here, uninterrupted (the slowest kind): the kills are spread
+    // over twice that, whatever the speed of the machine.
+    let took: Vec<Duration> = (0..3u64)
+        .map(|kind| {
+            let args = command(kind + 300, &alias, &base, &spare);
+            let t0 = Instant::now();
+            let o = common::p11kms_cmd().args(&args).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            t0.elapsed()
+        })
+        .collect();
+    let spread = took.iter().max().copied().unwrap_or_default() * 2;
+
+    let mut outcomes = Outcomes::default();
     for i in 0..36u64 {
-        let target = if i % 2 == 0 { &spare } else { &base };
-        let args: Vec<String> = match i % 3 {
-            0 => vec!["key".into(), "create".into()],
-            1 => vec![
-                "alias".into(),
-                "update".into(),
-                alias.clone(),
-                target.clone(),
-            ],
-            _ => vec![
-                "alias".into(),
-                "create".into(),
-                format!("alias/crash-new-{i}"),
-                base.clone(),
-            ],
-        };
         let mut child = common::p11kms_cmd()
-            .args(&args)
-            .stdout(Stdio::null())
+            .args(command(i, &alias, &base, &spare))
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         // Spread the kill over start-up, the token write and the clean-up after it.
-        std::thread::sleep(Duration::from_millis((i * 37) % 250));
+        std::thread::sleep(spread.mul_f64(((i * 37) % 250) as f64 / 250.0));
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        let mut printed = String::new();
+        let _ = child.stdout.take().unwrap().read_to_string(&mut printed);
+        if !printed.is_empty() {
+            outcomes.completed += 1;
+        } else if status.signal() == Some(libc::SIGKILL) {
+            outcomes.interrupted += 1;
+        } else {
+            outcomes.failed += 1;
+        }
     }
+    eprintln!(
+        "crash: uninterrupted runs took {took:?}; of 36 children {} finished, {} were killed \
+         before they finished, {} failed",
+        outcomes.completed, outcomes.interrupted, outcomes.failed
+    );
+    // Kills that land only before start-up or only after the end test nothing.
+    assert!(
+        outcomes.interrupted > 0 && outcomes.completed > 0,
+        "the kills must land while children run: {outcomes:?}"
+    );
 
     // What a restarted process does: open from the configuration. For the embedded SoftHSM
     // token that first restores `token.object` if a kill during a login emptied it (SoftHSM
@@ -115,7 +160,8 @@ fn killed_writers_leave_a_consistent_store() {
 
     // CMKs left by a CreateKey killed between the key and its record are orphans: invisible,
     // and swept (here with no grace period).
-    fresh.sweep_orphan_cmks_after(Duration::ZERO).unwrap();
+    let (swept, _) = fresh.sweep_orphan_cmks_after(Duration::ZERO).unwrap();
+    eprintln!("crash: {swept} orphan CMKs (a kill between a key and its record) swept");
     let cmks = fresh
         .token()
         .list_cmks(p11kms::kms::records::CMK_LABEL_PREFIX)

@@ -5,11 +5,10 @@
 //! left by another process.
 
 mod common;
+mod sdk;
+mod server_process;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::TokenKind;
 
@@ -246,51 +245,28 @@ fn derive_template_on_cmks_per_token() {
     assert_eq!(decrypt(kms, &blob).len(), 32);
 }
 
-/// Waits for `child` to exit, killing it after `limit`.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn serve(require: &str) -> Child {
-    common::p11kms_cmd()
-        .env("P11KMS_REQUIRE_IN_TOKEN_SEALING", require)
-        .env("P11KMS_LISTEN", "127.0.0.1:0")
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn p11kms serve")
+/// `p11kms serve` over the fixture's token with `P11KMS_REQUIRE_IN_TOKEN_SEALING=<require>`:
+/// the server once it listens, or how it exited.
+fn serve(require: &str) -> Result<server_process::ServerProcess, server_process::Exited> {
+    server_process::try_start(&server_process::Options {
+        credentials: vec![server_process::Cred::dev()],
+        env: vec![("P11KMS_REQUIRE_IN_TOKEN_SEALING".into(), require.into())],
+        ..Default::default()
+    })
 }
 
 /// `require_in_token_sealing`: SoftHSM cannot seal in the token, so `p11kms serve` refuses to
 /// start and says which token lacks what; Kryoptic can, so it starts and logs the token path.
 #[test]
 fn require_in_token_sealing_at_start_up() {
-    let mut child = serve("true");
+    let started = serve("true");
     match common::token_kind() {
         TokenKind::SoftHsm => {
-            let status = wait_exit(&mut child, Duration::from_secs(60))
+            let exited = started
+                .err()
                 .expect("serve should refuse to start, not serve");
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert_eq!(status.code(), Some(1), "{err}");
+            let err = &exited.stderr;
+            assert_eq!(exited.status.code(), Some(1), "{err}");
             for want in [
                 "require_in_token_sealing",
                 "token \"p11kms\"",
@@ -300,31 +276,13 @@ fn require_in_token_sealing_at_start_up() {
             ] {
                 assert!(err.contains(want), "{want:?} missing from: {err}");
             }
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            assert!(!out.contains("listening on"), "{out}");
+            assert!(!exited.stdout.contains("listening on"), "{}", exited.stdout);
         }
         TokenKind::Kryoptic => {
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let listening = lines
-                .by_ref()
-                .map_while(|l| l.ok())
-                .any(|l| l.starts_with("listening on "));
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(listening, "serve did not start: {err}");
+            let err = match started {
+                Ok(server) => server.stop(),
+                Err(exited) => panic!("serve did not start: {}", exited.stderr),
+            };
             assert!(
                 err.contains("sealed on the token path (required)"),
                 "start-up log: {err}"
@@ -396,22 +354,10 @@ fn require_in_token_sealing_from_the_config_file() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("contradicts"));
 
     // Without the requirement the server starts on either token and logs every operation.
-    let mut child = serve("false");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(|l| l.ok())
-        .any(|l| l.starts_with("listening on "));
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(listening, "{err}");
+    let err = match serve("false") {
+        Ok(server) => server.stop(),
+        Err(exited) => panic!("serve did not start: {}", exited.stderr),
+    };
     let custody: Vec<&str> = err
         .lines()
         .filter(|l| l.starts_with("p11kms: custody: "))

@@ -5,6 +5,7 @@
 
 mod common;
 mod plant;
+mod sdk;
 mod server_process;
 mod wire;
 

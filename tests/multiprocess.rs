@@ -2,7 +2,17 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
+
 use p11kms::kms::types::*;
+
+/// One test at a time: the duplicate generation object must settle on a token no other test
+/// of this binary is changing meanwhile (they would race to settle it too).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn run(args: &[&str]) -> serde_json::Value {
     let out = common::p11kms_cmd()
@@ -29,6 +39,7 @@ fn run_err(args: &[&str]) -> String {
 
 #[test]
 fn other_processes_see_keys_aliases_and_states() {
+    let _g = serial();
     let kms = common::kms();
     // Made here, seen by another process.
     let key = common::new_key();
@@ -112,6 +123,7 @@ fn base64_encode(b: &[u8]) -> String {
 /// The CLI and the library agree on a second, independent open of the token.
 #[test]
 fn a_second_open_in_process_agrees() {
+    let _g = serial();
     let key = common::new_key();
     let fresh = common::fresh_kms();
     assert_eq!(
@@ -122,4 +134,42 @@ fn a_second_open_in_process_agrees() {
             .key_id,
         key
     );
+}
+
+/// Two processes that each created a generation object at the same moment (simulated here by
+/// adding a second one): the next process to look keeps one, and changes still reach
+/// everybody, including the process whose object was destroyed.
+#[test]
+fn a_duplicate_generation_object_is_settled() {
+    let _g = serial();
+    let kms = common::kms();
+    // The smallest possible value: every process keeps this one.
+    kms.token()
+        .create_data(
+            "p11kms-generation",
+            "p11kms:generation:00000000000000000001:00000000",
+            &[0u8; 16],
+        )
+        .expect("second generation object");
+    let other = common::fresh_kms();
+    // The process that looked kept exactly one: the smallest value, the planted one.
+    let left = kms
+        .token()
+        .list_data_values("p11kms-generation")
+        .expect("generation objects");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1, [0u8; 16]);
+    let made_there = other
+        .create_key(Default::default())
+        .expect("create key")
+        .key_metadata
+        .key_id;
+    kms.refresh().expect("refresh");
+    kms.describe_key(common::key_req(&made_there))
+        .expect("seen by the process whose generation object was destroyed");
+    let made_here = common::new_key();
+    other.refresh().expect("refresh");
+    other
+        .describe_key(common::key_req(&made_here))
+        .expect("seen by the other process");
 }

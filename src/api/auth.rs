@@ -307,7 +307,24 @@ mod tests {
         );
         assert!(creds.secret_for("AKIAOTHER").is_none());
         assert!(!format!("{creds:?}").contains("s3cret"));
-        let err = Credentials::from_config(&[c.clone(), c.clone()]);
-        assert!(err.is_err(), "unset env var fails start-up");
+        // The secret was read once: with the variable gone, start-up fails and says why.
+        let unset = Credentials::from_config(std::slice::from_ref(&c))
+            .expect_err("unset env var fails start-up");
+        assert!(
+            unset.message().contains(name) && unset.message().contains("not set"),
+            "{}",
+            unset.message()
+        );
+        // One access key id twice, each secret readable: refused, naming the duplicate.
+        std::env::set_var(name, "s3cret-value");
+        let twice = Credentials::from_config(&[c.clone(), c.clone()]);
+        std::env::remove_var(name);
+        let e = twice.expect_err("a duplicate access key id fails start-up");
+        assert!(
+            e.message()
+                .contains("access key id AKIAAPPAPPAPPAPP0001 is configured twice"),
+            "{}",
+            e.message()
+        );
     }
 }

@@ -6,7 +6,8 @@
 use std::convert::Infallible;
 use std::io::Write as _;
 
-use super::server::{http1_builder, request_id, AMZ_JSON};
+use super::response::{request_id, AMZ_JSON};
+use super::server::http1_builder;
 use crate::error::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

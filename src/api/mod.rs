@@ -8,10 +8,13 @@
 //! - [`run`]: the server over an open [`Kms`] and a bound listener (tests, embedding).
 
 pub mod auth;
+mod body;
 mod conns;
 pub mod error;
 mod floor;
 pub mod operations;
+mod request;
+mod response;
 mod server;
 pub mod sigv4;
 
@@ -30,7 +33,7 @@ use crate::kms::Kms;
 use auth::{Authorizer, ConfigAuthorizer, Credentials};
 
 pub use floor::serve_http_floor;
-pub use server::AMZ_JSON;
+pub use response::AMZ_JSON;
 
 /// Everything the server needs besides the [`Kms`] and the listener.
 pub struct ServerSettings {

@@ -5,6 +5,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::api::sigv4::derive_signing_key;
+
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const SIGNED_HEADERS: &str = "content-type;host;x-amz-date;x-amz-target";
 
@@ -49,10 +51,9 @@ impl Signer {
                 return *k;
             }
         }
-        let k_date = hmac(format!("AWS4{}", self.secret).as_bytes(), day.as_bytes());
-        let k_region = hmac(&k_date, self.region.as_bytes());
-        let k_service = hmac(&k_region, b"kms");
-        let k = hmac(&k_service, b"aws4_request");
+        let Some(k) = derive_signing_key(&self.secret, day, &self.region, "kms") else {
+            unreachable!("HMAC accepts any key length")
+        };
         self.day_key = Some((day.to_owned(), k));
         k
     }

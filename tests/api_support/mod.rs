@@ -31,18 +31,6 @@ pub struct Server {
     pub max_body_bytes: usize,
 }
 
-/// The embedded dev credential, read from the state folder as a user would.
-pub fn dev_credentials() -> (String, String) {
-    let dir = common::state_dir();
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .expect("dev credential file")
-            .trim()
-            .to_owned()
-    };
-    (read("dev-access-key-id"), read("dev-secret-key"))
-}
-
 /// The plain-HTTP server of this test binary.
 pub fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();

@@ -162,6 +162,18 @@ pub fn state_dir() -> &'static Path {
     &fixture().state_dir
 }
 
+/// The dev credential (access key id, secret), read from the state folder as a user would.
+pub fn dev_credentials() -> (String, String) {
+    let dir = state_dir();
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .expect("dev credential file")
+            .trim()
+            .to_owned()
+    };
+    (read("dev-access-key-id"), read("dev-secret-key"))
+}
+
 /// A new enabled key; returns its id.
 pub fn new_key() -> String {
     kms()

@@ -14,8 +14,14 @@ use crate::common;
 /// A logged-in session of this process on the fixture's token (the module is the one the
 /// fixture loaded: initialising and logging in again are no-ops).
 pub fn session() -> Session {
-    let f = common::fixture();
-    let pkcs11 = Pkcs11::new(&f.config.token.module).expect("load module");
+    session_on(&common::fixture().config)
+}
+
+/// A logged-in session of this process on the token `config` names (label `p11kms`). The
+/// module reads its own configuration once per process: on SoftHSM, a test binary can reach
+/// one token folder only.
+pub fn session_on(config: &p11kms::config::Config) -> Session {
+    let pkcs11 = Pkcs11::new(&config.token.module).expect("load module");
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("C_Initialize: {e}"),
@@ -29,9 +35,9 @@ pub fn session() -> Session {
                 .get_token_info(*s)
                 .is_ok_and(|i| i.label().trim_end() == "p11kms")
         })
-        .expect("the fixture's token");
+        .expect("the p11kms token");
     let s = pkcs11.open_rw_session(slot).expect("session");
-    let pin = f.config.token.pin.read().expect("pin");
+    let pin = config.token.pin.read().expect("pin");
     match s.login(
         UserType::User,
         Some(&AuthPin::from(pin.expose().to_owned())),
@@ -163,19 +169,28 @@ pub fn labels(s: &Session, class: ObjectClass) -> Vec<String> {
         .collect()
 }
 
+/// The generation objects (p11kms's change detector: `CKA_APPLICATION` `p11kms-generation`),
+/// with their labels.
+pub fn generation_objects(s: &Session) -> Vec<(ObjectHandle, String)> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Application(b"p11kms-generation".to_vec()),
+    ])
+    .expect("find the generation object")
+    .into_iter()
+    .filter_map(|h| Some((h, label_of(s, h)?)))
+    .collect()
+}
+
+/// The labels of the generation objects.
+pub fn generation_labels(s: &Session) -> Vec<String> {
+    generation_objects(s).into_iter().map(|(_, l)| l).collect()
+}
+
 /// Tells every p11kms process that the records changed, as p11kms's own writers do: the
 /// generation object's label goes to the next counter.
 pub fn announce(s: &Session) {
-    let found = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Application(b"p11kms-generation".to_vec()),
-        ])
-        .expect("find the generation object");
-    for h in found {
-        let Some(label) = label_of(s, h) else {
-            continue;
-        };
+    for (h, label) in generation_objects(s) {
         let Some(counter) = label
             .strip_prefix("p11kms:generation:")
             .and_then(|r| r.split(':').next())

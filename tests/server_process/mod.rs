@@ -1,21 +1,23 @@
-//! `p11kms serve` as a separate process over the fixture's token, configured by a file the
-//! test writes (credentials, limits, refresh interval), on a free loopback port. For tests
-//! that need a real second process: another process changing the token, a stalled token,
-//! resource use measured from outside, process hygiene.
+//! `p11kms serve` as a separate process, on a free loopback port: over the fixture's token,
+//! configured by a file the test writes (credentials, limits, refresh interval), or over the
+//! embedded token of a state folder, as a user starts it. For tests that need a real second
+//! process: another process changing the token, a stalled token, resource use measured from
+//! outside, process hygiene, start-up refusals, several servers over one token.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::Client;
 
-use crate::common;
+use crate::{common, sdk};
 
 pub const REGION: &str = "us-east-2";
 pub const ACCOUNT: &str = "111122223333";
@@ -45,14 +47,8 @@ impl Cred {
 
     /// The fixture's dev credential, read from its state folder.
     pub fn dev() -> Cred {
-        let dir = common::state_dir();
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .expect("dev credential file")
-                .trim()
-                .to_owned()
-        };
-        Cred::new(&read("dev-access-key-id"), &read("dev-secret-key"), "dev")
+        let (id, secret) = common::dev_credentials();
+        Cred::new(&id, &secret, "dev")
     }
 }
 
@@ -69,13 +65,19 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
+/// A server can take this long to open the token and print `listening on`.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub endpoint: String,
     /// Every line the server wrote to stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    /// What the banner exported (`export NAME=value`, the shell quoting removed), in order.
+    pub exported: Vec<(String, String)>,
+    stderr_reader: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for ServerProcess {
@@ -90,9 +92,39 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// An `aws-sdk-kms` client for `cred`, without retries (each call is one request).
+    /// An `aws-sdk-kms` client for `cred` (see [`sdk::client`]).
     pub fn client(&self, cred: &Cred) -> Client {
-        client(&self.endpoint, &cred.id, &cred.secret)
+        sdk::client(&self.endpoint, REGION, &cred.id, &cred.secret, None)
+    }
+
+    /// A value the banner exported, e.g. `AWS_REGION`.
+    pub fn exported(&self, name: &str) -> Option<&str> {
+        self.exported
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The credential the banner exported (only an embedded token's dev credential is).
+    pub fn banner_cred(&self) -> Cred {
+        let get = |name: &str| {
+            self.exported(name)
+                .unwrap_or_else(|| panic!("{name} in the banner: {:?}", self.exported))
+        };
+        Cred::new(
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+            "dev",
+        )
+    }
+
+    /// A client exactly as a user pastes the banner: its endpoint, region and credential.
+    pub fn banner_client(&self) -> Client {
+        let cred = self.banner_cred();
+        let region = self
+            .exported("AWS_REGION")
+            .expect("AWS_REGION in the banner");
+        sdk::client(&self.endpoint, region, &cred.id, &cred.secret, None)
     }
 
     /// A line of the server's `/proc/<pid>/status`, e.g. `VmHWM` (in kB).
@@ -109,29 +141,24 @@ impl ServerProcess {
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().expect("stderr lines").join("\n")
     }
+
+    /// Kills the server and returns everything it wrote to stderr, to the last line.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr_text()
+    }
 }
 
-/// An `aws-sdk-kms` client for an endpoint, without retries.
-pub fn client(endpoint: &str, id: &str, secret: &str) -> Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(id, secret, None, None, "test"))
-        .http_client(http)
-        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_sdk_kms::config::timeout::TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(20))
-                .build(),
-        )
-        .build();
-    Client::from_conf(conf)
+/// A server that exited before it printed `listening on`.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -175,6 +202,16 @@ fn config_file(dir: &Path, opts: &Options) -> PathBuf {
 
 /// Starts `p11kms serve` with `opts` and waits for `listening on`.
 pub fn start(opts: &Options) -> ServerProcess {
+    try_start(opts).unwrap_or_else(|e| {
+        panic!(
+            "p11kms serve exited ({}) before `listening on`:\n{}",
+            e.status, e.stderr
+        )
+    })
+}
+
+/// Starts `p11kms serve` with `opts`: the server once it listens, or how it exited.
+pub fn try_start(opts: &Options) -> Result<ServerProcess, Exited> {
     let dir = tempfile::Builder::new()
         .prefix("p11kms-serve-")
         .tempdir()
@@ -185,48 +222,114 @@ pub fn start(opts: &Options) -> ServerProcess {
         .env("P11KMS_LOG", "info")
         .args(["--config"])
         .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg("serve");
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
-    let mut child = spawn(cmd);
+    launch(cmd, Some(dir))
+}
+
+/// Starts `p11kms serve` over the embedded token of `state_dir` (set up by `p11kms token
+/// init`), with no configuration file, as a user would; the banner exports its dev
+/// credential ([`ServerProcess::banner_client`]).
+pub fn start_embedded(state_dir: &Path) -> ServerProcess {
+    let mut cmd = common::embedded_cmd(state_dir);
+    cmd.env("P11KMS_LISTEN", "127.0.0.1:0").arg("serve");
+    launch(cmd, None).unwrap_or_else(|e| {
+        panic!(
+            "p11kms serve exited ({}) before `listening on`:\n{}",
+            e.status, e.stderr
+        )
+    })
+}
+
+/// Runs `cmd` (a `p11kms serve`) and reads its banner up to `listening on`.
+fn launch(mut cmd: Command, dir: Option<tempfile::TempDir>) -> Result<ServerProcess, Exited> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start p11kms serve");
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let err = child.stderr.take().expect("stderr");
     let lines = Arc::clone(&stderr);
-    std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             lines.lock().expect("stderr lines").push(line);
         }
     });
     let stdout = child.stdout.take().expect("stdout");
-    let mut out = BufReader::new(stdout).lines();
+    let (tx, rx) = mpsc::channel();
+    // Keeps draining stdout after the banner too, so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_LIMIT;
+    let (mut printed, mut exported) = (Vec::new(), Vec::new());
     let addr: SocketAddr = loop {
-        match out.next() {
-            Some(Ok(line)) => {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
                 if let Some(a) = line.strip_prefix("listening on ") {
                     break a.trim().parse().expect("address");
                 }
+                if let Some((name, value)) =
+                    line.strip_prefix("export ").and_then(|l| l.split_once('='))
+                {
+                    exported.push((name.to_owned(), shell_unquote(value)));
+                }
+                printed.push(line);
             }
-            _ => panic!(
-                "p11kms serve exited before `listening on`:\n{}",
-                stderr.lock().expect("stderr lines").join("\n")
-            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = wait_bounded(&mut child, Duration::from_secs(10));
+                let _ = stderr_reader.join();
+                let stderr = stderr.lock().expect("stderr lines").join("\n");
+                return Err(Exited {
+                    status,
+                    stdout: printed.join("\n"),
+                    stderr,
+                });
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "p11kms serve printed no `listening on` within {START_LIMIT:?}:\n{}",
+                    stderr.lock().expect("stderr lines").join("\n")
+                );
+            }
         }
     };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in out {});
-    ServerProcess {
+    Ok(ServerProcess {
         child,
         addr,
         endpoint: format!("http://{addr}"),
         stderr,
+        exported,
+        stderr_reader: Some(stderr_reader),
         _dir: dir,
+    })
+}
+
+/// The exit status of `child`, killing it if it has not exited within `limit`.
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for p11kms serve") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait().expect("wait for p11kms serve");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn spawn(mut cmd: Command) -> Child {
-    cmd.spawn().expect("start p11kms serve")
+/// Undoes the banner's shell quoting (`'...'`, with `'\''` for a quote).
+fn shell_unquote(v: &str) -> String {
+    match v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) => inner.replace("'\\''", "'"),
+        None => v.to_owned(),
+    }
 }

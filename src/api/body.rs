@@ -1,0 +1,165 @@
+//! Reading a request's body: its declared length, its size limit (413), its time limit, a
+//! buffer that is zeroized when dropped, and its content type.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::StatusCode;
+use zeroize::Zeroizing;
+
+use super::error::ApiError;
+use super::response::AMZ_JSON;
+
+/// The whole body must arrive within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// An oversized body is read and discarded up to this much more, so the client (which is
+/// usually still sending) gets the 413 instead of a connection reset.
+const DISCARD_LIMIT: u64 = 1 << 20;
+
+/// The declared `Content-Length`, or the 413 for a body declared larger than `max`: refused
+/// on its declared size alone, the rest is read and thrown away (bounded, not buffered) so
+/// that a client still sending sees the answer.
+pub(super) async fn declared_length(
+    headers: &HeaderMap,
+    body: &mut Incoming,
+    max: usize,
+) -> Result<Option<u64>, ApiError> {
+    let declared = content_length(headers)?;
+    if let Some(n) = declared.filter(|n| *n > max as u64) {
+        if n <= max as u64 + DISCARD_LIMIT {
+            discard(body, n).await;
+        }
+        return Err(too_large(n, max));
+    }
+    Ok(declared)
+}
+
+/// The body (see [`read_at_most`]), within [`BODY_TIMEOUT`].
+pub(super) async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, read_at_most(body, declared, max)).await {
+        Ok(b) => b,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!("The request body was not received within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(CONTENT_LENGTH) {
+        None => Ok(None),
+        // hyper has already rejected malformed or conflicting lengths.
+        Some(v) => Ok(v.to_str().ok().and_then(|s| s.parse().ok())),
+    }
+}
+
+fn too_large(n: u64, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "ValidationException",
+        format!("The request body ({n} bytes or more) exceeds the limit of {max} bytes"),
+    )
+}
+
+/// The body, at most `max` bytes, in a buffer that is zeroized when dropped (it may carry
+/// plaintext). A body that grows past `max` is discarded and answered 413. (A declared length
+/// over `max` is refused before this is called.)
+async fn read_at_most(
+    mut body: Incoming,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(
+        declared.map_or(0, |n| n as usize).min(max),
+    ));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::serialization(format!("Could not read the request body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let total = buf.len() + data.len();
+        if total > max {
+            discard(&mut body, max as u64 + DISCARD_LIMIT).await;
+            return Err(too_large(total as u64, max));
+        }
+        if total > buf.capacity() {
+            // Grow by hand so the old allocation is zeroized, not just freed.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(total.max(buf.capacity() * 2)));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf)
+}
+
+async fn discard(body: &mut Incoming, limit: u64) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            seen += d.len() as u64;
+        }
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// AWS JSON bodies; `application/json` is accepted too, and a missing type is tolerated.
+pub(super) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = v
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-amz-json-1.1" | "application/x-amz-json-1.0" | "application/json" => Ok(()),
+        _ => Err(ApiError::serialization(format!(
+            "Unsupported Content-Type {:?}: send {AMZ_JSON}",
+            v.to_str().unwrap_or("<binary>")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_type(&h).is_ok());
+        for ok in [
+            "application/x-amz-json-1.1",
+            "application/json; charset=utf-8",
+            "Application/X-Amz-Json-1.0",
+        ] {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(check_content_type(&h).is_ok(), "{ok}");
+        }
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(
+            check_content_type(&h).unwrap_err().name,
+            "SerializationException"
+        );
+    }
+}

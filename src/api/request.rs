@@ -1,0 +1,353 @@
+//! Handling one request: routing, readiness, and a KMS call from its SigV4 check to its
+//! reply, including where its token work runs.
+//!
+//! Fast operations (tens of µs on a local token) run their token calls inline on the async
+//! runtime's workers: a hand-off to another thread costs more than the call. Everything else,
+//! and every request the control thread serves (see [`super::server`]), runs on the blocking
+//! pool. Every token operation holds one of `pool size − 1` session permits (one session
+//! stays free for upkeep), so no request ever waits inside the token layer for a session.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use super::auth::{Authorizer, Credentials};
+use super::body::{check_content_type, declared_length, read_body};
+use super::conns::Conns;
+use super::error::ApiError;
+use super::operations::{execute, Caller, Op};
+use super::response::{error_response, reply_response, request_id, text, with_type, Body};
+use super::sigv4::{RequestParts, Verifier};
+use super::ServerSettings;
+use crate::kms::Kms;
+
+/// How long a request may wait for a free token session before DependencyTimeoutException.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `/readyz` answers within this.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A token call running longer than this means the token has stopped answering: not ready.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+/// Fast operations run on the runtime thread while they take less than this on average
+/// (a local software token: tens of µs); above it (a network HSM), on the blocking pool.
+const INLINE_MAX_NS: u64 = 250_000;
+/// The main runtime is taken for stuck when its last heartbeat is older than this.
+const STUCK_AFTER: Duration = Duration::from_millis(1000);
+
+/// What every request needs, shared by both runtimes.
+pub(super) struct State {
+    kms: Arc<Kms>,
+    verifier: Verifier,
+    credentials: Credentials,
+    authorizer: Arc<dyn Authorizer>,
+    max_body_bytes: usize,
+    refresh_every_request: bool,
+    /// Token operations in progress, wherever they run: at most one per session the pool
+    /// can spare, so none ever waits inside the token layer.
+    sessions: Arc<Semaphore>,
+    /// The main runtime's last heartbeat, in ms since `epoch`.
+    heartbeat: AtomicU64,
+    epoch: Instant,
+    /// Moving average (ns) of how long the fast operations take, wherever they ran.
+    fast_op_ns: AtomicU64,
+    /// Open connections (the accept loop admits, each connection marks its requests).
+    pub(super) conns: Arc<Conns>,
+}
+
+impl State {
+    /// The state for `kms` and `settings` (whose TLS configuration the caller has taken).
+    pub(super) fn new(kms: Arc<Kms>, settings: ServerSettings) -> State {
+        let permits = settings
+            .blocking_limit
+            .unwrap_or_else(|| session_permits(kms.token().pool_size()))
+            .max(1);
+        State {
+            kms,
+            verifier: Verifier::new(&settings.region, "kms"),
+            credentials: settings.credentials,
+            authorizer: settings.authorizer,
+            max_body_bytes: settings.max_body_bytes,
+            refresh_every_request: settings.refresh_every_request,
+            sessions: Arc::new(Semaphore::new(permits)),
+            heartbeat: AtomicU64::new(0),
+            epoch: Instant::now(),
+            fast_op_ns: AtomicU64::new(0),
+            conns: Arc::new(Conns::new(
+                settings.max_connections,
+                settings.max_connections_per_source,
+            )),
+        }
+    }
+
+    /// The main runtime's heartbeat (see [`State::main_runtime_alive`]).
+    pub(super) fn tick(&self) {
+        self.heartbeat.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the main runtime has ticked recently (its workers are not all stuck).
+    pub(super) fn main_runtime_alive(&self) -> bool {
+        let last = self.heartbeat.load(Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) < STUCK_AFTER.as_millis() as u64
+    }
+
+    /// Records how long a fast operation took (exponential moving average, 1/16 weight).
+    fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.fast_op_ns.load(Ordering::Relaxed);
+        let new = old - old / 16 + ns / 16;
+        self.fast_op_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Operations whose token work is one to three short calls (no token writes, no re-listing):
+/// candidates to run inline. On a local software token they take tens of microseconds, less
+/// than handing them to the blocking pool costs (two thread wake-ups and context switches).
+fn fast_op(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Encrypt
+            | Op::Decrypt
+            | Op::ReEncrypt
+            | Op::GenerateDataKey
+            | Op::GenerateDataKeyWithoutPlaintext
+            | Op::GenerateRandom
+            | Op::DescribeKey
+            | Op::ListKeys
+            | Op::ListAliases
+    )
+}
+
+/// Session permits for a pool of `pool` sessions: one stays free for upkeep (metadata
+/// refresh, sweeps, destroying derived keys), so requests holding a permit never wait.
+fn session_permits(pool: usize) -> usize {
+    pool.saturating_sub(1).max(1)
+}
+
+pub(super) async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    inline: bool,
+) -> Result<Response<Body>, Infallible> {
+    let request_id = request_id();
+    let mut resp = match route(&state, req, &request_id, inline).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e.for_client(&request_id)),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-amzn-requestid", v);
+    }
+    Ok(resp)
+}
+
+async fn route(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    request_id: &str,
+    inline: bool,
+) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::POST, "/") => kms_request(state, req, request_id, inline).await,
+        (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, "/readyz") => Ok(readiness(state).await),
+        (_, "/") => {
+            let mut resp = error_response(&ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UnknownOperationException",
+                format!(
+                    "{} / is not an operation: AWS KMS requests are POST / with X-Amz-Target",
+                    req.method()
+                ),
+            ));
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            Ok(resp)
+        }
+        (_, "/healthz" | "/readyz") => {
+            let mut resp = error_response(&ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UnknownOperationException",
+                format!("{path} answers GET only"),
+            ));
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            Ok(resp)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            "No such resource: AWS KMS requests are POST / with X-Amz-Target",
+        )),
+    }
+}
+
+/// Ready when the service can do work now: no token call has been stuck for seconds, the
+/// main runtime's workers are not all stuck, the caches are not held, and a token session
+/// answers (through the session permits like any
+/// token call, within [`READY_TIMEOUT`]).
+async fn readiness(state: &Arc<State>) -> Response<Body> {
+    let unavailable = |why: String| {
+        let mut r = Response::new(Full::new(Bytes::from(why)));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        with_type(r, "text/plain; charset=utf-8")
+    };
+    if let Some(d) = state
+        .kms
+        .token()
+        .longest_call()
+        .filter(|d| *d > STALLED_AFTER)
+    {
+        return unavailable(format!(
+            "not ready: a token call has been running for {} s\n",
+            d.as_secs()
+        ));
+    }
+    if !state.main_runtime_alive() {
+        return unavailable("not ready: the server's workers are stuck\n".into());
+    }
+    if !state.kms.responsive() {
+        return unavailable("not ready: the metadata caches are held\n".into());
+    }
+    let kms = Arc::clone(&state.kms);
+    let ping = run_blocking(state, READY_TIMEOUT, move || kms.token().ping().is_ok());
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(true)) => text(StatusCode::OK, "ready\n"),
+        _ => unavailable("not ready: the token does not answer\n".into()),
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::unknown_operation(format!("{name} is not valid text"))),
+    }
+}
+
+async fn kms_request(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    request_id: &str,
+    inline: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, mut body) = req.into_parts();
+    let declared = declared_length(&parts.headers, &mut body, state.max_body_bytes).await?;
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let head = RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body: b"",
+    };
+    // Everything but the signature is checked before the body is read: without a known
+    // access key, a client cannot make the server read (or buffer) a body at all.
+    let checked =
+        state
+            .verifier
+            .check_head(&head, &state.credentials, time::OffsetDateTime::now_utc())?;
+    let op = Op::from_target(header_text(&parts.headers, "x-amz-target")?)?;
+    check_content_type(&parts.headers)?;
+    let body = read_body(body, declared, state.max_body_bytes).await?;
+    let verified = checked.finish(&body)?;
+    // Verified means the key id is in the store; a miss would be a race with nothing.
+    let principal = state
+        .credentials
+        .principal(&verified.access_key_id)
+        .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?;
+
+    let st = Arc::clone(state);
+    let rid = request_id.to_owned();
+    let work = move || {
+        let span = tracing::info_span!("request", request_id = %rid, op = op.name());
+        let _entered = span.enter();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if st.refresh_every_request {
+                st.kms.refresh()?;
+            }
+            let caller = Caller {
+                kms: &st.kms,
+                authorizer: st.authorizer.as_ref(),
+                principal: &principal,
+            };
+            execute(&caller, op, &body)
+        }));
+        result.unwrap_or_else(|_| {
+            tracing::error!("the operation panicked");
+            Err(ApiError::internal("internal error"))
+        })
+    };
+    let fast = fast_op(op) && !state.refresh_every_request;
+    let inline = inline && fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
+    let outcome = if inline {
+        // The wait for a permit is async (it holds no worker) and bounded; the token work then
+        // runs right here.
+        let session = match Arc::clone(&state.sessions).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => acquire(&state.sessions, QUEUE_TIMEOUT).await?,
+        };
+        let t0 = Instant::now();
+        let r = work();
+        drop(session);
+        state.observe(t0.elapsed());
+        r
+    } else {
+        let st = Arc::clone(state);
+        run_blocking(state, QUEUE_TIMEOUT, move || {
+            let t0 = Instant::now();
+            let r = work();
+            if fast {
+                st.observe(t0.elapsed());
+            }
+            r
+        })
+        .await?
+    };
+    outcome.map(reply_response)
+}
+
+/// A permit of `sem` within `wait`, else `DependencyTimeoutException`.
+async fn acquire(
+    sem: &Arc<Semaphore>,
+    wait: Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(wait, Arc::clone(sem).acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::from(crate::KmsError::DependencyTimeout(
+            "All token sessions stayed busy; try again".into(),
+        ))),
+    }
+}
+
+/// Runs `f` on the blocking pool once a session permit is free (at most `wait` for one).
+async fn run_blocking<T, F>(state: &Arc<State>, wait: Duration, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let permit = acquire(&state.sessions, wait).await?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|_| ApiError::internal("internal error"))
+}
