@@ -1152,7 +1152,7 @@ fn reencrypt(kms: &Kms, out: &Out, args: ReencryptArgs) -> Result<()> {
 fn random(kms: &Kms, out: &Out, args: RandomArgs) -> Result<()> {
     let r = kms.generate_random(GenerateRandomRequest {
         number_of_bytes: Some(args.bytes),
-        custom_key_store_id: None,
+        ..Default::default()
     })?;
     let t = Zeroizing::new(B64.encode(r.plaintext.as_slice()));
     out.emit(&r, &t)

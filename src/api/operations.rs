@@ -353,7 +353,6 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::Decrypt => {
             let req: crate::kms::types::DecryptRequest = parse(body)?;
-            refuse_recipient(body)?;
             c.blob(action, req.ciphertext_blob.as_ref())?;
             json(kms.decrypt(req))
         }
@@ -365,7 +364,6 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::GenerateDataKey => {
             let mut req: crate::kms::types::GenerateDataKeyRequest = parse(body)?;
-            refuse_recipient(body)?;
             c.key(action, &mut req.key_id)?;
             json(kms.generate_data_key(req))
         }
@@ -376,7 +374,6 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::GenerateRandom => {
             let req = parse(body)?;
-            refuse_recipient(body)?;
             c.action(action)?;
             json(kms.generate_random(req))
         }
@@ -414,25 +411,6 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::serialization(clip(&format!("Malformed request body: {e}"))))?;
     Ok(value)
-}
-
-/// `Recipient` (Nitro Enclaves attestation) asks for the result sealed to an enclave and no
-/// plaintext in the response. Ignoring it like other unknown members would hand out the very
-/// plaintext the caller meant to keep off the wire, so it is refused.
-fn refuse_recipient(body: &[u8]) -> Result<(), ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "Recipient")]
-        recipient: Option<serde::de::IgnoredAny>,
-    }
-    match parse::<Probe>(body)?.recipient {
-        None => Ok(()),
-        Some(_) => Err(ApiError::from(
-            crate::error::KmsError::UnsupportedOperation(
-                "Recipient (Nitro Enclaves attestation) is not supported by p11kms".into(),
-            ),
-        )),
-    }
 }
 
 fn json<T: Serialize>(r: Result<T>) -> Result<Reply, ApiError> {
@@ -527,17 +505,6 @@ mod tests {
     }
 
     #[test]
-    fn recipient_is_refused() {
-        assert!(refuse_recipient(br#"{"KeyId":"k"}"#).is_ok());
-        assert!(refuse_recipient(br#"{"Recipient":null}"#).is_ok());
-        let e = refuse_recipient(
-            br#"{"Recipient":{"AttestationDocument":"AAAA","KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256"}}"#,
-        )
-        .unwrap_err();
-        assert_eq!(e.name, "UnsupportedOperationException");
-    }
-
-    #[test]
     fn clip_respects_char_boundaries() {
         let s = "é".repeat(400);
         let c = clip(&s);
@@ -596,7 +563,6 @@ mod tests {
                 parse::<GenerateDataKeyRequest>(body).map(|_| ()),
                 parse::<GenerateRandomRequest>(body).map(|_| ()),
                 parse::<ScheduleKeyDeletionRequest>(body).map(|_| ()),
-                refuse_recipient(body),
             ]
         }
 
@@ -621,10 +587,7 @@ mod tests {
                 let body = serde_json::to_vec(&v).unwrap_or_default();
                 for r in every_request(&body) {
                     if let Err(e) = r {
-                        prop_assert!(
-                            e.name == "SerializationException" || e.name == "UnsupportedOperationException",
-                            "{}", e.name
-                        );
+                        prop_assert!(e.name == "SerializationException", "{}", e.name);
                     }
                 }
             }

@@ -239,6 +239,9 @@ pub struct DecryptRequest {
     pub key_id: Option<String>,
     pub encryption_algorithm: Option<String>,
     pub dry_run: Option<bool>,
+    /// `Recipient` (Nitro Enclaves attestation): any value is refused (see
+    /// `refuse_recipient` in the operations), so it is kept only as present or absent.
+    pub recipient: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,6 +285,9 @@ pub struct GenerateDataKeyRequest {
     pub key_spec: Option<String>,
     pub grant_tokens: Option<Vec<String>>,
     pub dry_run: Option<bool>,
+    /// `Recipient` (Nitro Enclaves attestation): any value is refused (see
+    /// `refuse_recipient` in the operations), so it is kept only as present or absent.
+    pub recipient: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -304,6 +310,9 @@ pub struct GenerateDataKeyWithoutPlaintextResponse {
 pub struct GenerateRandomRequest {
     pub number_of_bytes: Option<i64>,
     pub custom_key_store_id: Option<String>,
+    /// `Recipient` (Nitro Enclaves attestation): any value is refused (see
+    /// `refuse_recipient` in the operations), so it is kept only as present or absent.
+    pub recipient: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Serialize)]

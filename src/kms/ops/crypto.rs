@@ -7,7 +7,10 @@ use super::super::domain::{AwsEnum, DataKeySpec, EncryptionAlgorithm};
 use super::super::store::KeyEntry;
 use super::super::types::*;
 use super::super::{EncryptionContext, Forms, Kms, SealingPath};
-use super::{check_grant_tokens, check_usable, context, dry_run, required, symmetric_algorithm};
+use super::{
+    check_grant_tokens, check_usable, context, dry_run, refuse_recipient, required,
+    symmetric_algorithm,
+};
 use crate::error::{KmsError, Result};
 use crate::hsm::GCM_IV_LEN;
 
@@ -67,6 +70,7 @@ impl Kms {
     }
 
     pub fn decrypt(&self, req: DecryptRequest) -> Result<DecryptResponse> {
+        refuse_recipient(&req.recipient)?;
         let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
         check_grant_tokens(&req.grant_tokens)?;
         symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
@@ -148,6 +152,7 @@ impl Kms {
         &self,
         req: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyResponse> {
+        refuse_recipient(&req.recipient)?;
         let (len, ctx, entry) = self.data_key_request(req)?;
         let (blob, plaintext) = self.host_data_key(&entry, &ctx, len)?;
         Ok(GenerateDataKeyResponse {
@@ -192,6 +197,7 @@ impl Kms {
     }
 
     pub fn generate_random(&self, req: GenerateRandomRequest) -> Result<GenerateRandomResponse> {
+        refuse_recipient(&req.recipient)?;
         if req.custom_key_store_id.is_some() {
             return Err(KmsError::UnsupportedOperation(
                 "Custom key stores are not supported by p11kms".into(),

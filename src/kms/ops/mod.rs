@@ -80,6 +80,18 @@ fn check_limit(limit: Option<i64>, default: usize) -> Result<usize> {
     }
 }
 
+/// `Recipient` asks for the result sealed to a Nitro enclave and no plaintext in the
+/// response. Ignoring it like other unknown members would hand out the very plaintext the
+/// caller meant to keep off the wire, so it is refused.
+fn refuse_recipient(recipient: &Option<serde::de::IgnoredAny>) -> Result<()> {
+    match recipient {
+        None => Ok(()),
+        Some(_) => Err(KmsError::UnsupportedOperation(
+            "Recipient (Nitro Enclaves attestation) is not supported by p11kms".into(),
+        )),
+    }
+}
+
 fn dry_run(flag: Option<bool>) -> Result<()> {
     if flag == Some(true) {
         Err(KmsError::DryRunOperation(
@@ -151,6 +163,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::types::DecryptRequest;
 
     #[test]
     fn grant_token_rules() {
@@ -175,5 +188,20 @@ mod tests {
                 .aws_name(),
             "ValidationException"
         );
+    }
+
+    #[test]
+    fn a_recipient_is_refused_whatever_it_holds() {
+        let parse = |body: &str| -> DecryptRequest { serde_json::from_str(body).unwrap() };
+        assert!(refuse_recipient(&parse(r#"{"KeyId":"k"}"#).recipient).is_ok());
+        assert!(refuse_recipient(&parse(r#"{"Recipient":null}"#).recipient).is_ok());
+        for body in [
+            r#"{"Recipient":{"AttestationDocument":"AAAA","KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256"}}"#,
+            r#"{"Recipient":{}}"#,
+            r#"{"Recipient":[1]}"#,
+        ] {
+            let e = refuse_recipient(&parse(body).recipient).unwrap_err();
+            assert_eq!(e.aws_name(), "UnsupportedOperationException", "{body}");
+        }
     }
 }
