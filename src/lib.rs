@@ -13,6 +13,7 @@
 //! - [`bench`]: `p11kms bench`, measurements against the token's own ceiling.
 
 pub mod api;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod config;
