@@ -41,7 +41,7 @@ impl Out {
 
 /// Writes to fd 1 directly: `io::stdout()` keeps a copy of what passes through its buffer,
 /// which would include plaintexts.
-pub(super) fn write_stdout(bytes: &[u8]) -> Result<()> {
+fn write_stdout(bytes: &[u8]) -> Result<()> {
     let fd = io::stdout()
         .as_fd()
         .try_clone_to_owned()
@@ -53,7 +53,7 @@ pub(super) fn write_stdout(bytes: &[u8]) -> Result<()> {
 #[derive(Serialize)]
 pub(super) struct Empty {}
 
-pub(super) fn stdout_err(e: io::Error) -> KmsError {
+fn stdout_err(e: io::Error) -> KmsError {
     KmsError::Io(format!("writing to stdout: {e}"))
 }
 
