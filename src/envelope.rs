@@ -11,10 +11,9 @@
 //! caller's job. Memory use is one chunk buffer whatever the file size.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce, Tag};
@@ -22,6 +21,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::config::file::TempFile;
 use crate::error::{KmsError, Result};
 
 /// First eight bytes of every envelope file.
@@ -325,80 +325,34 @@ pub fn decrypt_stream<R: Read, W: Write>(
 /// if `f` succeeds, so a failed decrypt never leaves partial plaintext under the target name.
 /// On any failure (or panic) the temporary file is removed.
 pub fn write_atomically(path: &Path, f: impl FnOnce(&mut File) -> Result<u64>) -> Result<u64> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| KmsError::Validation(format!("{} is not a file path", path.display())))?;
+    if path.file_name().is_none() {
+        return Err(KmsError::Validation(format!(
+            "{} is not a file path",
+            path.display()
+        )));
+    }
     // Same directory as the target, so the final rename stays on one filesystem (atomic).
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let (tmp, mut file) = create_temp(dir, name)?;
-    let mut guard = RemoveOnDrop(Some(tmp));
-    let written = f(&mut file)?;
-    file.sync_all()
+    // Owner-only: it will hold plaintext.
+    let mut tmp = TempFile::beside(path, 0o600).map_err(|e| {
+        io_err(
+            &format!("creating a temporary file in {}", dir.display()),
+            &e,
+        )
+    })?;
+    let written = f(tmp.file())?;
+    tmp.sync()
         .map_err(|e| io_err(&format!("syncing {}", path.display()), &e))?;
-    drop(file);
-    if let Some(tmp) = guard.0.as_ref() {
-        fs::rename(tmp, path)
-            .map_err(|e| io_err(&format!("renaming into {}", path.display()), &e))?;
-    }
-    guard.0 = None;
+    tmp.rename_onto(path)
+        .map_err(|e| io_err(&format!("renaming into {}", path.display()), &e))?;
     // Best effort: persist the rename itself. The data is already in place if this fails.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(written)
-}
-
-/// Deletes the temporary file unless disarmed (by setting the path to `None`).
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
-        }
-    }
-}
-
-/// Creates `.<name>.<random>.p11kms-tmp` in `dir` with `create_new` (never follows or reuses an
-/// existing file) and owner-only permissions, since it will hold plaintext.
-fn create_temp(dir: &Path, name: &OsStr) -> Result<(PathBuf, File)> {
-    let mut last_err = None;
-    for _ in 0..16 {
-        let mut rnd = [0u8; 8];
-        OsRng
-            .try_fill_bytes(&mut rnd)
-            .map_err(|e| KmsError::Internal(format!("the system random generator failed: {e}")))?;
-        let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{suffix}.p11kms-tmp"));
-        let tmp = dir.join(tmp_name);
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        match opts.open(&tmp) {
-            Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some(e),
-            Err(e) => {
-                return Err(io_err(
-                    &format!("creating a temporary file in {}", dir.display()),
-                    &e,
-                ))
-            }
-        }
-    }
-    let e = last_err.unwrap_or_else(|| io::Error::from(ErrorKind::AlreadyExists));
-    Err(io_err(
-        &format!("creating a temporary file in {}", dir.display()),
-        &e,
-    ))
 }
 
 /// Compact JSON with sorted keys. Built through `serde_json::Value`, whose `Display` cannot
@@ -465,6 +419,7 @@ fn io_err(what: &str, e: &io::Error) -> KmsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     const CS: u32 = 4096;
     const CHUNK_ON_DISK: usize = CS as usize + TAG_LEN;

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod app;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod config;

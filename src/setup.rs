@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::config::file::TempFile;
 use crate::config::{find_softhsm_module, EmbeddedToken};
 use crate::error::Result;
 use crate::hsm;
@@ -79,7 +80,7 @@ pub fn repair_embedded(state_dir: &Path) -> Result<bool> {
 
 /// Copies `from` to `to` through a temporary file and a rename, mode 0600.
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let io = |what: &str, e: std::io::Error| {
         crate::KmsError::Io(format!("{what} {}: {e}", to.display()))
     };
@@ -94,15 +95,8 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
             .create(parent)
             .map_err(|e| io("creating the folder of", e))?;
     }
-    let tmp = to.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("writing", e))?;
-    std::io::Write::write_all(&mut f, &bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::rename(&tmp, to).map_err(|e| io("renaming onto", e))
+    let mut tmp = TempFile::beside(to, 0o600).map_err(|e| io("writing", e))?;
+    std::io::Write::write_all(tmp.file(), &bytes).map_err(|e| io("writing", e))?;
+    tmp.sync().map_err(|e| io("syncing", e))?;
+    tmp.rename_onto(to).map_err(|e| io("renaming onto", e))
 }

@@ -13,10 +13,15 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::load::{self, Workload};
-use super::{context_map, procfs, signer, warmup, BenchArgs, Lat, RunInfo, Server};
+use super::measure::{warmup, Lat};
+use super::ops::context_map;
+use super::report::RunInfo;
+use super::server::{signer, Server};
+use super::{procfs, BenchArgs};
+use crate::cli::paging;
 use crate::config::Config;
 use crate::error::{KmsError, Result};
-use crate::kms::types::{AliasRequest, CreateKeyRequest, KeyIdRequest, ListRequest};
+use crate::kms::types::{AliasRequest, CreateKeyRequest, KeyIdRequest};
 use crate::kms::Kms;
 
 /// The figures taken on one token.
@@ -40,37 +45,15 @@ fn alias_name(i: usize) -> String {
 
 /// All keys of the store, in ListKeys order.
 fn all_keys(kms: &Kms) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut marker = None;
-    loop {
-        let page = kms.list_keys(ListRequest {
-            limit: Some(1000),
-            marker: marker.take(),
-            key_id: None,
-        })?;
-        out.extend(page.keys.into_iter().map(|k| k.key_id));
-        if !page.truncated {
-            return Ok(out);
-        }
-        marker = page.next_marker;
-    }
+    Ok(paging::all_keys(kms, None)?
+        .keys
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect())
 }
 
 fn count_aliases(kms: &Kms) -> Result<usize> {
-    let mut n = 0;
-    let mut marker = None;
-    loop {
-        let page = kms.list_aliases(ListRequest {
-            limit: Some(1000),
-            marker: marker.take(),
-            key_id: None,
-        })?;
-        n += page.aliases.len();
-        if !page.truncated {
-            return Ok(n);
-        }
-        marker = page.next_marker;
-    }
+    Ok(paging::all_aliases(kms, None, None)?.aliases.len())
 }
 
 /// Brings the token to `n` keys and `n` aliases (`alias/scale-NNNNNN` → the i-th key) on as

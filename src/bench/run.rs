@@ -1,0 +1,190 @@
+//! The main run, in its phases: the token's ceiling, the library in this process, `p11kms serve`
+//! end to end, and the HTTP floor.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::load::{self, CellResult};
+use super::measure::{per_op_us, threaded_cell, warmup, Lat, Row};
+use super::ops::{ceiling_op, context_map, library_call, wire_bodies, Ceiling, Op};
+use super::progress::Progress;
+use super::report::{render_main, RunInfo};
+use super::server::{signer, Server};
+use super::{procfs, BenchArgs};
+use crate::config::Config;
+use crate::error::Result;
+use crate::kms::types::GenerateDataKeyRequest;
+use crate::kms::Kms;
+
+pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
+    let load_before = procfs::loadavg();
+    let busy_before = procfs::machine_busy(Duration::from_secs(1));
+    let kms = Kms::open(config)?;
+    let sessions = kms.token().pool_size();
+    let key = kms.create_key(Default::default())?.key_metadata.key_id;
+    let measure = Duration::from_secs_f64(args.seconds);
+    let warm = warmup(args.seconds);
+    let ceiling_threads: Vec<usize> = if sessions > 1 {
+        vec![1, sessions]
+    } else {
+        vec![1]
+    };
+    let lib_conc: Vec<usize> = if sessions > 1 {
+        vec![1, sessions]
+    } else {
+        vec![1]
+    };
+    let cells = if args.http_only {
+        0
+    } else {
+        Ceiling::ALL.len() * ceiling_threads.len() + Op::ALL.len() * lib_conc.len()
+    } + (Op::ALL.len() + 1) * args.concurrency.len();
+    let progress = Progress::new(cells as u64);
+    let mut rows = Vec::new();
+
+    // 1. The ceiling.
+    for c in Ceiling::ALL.into_iter().filter(|_| !args.http_only) {
+        let op = ceiling_op(c)?;
+        for &t in &ceiling_threads {
+            progress.start(&format!("ceiling {} x{t}", c.label()));
+            let _ = kms.token().bench_ceiling(&op, t, warm, &progress.count)?;
+            let c0 = procfs::cpu_time(None);
+            let r = kms
+                .token()
+                .bench_ceiling(&op, t, measure, &progress.count)?;
+            let c1 = procfs::cpu_time(None);
+            let row = Row {
+                layer: "ceiling",
+                what: c.label().to_owned(),
+                conc: t,
+                ops: r.ops,
+                secs: r.elapsed.as_secs_f64(),
+                lat: Lat::of(r.latencies_ns),
+                cpu_us: per_op_us(c0.zip(c1).map(|(a, b)| b.saturating_sub(a)), r.ops),
+                client_cpu_us: None,
+                errors: 0,
+                ceiling: Some(c),
+            };
+            progress.done(&row);
+            rows.push(row);
+        }
+    }
+
+    // Blobs to decrypt: data keys sealed through the library, with the bench context.
+    let blobs: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            kms.generate_data_key_without_plaintext(GenerateDataKeyRequest {
+                key_id: Some(key.clone()),
+                encryption_context: Some(context_map()),
+                key_spec: Some("AES_256".into()),
+                ..Default::default()
+            })
+            .map(|r| r.ciphertext_blob.0)
+        })
+        .collect::<Result<_>>()?;
+
+    // 2. The library.
+    for op in Op::ALL.into_iter().filter(|_| !args.http_only) {
+        for &t in &lib_conc {
+            progress.start(&format!("library {} c={t}", op.name()));
+            let r = threaded_cell(t, warm, measure, &progress.count, |n| {
+                library_call(&kms, op, &key, &blobs, n)
+            });
+            let row = cell_row("library", op, t, r);
+            progress.done(&row);
+            rows.push(row);
+        }
+    }
+
+    // 3. End to end.
+    progress.start("starting p11kms serve");
+    let log = state.join("bench-server.log");
+    let server = Server::start(state, &log, args.server_bin.as_deref(), &[])?;
+    progress.note(&format!(
+        "p11kms serve (pid {}) listening on {} after {:.0} ms",
+        server.pid(),
+        server.addr,
+        server.startup.as_secs_f64() * 1e3
+    ));
+    let signer = signer(config, state, server.addr)?;
+    let mut first_errors = Vec::new();
+    for op in Op::ALL {
+        let work = Arc::new(load::Workload::new(
+            op.name(),
+            wire_bodies(op, &key, &blobs),
+        ));
+        for &c in &args.concurrency {
+            progress.start(&format!("http {} c={c}", op.name()));
+            let target = load::Target {
+                addr: server.addr,
+                signer: &signer,
+                server_pid: server.pid(),
+                progress: &progress.count,
+            };
+            let r = load::run_cell(&target, &work, c, warm, measure);
+            if let Some(e) = &r.first_error {
+                first_errors.push(format!("{} c={c}: {e}", op.name()));
+            }
+            let row = cell_row("http", op, c, r);
+            progress.done(&row);
+            rows.push(row);
+        }
+    }
+    let rss_peak = procfs::vm_kib(server.pid(), "VmHWM");
+    let rss_now = procfs::vm_kib(server.pid(), "VmRSS");
+    drop(server);
+
+    // 4. The HTTP floor: the same load against a server that answers without doing anything.
+    progress.start("starting the HTTP floor server");
+    let floor_log = state.join("bench-floor.log");
+    // Always this build's floor, also when --server-bin measures another server.
+    let floor = Server::start(state, &floor_log, None, &["--http-floor"])?;
+    let floor_work = Arc::new(load::Workload::new(
+        Op::DataKeyWithoutPlaintext.name(),
+        wire_bodies(Op::DataKeyWithoutPlaintext, &key, &blobs),
+    ));
+    for &c in &args.concurrency {
+        progress.start(&format!("http floor c={c}"));
+        let target = load::Target {
+            addr: floor.addr,
+            signer: &signer,
+            server_pid: floor.pid(),
+            progress: &progress.count,
+        };
+        let r = load::run_cell(&target, &floor_work, c, warm, measure);
+        let mut row = cell_row("floor", Op::DataKeyWithoutPlaintext, c, r);
+        row.what = "fixed answer, no SigV4, no token".into();
+        row.ceiling = None;
+        progress.done(&row);
+        rows.push(row);
+    }
+    drop(floor);
+    drop(progress);
+    let load_after = procfs::loadavg();
+
+    let info = RunInfo::collect(config, &kms, sessions, args)?;
+    Ok(render_main(
+        &info,
+        &rows,
+        rss_peak,
+        rss_now,
+        (&load_before, busy_before, &load_after),
+        &first_errors,
+    ))
+}
+
+fn cell_row(layer: &'static str, op: Op, conc: usize, r: CellResult) -> Row {
+    Row {
+        layer,
+        what: op.label().to_owned(),
+        conc,
+        ops: r.ops,
+        secs: r.window.as_secs_f64(),
+        cpu_us: per_op_us(r.server_cpu, r.ops),
+        client_cpu_us: per_op_us(r.client_cpu, r.ops),
+        lat: Lat::of(r.latencies_ns),
+        errors: r.errors,
+        ceiling: Some(op.ceiling()),
+    }
+}

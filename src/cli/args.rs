@@ -1,0 +1,272 @@
+//! The command line's shape: the clap structures of every subcommand and option.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "p11kms",
+    version,
+    about = "An AWS KMS-compatible key service whose master keys live in a PKCS#11 token",
+    after_help = "Without --config or P11KMS_CONFIG, p11kms uses its embedded SoftHSMv2 token \
+                  in P11KMS_STATE_DIR (default ./var); create it with `p11kms token init`."
+)]
+pub(super) struct Cli {
+    /// TOML configuration file (default: the embedded SoftHSMv2 token).
+    #[arg(long, global = true, env = "P11KMS_CONFIG", value_name = "PATH")]
+    pub(super) config: Option<PathBuf>,
+
+    /// Machine-readable output: the operation's response as JSON, with AWS field names.
+    #[arg(long, global = true)]
+    pub(super) json: bool,
+
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+/// Every subcommand: the bench makes its own token; all others use the configured one.
+#[derive(Subcommand)]
+pub(super) enum Command {
+    // Flattened: its subcommands are listed as `p11kms`'s own.
+    #[command(flatten)]
+    Configured(Configured),
+    #[cfg(feature = "bench")]
+    /// Measure throughput and latency against the token's own ceiling (on a fresh temporary
+    /// token; writes BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+/// The subcommands that work on the configured token.
+#[derive(Subcommand)]
+pub(super) enum Configured {
+    /// Set up, describe and maintain the token.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Manage KMS keys (CreateKey, ListKeys, DescribeKey, ...).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Manage aliases (CreateAlias, UpdateAlias, DeleteAlias, ListAliases).
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Data keys (GenerateDataKey, GenerateDataKeyWithoutPlaintext).
+    #[command(subcommand)]
+    Datakey(DatakeyCmd),
+    /// Encrypt up to 4096 bytes from a file or stdin; prints the base64 ciphertext blob.
+    Encrypt(EncryptArgs),
+    /// Decrypt a base64 ciphertext blob; writes the raw plaintext.
+    Decrypt(DecryptArgs),
+    /// Re-encrypt a base64 ciphertext blob under another key.
+    Reencrypt(ReencryptArgs),
+    /// Random bytes from the token's RNG (GenerateRandom), base64.
+    Random(RandomArgs),
+    /// Encrypt or decrypt files of any size under a data key (client-side envelope format).
+    #[command(subcommand)]
+    Envelope(EnvelopeCmd),
+    /// Serve the AWS KMS JSON API over HTTP (or HTTPS when a certificate is configured).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on (overrides the config and P11KMS_LISTEN), e.g. 127.0.0.1:4599.
+    #[arg(long)]
+    pub(super) listen: Option<String>,
+    /// For `p11kms bench`: serve a fixed answer to every request (no SigV4, no token), with
+    /// the same runtime and connection settings: the HTTP floor.
+    #[arg(long, hide = true)]
+    pub(super) http_floor: bool,
+}
+
+#[derive(Subcommand)]
+pub(super) enum TokenCmd {
+    /// Create the embedded SoftHSMv2 token and its state files (idempotent). With
+    /// --so-pin-file, initialise instead the token a configuration file names, in its module's
+    /// first free slot (software tokens such as Kryoptic; use the vendor's tools for HSMs).
+    Init {
+        /// File holding the security officer PIN to set (mode 0600/0400); the user PIN is the
+        /// configured one.
+        #[arg(long, value_name = "FILE")]
+        so_pin_file: Option<PathBuf>,
+    },
+    /// Describe the token, its capabilities and how data keys are sealed.
+    Info,
+    /// One round of upkeep: refresh metadata, destroy keys past their deletion date, sweep
+    /// orphaned key material.
+    Sweep,
+}
+
+#[derive(Subcommand)]
+pub(super) enum KeyCmd {
+    /// Create a symmetric key in the token (CreateKey).
+    Create {
+        /// Free text shown by `key describe`.
+        #[arg(long)]
+        description: Option<String>,
+        /// A tag as KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// List keys (ListKeys). Without --limit, all pages.
+    List {
+        /// One page of at most this many keys (1 to 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Start after this key (NextMarker of the previous page).
+        #[arg(long)]
+        marker: Option<String>,
+    },
+    /// Show a key's metadata (DescribeKey).
+    Describe { key: String },
+    /// Enable a key (EnableKey).
+    Enable { key: String },
+    /// Disable a key (DisableKey).
+    Disable { key: String },
+    /// Schedule a key's deletion (ScheduleKeyDeletion), after 7 to 30 days (default 30).
+    ScheduleDeletion {
+        key: String,
+        /// Waiting period in days (7 to 30).
+        #[arg(long)]
+        days: Option<i64>,
+    },
+    /// Cancel a scheduled deletion (CancelKeyDeletion); the key comes back Disabled.
+    CancelDeletion { key: String },
+}
+
+#[derive(Subcommand)]
+pub(super) enum AliasCmd {
+    /// Create an alias (CreateAlias).
+    Create { name: String, key: String },
+    /// Point an alias at another key (UpdateAlias).
+    Update { name: String, key: String },
+    /// Delete an alias (DeleteAlias).
+    Delete { name: String },
+    /// List aliases (ListAliases). Without --limit, all pages.
+    List {
+        /// Only aliases of this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// One page of at most this many aliases (1 to 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Start after this alias (NextMarker of the previous page).
+        #[arg(long)]
+        marker: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum DatakeyCmd {
+    /// Generate a data key (default AES_256).
+    Generate(DatakeyArgs),
+}
+
+#[derive(Args)]
+pub(super) struct DatakeyArgs {
+    /// The KMS key (id, ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// Only the ciphertext blob (GenerateDataKeyWithoutPlaintext).
+    #[arg(long)]
+    pub(super) without_plaintext: bool,
+    /// AES_256 or AES_128.
+    #[arg(long, conflicts_with = "bytes")]
+    pub(super) spec: Option<String>,
+    /// Data key length in bytes (1 to 1024), instead of --spec.
+    #[arg(long)]
+    pub(super) bytes: Option<i64>,
+    /// Encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct EncryptArgs {
+    /// The KMS key (key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// Plaintext file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(super) input: Option<PathBuf>,
+    /// Encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct DecryptArgs {
+    /// File with the base64 ciphertext blob (default: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(super) blob_file: Option<PathBuf>,
+    /// Refuse the blob unless it is under this key.
+    #[arg(long)]
+    pub(super) key: Option<String>,
+    /// The blob's encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+    /// Write the plaintext here (mode 0600, replaced atomically) instead of stdout. With --json
+    /// the printed response then leaves out Plaintext.
+    #[arg(long, value_name = "FILE")]
+    pub(super) out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(super) struct ReencryptArgs {
+    /// The destination key.
+    #[arg(long)]
+    pub(super) key: String,
+    /// Refuse the blob unless it is under this key.
+    #[arg(long)]
+    pub(super) source_key: Option<String>,
+    /// File with the base64 ciphertext blob (default: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(super) blob_file: Option<PathBuf>,
+    /// The blob's encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+    /// The new blob's encryption context pair (repeatable).
+    #[arg(long = "dest-context", value_name = "KEY=VALUE")]
+    pub(super) dest_context: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct RandomArgs {
+    /// Number of bytes (1 to 1024).
+    #[arg(long)]
+    pub(super) bytes: i64,
+}
+
+#[derive(Subcommand)]
+pub(super) enum EnvelopeCmd {
+    /// Encrypt a file under a fresh data key.
+    Encrypt {
+        /// The KMS key (key id, key ARN, alias name or alias ARN).
+        #[arg(long)]
+        key: String,
+        /// The file to encrypt.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// The envelope file to write (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Encryption context pair, stored in the file's header (repeatable).
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Use GenerateDataKeyWithoutPlaintext and then Decrypt the blob (the two-component
+        /// flow), instead of GenerateDataKey.
+        #[arg(long)]
+        without_plaintext: bool,
+    },
+    /// Decrypt an envelope file. Nothing is left at --out if anything fails.
+    Decrypt {
+        /// The envelope file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write the plaintext (mode 0600, only once all of it authenticated).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Require this pair in the file's stored encryption context (repeatable).
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+}

@@ -1,0 +1,149 @@
+//! `p11kms key` and `p11kms alias`: the key and alias operations.
+
+use super::args::{AliasCmd, KeyCmd};
+use super::output::{date, metadata_text, Empty, Out};
+use super::paging;
+use crate::error::{KmsError, Result};
+use crate::kms::types::*;
+use crate::kms::Kms;
+
+fn parse_tags(pairs: &[String]) -> Result<Option<Vec<Tag>>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| Tag {
+                    tag_key: k.to_owned(),
+                    tag_value: v.to_owned(),
+                })
+                .ok_or_else(|| KmsError::Validation(format!("tag {p:?} is not KEY=VALUE")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn key_req(key: String) -> KeyIdRequest {
+    KeyIdRequest {
+        key_id: Some(key),
+        grant_tokens: None,
+    }
+}
+
+pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
+    match cmd {
+        KeyCmd::Create { description, tags } => {
+            let r = kms.create_key(CreateKeyRequest {
+                description,
+                tags: parse_tags(&tags)?,
+                ..Default::default()
+            })?;
+            out.emit(&r, &metadata_text(&r.key_metadata))
+        }
+        KeyCmd::List { limit, marker } => {
+            let r = match limit {
+                Some(_) => kms.list_keys(ListRequest {
+                    limit,
+                    marker,
+                    key_id: None,
+                })?,
+                None => paging::all_keys(kms, marker)?,
+            };
+            let mut t: String = r
+                .keys
+                .iter()
+                .map(|k| format!("{}\t{}\n", k.key_id, k.key_arn))
+                .collect();
+            if let Some(m) = r.next_marker.as_deref().filter(|_| r.truncated) {
+                // On stderr so that stdout stays one key per line.
+                eprintln!("(more keys: continue with --marker {m})");
+            }
+            if t.is_empty() {
+                t = "No keys.\n".into();
+            }
+            out.emit(&r, &t)
+        }
+        KeyCmd::Describe { key } => {
+            let r = kms.describe_key(key_req(key))?;
+            out.emit(&r, &metadata_text(&r.key_metadata))
+        }
+        KeyCmd::Enable { key } => {
+            kms.enable_key(key_req(key.clone()))?;
+            out.emit(&Empty {}, &format!("Enabled {key}."))
+        }
+        KeyCmd::Disable { key } => {
+            kms.disable_key(key_req(key.clone()))?;
+            out.emit(&Empty {}, &format!("Disabled {key}."))
+        }
+        KeyCmd::ScheduleDeletion { key, days } => {
+            let r = kms.schedule_key_deletion(ScheduleKeyDeletionRequest {
+                key_id: Some(key),
+                pending_window_in_days: days,
+            })?;
+            let t = format!(
+                "KeyId:        {}\nKeyState:     {}\nDeletionDate: {} ({} days)\n",
+                r.key_id,
+                r.key_state,
+                date(r.deletion_date),
+                r.pending_window_in_days
+            );
+            out.emit(&r, &t)
+        }
+        KeyCmd::CancelDeletion { key } => {
+            let r = kms.cancel_key_deletion(key_req(key))?;
+            let t = format!(
+                "Cancelled the deletion of {}; it is now Disabled (`p11kms key enable` to use it again).",
+                r.key_id
+            );
+            out.emit(&r, &t)
+        }
+    }
+}
+
+fn alias_req(name: String, key: Option<String>) -> AliasRequest {
+    AliasRequest {
+        alias_name: Some(name),
+        target_key_id: key,
+    }
+}
+
+pub(super) fn alias(kms: &Kms, out: &Out, cmd: AliasCmd) -> Result<()> {
+    match cmd {
+        AliasCmd::Create { name, key } => {
+            kms.create_alias(alias_req(name.clone(), Some(key.clone())))?;
+            out.emit(&Empty {}, &format!("Created {name} -> {key}."))
+        }
+        AliasCmd::Update { name, key } => {
+            kms.update_alias(alias_req(name.clone(), Some(key.clone())))?;
+            out.emit(&Empty {}, &format!("Updated {name} -> {key}."))
+        }
+        AliasCmd::Delete { name } => {
+            kms.delete_alias(alias_req(name.clone(), None))?;
+            out.emit(&Empty {}, &format!("Deleted {name}."))
+        }
+        AliasCmd::List { key, limit, marker } => {
+            let r = match limit {
+                Some(_) => kms.list_aliases(ListRequest {
+                    limit,
+                    marker,
+                    key_id: key,
+                })?,
+                None => paging::all_aliases(kms, key, marker)?,
+            };
+            let mut t: String = r
+                .aliases
+                .iter()
+                .map(|a| format!("{}\t{}\n", a.alias_name, a.target_key_id))
+                .collect();
+            if let Some(m) = r.next_marker.as_deref().filter(|_| r.truncated) {
+                eprintln!("(more aliases: continue with --marker {m})");
+            }
+            if t.is_empty() {
+                t = "No aliases.\n".into();
+            }
+            out.emit(&r, &t)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The `p11kms` command line.
+//!
+//! A thin caller of the library: every command builds the operation's request, calls [`Kms`]
+//! and prints the response, either readable (default) or, with `--json`, the response type
+//! itself serialized with its AWS field names. Errors go to stderr as
+//! `error: <AwsExceptionName>: <message>` (or `{"__type":..,"message":..}` with `--json`) and
+//! exit 1; usage errors exit 2 (clap).
+//!
+//! Secrets: PINs are never read here (the library reads them); plaintexts and data keys are
+//! printed only by the commands whose job is to output them, and are kept in zeroizing buffers
+//! on the way.
+//!
+//! Rooms: `args` is the command line's shape, `output` and `input` what commands print and
+//! read, `token`, `keys`, `crypto` and `envelope` the commands themselves, and [`paging`]
+//! every page of the list operations.
+
+mod args;
+mod crypto;
+mod envelope;
+mod input;
+mod keys;
+mod output;
+pub(crate) mod paging;
+mod token;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::{Config, ConfigSource, EmbeddedToken};
+use crate::error::{KmsError, Result};
+use crate::kms::Kms;
+use args::{Cli, Command, Configured, DatakeyCmd, TokenCmd};
+use output::Out;
+
+/// Parses the arguments, runs the command and turns the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    init_logging();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&e, json);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `P11KMS_LOG` (`tracing` filter syntax, e.g. `info` or
+/// `p11kms=debug`; default `warn`). Nothing secret is ever logged.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("P11KMS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
+fn report_error(e: &KmsError, json: bool) {
+    let line = if json {
+        serde_json::json!({ "__type": e.aws_name(), "message": e.message() }).to_string()
+    } else {
+        format!("error: {}: {}", e.aws_name(), e.message())
+    };
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        // The bench makes its own token and ignores the configured one.
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => crate::bench::run(args),
+        Command::Configured(command) => run_configured(cli.config, cli.json, command),
+    }
+}
+
+fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Result<()> {
+    // An empty P11KMS_CONFIG means "not set", as Config::resolve reads it.
+    let path = path.filter(|p| !p.as_os_str().is_empty());
+    let config = Config::resolve(path.as_deref())?;
+    let out = Out { json };
+    match command {
+        Configured::Token(TokenCmd::Init { so_pin_file }) => {
+            token::token_init(&config, so_pin_file.as_deref(), &out)
+        }
+        // Unenforced: `token info` must be able to say why a token fails
+        // require_in_token_sealing.
+        Configured::Token(TokenCmd::Info) => token::token_info(
+            &config,
+            &explain_open(&config, Kms::open_unenforced(&config))?,
+            &out,
+        ),
+        Configured::Token(TokenCmd::Sweep) => token::token_sweep(&open(&config)?, &out),
+        Configured::Key(cmd) => keys::key(&open(&config)?, &out, cmd),
+        Configured::Alias(cmd) => keys::alias(&open(&config)?, &out, cmd),
+        Configured::Datakey(DatakeyCmd::Generate(args)) => {
+            crypto::datakey(&open(&config)?, &out, args)
+        }
+        Configured::Encrypt(args) => crypto::encrypt(&open(&config)?, &out, args),
+        Configured::Decrypt(args) => crypto::decrypt(&open(&config)?, &out, args),
+        Configured::Reencrypt(args) => crypto::reencrypt(&open(&config)?, &out, args),
+        Configured::Random(args) => crypto::random(&open(&config)?, &out, args),
+        Configured::Envelope(cmd) => envelope::envelope_cmd(&open(&config)?, &out, cmd),
+        Configured::Serve(args) if args.http_floor => {
+            crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
+        }
+        Configured::Serve(args) => crate::api::serve(&config, args.listen.as_deref()),
+    }
+}
+
+/// Opens the token. CLI processes are short-lived: no background refresh is started.
+fn open(config: &Config) -> Result<Kms> {
+    explain_open(config, Kms::open(config))
+}
+
+fn explain_open(config: &Config, opened: Result<Kms>) -> Result<Kms> {
+    opened.map_err(|e| match (&config.source, e) {
+        // The commonest first-run mistake gets a pointer to the fix.
+        (ConfigSource::Embedded(dir), KmsError::Config(m))
+            if !EmbeddedToken {
+                state_dir: dir.clone(),
+            }
+            .pin_path()
+            .exists() =>
+        {
+            KmsError::Config(format!(
+                "{m} (the embedded token in {} is not set up: run `p11kms token init`)",
+                dir.display()
+            ))
+        }
+        (_, e) => e,
+    })
+}
