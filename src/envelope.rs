@@ -62,7 +62,7 @@ impl Header {
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
         OsRng
             .try_fill_bytes(&mut nonce_prefix)
-            .map_err(|e| KmsError::Internal(format!("the system random generator failed: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("the system random generator failed: {e}")))?;
         let header = Header {
             blob,
             context,
@@ -77,20 +77,20 @@ impl Header {
     /// refuse to read. The fields are public, hence the separate check.
     pub fn validate(&self) -> Result<()> {
         if self.blob.is_empty() || self.blob.len() > MAX_BLOB {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::validation(format!(
                 "the data-key ciphertext blob is {} bytes; it must be 1 to {MAX_BLOB}",
                 self.blob.len()
             )));
         }
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::validation(format!(
                 "the chunk size {} is outside {MIN_CHUNK}..={MAX_CHUNK}",
                 self.chunk_size
             )));
         }
         let json_len = context_json(&self.context).len();
         if json_len > MAX_CONTEXT_JSON {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::validation(format!(
                 "the encryption context is {json_len} bytes as JSON; the limit is {MAX_CONTEXT_JSON}"
             )));
         }
@@ -226,13 +226,13 @@ pub fn encrypt_stream<R: Read, W: Write>(
             carry.is_none()
         };
         if !last && counter == u32::MAX {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::validation(format!(
                 "the input is too large for the envelope format (over 2^32 chunks of {cs} bytes)"
             )));
         }
         let tag = cipher
             .encrypt_in_place_detached(&header.nonce(counter, last), &aad, &mut buf[..n])
-            .map_err(|_| KmsError::Internal("AES-GCM encryption of a chunk failed".into()))?;
+            .map_err(|_| KmsError::internal("AES-GCM encryption of a chunk failed"))?;
         buf[n..n + TAG_LEN].copy_from_slice(&tag);
         output
             .write_all(&buf[..n + TAG_LEN])
@@ -326,7 +326,7 @@ pub fn decrypt_stream<R: Read, W: Write>(
 /// On any failure (or panic) the temporary file is removed.
 pub fn write_atomically(path: &Path, f: impl FnOnce(&mut File) -> Result<u64>) -> Result<u64> {
     if path.file_name().is_none() {
-        return Err(KmsError::Validation(format!(
+        return Err(KmsError::validation(format!(
             "{} is not a file path",
             path.display()
         )));
@@ -409,11 +409,11 @@ fn len_u32(len: usize) -> u32 {
 }
 
 fn bad(msg: impl Into<String>) -> KmsError {
-    KmsError::InvalidCiphertext(msg.into())
+    KmsError::invalid_ciphertext_with(msg.into())
 }
 
 fn io_err(what: &str, e: &io::Error) -> KmsError {
-    KmsError::Io(format!("{what}: {e}"))
+    KmsError::io(format!("{what}: {e}"))
 }
 
 #[cfg(test)]
@@ -460,7 +460,7 @@ mod tests {
     }
 
     fn is_invalid(r: Result<Vec<u8>>) -> bool {
-        matches!(r, Err(KmsError::InvalidCiphertext(_)))
+        matches!(r, Err(e) if e.kind() == crate::error::ErrorKind::InvalidCiphertext)
     }
 
     #[test]
@@ -560,7 +560,7 @@ mod tests {
         big.insert("k".to_string(), "v".repeat(MAX_CONTEXT_JSON));
         assert!(matches!(
             Header::new(vec![1], big),
-            Err(KmsError::Validation(_))
+            Err(e) if e.kind() == crate::error::ErrorKind::Validation
         ));
         let mut h = header();
         h.chunk_size = MIN_CHUNK - 1;
@@ -570,7 +570,9 @@ mod tests {
 
     fn read_err(bytes: &[u8]) -> String {
         match Header::read_from(&mut &bytes[..]) {
-            Err(KmsError::InvalidCiphertext(m)) => m,
+            Err(e) if e.kind() == crate::error::ErrorKind::InvalidCiphertext => {
+                e.message().to_owned()
+            }
             other => panic!("expected InvalidCiphertext, got {other:?}"),
         }
     }
@@ -743,9 +745,9 @@ mod tests {
 
         let r = write_atomically(&target, |f| {
             f.write_all(b"partial plaintext").unwrap();
-            Err(KmsError::InvalidCiphertext("boom".into()))
+            Err(KmsError::invalid_ciphertext_with("boom"))
         });
-        assert!(matches!(r, Err(KmsError::InvalidCiphertext(_))));
+        assert!(matches!(r, Err(e) if e.kind() == crate::error::ErrorKind::InvalidCiphertext));
         assert!(!target.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temp left");
 
@@ -767,7 +769,7 @@ mod tests {
         // A failure leaves an existing target untouched.
         let r = write_atomically(&target, |f| {
             f.write_all(b"junk").unwrap();
-            Err(KmsError::Io("x".into()))
+            Err(KmsError::io("x"))
         });
         assert!(r.is_err());
         assert_eq!(fs::read(&target).unwrap(), b"hello");

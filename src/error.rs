@@ -1,142 +1,159 @@
-//! The one error type of p11kms.
+//! The one error type of the service.
 //!
-//! Every variant names the AWS KMS exception a client expects for it, so the wire layer maps an
-//! error to `__type` in exactly one place ([`KmsError::aws_name`]). Messages are written for the
-//! caller: they never carry PINs, key bytes or raw token internals.
+//! A [`KmsError`] is a kind (the AWS KMS exception a client expects: the wire layer maps it to
+//! `__type` in exactly one place, [`ErrorKind::aws_name`]), a message written for the caller,
+//! and, where one exists, the typed cause underneath (a token failure). Messages never carry
+//! PINs, key bytes or raw token internals; causes are for logs and library callers.
 
 use std::fmt;
+
+use crate::hsm::HsmError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = KmsError> = std::result::Result<T, E>;
 
-/// Every failure p11kms reports. The variant is the AWS exception; the string is the message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KmsError {
-    #[error("{0}")]
-    Validation(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    InvalidAliasName(String),
-    #[error("{0}")]
-    InvalidMarker(String),
-    #[error("{0}")]
-    Disabled(String),
-    #[error("{0}")]
-    InvalidState(String),
-    #[error("{0}")]
-    InvalidCiphertext(String),
-    #[error("{0}")]
-    IncorrectKey(String),
-    #[error("{0}")]
-    InvalidKeyUsage(String),
-    #[error("{0}")]
-    InvalidGrantToken(String),
-    #[error("{0}")]
-    LimitExceeded(String),
-    #[error("{0}")]
-    AccessDenied(String),
-    #[error("{0}")]
-    UnsupportedOperation(String),
-    #[error("{0}")]
-    Tag(String),
+macro_rules! kinds {
+    ($( $(#[doc = $doc:literal])* $kind:ident, $ctor:ident, $aws:literal, $client:literal; )*) => {
+        /// Which AWS exception a failure is.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $( $(#[doc = $doc])* $kind, )*
+        }
+
+        impl ErrorKind {
+            /// The AWS exception name (`__type`).
+            pub fn aws_name(self) -> &'static str {
+                match self { $( ErrorKind::$kind => $aws, )* }
+            }
+
+            /// True for failures that are the caller's (4xx on the wire).
+            pub fn is_client_error(self) -> bool {
+                match self { $( ErrorKind::$kind => $client, )* }
+            }
+        }
+
+        impl KmsError {
+            $(
+                #[doc = concat!("A `", $aws, "` with `message`.")]
+                pub fn $ctor(message: impl Into<String>) -> KmsError {
+                    KmsError::new(ErrorKind::$kind, message)
+                }
+            )*
+        }
+    };
+}
+
+kinds! {
+    /// A parameter is missing, malformed or out of range.
+    Validation, validation, "ValidationException", true;
+    /// No such key or alias.
+    NotFound, not_found, "NotFoundException", true;
+    /// The alias exists already.
+    AlreadyExists, already_exists, "AlreadyExistsException", true;
+    /// The alias name is malformed or reserved.
+    InvalidAliasName, invalid_alias_name, "InvalidAliasNameException", true;
+    /// A paging marker this service did not hand out.
+    InvalidMarker, invalid_marker, "InvalidMarkerException", true;
+    /// The key is disabled.
+    Disabled, disabled, "DisabledException", true;
+    /// The key's state does not allow the operation.
+    InvalidState, invalid_state, "KMSInvalidStateException", true;
+    /// The ciphertext is not ours, was changed, or its encryption context differs.
+    InvalidCiphertext, invalid_ciphertext_with, "InvalidCiphertextException", true;
+    /// The ciphertext was made under another key than the one named.
+    IncorrectKey, incorrect_key, "IncorrectKeyException", true;
+    /// The key's usage or spec does not allow the operation or algorithm.
+    InvalidKeyUsage, invalid_key_usage, "InvalidKeyUsageException", true;
+    /// The caller's credential does not allow the operation on this resource.
+    AccessDenied, access_denied, "AccessDeniedException", true;
+    /// An AWS operation or parameter this service does not support.
+    UnsupportedOperation, unsupported, "UnsupportedOperationException", true;
+    /// A tag key or value is malformed, or there are too many.
+    Tag, tag, "TagException", true;
     /// A `DryRun` request that would have succeeded.
-    #[error("{0}")]
-    DryRunOperation(String),
+    DryRunOperation, dry_run_succeeded, "DryRunOperationException", true;
     /// The token failed in a way that is not the caller's fault.
-    #[error("{0}")]
-    Internal(String),
+    Internal, internal, "KMSInternalException", false;
     /// The token (or the key inside it) cannot be used right now.
-    #[error("{0}")]
-    KeyUnavailable(String),
+    KeyUnavailable, key_unavailable, "KeyUnavailableException", false;
     /// The token did not answer in time (e.g. no free session).
-    #[error("{0}")]
-    DependencyTimeout(String),
+    DependencyTimeout, dependency_timeout, "DependencyTimeoutException", false;
     /// Local file or stream I/O failed (CLI, envelope files, state folder).
-    #[error("{0}")]
-    Io(String),
-    /// Local set-up problems (config, state folder, token initialisation): never sent on the wire
-    /// as such; the server maps them to `KMSInternalException`.
-    #[error("{0}")]
-    Config(String),
+    Io, io, "KMSInternalException", false;
+    /// Local set-up problems (configuration, state folder, token initialisation). The server
+    /// answers them as `KMSInternalException`, with the details in its log.
+    Config, config, "KMSInternalException", false;
+}
+
+/// Every failure the service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsError {
+    kind: ErrorKind,
+    message: String,
+    cause: Option<HsmError>,
 }
 
 impl KmsError {
+    /// A failure of `kind` with `message` (for the caller: see the module docs).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> KmsError {
+        KmsError {
+            kind,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// The same failure, caused by the token's `cause`.
+    pub fn caused_by(mut self, cause: HsmError) -> KmsError {
+        self.cause = Some(cause);
+        self
+    }
+
+    /// Which AWS exception this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     /// The AWS exception name (`__type`) for this error.
     pub fn aws_name(&self) -> &'static str {
-        match self {
-            KmsError::Validation(_) => "ValidationException",
-            KmsError::NotFound(_) => "NotFoundException",
-            KmsError::AlreadyExists(_) => "AlreadyExistsException",
-            KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
-            KmsError::InvalidMarker(_) => "InvalidMarkerException",
-            KmsError::Disabled(_) => "DisabledException",
-            KmsError::InvalidState(_) => "KMSInvalidStateException",
-            KmsError::InvalidCiphertext(_) => "InvalidCiphertextException",
-            KmsError::IncorrectKey(_) => "IncorrectKeyException",
-            KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
-            KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
-            KmsError::LimitExceeded(_) => "LimitExceededException",
-            KmsError::AccessDenied(_) => "AccessDeniedException",
-            KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
-            KmsError::Tag(_) => "TagException",
-            KmsError::DryRunOperation(_) => "DryRunOperationException",
-            KmsError::Internal(_) | KmsError::Config(_) | KmsError::Io(_) => "KMSInternalException",
-            KmsError::KeyUnavailable(_) => "KeyUnavailableException",
-            KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
-        }
+        self.kind.aws_name()
     }
 
     /// True for failures that are the caller's (4xx on the wire).
     pub fn is_client_error(&self) -> bool {
-        !matches!(
-            self,
-            KmsError::Internal(_)
-                | KmsError::KeyUnavailable(_)
-                | KmsError::DependencyTimeout(_)
-                | KmsError::Config(_)
-                | KmsError::Io(_)
-        )
+        self.kind.is_client_error()
     }
 
     /// The human-readable message, without the exception name.
     pub fn message(&self) -> &str {
-        match self {
-            KmsError::Validation(m)
-            | KmsError::NotFound(m)
-            | KmsError::AlreadyExists(m)
-            | KmsError::InvalidAliasName(m)
-            | KmsError::InvalidMarker(m)
-            | KmsError::Disabled(m)
-            | KmsError::InvalidState(m)
-            | KmsError::InvalidCiphertext(m)
-            | KmsError::IncorrectKey(m)
-            | KmsError::InvalidKeyUsage(m)
-            | KmsError::InvalidGrantToken(m)
-            | KmsError::LimitExceeded(m)
-            | KmsError::AccessDenied(m)
-            | KmsError::UnsupportedOperation(m)
-            | KmsError::Tag(m)
-            | KmsError::DryRunOperation(m)
-            | KmsError::Internal(m)
-            | KmsError::KeyUnavailable(m)
-            | KmsError::DependencyTimeout(m)
-            | KmsError::Io(m)
-            | KmsError::Config(m) => m,
-        }
+        &self.message
     }
 
-    pub(crate) fn validation(msg: impl fmt::Display) -> Self {
-        KmsError::Validation(msg.to_string())
+    /// The token failure underneath, if there was one.
+    pub fn cause(&self) -> Option<&HsmError> {
+        self.cause.as_ref()
     }
 
+    /// The one answer for every ciphertext that does not open, whatever the reason: a caller
+    /// learns nothing about which check failed.
     pub(crate) fn invalid_ciphertext() -> Self {
-        KmsError::InvalidCiphertext(
-            "The ciphertext is invalid, was tampered with, or the encryption context does not match"
-                .into(),
+        KmsError::invalid_ciphertext_with(
+            "The ciphertext is invalid, was tampered with, or the encryption context does not match",
         )
+    }
+}
+
+impl fmt::Display for KmsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for KmsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -147,18 +164,24 @@ mod tests {
     #[test]
     fn names_and_classes() {
         assert_eq!(
-            KmsError::InvalidCiphertext("x".into()).aws_name(),
+            KmsError::invalid_ciphertext().aws_name(),
             "InvalidCiphertextException"
         );
         assert_eq!(
-            KmsError::InvalidState("x".into()).aws_name(),
+            KmsError::invalid_state("x").aws_name(),
             "KMSInvalidStateException"
         );
-        assert!(KmsError::NotFound("x".into()).is_client_error());
-        assert!(!KmsError::DependencyTimeout("x".into()).is_client_error());
-        assert_eq!(
-            KmsError::Config("c".into()).aws_name(),
-            "KMSInternalException"
-        );
+        assert!(KmsError::not_found("x").is_client_error());
+        assert!(!KmsError::dependency_timeout("x").is_client_error());
+        assert_eq!(KmsError::config("c").aws_name(), "KMSInternalException");
+        assert_eq!(KmsError::config("c").kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_cause_is_kept_but_not_shown() {
+        let e = KmsError::internal("the token failed").caused_by(HsmError::Busy);
+        assert_eq!(e.to_string(), "the token failed");
+        assert_eq!(e.cause(), Some(&HsmError::Busy));
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

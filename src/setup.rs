@@ -10,7 +10,9 @@ use crate::hsm;
 /// What [`init_embedded`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct InitOutcome {
+    /// The state folder's files were created now.
     pub files_created: bool,
+    /// The token was initialised now.
     pub token_created: bool,
 }
 
@@ -82,7 +84,7 @@ pub fn repair_embedded(state_dir: &Path) -> Result<bool> {
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let io = |what: &str, e: std::io::Error| {
-        crate::KmsError::Io(format!("{what} {}: {e}", to.display()))
+        crate::KmsError::io(format!("{what} {}: {e}", to.display()))
     };
     let bytes = std::fs::read(from).map_err(|e| io("reading the source of", e))?;
     if bytes.is_empty() {

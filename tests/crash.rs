@@ -102,7 +102,7 @@ fn killed_writers_leave_a_consistent_store() {
     // What a restarted process does: open from the configuration. For the embedded SoftHSM
     // token that first restores `token.object` if a kill during a login emptied it (SoftHSM
     // rewrites that file in place on every C_Login).
-    let fresh = p11kms::kms::Kms::open(&common::fixture().config).unwrap();
+    let fresh = p11kms::app::open(&common::fixture().config).unwrap();
     let mut keys = HashSet::new();
     let mut marker = None;
     loop {
@@ -164,11 +164,11 @@ fn killed_writers_leave_a_consistent_store() {
     eprintln!("crash: {swept} orphan CMKs (a kill between a key and its record) swept");
     let cmks = fresh
         .token()
-        .list_cmks(p11kms::kms::records::CMK_LABEL_PREFIX)
+        .list_cmks(p11kms::kms::CMK_LABEL_PREFIX)
         .unwrap();
     for (label, _) in &cmks {
         let id = label
-            .strip_prefix(p11kms::kms::records::CMK_LABEL_PREFIX)
+            .strip_prefix(p11kms::kms::CMK_LABEL_PREFIX)
             .and_then(|r| r.split(":v").next())
             .unwrap();
         assert!(

@@ -384,7 +384,7 @@ fn handles_of_objects_another_process_destroyed_read_as_gone() {
     .unwrap();
     let token = kms.token();
     let record = token
-        .list_data(p11kms::kms::records::APPLICATION)
+        .list_data(p11kms::kms::APPLICATION)
         .unwrap()
         .into_iter()
         .find(|o| o.label.contains(&alias))

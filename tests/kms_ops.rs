@@ -508,7 +508,7 @@ fn deletion_sweeper_destroys_token_objects() {
     assert!(swept.contains(&id));
     assert_eq!(name(describe(&key).unwrap_err()), "NotFoundException");
     assert_eq!(name(describe(&alias).unwrap_err()), "NotFoundException");
-    let label = p11kms::kms::records::cmk_label(&id, 1);
+    let label = p11kms::kms::cmk_label(&id, 1);
     assert!(kms().token().find_cmks(&label).unwrap().is_empty());
     // And it stays gone after re-reading the token.
     kms().refresh().unwrap();

@@ -17,6 +17,7 @@ use crate::kms::{AliasName, KeyId, Kms};
 pub struct Principal {
     /// IAM-style ARN, e.g. `arn:aws:iam::111122223333:user/dev`.
     pub arn: String,
+    /// The AWS access key id the caller signs with.
     pub access_key_id: String,
     /// `None`: every action.
     pub allow_actions: Option<Vec<String>>,
@@ -56,7 +57,7 @@ impl Credentials {
                 .insert(c.access_key_id.clone(), (secret, Arc::new(principal)))
                 .is_some()
             {
-                return Err(KmsError::Config(format!(
+                return Err(KmsError::config(format!(
                     "access key id {} is configured twice",
                     c.access_key_id
                 )));
@@ -75,6 +76,7 @@ impl Credentials {
         Credentials { by_id }
     }
 
+    /// The principal of an access key id, if one is configured.
     pub fn principal(&self, access_key_id: &str) -> Option<Arc<Principal>> {
         self.by_id.get(access_key_id).map(|(_, p)| Arc::clone(p))
     }
@@ -88,10 +90,12 @@ impl Credentials {
         }
     }
 
+    /// How many credentials are configured.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Whether no credential is configured (every request is refused).
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -219,7 +223,7 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
 /// The AccessDeniedException AWS would send, naming principal, action and resource.
 pub fn denied(principal: &Principal, action: &str, resource: Option<&str>) -> KmsError {
     let on = resource.map_or(String::new(), |r| format!(" on resource: {r}"));
-    KmsError::AccessDenied(format!(
+    KmsError::access_denied(format!(
         "User: {} is not authorized to perform: {action}{on} because no identity-based policy \
          allows the {action} action",
         principal.arn

@@ -4,7 +4,7 @@
 use hyper::StatusCode;
 
 use super::sigv4::AuthError;
-use crate::error::KmsError;
+use crate::error::{ErrorKind, KmsError};
 
 /// One error answer. `name` is what SDKs key on; the status mainly drives their retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,9 +104,9 @@ pub(crate) fn clip_to(s: &str, max: usize) -> String {
 
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> ApiError {
-        let status = match &e {
-            KmsError::DependencyTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            e if e.is_client_error() => StatusCode::BAD_REQUEST,
+        let status = match e.kind() {
+            ErrorKind::DependencyTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            k if k.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.aws_name(), e.message())
@@ -126,12 +126,12 @@ mod tests {
     #[test]
     fn statuses_follow_aws() {
         let cases = [
-            (KmsError::NotFound("x".into()), 400),
-            (KmsError::InvalidCiphertext("x".into()), 400),
-            (KmsError::Internal("x".into()), 500),
-            (KmsError::KeyUnavailable("x".into()), 500),
-            (KmsError::Config("x".into()), 500),
-            (KmsError::DependencyTimeout("x".into()), 503),
+            (KmsError::not_found("x"), 400),
+            (KmsError::invalid_ciphertext_with("x"), 400),
+            (KmsError::internal("x"), 500),
+            (KmsError::key_unavailable("x"), 500),
+            (KmsError::config("x"), 500),
+            (KmsError::dependency_timeout("x"), 503),
         ];
         for (e, status) in cases {
             assert_eq!(ApiError::from(e).status.as_u16(), status);
@@ -143,15 +143,13 @@ mod tests {
 
     #[test]
     fn internal_details_stay_in_the_log() {
-        let detail = ApiError::from(KmsError::Internal(
-            "the token failed (CKR_DEVICE_ERROR)".into(),
-        ));
+        let detail = ApiError::from(KmsError::internal("the token failed (CKR_DEVICE_ERROR)"));
         let shown = detail.for_client("rid-1");
         assert_eq!((shown.status, shown.name), (detail.status, detail.name));
         assert!(!shown.message.contains("CKR_"), "{}", shown.message);
         assert!(shown.message.contains("rid-1"));
-        let unavailable = ApiError::from(KmsError::KeyUnavailable(
-            "the token object labelled p11kms:cmk:x:v2 is refused: CKA_LOCAL is false".into(),
+        let unavailable = ApiError::from(KmsError::key_unavailable(
+            "the token object labelled p11kms:cmk:x:v2 is refused: CKA_LOCAL is false",
         ))
         .for_client("rid-2");
         assert!(
@@ -160,7 +158,7 @@ mod tests {
             unavailable.message
         );
         // Client errors keep their message.
-        let nf = ApiError::from(KmsError::NotFound("Alias alias/x is not found.".into()));
+        let nf = ApiError::from(KmsError::not_found("Alias alias/x is not found."));
         assert_eq!(nf.for_client("rid-3"), nf);
     }
 

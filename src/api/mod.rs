@@ -10,13 +10,13 @@
 pub mod auth;
 mod body;
 mod conns;
-pub mod error;
+pub(crate) mod error;
 mod floor;
-pub mod operations;
+pub(crate) mod operations;
 mod request;
 mod response;
 mod server;
-pub mod sigv4;
+pub(crate) mod sigv4;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -41,6 +41,7 @@ pub struct ServerSettings {
     pub region: String,
     /// Accepted access keys (secrets already read).
     pub credentials: Credentials,
+    /// Decides which actions and keys each principal may use.
     pub authorizer: Arc<dyn Authorizer>,
     /// Larger request bodies are answered 413.
     pub max_body_bytes: usize,
@@ -65,18 +66,18 @@ impl ServerSettings {
             (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
             (None, None) => None,
             _ => {
-                return Err(KmsError::Config(
-                    "server.tls_cert and server.tls_key must be set together".into(),
+                return Err(KmsError::config(
+                    "server.tls_cert and server.tls_key must be set together",
                 ))
             }
         };
         for c in &s.credentials {
             for a in c.allow_actions.iter().flatten() {
                 if !known_action(a) {
-                    eprintln!(
-                        "p11kms: warning: credential {}: action {a} matches no operation p11kms \
-                         serves",
-                        c.access_key_id
+                    tracing::warn!(
+                        access_key_id = %c.access_key_id,
+                        action = %a,
+                        "a credential allows an action that matches no operation p11kms serves"
                     );
                 }
             }
@@ -132,12 +133,12 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
     // Secrets and TLS files first: cheap failures before the token is opened.
     let mut settings = ServerSettings::from_config(config)?;
     if settings.credentials.is_empty() {
-        eprintln!(
-            "p11kms: warning: no credentials are configured; every request will be refused \
-             (run `p11kms init` for the embedded dev credential)"
+        tracing::warn!(
+            "no credentials are configured; every request will be refused (run `p11kms init` \
+             for the embedded dev credential)"
         );
     }
-    let kms = Arc::new(Kms::open(config)?);
+    let kms = Arc::new(crate::app::open(config)?);
     // Every secret is read: nothing may find them in the environment any more (children,
     // /proc/<pid>/environ, a later bug that logs the environment).
     for name in config.secret_env_names() {
@@ -147,11 +148,19 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
     // it by): shed connections before the descriptor limit.
     let fd_room = usize::try_from(hardened.open_files.saturating_sub(64) / 2).unwrap_or(usize::MAX);
     settings.max_connections = settings.max_connections.min(fd_room.max(16));
-    eprintln!(
-        "p11kms: {}; at most {} connections",
-        hardened.describe(),
-        settings.max_connections
-    );
+    if hardened.not_dumpable && hardened.no_core_files {
+        tracing::info!(
+            max_connections = settings.max_connections,
+            "{}",
+            hardened.describe()
+        );
+    } else {
+        tracing::warn!(
+            max_connections = settings.max_connections,
+            "{}: memory of this process may reach a core file or a debugger",
+            hardened.describe()
+        );
+    }
     log_custody(&kms);
     // With refresh on every request, upkeep still has deletions and orphans to sweep.
     let upkeep = if config.metadata_refresh.is_zero() {
@@ -178,17 +187,17 @@ fn server_runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .thread_name("p11kms-http")
         .build()
-        .map_err(|e| KmsError::Io(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| KmsError::io(format!("cannot start the async runtime: {e}")))
 }
 
 /// Binds `listen`; returns the listener and the address it got.
 async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| KmsError::Config(format!("cannot listen on {listen}: {e}")))?;
+        .map_err(|e| KmsError::config(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| KmsError::Io(format!("cannot read the bound address: {e}")))?;
+        .map_err(|e| KmsError::io(format!("cannot read the bound address: {e}")))?;
     Ok((listener, addr))
 }
 
@@ -275,7 +284,7 @@ async fn shutdown_signal() {
         () = term => {},
         () = int => {},
     }
-    eprintln!("p11kms: shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 /// A rustls server configuration (ring provider, TLS 1.2/1.3, HTTP/1.1 ALPN) from PEM files.
@@ -285,26 +294,26 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
 
     let read = |p: &Path| {
         std::fs::read(p)
-            .map_err(|e| KmsError::Config(format!("cannot read TLS file {}: {e}", p.display())))
+            .map_err(|e| KmsError::config(format!("cannot read TLS file {}: {e}", p.display())))
     };
     let cert_pem = read(cert)?;
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| {
-            KmsError::Config(format!(
+            KmsError::config(format!(
                 "TLS certificate {} is not valid PEM: {e}",
                 cert.display()
             ))
         })?;
     if certs.is_empty() {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "TLS certificate {} holds no CERTIFICATE block",
             cert.display()
         )));
     }
     let key_pem = zeroize::Zeroizing::new(read(key)?);
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        KmsError::Config(format!(
+        KmsError::config(format!(
             "TLS key {} holds no usable private key: {e}",
             key.display()
         ))
@@ -312,11 +321,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| KmsError::Config(format!("TLS set-up failed: {e}")))?
+        .map_err(|e| KmsError::config(format!("TLS set-up failed: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, private)
         .map_err(|e| {
-            KmsError::Config(format!(
+            KmsError::config(format!(
                 "TLS certificate {} and key {} do not work together: {e}",
                 cert.display(),
                 key.display()

@@ -141,11 +141,9 @@ impl Op {
             return Ok(*op);
         }
         if AWS_OPERATIONS.contains(&name) {
-            return Err(ApiError::from(
-                crate::error::KmsError::UnsupportedOperation(format!(
-                    "{name} is not supported by p11kms yet (see docs/compatibility.md)"
-                )),
-            ));
+            return Err(ApiError::from(crate::error::KmsError::unsupported(
+                format!("{name} is not supported by p11kms yet (see docs/compatibility.md)"),
+            )));
         }
         Err(ApiError::unknown_operation(format!(
             "Unknown operation {}",
@@ -384,9 +382,8 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
 const ALIAS_RACE_RETRIES: usize = 3;
 
 fn alias_kept_moving() -> crate::error::KmsError {
-    crate::error::KmsError::InvalidState(
-        "The alias was changed by another request while this one was being authorized; retry"
-            .into(),
+    crate::error::KmsError::invalid_state(
+        "The alias was changed by another request while this one was being authorized; retry",
     )
 }
 

@@ -256,7 +256,6 @@ async fn kms_request(
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
         headers: &headers,
-        body: b"",
     };
     // Everything but the signature is checked before the body is read: without a known
     // access key, a client cannot make the server read (or buffer) a body at all.
@@ -331,8 +330,8 @@ async fn acquire(
 ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     match tokio::time::timeout(wait, Arc::clone(sem).acquire_owned()).await {
         Ok(Ok(p)) => Ok(p),
-        _ => Err(ApiError::from(crate::KmsError::DependencyTimeout(
-            "All token sessions stayed busy; try again".into(),
+        _ => Err(ApiError::from(crate::KmsError::dependency_timeout(
+            "All token sessions stayed busy; try again",
         ))),
     }
 }

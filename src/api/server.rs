@@ -68,7 +68,7 @@ where
     };
     let listener = listener
         .into_std()
-        .map_err(|e| crate::KmsError::Io(format!("cannot hand the listener over: {e}")))?;
+        .map_err(|e| crate::KmsError::io(format!("cannot hand the listener over: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -82,7 +82,7 @@ where
         std::thread::Builder::new()
             .name("p11kms-control".into())
             .spawn(move || control_thread(state, listener, tls, main, graceful, signals))
-            .map_err(|e| crate::KmsError::Io(format!("cannot start the control thread: {e}")))?
+            .map_err(|e| crate::KmsError::io(format!("cannot start the control thread: {e}")))?
     };
     shutdown.await;
     let _ = stop_tx.send(());

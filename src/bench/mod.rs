@@ -32,8 +32,6 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::error::{KmsError, Result};
 
-pub use load::CellResult;
-
 /// Options of `p11kms bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -73,7 +71,7 @@ pub struct BenchArgs {
 /// Runs the benchmark (or the scale run) and writes the report.
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.seconds <= 0.0 || !args.seconds.is_finite() {
-        return Err(KmsError::Config("--seconds must be positive".into()));
+        return Err(KmsError::config("--seconds must be positive"));
     }
     let scratch = Scratch::new(args.state_dir.as_deref())?;
     let state = scratch.path.join("state");
@@ -107,7 +105,7 @@ impl Scratch {
     fn new(given: Option<&Path>) -> Result<Scratch> {
         if let Some(p) = given {
             std::fs::create_dir_all(p)
-                .map_err(|e| KmsError::Io(format!("cannot create {}: {e}", p.display())))?;
+                .map_err(|e| KmsError::io(format!("cannot create {}: {e}", p.display())))?;
             let path = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
             return Ok(Scratch {
                 path,
@@ -120,7 +118,7 @@ impl Scratch {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&path)
-            .map_err(|e| KmsError::Io(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| KmsError::io(format!("cannot create {}: {e}", path.display())))?;
         Ok(Scratch { path, remove: true })
     }
 }

@@ -337,7 +337,7 @@ pub(super) fn write_section(path: &Path, name: &str, body: &str) -> Result<()> {
         _ => format!("{}\n{section}\n", old.trim_end()),
     };
     std::fs::write(path, new)
-        .map_err(|e| KmsError::Io(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| KmsError::io(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

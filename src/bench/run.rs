@@ -15,12 +15,11 @@ use super::{procfs, BenchArgs};
 use crate::config::Config;
 use crate::error::Result;
 use crate::kms::types::GenerateDataKeyRequest;
-use crate::kms::Kms;
 
 pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     let load_before = procfs::loadavg();
     let busy_before = procfs::machine_busy(Duration::from_secs(1));
-    let kms = Kms::open(config)?;
+    let kms = crate::app::open(config)?;
     let sessions = kms.token().pool_size();
     let key = kms.create_key(Default::default())?.key_metadata.key_id;
     let measure = Duration::from_secs_f64(args.seconds);

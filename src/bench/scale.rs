@@ -89,7 +89,7 @@ fn populate(kms: &Kms, n: usize) -> Result<(usize, f64, usize, f64)> {
                 .collect();
             for w in workers {
                 w.join()
-                    .map_err(|_| KmsError::Internal("creator thread panicked".into()))??;
+                    .map_err(|_| KmsError::internal("creator thread panicked"))??;
             }
             Ok::<_, KmsError>(())
         })?;
@@ -121,7 +121,7 @@ fn populate(kms: &Kms, n: usize) -> Result<(usize, f64, usize, f64)> {
 /// Takes the figures on the token in `state` (which must hold `alias/scale-000000`).
 fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
     let t0 = Instant::now();
-    let kms = Kms::open(config)?;
+    let kms = crate::app::open(config)?;
     let mut f = Figures {
         library_open: t0.elapsed(),
         ..Default::default()
@@ -137,7 +137,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
     f.refresh_unchanged = t0.elapsed();
     // A change by another process (here: another service over the token), then a refresh.
     {
-        let other = Kms::open(config)?;
+        let other = crate::app::open(config)?;
         other.update_alias(AliasRequest {
             alias_name: Some(alias_name(0)),
             target_key_id: Some(keys[0].clone()),
@@ -247,7 +247,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(120) {
-                return Err(KmsError::Internal(format!(
+                return Err(KmsError::internal(format!(
                     "the server did not see {name} within 120 s"
                 )));
             }
@@ -277,10 +277,10 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
 
 pub(super) fn run(args: &BenchArgs, config: &Config, state: &Path, n: usize) -> Result<String> {
     if n == 0 {
-        return Err(KmsError::Config("--scale needs at least 1 key".into()));
+        return Err(KmsError::config("--scale needs at least 1 key"));
     }
     let load_before = procfs::loadavg();
-    let kms = Kms::open(config)?;
+    let kms = crate::app::open(config)?;
     // The one-key reference, on the same token before it grows (SoftHSM reads its token
     // folder once per process, so a second token cannot be opened here). A reused token that
     // already holds keys has no reference.
@@ -355,7 +355,7 @@ fn render(
     line("server start-up (spawn → `listening on`)", &|f| {
         ms(f.startup)
     });
-    line("library open (`Kms::open`)", &|f| ms(f.library_open));
+    line("library open (`app::open`)", &|f| ms(f.library_open));
     line("`Kms::refresh()`, nothing changed", &|f| {
         ms(f.refresh_unchanged)
     });

@@ -30,10 +30,10 @@ impl Server {
         let exe = match bin {
             Some(b) => b.to_path_buf(),
             None => std::env::current_exe()
-                .map_err(|e| KmsError::Io(format!("cannot find this executable: {e}")))?,
+                .map_err(|e| KmsError::io(format!("cannot find this executable: {e}")))?,
         };
         let log = std::fs::File::create(log)
-            .map_err(|e| KmsError::Io(format!("cannot create the server log: {e}")))?;
+            .map_err(|e| KmsError::io(format!("cannot create the server log: {e}")))?;
         let t0 = Instant::now();
         let mut child = Command::new(exe)
             .arg("serve")
@@ -46,11 +46,11 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .map_err(|e| KmsError::Io(format!("cannot start p11kms serve: {e}")))?;
+            .map_err(|e| KmsError::io(format!("cannot start p11kms serve: {e}")))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| KmsError::Internal("no server stdout".into()))?;
+            .ok_or_else(|| KmsError::internal("no server stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads the banner, then keeps draining stdout so the server never blocks on it.
         std::thread::spawn(move || {
@@ -69,15 +69,15 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(KmsError::Internal(
-                    "p11kms serve did not print `listening on`; see its log".into(),
+                return Err(KmsError::internal(
+                    "p11kms serve did not print `listening on`; see its log",
                 ));
             }
         };
         let startup = t0.elapsed();
         let addr = addr
             .parse()
-            .map_err(|_| KmsError::Internal(format!("bad listening address {addr}")))?;
+            .map_err(|_| KmsError::internal(format!("bad listening address {addr}")))?;
         Ok(Server {
             child,
             addr,
@@ -102,7 +102,7 @@ pub(super) fn credentials(state: &Path) -> Result<(String, String)> {
     let read = |name: &str| {
         std::fs::read_to_string(state.join(name))
             .map(|s| s.trim().to_owned())
-            .map_err(|e| KmsError::Io(format!("cannot read {name}: {e}")))
+            .map_err(|e| KmsError::io(format!("cannot read {name}: {e}")))
     };
     Ok((read("dev-access-key-id")?, read("dev-secret-key")?))
 }

@@ -33,8 +33,8 @@ struct EnvelopeReport<'a> {
 fn data_key(plaintext: SecretBytes) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>> {
     let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
     if plaintext.as_slice().len() != DATA_KEY_LEN {
-        return Err(KmsError::InvalidCiphertext(
-            "the envelope's data key is not a 32-byte AES-256 key".into(),
+        return Err(KmsError::invalid_ciphertext_with(
+            "the envelope's data key is not a 32-byte AES-256 key",
         ));
     }
     key.copy_from_slice(plaintext.as_slice());
@@ -140,7 +140,7 @@ pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()>
             let header = envelope::Header::read_from(&mut file)?;
             for (k, v) in required.as_map() {
                 if header.context.get(k) != Some(v) {
-                    return Err(KmsError::InvalidCiphertext(format!(
+                    return Err(KmsError::invalid_ciphertext_with(format!(
                         "the envelope's encryption context does not have {k:?} = {v:?} as --context requires"
                     )));
                 }

@@ -39,7 +39,7 @@ pub(super) fn read_bounded(path: Option<&Path>, limit: usize) -> Result<Zeroizin
         }
         None => {
             // fd 0 directly: `io::stdin()` would keep a copy in its internal buffer.
-            let stdin_err = |e: io::Error| KmsError::Io(format!("cannot read stdin: {e}"));
+            let stdin_err = |e: io::Error| KmsError::io(format!("cannot read stdin: {e}"));
             let fd = io::stdin()
                 .as_fd()
                 .try_clone_to_owned()
@@ -68,7 +68,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub(super) fn read_blob(path: Option<&Path>) -> Result<Bytes> {
     let text = read_bounded(path, MAX_BLOB_TEXT + 1)?;
     if text.len() > MAX_BLOB_TEXT {
-        return Err(KmsError::Validation(format!(
+        return Err(KmsError::validation(format!(
             "the ciphertext blob input is larger than {MAX_BLOB_TEXT} bytes of base64"
         )));
     }
@@ -78,11 +78,11 @@ pub(super) fn read_blob(path: Option<&Path>) -> Result<Bytes> {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     if compact.is_empty() {
-        return Err(KmsError::Validation(
-            "no ciphertext blob given (expected base64 on stdin or in --blob-file)".into(),
+        return Err(KmsError::validation(
+            "no ciphertext blob given (expected base64 on stdin or in --blob-file)",
         ));
     }
     B64.decode(&compact)
         .map(Bytes)
-        .map_err(|_| KmsError::Validation("the ciphertext blob is not valid base64".into()))
+        .map_err(|_| KmsError::validation("the ciphertext blob is not valid base64"))
 }

@@ -19,7 +19,7 @@ fn parse_tags(pairs: &[String]) -> Result<Option<Vec<Tag>>> {
                     tag_key: k.to_owned(),
                     tag_value: v.to_owned(),
                 })
-                .ok_or_else(|| KmsError::Validation(format!("tag {p:?} is not KEY=VALUE")))
+                .ok_or_else(|| KmsError::validation(format!("tag {p:?} is not KEY=VALUE")))
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)

@@ -99,7 +99,7 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         // require_in_token_sealing.
         Configured::Token(TokenCmd::Info) => token::token_info(
             &config,
-            &explain_open(&config, Kms::open_unenforced(&config))?,
+            &explain_open(&config, crate::app::open_unenforced(&config))?,
             &out,
         ),
         Configured::Token(TokenCmd::Sweep) => token::token_sweep(&open(&config)?, &out),
@@ -122,21 +122,23 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
 
 /// Opens the token. CLI processes are short-lived: no background refresh is started.
 fn open(config: &Config) -> Result<Kms> {
-    explain_open(config, Kms::open(config))
+    explain_open(config, crate::app::open(config))
 }
 
 fn explain_open(config: &Config, opened: Result<Kms>) -> Result<Kms> {
     opened.map_err(|e| match (&config.source, e) {
         // The commonest first-run mistake gets a pointer to the fix.
-        (ConfigSource::Embedded(dir), KmsError::Config(m))
-            if !EmbeddedToken {
-                state_dir: dir.clone(),
-            }
-            .pin_path()
-            .exists() =>
+        (ConfigSource::Embedded(dir), e)
+            if e.kind() == crate::error::ErrorKind::Config
+                && !EmbeddedToken {
+                    state_dir: dir.clone(),
+                }
+                .pin_path()
+                .exists() =>
         {
-            KmsError::Config(format!(
-                "{m} (the embedded token in {} is not set up: run `p11kms token init`)",
+            KmsError::config(format!(
+                "{} (the embedded token in {} is not set up: run `p11kms token init`)",
+                e.message(),
                 dir.display()
             ))
         }

@@ -27,7 +27,7 @@ impl Out {
         let mut buf = Zeroizing::new(Vec::with_capacity(16 * 1024));
         if self.json {
             serde_json::to_writer_pretty(&mut *buf, value)
-                .map_err(|e| KmsError::Internal(format!("serializing the response: {e}")))?;
+                .map_err(|e| KmsError::internal(format!("serializing the response: {e}")))?;
             buf.push(b'\n');
         } else {
             buf.extend_from_slice(text.as_bytes());
@@ -54,11 +54,11 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 pub(super) struct Empty {}
 
 fn stdout_err(e: io::Error) -> KmsError {
-    KmsError::Io(format!("writing to stdout: {e}"))
+    KmsError::io(format!("writing to stdout: {e}"))
 }
 
 pub(super) fn io_err<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> KmsError + 'a {
-    move |e| KmsError::Io(format!("{what} {}: {e}", path.display()))
+    move |e| KmsError::io(format!("{what} {}: {e}", path.display()))
 }
 
 /// Unix seconds as RFC 3339 (UTC); the raw number if out of range.

@@ -40,14 +40,13 @@ pub(super) fn token_init(config: &Config, so_pin_file: Option<&Path>, out: &Out)
     let dir = match (&config.source, so_pin_file) {
         (ConfigSource::Embedded(dir), None) => dir,
         (ConfigSource::Embedded(_), Some(_)) => {
-            return Err(KmsError::Config(
+            return Err(KmsError::config(
                 "--so-pin-file initialises the token a configuration file names; without \
-                 --config or P11KMS_CONFIG, `token init` sets up the embedded token itself"
-                    .into(),
+                 --config or P11KMS_CONFIG, `token init` sets up the embedded token itself",
             ))
         }
         (ConfigSource::File(path), None) => {
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "`token init` only creates the embedded SoftHSMv2 token; {} names a token of \
                  its own: initialise real HSM tokens with the vendor's tools (software tokens \
                  such as Kryoptic: pass --so-pin-file)",
@@ -77,8 +76,8 @@ pub(super) fn token_init(config: &Config, so_pin_file: Option<&Path>, out: &Out)
 /// slot, with the configured label and user PIN. Idempotent: an existing token is left alone.
 fn token_init_configured(config: &Config, so_pin_file: &Path, out: &Out) -> Result<()> {
     let crate::config::TokenSelector::Label(label) = &config.token.selector else {
-        return Err(KmsError::Config(
-            "`token init` needs the token named by token.label, not token.slot".into(),
+        return Err(KmsError::config(
+            "`token init` needs the token named by token.label, not token.slot",
         ));
     };
     let so_pin = crate::config::SecretSource::File(so_pin_file.to_path_buf()).read()?;

@@ -69,7 +69,7 @@ fn embedded_dev_credential(state: &Path) -> Result<Option<Credential>> {
             } else {
                 &id_path
             };
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "{} is missing while its partner exists; re-run `p11kms init` or delete both \
                  dev-access-key-id and dev-secret-key",
                 missing.display()
@@ -77,10 +77,10 @@ fn embedded_dev_credential(state: &Path) -> Result<Option<Credential>> {
         }
     }
     let id = fs::read_to_string(&id_path)
-        .map_err(|e| KmsError::Config(format!("cannot read {}: {e}", id_path.display())))?;
+        .map_err(|e| KmsError::config(format!("cannot read {}: {e}", id_path.display())))?;
     let id = id.trim();
     if !validate::valid_access_key_id(id) {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "{}: not an access key id (16-128 letters, digits or _)",
             id_path.display()
         )));
@@ -179,7 +179,7 @@ fn random_token(len: usize, alphabet: &[u8]) -> Result<Zeroizing<String>> {
     let mut bytes = Zeroizing::new(vec![0u8; len]);
     rand::rngs::OsRng
         .try_fill_bytes(bytes.as_mut())
-        .map_err(|e| KmsError::Config(format!("OS random number generator failed: {e}")))?;
+        .map_err(|e| KmsError::config(format!("OS random number generator failed: {e}")))?;
     Ok(Zeroizing::new(
         bytes
             .iter()
@@ -190,14 +190,14 @@ fn random_token(len: usize, alphabet: &[u8]) -> Result<Zeroizing<String>> {
 
 fn softhsm_conf_text(token_dir: &Path) -> Result<String> {
     let dir = token_dir.to_str().ok_or_else(|| {
-        KmsError::Config(format!(
+        KmsError::config(format!(
             "token directory {} is not valid UTF-8",
             token_dir.display()
         ))
     })?;
     // SoftHSM's config format is line based.
     if dir.contains(['\n', '\r']) {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "token directory {} contains a newline",
             token_dir.display()
         )));
@@ -217,7 +217,7 @@ fn random_hex_pin() -> Result<Zeroizing<String>> {
     let mut bytes = Zeroizing::new([0u8; 16]);
     rand::rngs::OsRng
         .try_fill_bytes(bytes.as_mut())
-        .map_err(|e| KmsError::Config(format!("OS random number generator failed: {e}")))?;
+        .map_err(|e| KmsError::config(format!("OS random number generator failed: {e}")))?;
     let mut pin = Zeroizing::new(String::with_capacity(33));
     for b in bytes.iter() {
         pin.push(char::from(HEX[usize::from(b >> 4)]));
@@ -230,14 +230,14 @@ fn create_private_dir(dir: &Path) -> Result<bool> {
     match fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(false),
         Ok(_) => {
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "{} exists but is not a directory",
                 dir.display()
             )))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "cannot stat {}: {e}",
                 dir.display()
             )))
@@ -247,7 +247,7 @@ fn create_private_dir(dir: &Path) -> Result<bool> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| KmsError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| KmsError::config(format!("cannot create {}: {e}", dir.display())))?;
     Ok(true)
 }
 
@@ -261,7 +261,7 @@ fn find_module_in(env: Option<OsString>, candidates: &[&str]) -> Result<PathBuf>
     if let Some(module) = env {
         let path = absolutize(Path::new(&module))?;
         if !path.is_file() {
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "P11KMS_MODULE={} does not exist or is not a file",
                 path.display()
             )));
@@ -273,7 +273,7 @@ fn find_module_in(env: Option<OsString>, candidates: &[&str]) -> Result<PathBuf>
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            KmsError::Config(format!(
+            KmsError::config(format!(
                 "SoftHSMv2 not found (looked in {}); run scripts/run.sh, or `apt-get install \
                  softhsm2`, or set P11KMS_MODULE to the PKCS#11 module path",
                 candidates.join(", ")

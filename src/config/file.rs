@@ -78,7 +78,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<RawConfig> {
 fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> KmsError {
     let message = err.message().trim_end();
     let Some(span) = err.span() else {
-        return KmsError::Config(format!("{}: {message}", path.display()));
+        return KmsError::config(format!("{}: {message}", path.display()));
     };
     let start = floor_char_boundary(text, span.start.min(text.len()));
     let before = &text[..start];
@@ -87,11 +87,11 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> KmsError {
     let column = text[line_start..start].chars().count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
     match field_at(text, line_start, line) {
-        Some(field) => KmsError::Config(format!(
+        Some(field) => KmsError::config(format!(
             "{}: line {line_no}, column {column}: field `{field}`: {message}",
             path.display()
         )),
-        None => KmsError::Config(format!(
+        None => KmsError::config(format!(
             "{}: line {line_no}, column {column}: {message}",
             path.display()
         )),
@@ -234,7 +234,7 @@ pub(super) fn write_conf(path: &Path, content: &[u8]) -> Result<bool> {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(KmsError::Config(format!(
+            return Err(KmsError::config(format!(
                 "cannot read {}: {e}",
                 path.display()
             )))
@@ -243,7 +243,7 @@ pub(super) fn write_conf(path: &Path, content: &[u8]) -> Result<bool> {
     let tmp = write_temp(path, content, 0o600)?;
     // rename is atomic: a concurrently starting process never loads a half-written conf.
     tmp.rename_onto(path)
-        .map_err(|e| KmsError::Config(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| KmsError::config(format!("cannot write {}: {e}", path.display())))?;
     Ok(true)
 }
 
@@ -258,7 +258,7 @@ pub(super) fn publish_new_file(path: &Path, content: &[u8], mode: u32) -> Result
         Err(_) => match write_new(path, content, mode) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(KmsError::Config(format!(
+            Err(e) => Err(KmsError::config(format!(
                 "cannot create {}: {e}",
                 path.display()
             ))),
@@ -269,7 +269,7 @@ pub(super) fn publish_new_file(path: &Path, content: &[u8], mode: u32) -> Result
 /// A complete, synced temporary file with `content`, beside `path`.
 fn write_temp(path: &Path, content: &[u8], mode: u32) -> Result<TempFile> {
     let mut tmp = TempFile::beside(path, mode).map_err(|e| {
-        KmsError::Config(format!(
+        KmsError::config(format!(
             "cannot create a temporary file beside {}: {e}",
             path.display()
         ))
@@ -277,7 +277,7 @@ fn write_temp(path: &Path, content: &[u8], mode: u32) -> Result<TempFile> {
     tmp.file()
         .write_all(content)
         .and_then(|()| tmp.sync())
-        .map_err(|e| KmsError::Config(format!("cannot write {}: {e}", tmp.path().display())))?;
+        .map_err(|e| KmsError::config(format!("cannot write {}: {e}", tmp.path().display())))?;
     Ok(tmp)
 }
 

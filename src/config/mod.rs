@@ -97,6 +97,7 @@ pub enum SealingPolicy {
 }
 
 impl SealingPolicy {
+    /// The name as written in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             SealingPolicy::Auto => "auto",
@@ -210,14 +211,14 @@ impl Config {
         let path = absolutize(path)?;
         let shown = path.display();
         let mut file = fs::File::open(&path)
-            .map_err(|e| KmsError::Config(format!("cannot open config file {shown}: {e}")))?;
+            .map_err(|e| KmsError::config(format!("cannot open config file {shown}: {e}")))?;
         let meta = file
             .metadata()
-            .map_err(|e| KmsError::Config(format!("cannot stat config file {shown}: {e}")))?;
+            .map_err(|e| KmsError::config(format!("cannot stat config file {shown}: {e}")))?;
         // Zeroizing: the text may contain an inline PIN.
         let mut text = Zeroizing::new(String::new());
         file.read_to_string(&mut text)
-            .map_err(|e| KmsError::Config(format!("cannot read config file {shown}: {e}")))?;
+            .map_err(|e| KmsError::config(format!("cannot read config file {shown}: {e}")))?;
         let mut config = Config::from_toml_str(&text, &path, Some(secret::file_mode(&meta)))?;
         config.apply_env_overrides(|name| std::env::var_os(name))?;
         Ok(config)
@@ -261,9 +262,9 @@ impl Config {
         if let Some(listen) = get("P11KMS_LISTEN").filter(|v| !v.is_empty()) {
             let listen = listen
                 .into_string()
-                .map_err(|_| KmsError::Config("P11KMS_LISTEN is not valid UTF-8".to_owned()))?;
+                .map_err(|_| KmsError::config("P11KMS_LISTEN is not valid UTF-8"))?;
             if !validate::valid_listen(&listen) {
-                return Err(KmsError::Config(format!(
+                return Err(KmsError::config(format!(
                     "P11KMS_LISTEN: `{listen}` is not a host:port address"
                 )));
             }
@@ -274,17 +275,16 @@ impl Config {
                 Some("true" | "1" | "yes") => true,
                 Some("false" | "0" | "no") => false,
                 _ => {
-                    return Err(KmsError::Config(
-                        "P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false".to_owned(),
+                    return Err(KmsError::config(
+                        "P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false",
                     ))
                 }
             };
         }
         if self.require_in_token_sealing && self.sealing == SealingPolicy::Host {
-            return Err(KmsError::Config(
+            return Err(KmsError::config(
                 "require_in_token_sealing contradicts sealing = \"host\"; set sealing to \"auto\" \
-                 or \"token\""
-                    .to_owned(),
+                 or \"token\"",
             ));
         }
         Ok(())
@@ -297,7 +297,7 @@ fn non_empty_env(name: &str) -> Option<OsString> {
 
 fn absolutize(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path)
-        .map_err(|e| KmsError::Config(format!("cannot make {} absolute: {e}", path.display())))
+        .map_err(|e| KmsError::config(format!("cannot make {} absolute: {e}", path.display())))
 }
 
 /// What the config rooms' tests share: a pinned module path, a minimal file, error unwrapping.
@@ -308,7 +308,7 @@ mod test_support {
     use std::path::{Path, PathBuf};
 
     use super::Config;
-    use crate::error::{KmsError, Result};
+    use crate::error::Result;
 
     pub(super) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -326,7 +326,7 @@ mod test_support {
 
     pub(super) fn config_err(result: Result<Config>) -> String {
         match result {
-            Err(KmsError::Config(msg)) => msg,
+            Err(e) if e.kind() == crate::error::ErrorKind::Config => e.message().to_owned(),
             Err(other) => panic!("expected a Config error, got {other:?}"),
             Ok(c) => panic!("expected an error, got {c:?}"),
         }

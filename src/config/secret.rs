@@ -65,13 +65,13 @@ impl SecretSource {
 
 fn read_env_secret(name: &str) -> Result<Secret> {
     let value = std::env::var_os(name)
-        .ok_or_else(|| KmsError::Config(format!("environment variable {name} is not set")))?;
+        .ok_or_else(|| KmsError::config(format!("environment variable {name} is not set")))?;
     let value = value
         .into_string()
-        .map_err(|_| KmsError::Config(format!("environment variable {name} is not valid UTF-8")))?;
+        .map_err(|_| KmsError::config(format!("environment variable {name} is not valid UTF-8")))?;
     let secret = Secret::new(value);
     if secret.expose().is_empty() {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "environment variable {name} is empty"
         )));
     }
@@ -81,25 +81,25 @@ fn read_env_secret(name: &str) -> Result<Secret> {
 fn read_file_secret(path: &Path) -> Result<Secret> {
     let shown = path.display();
     let file = fs::File::open(path)
-        .map_err(|e| KmsError::Config(format!("cannot open secret file {shown}: {e}")))?;
+        .map_err(|e| KmsError::config(format!("cannot open secret file {shown}: {e}")))?;
     // fstat the opened handle so the mode checked is the mode of what is actually read.
     let meta = file
         .metadata()
-        .map_err(|e| KmsError::Config(format!("cannot stat secret file {shown}: {e}")))?;
+        .map_err(|e| KmsError::config(format!("cannot stat secret file {shown}: {e}")))?;
     if !meta.is_file() {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "secret file {shown} is not a regular file"
         )));
     }
     let mode = file_mode(&meta);
     if mode & 0o077 != 0 {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "secret file {shown} has mode {mode:04o}, which lets group/others read it; \
              run `chmod 600 {shown}`"
         )));
     }
     if meta.len() > MAX_SECRET_FILE_BYTES {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "secret file {shown} is larger than {MAX_SECRET_FILE_BYTES} bytes"
         )));
     }
@@ -108,9 +108,9 @@ fn read_file_secret(path: &Path) -> Result<Secret> {
     (&file)
         .take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| KmsError::Config(format!("cannot read secret file {shown}: {e}")))?;
+        .map_err(|e| KmsError::config(format!("cannot read secret file {shown}: {e}")))?;
     if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(KmsError::Config(format!(
+        return Err(KmsError::config(format!(
             "secret file {shown} is larger than {MAX_SECRET_FILE_BYTES} bytes"
         )));
     }
@@ -121,10 +121,10 @@ fn read_file_secret(path: &Path) -> Result<Secret> {
         }
     }
     if bytes.is_empty() {
-        return Err(KmsError::Config(format!("secret file {shown} is empty")));
+        return Err(KmsError::config(format!("secret file {shown} is empty")));
     }
     let text = std::str::from_utf8(&bytes)
-        .map_err(|_| KmsError::Config(format!("secret file {shown} is not valid UTF-8")))?;
+        .map_err(|_| KmsError::config(format!("secret file {shown} is not valid UTF-8")))?;
     Ok(Secret::new(text.to_owned()))
 }
 
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(src.read().unwrap().expose(), "crlf-pin");
         write_mode(&path, "filepin-7\n", 0o644);
         let err = src.read().unwrap_err();
-        assert!(matches!(err, KmsError::Config(_)));
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
         let msg = err.to_string();
         assert!(
             msg.contains("pin") && msg.contains("0644") && !msg.contains("filepin-7"),

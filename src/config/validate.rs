@@ -30,7 +30,7 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&self, field: &str, msg: impl fmt::Display) -> KmsError {
-        KmsError::Config(format!("{}: {field}: {msg}", self.path.display()))
+        KmsError::config(format!("{}: {field}: {msg}", self.path.display()))
     }
 
     pub(super) fn config(&self, raw: RawConfig, file_mode: Option<u32>) -> Result<Config> {

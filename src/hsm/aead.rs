@@ -17,7 +17,9 @@ use super::error::GcmFailure;
 use super::templates::{KeyTemplate, Usages};
 use super::{HsmError, Result, Token};
 
+/// Bytes of an AES-GCM IV (96 bits, the size SP 800-38D recommends).
 pub const GCM_IV_LEN: usize = 12;
+/// Bytes of an AES-GCM tag (128 bits).
 pub const GCM_TAG_LEN: usize = 16;
 const GCM_TAG_BITS: usize = GCM_TAG_LEN * 8;
 

@@ -30,6 +30,7 @@ pub enum Kdf {
 pub const KDF_LABEL: &[u8] = b"p11kms epoch key v1";
 
 impl Kdf {
+    /// The byte that names this KDF in a ciphertext header.
     pub fn id(self) -> u8 {
         match self {
             Kdf::AesCbcEncryptData => 1,
@@ -37,6 +38,7 @@ impl Kdf {
         }
     }
 
+    /// The KDF a ciphertext header byte names.
     pub fn from_id(id: u8) -> Option<Kdf> {
         match id {
             1 => Some(Kdf::AesCbcEncryptData),
@@ -45,6 +47,7 @@ impl Kdf {
         }
     }
 
+    /// The name shown by `token info` and in records.
     pub fn name(self) -> &'static str {
         match self {
             Kdf::AesCbcEncryptData => "CKM_AES_CBC_ENCRYPT_DATA",
@@ -63,13 +66,21 @@ impl Kdf {
 /// One mechanism's relevant flags, as the token reports them.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MechanismSupport {
+    /// The mechanism's PKCS#11 name, e.g. `CKM_AES_GCM`.
     pub name: &'static str,
+    /// The token lists the mechanism at all.
     pub present: bool,
+    /// `CKF_GENERATE`.
     pub generate: bool,
+    /// `CKF_ENCRYPT`.
     pub encrypt: bool,
+    /// `CKF_DECRYPT`.
     pub decrypt: bool,
+    /// `CKF_WRAP`.
     pub wrap: bool,
+    /// `CKF_UNWRAP`.
     pub unwrap: bool,
+    /// `CKF_DERIVE`.
     pub derive: bool,
 }
 
@@ -113,12 +124,19 @@ pub struct DeriveTemplateSupport {
 /// What the token offers p11kms.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
+    /// The token has a random number generator (`CKF_RNG`).
     pub rng: bool,
+    /// `CKM_AES_KEY_GEN`.
     pub aes_key_gen: MechanismSupport,
+    /// `CKM_GENERIC_SECRET_KEY_GEN`.
     pub generic_secret_key_gen: MechanismSupport,
+    /// `CKM_AES_GCM`.
     pub aes_gcm: MechanismSupport,
+    /// `CKM_AES_CBC_ENCRYPT_DATA`.
     pub aes_cbc_encrypt_data: MechanismSupport,
+    /// `CKM_SP800_108_COUNTER_KDF`.
     pub sp800_108_counter_kdf: MechanismSupport,
+    /// `CKM_AES_CMAC`.
     pub aes_cmac: MechanismSupport,
     /// The derive mechanism new CMKs use, if any is usable: SP 800-108 (id 2) where a
     /// derivation with it works, else `CKM_AES_CBC_ENCRYPT_DATA` (id 1).
@@ -130,6 +148,7 @@ pub struct Capabilities {
     pub in_token_data_keys: Option<InTokenDataKeys>,
     /// Why in-token sealing is not available, when it is not.
     pub in_token_sealing_missing: Option<String>,
+    /// Whether the token enforces `CKA_DERIVE_TEMPLATE` on CMKs.
     pub derive_template: DeriveTemplateSupport,
     /// `C_Encrypt(CKM_AES_GCM)` uses the caller's 12-byte IV and returns ciphertext ‖ tag
     /// (probed at open). Tokens that generate the IV themselves (AWS CloudHSM; Luna in FIPS

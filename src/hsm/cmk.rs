@@ -193,9 +193,13 @@ impl CmkAttributes {
 /// attributes that must prove it genuine before it is used ([`CmkAttributes::verify`]).
 #[derive(Debug, Clone)]
 pub struct Listed<K> {
+    /// `CKA_LABEL`.
     pub label: String,
+    /// The object's handle.
     pub handle: K,
+    /// `CKA_DERIVE` as the token reports it.
     pub derive: bool,
+    /// What proves (or disproves) the object genuine.
     pub attributes: CmkAttributes,
 }
 
@@ -205,13 +209,21 @@ pub type ListedCmk = Listed<CmkHandle>;
 /// The custody attributes of a CMK as the token reports them.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CmkCustody {
+    /// `CKA_SENSITIVE`.
     pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`.
     pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`.
     pub always_sensitive: bool,
+    /// `CKA_NEVER_EXTRACTABLE`.
     pub never_extractable: bool,
+    /// `CKA_ENCRYPT`.
     pub encrypt: bool,
+    /// `CKA_SIGN`.
     pub sign: bool,
+    /// `CKA_DERIVE`.
     pub derive: bool,
+    /// Whether reading `CKA_VALUE` returned bytes (it must not).
     pub value_readable: bool,
 }
 

@@ -6,6 +6,7 @@
 //! The rules of KMS (states, formats, contexts) live in `kms`, not here.
 
 mod aead;
+#[cfg(feature = "bench")]
 mod bench;
 mod caps;
 mod cmk;
@@ -14,6 +15,8 @@ mod error;
 mod objects;
 mod pool;
 mod probe;
+// The crate denies `unsafe`; the calls cryptoki cannot make are the one exception.
+#[allow(unsafe_code)]
 mod raw;
 mod stats;
 mod templates;
@@ -29,7 +32,8 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
-pub use bench::{CeilingOp, CeilingResult};
+#[cfg(feature = "bench")]
+pub(crate) use bench::CeilingOp;
 pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
 pub use cmk::{CmkAttributes, CmkCustody, CmkHandle, CmkLookup, Listed, ListedCmk, Lookup};
 pub use derived::SessionKey;
@@ -56,9 +60,13 @@ pub enum TokenSelector {
 /// What [`Token::open`] needs to reach and log in to a token. The caller keeps the PIN in
 /// memory that is zeroized when it is done with it.
 pub struct TokenParams<'a> {
+    /// Path of the PKCS#11 module.
     pub module: &'a Path,
+    /// Which token of the module.
     pub selector: &'a TokenSelector,
+    /// The user PIN (used for `C_Login`, never kept or logged).
     pub pin: &'a str,
+    /// Size of the session pool.
     pub sessions: usize,
 }
 
@@ -91,15 +99,25 @@ pub(crate) struct TokenInner {
 /// Static description of the token, for `token info` and logs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenDescription {
+    /// Path of the module.
     pub module: String,
+    /// `C_GetInfo` library description.
     pub library: String,
+    /// `C_GetInfo` manufacturer.
     pub library_manufacturer: String,
+    /// `C_GetInfo` library version.
     pub library_version: String,
+    /// `C_GetInfo` Cryptoki version.
     pub cryptoki_version: String,
+    /// The slot the token is in.
     pub slot: u64,
+    /// The token's label.
     pub label: String,
+    /// The token's manufacturer.
     pub manufacturer: String,
+    /// The token's model.
     pub model: String,
+    /// The token's serial number.
     pub serial: String,
 }
 
@@ -305,14 +323,17 @@ impl Token {
         self.inner.stats.snapshot()
     }
 
+    /// What the token can do, as probed at open.
     pub fn capabilities(&self) -> &Capabilities {
         &self.inner.caps
     }
 
+    /// The module and token, as they describe themselves.
     pub fn description(&self) -> &TokenDescription {
         &self.inner.info
     }
 
+    /// Path of the PKCS#11 module.
     pub fn module_path(&self) -> &Path {
         &self.inner.module_path
     }

@@ -15,7 +15,9 @@ pub struct DataHandle(ObjectHandle);
 /// objects not seen before).
 #[derive(Debug, Clone)]
 pub struct DataObject {
+    /// The object's handle.
     pub handle: DataHandle,
+    /// `CKA_LABEL`.
     pub label: String,
 }
 

@@ -24,8 +24,11 @@ pub enum ExposedDerivation {
     Refused(String),
     /// The token derived a key but made it sensitive and non-extractable anyway.
     CameOutSensitive,
-    /// The token derived a non-sensitive key; `value_read` says whether its value was readable.
-    Exposed { value_read: bool },
+    /// The token derived a non-sensitive key.
+    Exposed {
+        /// Its `CKA_VALUE` was readable too.
+        value_read: bool,
+    },
 }
 
 /// Derives from `base` with a template asking for a readable key; see [`ExposedDerivation`].

@@ -4,7 +4,8 @@
 //!
 //! The function list is the one of the module `cryptoki` already loaded (`dlopen` with
 //! `RTLD_NOLOAD` returns that same mapping), so the session and object handles of a
-//! `cryptoki::Session` are valid here. Everything unsafe in p11kms is in this file.
+//! `cryptoki::Session` are valid here. Besides `process::wipe_env`, everything unsafe in
+//! p11kms is in this file.
 
 use std::ffi::CString;
 use std::path::Path;

@@ -24,12 +24,15 @@ pub(crate) struct Counters {
 pub struct TokenStats {
     /// `C_GenerateRandom` calls and the bytes they returned.
     pub random_calls: u64,
+    /// Bytes drawn from the token's RNG.
     pub random_bytes: u64,
     /// `C_Encrypt` / `C_Decrypt` (AES-GCM).
     pub encrypt_calls: u64,
+    /// `C_Decrypt` calls.
     pub decrypt_calls: u64,
     /// `C_WrapKey` / `C_UnwrapKey` (AES-GCM).
     pub wrap_calls: u64,
+    /// `C_UnwrapKey` calls.
     pub unwrap_calls: u64,
     /// `C_GenerateKey` (CMKs and in-token data keys).
     pub generate_key_calls: u64,

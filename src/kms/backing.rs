@@ -34,7 +34,7 @@ impl Kms {
         let wrap = self.sealing == SealingPath::Token;
         let Some(h) = entry.cmks.get(&version).copied() else {
             // Known unusable: answered without touching the token.
-            return Err(KmsError::KeyUnavailable(
+            return Err(KmsError::key_unavailable(
                 entry.unbound.get(&version).cloned().unwrap_or_else(|| {
                     format!("the backing key of {arn} (version {version}) is not in the token")
                 }),
@@ -48,7 +48,7 @@ impl Kms {
         let now = self
             .store
             .key(&id)
-            .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+            .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
         check_usable(&now, &arn)?;
         match self.store.relocate_cmk(&id, version)? {
             CmkLookup::Found(n) if n != h => Ok(self.token.derive_key(n, kdf, nonce, wrap)?),
@@ -56,10 +56,10 @@ impl Kms {
                 Ok(self.token.derive_key(n, kdf, nonce, wrap)?)
             }
             CmkLookup::Found(_) => Err(first.into()),
-            CmkLookup::Missing => Err(KmsError::KeyUnavailable(format!(
+            CmkLookup::Missing => Err(KmsError::key_unavailable(format!(
                 "the backing key of {arn} (version {version}) is not in the token"
             ))),
-            CmkLookup::Refused(why) => Err(KmsError::KeyUnavailable(why)),
+            CmkLookup::Refused(why) => Err(KmsError::key_unavailable(why)),
         }
     }
 
@@ -135,15 +135,15 @@ impl Kms {
         if let Some(k) = expected {
             let (want, _) = self.resolve(k, Forms::Any)?;
             if want != h.key_id {
-                return Err(KmsError::IncorrectKey(
-                    "The key ID in the request does not identify a CMK that can perform this operation.".into(),
+                return Err(KmsError::incorrect_key(
+                    "The key ID in the request does not identify a CMK that can perform this operation.",
                 ));
             }
         }
         let arn = self.scope.key_arn(&h.key_id);
         let entry = self.store.read().keys.get(&h.key_id).cloned();
         let entry = entry.ok_or_else(|| {
-            KmsError::NotFound(format!(
+            KmsError::not_found(format!(
                 "Key '{arn}' named by the ciphertext does not exist"
             ))
         })?;

@@ -17,10 +17,12 @@ pub const MAX_CONTEXT_BYTES: usize = 8192;
 pub struct EncryptionContext(BTreeMap<String, String>);
 
 impl EncryptionContext {
+    /// No encryption context.
     pub fn empty() -> EncryptionContext {
         EncryptionContext::default()
     }
 
+    /// A context from its pairs, checked against AWS's limits.
     pub fn new(map: BTreeMap<String, String>) -> Result<EncryptionContext> {
         let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
         if total > MAX_CONTEXT_BYTES {
@@ -52,10 +54,12 @@ impl EncryptionContext {
         EncryptionContext::new(map)
     }
 
+    /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The pairs.
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
@@ -72,6 +76,7 @@ impl EncryptionContext {
         }
     }
 
+    /// The canonical bytes bound into ciphertexts as AAD (`docs/formats.md`).
     pub fn canonical(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_canonical(&mut out);

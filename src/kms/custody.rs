@@ -20,6 +20,7 @@ pub enum SealingPath {
 }
 
 impl SealingPath {
+    /// The name shown by `token info`.
     pub fn as_str(self) -> &'static str {
         match self {
             SealingPath::Token => "token",
@@ -39,15 +40,21 @@ pub struct OperationCustody {
 /// The custody report of a service over its token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Custody {
+    /// The token's label.
     pub token_label: String,
+    /// How GenerateDataKeyWithoutPlaintext seals data keys.
     pub data_keys_without_plaintext: SealingPath,
+    /// Whether the token can seal data keys itself.
     pub in_token_sealing_possible: bool,
     /// Why the token cannot seal in the token, if it cannot.
     pub in_token_sealing_missing: Option<String>,
+    /// Whether the configuration requires it to.
     pub in_token_sealing_required: bool,
+    /// Whether the token enforces `CKA_DERIVE_TEMPLATE` on CMKs.
     pub derive_template: DeriveTemplateSupport,
     /// Measured host-memory window of the host path, µs.
     pub host_exposure_micros: Option<u64>,
+    /// Where each operation's key material is, operation by operation.
     pub operations: Vec<OperationCustody>,
 }
 
@@ -183,7 +190,7 @@ impl Kms {
     /// Refuses a service that must seal in the token but cannot.
     pub(crate) fn enforce_custody(&self) -> Result<()> {
         if self.require_in_token && self.sealing != SealingPath::Token {
-            return Err(KmsError::Config(refusal(
+            return Err(KmsError::config(refusal(
                 &self.token,
                 "require_in_token_sealing (or P11KMS_REQUIRE_IN_TOKEN_SEALING=true)",
             )));

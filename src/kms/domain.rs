@@ -37,7 +37,7 @@ macro_rules! aws_enum {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name {
-            $($(#[$vdoc])* #[serde(rename = $aws)] $variant),*
+            $($(#[$vdoc])* #[doc = concat!("`", $aws, "`")] #[serde(rename = $aws)] $variant),*
         }
 
         impl AwsEnum for $name {
@@ -144,8 +144,11 @@ impl DataKeySpec {
 /// The lifecycle state of a KMS key, named as AWS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum KeyState {
+    /// `Enabled`: usable.
     Enabled,
+    /// `Disabled`: kept, refused for use until enabled.
     Disabled,
+    /// `PendingDeletion`: refused for use, destroyed at its deletion date unless cancelled.
     PendingDeletion,
     /// A record this version cannot fully read: a state or field written by a newer p11kms
     /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
@@ -156,6 +159,7 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// The AWS name (`Unavailable` for [`KeyState::Unknown`]).
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Enabled => "Enabled",

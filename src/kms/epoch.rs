@@ -35,6 +35,7 @@ pub struct EpochPolicy {
     /// Seals per epoch key. With random 96-bit IVs, 2^20 messages give an IV collision
     /// probability below 2^-57 (NIST SP 800-38D asks for < 2^-32).
     pub max_uses: u64,
+    /// How long a derived session key is used before it is derived again.
     pub max_age: Duration,
     /// Derived keys kept for opening blobs.
     pub cache_entries: usize,
@@ -104,8 +105,8 @@ impl Turn {
         while *taken {
             let now = Instant::now();
             if now >= deadline {
-                return Err(KmsError::DependencyTimeout(
-                    "another request has been deriving this key's epoch key for too long".into(),
+                return Err(KmsError::dependency_timeout(
+                    "another request has been deriving this key's epoch key for too long",
                 ));
             }
             taken = self
@@ -210,7 +211,7 @@ impl<K> EpochKeys<K> {
             // A caller leads at most once: it returns below, whatever happens.
             let derive = derive
                 .take()
-                .ok_or_else(|| KmsError::Internal("epoch key derivation attempted twice".into()))?;
+                .ok_or_else(|| KmsError::internal("epoch key derivation attempted twice"))?;
             let (nonce, key) = derive()?;
             let key = Arc::new(key);
             let epoch = Arc::new(Epoch {
@@ -360,7 +361,7 @@ mod tests {
                 // Re-entering for another key and looking at the caches must work too.
                 k2.for_sealing(KeyId::new_random(), 1, || Ok(([9; NONCE_LEN], 9)))?;
                 let _ = k2.cached(id, 1, &[0; NONCE_LEN]);
-                Err(KmsError::KeyUnavailable("refused by the token".into()))
+                Err(KmsError::key_unavailable("refused by the token"))
             });
             let _ = tx.send(r.map(|_| ()));
         });

@@ -12,14 +12,17 @@ use crate::error::{KmsError, Result};
 pub struct KeyId(Uuid);
 
 impl KeyId {
+    /// A new random key id.
     pub fn new_random() -> KeyId {
         KeyId(Uuid::new_v4())
     }
 
+    /// The key id of 16 bytes (as stored in ciphertexts and `CKA_ID`).
     pub fn from_bytes(b: [u8; 16]) -> KeyId {
         KeyId(Uuid::from_bytes(b))
     }
 
+    /// The 16 bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
@@ -36,11 +39,11 @@ impl FromStr for KeyId {
     /// Only the canonical 36-character hyphenated form (any case) is a key id.
     fn from_str(s: &str) -> Result<KeyId> {
         if s.len() != 36 {
-            return Err(KmsError::NotFound(format!("Invalid keyId {s}")));
+            return Err(KmsError::not_found(format!("Invalid keyId {s}")));
         }
         Uuid::parse_str(s)
             .map(KeyId)
-            .map_err(|_| KmsError::NotFound(format!("Invalid keyId {s}")))
+            .map_err(|_| KmsError::not_found(format!("Invalid keyId {s}")))
     }
 }
 
@@ -49,6 +52,7 @@ impl FromStr for KeyId {
 pub struct AliasName(String);
 
 impl AliasName {
+    /// Every alias name starts with this.
     pub const PREFIX: &'static str = "alias/";
 
     /// Validates a name for CreateAlias/UpdateAlias/DeleteAlias.
@@ -67,18 +71,19 @@ impl AliasName {
             )));
         }
         if !s.starts_with(Self::PREFIX) || s.len() == Self::PREFIX.len() {
-            return Err(KmsError::InvalidAliasName(format!(
+            return Err(KmsError::invalid_alias_name(format!(
                 "Alias must start with the prefix \"alias/\" and have a name: {s}"
             )));
         }
         if s.starts_with("alias/aws/") {
-            return Err(KmsError::InvalidAliasName(format!(
+            return Err(KmsError::invalid_alias_name(format!(
                 "Alias names starting with alias/aws/ are reserved for AWS managed keys: {s}"
             )));
         }
         Ok(AliasName(s.to_string()))
     }
 
+    /// The name, `alias/...`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -93,11 +98,14 @@ impl fmt::Display for AliasName {
 /// The region and account that ARNs are built in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArnScope {
+    /// The AWS region in ARNs.
     pub region: String,
+    /// The AWS account id in ARNs.
     pub account: String,
 }
 
 impl ArnScope {
+    /// ARNs of `region` and `account`.
     pub fn new(region: &str, account: &str) -> ArnScope {
         ArnScope {
             region: region.to_string(),
@@ -109,10 +117,12 @@ impl ArnScope {
         format!("arn:aws:kms:{}:{}:", self.region, self.account)
     }
 
+    /// `arn:aws:kms:<region>:<account>:key/<id>`.
     pub fn key_arn(&self, id: &KeyId) -> String {
         format!("{}key/{id}", self.prefix())
     }
 
+    /// `arn:aws:kms:<region>:<account>:alias/<name>`.
     pub fn alias_arn(&self, alias: &AliasName) -> String {
         format!("{}{alias}", self.prefix())
     }
@@ -121,7 +131,9 @@ impl ArnScope {
 /// What a `KeyId` request parameter names: a key directly, or an alias to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRef {
+    /// A key id or key ARN.
     Id(KeyId),
+    /// An alias name or alias ARN.
     Alias(AliasName),
 }
 
@@ -146,7 +158,7 @@ impl KeyRef {
         let r = if s.starts_with("arn:") {
             let prefix = scope.prefix();
             let Some(resource) = s.strip_prefix(prefix.as_str()) else {
-                return Err(KmsError::NotFound(format!(
+                return Err(KmsError::not_found(format!(
                     "Invalid arn {s}: not a KMS ARN in {} account {}",
                     scope.region, scope.account
                 )));
@@ -156,7 +168,7 @@ impl KeyRef {
             } else if resource.starts_with(AliasName::PREFIX) {
                 KeyRef::Alias(parse_alias_ref(resource)?)
             } else {
-                return Err(KmsError::NotFound(format!("Invalid arn {s}")));
+                return Err(KmsError::not_found(format!("Invalid arn {s}")));
             }
         } else if s.starts_with(AliasName::PREFIX) {
             KeyRef::Alias(parse_alias_ref(s)?)
@@ -164,7 +176,7 @@ impl KeyRef {
             KeyRef::Id(s.parse()?)
         };
         if forms == Forms::KeyOnly && matches!(r, KeyRef::Alias(_)) {
-            return Err(KmsError::NotFound(format!(
+            return Err(KmsError::not_found(format!(
                 "Invalid keyId {s}: this operation takes a key id or key ARN, not an alias"
             )));
         }
@@ -174,7 +186,7 @@ impl KeyRef {
 
 /// An alias used as a reference: a malformed one simply names nothing.
 fn parse_alias_ref(s: &str) -> Result<AliasName> {
-    AliasName::parse(s).map_err(|_| KmsError::NotFound(format!("Alias {s} is not found.")))
+    AliasName::parse(s).map_err(|_| KmsError::not_found(format!("Alias {s} is not found.")))
 }
 
 #[cfg(test)]

@@ -6,15 +6,15 @@
 //! are thin callers.
 
 mod backing;
-pub mod blob;
-pub mod context;
-pub mod custody;
-pub mod domain;
-pub mod epoch;
-pub mod keyref;
+pub(crate) mod blob;
+pub(crate) mod context;
+pub(crate) mod custody;
+pub(crate) mod domain;
+pub(crate) mod epoch;
+pub(crate) mod keyref;
 mod ops;
-pub mod records;
-pub mod store;
+pub(crate) mod records;
+pub(crate) mod store;
 mod token_errors;
 pub mod types;
 mod upkeep;
@@ -28,6 +28,8 @@ pub use domain::{
 };
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef};
+/// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
+pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
 
 use crate::error::{KmsError, Result};
 use crate::hsm::Token;
@@ -51,6 +53,7 @@ pub struct Settings {
     pub scope: ArnScope,
     /// Bounds of the epoch keys.
     pub epochs: EpochPolicy,
+    /// Where GenerateDataKeyWithoutPlaintext seals data keys.
     pub sealing: SealingPolicy,
     /// Refuse (at [`Kms::enforce_custody`]) a token that cannot seal data keys itself.
     pub require_in_token_sealing: bool,
@@ -81,16 +84,6 @@ pub struct Kms {
 }
 
 impl Kms {
-    /// Opens the token named by `config` (see [`crate::app::open`]).
-    pub fn open(config: &crate::config::Config) -> Result<Kms> {
-        crate::app::open(config)
-    }
-
-    /// See [`crate::app::open_unenforced`].
-    pub fn open_unenforced(config: &crate::config::Config) -> Result<Kms> {
-        crate::app::open_unenforced(config)
-    }
-
     /// The service over an open token: loads the metadata the token holds and reconciles the
     /// token's attributes with it. `SealingPolicy::Token` on a token that cannot seal data keys
     /// itself is refused.
@@ -100,7 +93,7 @@ impl Kms {
             (SealingPolicy::Host, _) | (SealingPolicy::Auto, false) => SealingPath::Host,
             (SealingPolicy::Auto | SealingPolicy::Token, true) => SealingPath::Token,
             (SealingPolicy::Token, false) => {
-                return Err(KmsError::Config(custody::refusal(
+                return Err(KmsError::config(custody::refusal(
                     &token,
                     "sealing = \"token\"",
                 )))
@@ -125,10 +118,12 @@ impl Kms {
         self.sealing
     }
 
+    /// The token the service runs over.
     pub fn token(&self) -> &Token {
         &self.token
     }
 
+    /// The region and account of the ARNs this service hands out.
     pub fn scope(&self) -> &ArnScope {
         &self.scope
     }

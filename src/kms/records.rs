@@ -19,6 +19,7 @@ use crate::kms::keyref::{AliasName, KeyId};
 
 /// `CKA_APPLICATION` of every p11kms data object.
 pub const APPLICATION: &str = "p11kms";
+/// Label prefix of every backing key (CMK) object.
 pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
 
 pub use super::domain::KeyState;
@@ -56,6 +57,7 @@ impl KeyRecord {
     }
 }
 
+/// Label of a key's backing key of `version`: `p11kms:cmk:<key id>:v<version>`.
 pub fn cmk_label(id: &KeyId, version: u32) -> String {
     format!("{CMK_LABEL_PREFIX}{id}:v{version}")
 }

@@ -3,6 +3,11 @@
 //!
 //! Fields a caller must send are still `Option` here: a missing one is the operation's
 //! `ValidationException`, not a parse failure. Binary fields are base64 in JSON, as in AWS.
+//!
+//! Each type is an AWS operation's request or response, and each field the member of the
+//! same name (snake case here, PascalCase on the wire): the API Reference documents them,
+//! so they are not documented again one by one.
+#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::fmt;

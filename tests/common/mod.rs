@@ -64,7 +64,7 @@ pub fn fixture() -> &'static Fixture {
                 )
             }
         };
-        let kms = Arc::new(Kms::open(&config).expect("open kms"));
+        let kms = Arc::new(p11kms::app::open(&config).expect("open kms"));
         Fixture {
             _dir: dir,
             state_dir,
@@ -235,7 +235,7 @@ pub fn cmk(
     id: &p11kms::kms::KeyId,
     version: u32,
 ) -> p11kms::hsm::CmkHandle {
-    use p11kms::kms::records::{cmk_id, cmk_label};
+    use p11kms::kms::{cmk_id, cmk_label};
     match token
         .find_cmk(&cmk_label(id, version), &cmk_id(id, version))
         .expect("find the CMK")

@@ -382,10 +382,9 @@ mod tests {
                 path: k.path,
                 query: k.query,
                 headers: &headers,
-                body: k.body,
             };
             assert_eq!(
-                verifier.verify(&parts, &store, now),
+                verifier.verify(&parts, k.body, &store, now),
                 Ok(Verified {
                     access_key_id: "AKIDEXAMPLE".into()
                 }),

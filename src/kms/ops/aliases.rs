@@ -21,7 +21,7 @@ impl Kms {
     }
 
     fn alias_not_found(&self, name: &AliasName) -> KmsError {
-        KmsError::NotFound(format!(
+        KmsError::not_found(format!(
             "Alias {} is not found.",
             self.scope.alias_arn(name)
         ))
@@ -32,8 +32,8 @@ impl Kms {
     fn check_alias_target(&self, snap: &Snapshot, target: KeyId) -> Result<()> {
         let arn = self.scope.key_arn(&target);
         match snap.keys.get(&target).map(|e| e.record.state) {
-            None => Err(KmsError::NotFound(format!("Key '{arn}' does not exist"))),
-            Some(KeyState::PendingDeletion) => Err(KmsError::InvalidState(format!(
+            None => Err(KmsError::not_found(format!("Key '{arn}' does not exist"))),
+            Some(KeyState::PendingDeletion) => Err(KmsError::invalid_state(format!(
                 "{arn} is pending deletion."
             ))),
             Some(KeyState::Unknown) => Err(unavailable_state(&arn)),
@@ -41,13 +41,14 @@ impl Kms {
         }
     }
 
+    /// CreateAlias.
     pub fn create_alias(&self, req: AliasRequest) -> Result<()> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
         let target = self.alias_target(req.target_key_id)?;
         let now = now_ms();
         self.store.put_alias(&name, |snap, current| {
             if current.is_some() {
-                return Err(KmsError::AlreadyExists(format!(
+                return Err(KmsError::already_exists(format!(
                     "An alias with the name {} already exists",
                     self.scope.alias_arn(&name)
                 )));
@@ -62,6 +63,7 @@ impl Kms {
         })
     }
 
+    /// UpdateAlias.
     pub fn update_alias(&self, req: AliasRequest) -> Result<()> {
         self.update_alias_expecting(req, None).map(|_| ())
     }
@@ -85,6 +87,7 @@ impl Kms {
         })
     }
 
+    /// DeleteAlias.
     pub fn delete_alias(&self, req: AliasRequest) -> Result<()> {
         self.delete_alias_expecting(req, None).map(|_| ())
     }
@@ -135,6 +138,7 @@ impl Kms {
         Ok(self.store.read().aliases.get(&name).and_then(|a| a.target))
     }
 
+    /// ListAliases (of every key, or of `KeyId`).
     pub fn list_aliases(&self, req: ListRequest) -> Result<ListAliasesResponse> {
         let limit = check_limit(req.limit, 100)?;
         let key = match req.key_id {
@@ -145,7 +149,7 @@ impl Kms {
             None => Bound::Unbounded,
             Some(m) => Bound::Excluded(
                 AliasName::parse(m)
-                    .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+                    .map_err(|_| KmsError::invalid_marker(format!("Invalid marker {m}")))?,
             ),
         };
         let snap = self.store.read();

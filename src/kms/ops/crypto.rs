@@ -49,6 +49,7 @@ impl Kms {
         Ok(iv)
     }
 
+    /// Encrypt: up to 4096 bytes under a symmetric key, sealed in the token.
     pub fn encrypt(&self, req: EncryptRequest) -> Result<EncryptResponse> {
         let plaintext = required(req.plaintext, "plaintext")?;
         if plaintext.0.is_empty() || plaintext.0.len() > MAX_PLAINTEXT {
@@ -69,6 +70,7 @@ impl Kms {
         })
     }
 
+    /// Decrypt: the key comes from the ciphertext; the encryption context must match exactly.
     pub fn decrypt(&self, req: DecryptRequest) -> Result<DecryptResponse> {
         refuse_recipient(&req.recipient)?;
         let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
@@ -88,6 +90,7 @@ impl Kms {
         })
     }
 
+    /// ReEncrypt: opens under the source key and seals under the destination key in one call.
     pub fn re_encrypt(&self, req: ReEncryptRequest) -> Result<ReEncryptResponse> {
         let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
         check_grant_tokens(&req.grant_tokens)?;
@@ -182,7 +185,7 @@ impl Kms {
                 Ok(self.token.seal_new_data_key(key, iv, aad, len)?)
             })?
         } else if self.require_in_token {
-            return Err(KmsError::UnsupportedOperation(format!(
+            return Err(KmsError::unsupported(format!(
                 "this token can seal only 16- and 32-byte data keys inside itself, and \
                  in-token sealing is required; ask for AES_128, AES_256, 16 or 32 bytes \
                  (not {len})"
@@ -196,11 +199,12 @@ impl Kms {
         })
     }
 
+    /// GenerateRandom: bytes from the token's RNG.
     pub fn generate_random(&self, req: GenerateRandomRequest) -> Result<GenerateRandomResponse> {
         refuse_recipient(&req.recipient)?;
         if req.custom_key_store_id.is_some() {
-            return Err(KmsError::UnsupportedOperation(
-                "Custom key stores are not supported by p11kms".into(),
+            return Err(KmsError::unsupported(
+                "Custom key stores are not supported by p11kms",
             ));
         }
         let n = match required(req.number_of_bytes, "numberOfBytes")? {
@@ -225,7 +229,7 @@ impl ErrOrInternal for Result<()> {
     fn unwrap_err_or_internal(self) -> KmsError {
         match self {
             Err(e) => e,
-            Ok(()) => KmsError::Internal("dry run produced no outcome".into()),
+            Ok(()) => KmsError::internal("dry run produced no outcome"),
         }
     }
 }

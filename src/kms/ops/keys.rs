@@ -28,7 +28,7 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
         match KeyUsage::parse(u, "keyUsage")? {
             KeyUsage::EncryptDecrypt => {}
             u => {
-                return Err(KmsError::UnsupportedOperation(format!(
+                return Err(KmsError::unsupported(format!(
                     "KeyUsage {u} is not supported by p11kms yet; only ENCRYPT_DECRYPT"
                 )))
             }
@@ -47,7 +47,7 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
     match spec {
         None | Some(KeySpec::SymmetricDefault) => {}
         Some(s) => {
-            return Err(KmsError::UnsupportedOperation(format!(
+            return Err(KmsError::unsupported(format!(
                 "KeySpec {s} is not supported by p11kms yet; only SYMMETRIC_DEFAULT"
             )))
         }
@@ -56,20 +56,20 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
         match Origin::parse(o, "origin")? {
             Origin::AwsKms => {}
             o => {
-                return Err(KmsError::UnsupportedOperation(format!(
+                return Err(KmsError::unsupported(format!(
                     "Origin {o} is not supported by p11kms; keys are generated in the token"
                 )))
             }
         }
     }
     if req.multi_region == Some(true) {
-        return Err(KmsError::UnsupportedOperation(
-            "Multi-Region keys are not supported by p11kms".into(),
+        return Err(KmsError::unsupported(
+            "Multi-Region keys are not supported by p11kms",
         ));
     }
     if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
-        return Err(KmsError::UnsupportedOperation(
-            "Custom key stores are not supported by p11kms".into(),
+        return Err(KmsError::unsupported(
+            "Custom key stores are not supported by p11kms",
         ));
     }
     if req
@@ -83,17 +83,17 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
     }
     if let Some(tags) = &req.tags {
         if tags.len() > 50 {
-            return Err(KmsError::Tag("A key can have at most 50 tags".into()));
+            return Err(KmsError::tag("A key can have at most 50 tags"));
         }
         let mut seen = std::collections::HashSet::new();
         for t in tags {
             if t.tag_key.is_empty() || t.tag_key.len() > 128 || t.tag_value.len() > 256 {
-                return Err(KmsError::Tag(
-                    "Tag keys must be 1 to 128 and tag values 0 to 256 characters long".into(),
+                return Err(KmsError::tag(
+                    "Tag keys must be 1 to 128 and tag values 0 to 256 characters long",
                 ));
             }
             if !seen.insert(&t.tag_key) {
-                return Err(KmsError::Tag(format!("Duplicate tag key {}", t.tag_key)));
+                return Err(KmsError::tag(format!("Duplicate tag key {}", t.tag_key)));
             }
         }
     }
@@ -129,7 +129,7 @@ impl Kms {
             .token
             .capabilities()
             .kdf
-            .ok_or_else(|| KmsError::Internal("the token offers no key derivation".into()))?;
+            .ok_or_else(|| KmsError::internal("the token offers no key derivation"))?;
         let id = KeyId::new_random();
         let now = now_ms();
         let record = KeyRecord {
@@ -170,6 +170,7 @@ impl Kms {
         })
     }
 
+    /// DescribeKey.
     pub fn describe_key(&self, req: KeyIdRequest) -> Result<KeyMetadataResponse> {
         check_grant_tokens(&req.grant_tokens)?;
         let (_, entry) = self.resolve(&required(req.key_id, "keyId")?, Forms::Any)?;
@@ -178,13 +179,14 @@ impl Kms {
         })
     }
 
+    /// ListKeys.
     pub fn list_keys(&self, req: ListRequest) -> Result<ListKeysResponse> {
         let limit = check_limit(req.limit, 100)?;
         let start = match &req.marker {
             None => Bound::Unbounded,
             Some(m) => Bound::Excluded(
                 m.parse::<KeyId>()
-                    .map_err(|_| KmsError::InvalidMarker(format!("Invalid marker {m}")))?,
+                    .map_err(|_| KmsError::invalid_marker(format!("Invalid marker {m}")))?,
             ),
         };
         let snap = self.store.read();
@@ -247,11 +249,12 @@ impl Kms {
         Ok(())
     }
 
+    /// EnableKey.
     pub fn enable_key(&self, req: KeyIdRequest) -> Result<()> {
         let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
         self.set_state(&id, |r| match r.state {
             KeyState::Disabled => Ok(Some((KeyState::Enabled, None))),
-            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
             ))),
@@ -260,11 +263,12 @@ impl Kms {
         Ok(())
     }
 
+    /// DisableKey.
     pub fn disable_key(&self, req: KeyIdRequest) -> Result<()> {
         let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
         self.set_state(&id, |r| match r.state {
             KeyState::Enabled => Ok(Some((KeyState::Disabled, None))),
-            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
             ))),
@@ -273,6 +277,7 @@ impl Kms {
         Ok(())
     }
 
+    /// ScheduleKeyDeletion (7 to 30 days; 30 by default).
     pub fn schedule_key_deletion(
         &self,
         req: ScheduleKeyDeletionRequest,
@@ -290,7 +295,7 @@ impl Kms {
         let (id, _) = self.resolve(&key_id, Forms::KeyOnly)?;
         let when = now_ms() + i64::from(days) * DAY_MS;
         let r = self.set_state(&id, |r| match r.state {
-            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
             ))),
@@ -309,7 +314,7 @@ impl Kms {
         let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
         self.set_state(&id, |r| match r.state {
             KeyState::PendingDeletion => Ok(Some((KeyState::Disabled, None))),
-            _ => Err(KmsError::InvalidState(format!(
+            _ => Err(KmsError::invalid_state(format!(
                 "{} is not pending deletion.",
                 self.scope.key_arn(&id)
             ))),

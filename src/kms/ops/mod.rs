@@ -64,7 +64,7 @@ fn symmetric_algorithm(a: &Option<String>, member: &str) -> Result<EncryptionAlg
     };
     match EncryptionAlgorithm::parse(text, member)? {
         EncryptionAlgorithm::SymmetricDefault => Ok(EncryptionAlgorithm::SymmetricDefault),
-        other => Err(KmsError::InvalidKeyUsage(format!(
+        other => Err(KmsError::invalid_key_usage(format!(
             "{member} {other} is not valid for a symmetric key"
         ))),
     }
@@ -86,16 +86,16 @@ fn check_limit(limit: Option<i64>, default: usize) -> Result<usize> {
 fn refuse_recipient(recipient: &Option<serde::de::IgnoredAny>) -> Result<()> {
     match recipient {
         None => Ok(()),
-        Some(_) => Err(KmsError::UnsupportedOperation(
-            "Recipient (Nitro Enclaves attestation) is not supported by p11kms".into(),
+        Some(_) => Err(KmsError::unsupported(
+            "Recipient (Nitro Enclaves attestation) is not supported by p11kms",
         )),
     }
 }
 
 fn dry_run(flag: Option<bool>) -> Result<()> {
     if flag == Some(true) {
-        Err(KmsError::DryRunOperation(
-            "The request would have succeeded, but the DryRun flag is set.".into(),
+        Err(KmsError::dry_run_succeeded(
+            "The request would have succeeded, but the DryRun flag is set.",
         ))
     } else {
         Ok(())
@@ -106,8 +106,8 @@ fn dry_run(flag: Option<bool>) -> Result<()> {
 pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
     match entry.record.state {
         KeyState::Enabled => Ok(()),
-        KeyState::Disabled => Err(KmsError::Disabled(format!("{arn} is disabled."))),
-        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+        KeyState::Disabled => Err(KmsError::disabled(format!("{arn} is disabled."))),
+        KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
             "{arn} is pending deletion."
         ))),
         KeyState::Unknown => Err(unavailable_state(arn)),
@@ -116,7 +116,7 @@ pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
 
 /// A key whose record this version cannot fully read (see [`KeyState::Unknown`]).
 fn unavailable_state(arn: &str) -> KmsError {
-    KmsError::InvalidState(format!(
+    KmsError::invalid_state(format!(
         "{arn} is unavailable: its record was written by a newer version of p11kms or is \
          damaged; this version neither uses nor changes it"
     ))
@@ -132,7 +132,7 @@ impl Kms {
             KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
                 Some(id) => id,
                 None => {
-                    return Err(KmsError::NotFound(format!(
+                    return Err(KmsError::not_found(format!(
                         "Alias {} is not found.",
                         self.scope.alias_arn(&a)
                     )))
@@ -141,7 +141,7 @@ impl Kms {
         };
         match snap.keys.get(&id) {
             Some(e) => Ok((id, e.clone())),
-            None => Err(KmsError::NotFound(format!(
+            None => Err(KmsError::not_found(format!(
                 "Key '{}' does not exist",
                 self.scope.key_arn(&id)
             ))),

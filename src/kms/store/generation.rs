@@ -70,7 +70,8 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         Ok(changed)
     }
 
-    /// Re-lists the token's records regardless of the stamp (start-up, tests, the safety net).
+    /// Re-lists the records regardless of the stamp (tests).
+    #[cfg(test)]
     pub fn refresh_full(&self) -> Result<Vec<KeyId>> {
         let mut w = self.lock_writer();
         let stamp = match w.generation {

@@ -296,7 +296,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut w = self.lock_writer();
         let current = self
             .key(id)
-            .ok_or_else(|| KmsError::NotFound(format!("Key '{id}' does not exist")))?;
+            .ok_or_else(|| KmsError::not_found(format!("Key '{id}' does not exist")))?;
         let record = match rule(&current)? {
             Change::Keep => return Ok(current),
             Change::Write(r) => r,
