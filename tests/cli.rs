@@ -704,7 +704,7 @@ fn keys_are_shared_between_processes_and_the_library() {
     kms.refresh().unwrap();
     let m = kms
         .describe_key(KeyIdRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             grant_tokens: None,
         })
         .unwrap()

@@ -106,7 +106,7 @@ fn writes_survive_concurrent_token_opens() {
         round_trip(&fresh, common::kms(), key);
         let dk = fresh
             .generate_data_key(GenerateDataKeyRequest {
-                key_id: Some(key.clone()),
+                key_id: Some(key.clone().into()),
                 key_spec: Some("AES_256".into()),
                 ..Default::default()
             })

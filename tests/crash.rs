@@ -49,7 +49,7 @@ fn killed_writers_leave_a_consistent_store() {
     let alias = format!("alias/crash-{}", &base[..8]);
     kms.create_alias(AliasRequest {
         alias_name: Some(alias.clone()),
-        target_key_id: Some(base.clone()),
+        target_key_id: Some(base.clone().into()),
     })
     .unwrap();
 
@@ -125,7 +125,7 @@ fn killed_writers_leave_a_consistent_store() {
         if m.key_state == "Enabled" {
             let r = fresh
                 .generate_data_key(GenerateDataKeyRequest {
-                    key_id: Some(k.clone()),
+                    key_id: Some(k.clone().into()),
                     key_spec: Some("AES_256".into()),
                     ..Default::default()
                 })

@@ -175,7 +175,7 @@ fn blobs_cross_between_the_two_paths() {
     // A GenerateDataKey plaintext (always host path) is what the token path's service opens.
     let dk = host
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             encryption_context: Some([("purpose".to_string(), "custody".to_string())].into()),
             ..Default::default()
@@ -193,7 +193,7 @@ fn blobs_cross_between_the_two_paths() {
             source_encryption_context: Some(
                 [("purpose".to_string(), "custody".to_string())].into(),
             ),
-            destination_key_id: Some(key.clone()),
+            destination_key_id: Some(key.clone().into()),
             destination_encryption_context: Some(
                 [("purpose".to_string(), "custody".to_string())].into(),
             ),
@@ -379,7 +379,7 @@ fn handles_of_objects_another_process_destroyed_read_as_gone() {
     let alias = format!("alias/stale-{}", &key[..8]);
     kms.create_alias(AliasRequest {
         alias_name: Some(alias.clone()),
-        target_key_id: Some(key),
+        target_key_id: Some(key.into()),
     })
     .unwrap();
     let token = kms.token();

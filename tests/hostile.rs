@@ -421,7 +421,7 @@ fn a_planted_backing_key_is_never_used() {
     let fresh = common::fresh_kms();
     let e = fresh
         .encrypt(p11kms::kms::types::EncryptRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             plaintext: Some(p11kms::kms::types::SecretBytes(zeroize::Zeroizing::new(
                 b"secret".to_vec(),
             ))),
@@ -442,7 +442,7 @@ fn a_planted_backing_key_is_never_used() {
     let fresh = common::fresh_kms();
     let e = fresh
         .generate_data_key_without_plaintext(p11kms::kms::types::GenerateDataKeyRequest {
-            key_id: Some(k2.clone()),
+            key_id: Some(k2.clone().into()),
             number_of_bytes: Some(32),
             ..Default::default()
         })
@@ -485,7 +485,7 @@ fn backing_keys_are_never_destroyed_on_a_stale_or_partial_view() {
     assert_eq!(describe_state(&fresh, &newer), "Unavailable");
     let e = fresh
         .generate_data_key(p11kms::kms::types::GenerateDataKeyRequest {
-            key_id: Some(newer.clone()),
+            key_id: Some(newer.clone().into()),
             number_of_bytes: Some(32),
             ..Default::default()
         })
@@ -501,7 +501,7 @@ fn backing_keys_are_never_destroyed_on_a_stale_or_partial_view() {
     // refreshed when its sweep runs past the deletion date.
     let key = common::new_key();
     kms.schedule_key_deletion(ScheduleKeyDeletionRequest {
-        key_id: Some(key.clone()),
+        key_id: Some(key.clone().into()),
         pending_window_in_days: Some(7),
     })
     .expect("schedule");
@@ -639,7 +639,7 @@ fn concurrent_writes_in_one_process_have_one_outcome() {
                     common::kms()
                         .create_alias(AliasRequest {
                             alias_name: Some(name),
-                            target_key_id: Some(target),
+                            target_key_id: Some(target.into()),
                         })
                         .is_ok()
                 })
@@ -662,7 +662,7 @@ fn concurrent_writes_in_one_process_have_one_outcome() {
             b1.wait();
             common::kms()
                 .schedule_key_deletion(ScheduleKeyDeletionRequest {
-                    key_id: Some(k1),
+                    key_id: Some(k1.into()),
                     pending_window_in_days: Some(7),
                 })
                 .is_ok()
@@ -671,7 +671,7 @@ fn concurrent_writes_in_one_process_have_one_outcome() {
         let enable = std::thread::spawn(move || {
             b2.wait();
             common::kms().enable_key(KeyIdRequest {
-                key_id: Some(k2),
+                key_id: Some(k2.into()),
                 grant_tokens: None,
             })
         });

@@ -68,7 +68,7 @@ fn seed_flow_without_plaintext_then_decrypt() {
     let c = ctx(&[("purpose", "test"), ("tenant", "Acme")]);
     let r = kms()
         .generate_data_key_without_plaintext(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             encryption_context: c.clone(),
             ..Default::default()
@@ -107,7 +107,7 @@ fn generate_data_key_sizes_and_validation() {
     ] {
         let r = kms()
             .generate_data_key(GenerateDataKeyRequest {
-                key_id: Some(key.clone()),
+                key_id: Some(key.clone().into()),
                 key_spec: spec.map(Into::into),
                 number_of_bytes: n,
                 ..Default::default()
@@ -121,17 +121,17 @@ fn generate_data_key_sizes_and_validation() {
     }
     let bad = [
         GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             ..Default::default()
         },
         GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             number_of_bytes: Some(32),
             ..Default::default()
         },
         GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             number_of_bytes: Some(1025),
             ..Default::default()
         },
@@ -140,7 +140,7 @@ fn generate_data_key_sizes_and_validation() {
             ..Default::default()
         },
         GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             grant_tokens: Some(vec!["g".into(); 11]),
             ..Default::default()
@@ -199,7 +199,7 @@ fn encrypt_decrypt_and_reencrypt() {
     let c2 = ctx(&[("app", "two")]);
     let e = kms()
         .encrypt(EncryptRequest {
-            key_id: Some(a.clone()),
+            key_id: Some(a.clone().into()),
             plaintext: Some(SecretBytes(vec![7u8; 4096].into())),
             encryption_context: c1.clone(),
             ..Default::default()
@@ -209,7 +209,7 @@ fn encrypt_decrypt_and_reencrypt() {
         .re_encrypt(ReEncryptRequest {
             ciphertext_blob: Some(e.ciphertext_blob.clone()),
             source_encryption_context: c1.clone(),
-            destination_key_id: Some(b.clone()),
+            destination_key_id: Some(b.clone().into()),
             destination_encryption_context: c2.clone(),
             ..Default::default()
         })
@@ -225,7 +225,7 @@ fn encrypt_decrypt_and_reencrypt() {
             kms()
                 .re_encrypt(ReEncryptRequest {
                     ciphertext_blob: Some(e.ciphertext_blob.clone()),
-                    destination_key_id: Some(b.clone()),
+                    destination_key_id: Some(b.clone().into()),
                     ..Default::default()
                 })
                 .unwrap_err()
@@ -236,7 +236,7 @@ fn encrypt_decrypt_and_reencrypt() {
     for bad in [vec![], vec![0u8; 4097]] {
         let e = kms()
             .encrypt(EncryptRequest {
-                key_id: Some(a.clone()),
+                key_id: Some(a.clone().into()),
                 plaintext: Some(SecretBytes(bad.into())),
                 ..Default::default()
             })
@@ -245,7 +245,7 @@ fn encrypt_decrypt_and_reencrypt() {
     }
     let e = kms()
         .encrypt(EncryptRequest {
-            key_id: Some(a.clone()),
+            key_id: Some(a.clone().into()),
             plaintext: Some(SecretBytes(vec![1].into())),
             encryption_algorithm: Some("RSAES_OAEP_SHA_256".into()),
             ..Default::default()
@@ -262,7 +262,7 @@ fn decrypt_with_key_id_checks_the_key() {
     kms()
         .create_alias(AliasRequest {
             alias_name: Some(alias.clone()),
-            target_key_id: Some(a.clone()),
+            target_key_id: Some(a.clone().into()),
         })
         .unwrap();
     let blob = gdk(&a, None).ciphertext_blob;
@@ -277,7 +277,7 @@ fn decrypt_with_key_id_checks_the_key() {
         kms()
             .decrypt(DecryptRequest {
                 ciphertext_blob: Some(blob.clone()),
-                key_id: Some(good),
+                key_id: Some(good.into()),
                 ..Default::default()
             })
             .unwrap();
@@ -285,7 +285,7 @@ fn decrypt_with_key_id_checks_the_key() {
     let e = kms()
         .decrypt(DecryptRequest {
             ciphertext_blob: Some(blob.clone()),
-            key_id: Some(b),
+            key_id: Some(b.into()),
             ..Default::default()
         })
         .unwrap_err();
@@ -309,7 +309,7 @@ fn key_forms_and_describe() {
     kms()
         .create_alias(AliasRequest {
             alias_name: Some(alias.clone()),
-            target_key_id: Some(scope.key_arn(&id)),
+            target_key_id: Some(scope.key_arn(&id).into()),
         })
         .unwrap();
     let alias_arn = scope.alias_arn(&AliasName::parse(&alias).unwrap());
@@ -350,6 +350,55 @@ fn key_forms_and_describe() {
         name(kms().describe_key(KeyIdRequest::default()).unwrap_err()),
         "ValidationException"
     );
+}
+
+/// A key resolved before the operation (as the API layer does once it has authorized it) is
+/// used as it is: an alias that moves meanwhile does not change it, and a key gone meanwhile
+/// is not found. From the wire, a `KeyId` is always the caller's text.
+#[test]
+fn a_resolved_key_is_used_as_resolved() {
+    let (a, b) = (common::new_key(), common::new_key());
+    let (id_a, id_b): (KeyId, KeyId) = (a.parse().unwrap(), b.parse().unwrap());
+    let alias = format!("alias/resolved-{}", &a[..8]);
+    let scope = kms().scope();
+    kms()
+        .create_alias(AliasRequest {
+            alias_name: Some(alias.clone()),
+            target_key_id: Some(a.clone().into()),
+        })
+        .unwrap();
+    let resolved = kms()
+        .resolve_key_id(&alias.as_str().into(), p11kms::kms::Forms::Any)
+        .unwrap();
+    assert_eq!(resolved, id_a);
+    kms()
+        .update_alias(AliasRequest {
+            alias_name: Some(alias.clone()),
+            target_key_id: Some(b.clone().into()),
+        })
+        .unwrap();
+    let r = kms()
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: Some(KeySelector::Resolved(resolved)),
+            number_of_bytes: Some(32),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.key_id, scope.key_arn(&id_a), "the alias moved to {id_b}");
+    assert_eq!(
+        name(
+            kms()
+                .describe_key(KeyIdRequest {
+                    key_id: Some(KeySelector::Resolved(KeyId::new_random())),
+                    ..Default::default()
+                })
+                .unwrap_err()
+        ),
+        "NotFoundException"
+    );
+    let wire: GenerateDataKeyRequest =
+        serde_json::from_str(&format!(r#"{{"KeyId":"{a}"}}"#)).unwrap();
+    assert_eq!(wire.key_id, Some(KeySelector::Named(a)));
 }
 
 #[test]
@@ -414,7 +463,7 @@ fn key_states() {
     assert!(!describe(&key).unwrap().enabled);
     let e = kms()
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             ..Default::default()
         })
@@ -432,7 +481,7 @@ fn key_states() {
     for bad in [6, 31] {
         let e = kms()
             .schedule_key_deletion(ScheduleKeyDeletionRequest {
-                key_id: Some(key.clone()),
+                key_id: Some(key.clone().into()),
                 pending_window_in_days: Some(bad),
             })
             .unwrap_err();
@@ -441,7 +490,7 @@ fn key_states() {
     assert_eq!(describe(&key).unwrap().key_state, "Enabled");
     let s = kms()
         .schedule_key_deletion(ScheduleKeyDeletionRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             pending_window_in_days: Some(7),
         })
         .unwrap();
@@ -462,7 +511,7 @@ fn key_states() {
         name(
             kms()
                 .schedule_key_deletion(ScheduleKeyDeletionRequest {
-                    key_id: Some(key.clone()),
+                    key_id: Some(key.clone().into()),
                     pending_window_in_days: None,
                 })
                 .unwrap_err()
@@ -486,12 +535,12 @@ fn deletion_sweeper_destroys_token_objects() {
     kms()
         .create_alias(AliasRequest {
             alias_name: Some(alias.clone()),
-            target_key_id: Some(key.clone()),
+            target_key_id: Some(key.clone().into()),
         })
         .unwrap();
     kms()
         .schedule_key_deletion(ScheduleKeyDeletionRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             pending_window_in_days: Some(7),
         })
         .unwrap();
@@ -524,13 +573,13 @@ fn aliases() {
     kms()
         .create_alias(AliasRequest {
             alias_name: Some(name1.clone()),
-            target_key_id: Some(a.clone()),
+            target_key_id: Some(a.clone().into()),
         })
         .unwrap();
     let dup = kms()
         .create_alias(AliasRequest {
             alias_name: Some(name1.clone()),
-            target_key_id: Some(b.clone()),
+            target_key_id: Some(b.clone().into()),
         })
         .unwrap_err();
     assert_eq!(dup.aws_name(), "AlreadyExistsException");
@@ -543,7 +592,7 @@ fn aliases() {
         let e = kms()
             .create_alias(AliasRequest {
                 alias_name: Some(bad.into()),
-                target_key_id: Some(a.clone()),
+                target_key_id: Some(a.clone().into()),
             })
             .unwrap_err();
         assert_eq!(e.aws_name(), err, "{bad}");
@@ -552,20 +601,20 @@ fn aliases() {
     let e = kms()
         .create_alias(AliasRequest {
             alias_name: Some(format!("alias/x-{tag}")),
-            target_key_id: Some(name1.clone()),
+            target_key_id: Some(name1.clone().into()),
         })
         .unwrap_err();
     assert_eq!(e.aws_name(), "NotFoundException");
     kms()
         .update_alias(AliasRequest {
             alias_name: Some(name1.clone()),
-            target_key_id: Some(b.clone()),
+            target_key_id: Some(b.clone().into()),
         })
         .unwrap();
     assert_eq!(describe(&name1).unwrap().key_id, b);
     let listed = kms()
         .list_aliases(ListRequest {
-            key_id: Some(b.clone()),
+            key_id: Some(b.clone().into()),
             ..Default::default()
         })
         .unwrap();
@@ -596,7 +645,7 @@ fn aliases() {
             kms()
                 .update_alias(AliasRequest {
                     alias_name: Some(name1.clone()),
-                    target_key_id: Some(a.clone()),
+                    target_key_id: Some(a.clone().into()),
                 })
                 .unwrap_err()
         ),
@@ -609,7 +658,7 @@ fn aliases() {
     kms()
         .create_alias(AliasRequest {
             alias_name: Some(name1.clone()),
-            target_key_id: Some(a.clone()),
+            target_key_id: Some(a.clone().into()),
         })
         .unwrap();
     kms().refresh().unwrap();
@@ -703,7 +752,7 @@ fn dry_run_changes_nothing() {
     let key = common::new_key();
     let e = kms()
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             dry_run: Some(true),
             ..Default::default()
@@ -740,7 +789,7 @@ fn epoch_keys_are_reused_within_their_bound_and_rotated_after() {
         .map(|_| {
             small
                 .generate_data_key_without_plaintext(GenerateDataKeyRequest {
-                    key_id: Some(key.clone()),
+                    key_id: Some(key.clone().into()),
                     key_spec: Some("AES_256".into()),
                     ..Default::default()
                 })
@@ -758,7 +807,7 @@ fn epoch_keys_are_reused_within_their_bound_and_rotated_after() {
     // Another process (here: the fixture's service) opens them by re-deriving.
     let blob = small
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             ..Default::default()
         })

@@ -46,7 +46,7 @@ fn other_processes_see_keys_aliases_and_states() {
     let alias = format!("alias/mp-{}", &key[..8]);
     kms.create_alias(AliasRequest {
         alias_name: Some(alias.clone()),
-        target_key_id: Some(key.clone()),
+        target_key_id: Some(key.clone().into()),
     })
     .unwrap();
     let d = run(&["key", "describe", &alias]);
@@ -58,7 +58,7 @@ fn other_processes_see_keys_aliases_and_states() {
     kms.refresh().unwrap();
     let e = kms
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(alias.clone()),
+            key_id: Some(alias.clone().into()),
             key_spec: Some("AES_256".into()),
             ..Default::default()
         })
@@ -83,7 +83,7 @@ fn other_processes_see_keys_aliases_and_states() {
     // A blob made here opens in another process, and the other way round.
     let blob = kms
         .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(key.clone()),
+            key_id: Some(key.clone().into()),
             key_spec: Some("AES_256".into()),
             encryption_context: Some([("a".to_string(), "b".to_string())].into()),
             ..Default::default()

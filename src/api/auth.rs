@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::sigv4::SecretStore;
 use crate::config::{Credential, Secret};
 use crate::error::{KmsError, Result};
-use crate::kms::{AliasName, KeyId, Kms};
+use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
 
 /// The identity a verified request acts as, with its configured limits.
 #[derive(Debug, Clone)]
@@ -167,9 +167,10 @@ impl Authorizer for ConfigAuthorizer {
         };
         // Aliases are resolved now, so an allowed alias follows its current target. Entries
         // that name nothing (yet) simply allow nothing.
-        Ok(entries
-            .iter()
-            .any(|e| kms.resolve_key_id(e).is_ok_and(|id| id == key)))
+        Ok(entries.iter().any(|e| {
+            kms.resolve_key_id(&KeySelector::Named(e.clone()), Forms::Any)
+                .is_ok_and(|id| id == key)
+        }))
     }
 
     /// An alias is allowed when an `allow_keys` entry names it: its name or alias ARN,

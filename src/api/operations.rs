@@ -8,8 +8,11 @@ use zeroize::Zeroizing;
 use super::auth::{denied, Authorizer, Principal};
 use super::error::ApiError;
 use crate::error::Result;
-use crate::kms::types::Bytes;
-use crate::kms::{AliasName, Forms, KeyId, KeyRef, Kms};
+use crate::kms::types::{
+    AliasRequest, Bytes, DecryptRequest, EncryptRequest, GenerateDataKeyRequest, KeyIdRequest,
+    ReEncryptRequest, ScheduleKeyDeletionRequest,
+};
+use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
 
 /// The `X-Amz-Target` prefix of AWS KMS (its internal service name).
 pub const TARGET_PREFIX: &str = "TrentService.";
@@ -190,31 +193,21 @@ impl Caller<'_> {
         }
     }
 
-    /// A `KeyId` in any form. When keys are limited, the parameter is replaced by the ARN of
-    /// the key that was authorized, so an alias moved meanwhile cannot switch keys under us.
-    fn key(&self, action: &str, key_id: &mut Option<String>) -> Result<()> {
+    /// A `KeyId` member, in the forms the operation takes. When keys are limited, the key is
+    /// resolved once, authorized, and passed on resolved: an alias moved meanwhile cannot
+    /// switch keys under us, and nothing parses the member again.
+    fn key(&self, action: &str, key_id: &mut Option<KeySelector>, forms: Forms) -> Result<()> {
         self.action(action)?;
-        let Some(k) = key_id.as_deref() else {
+        let Some(k) = key_id.as_ref() else {
             return Ok(()); // the operation reports the missing member
         };
         if !self.authorizer.limits_keys(self.principal) {
             return Ok(());
         }
-        let id = self.kms.resolve_key_id(k)?;
+        let id = self.kms.resolve_key_id(k, forms)?;
         self.check_key(action, id)?;
-        *key_id = Some(self.kms.scope().key_arn(&id));
+        *key_id = Some(KeySelector::Resolved(id));
         Ok(())
-    }
-
-    /// A `KeyId` that must be a key id or key ARN (no alias, so nothing can move).
-    fn key_only(&self, action: &str, key_id: Option<&str>) -> Result<()> {
-        self.action(action)?;
-        let Some(k) = key_id else { return Ok(()) };
-        if !self.authorizer.limits_keys(self.principal) {
-            return Ok(());
-        }
-        KeyRef::parse(k, self.kms.scope(), Forms::KeyOnly)?;
-        self.check_key(action, self.kms.resolve_key_id(k)?)
     }
 
     /// The alias itself (CreateAlias, UpdateAlias, DeleteAlias), when keys are limited: the
@@ -279,8 +272,8 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             json(kms.create_key(req))
         }
         Op::DescribeKey => {
-            let mut req: crate::kms::types::KeyIdRequest = parse(body)?;
-            c.key(action, &mut req.key_id)?;
+            let mut req: KeyIdRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
             json(kms.describe_key(req))
         }
         Op::ListKeys => {
@@ -289,8 +282,8 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             json(kms.list_keys(req))
         }
         Op::EnableKey | Op::DisableKey => {
-            let req: crate::kms::types::KeyIdRequest = parse(body)?;
-            c.key_only(action, req.key_id.as_deref())?;
+            let mut req: KeyIdRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
             if op == Op::EnableKey {
                 kms.enable_key(req)?;
             } else {
@@ -299,30 +292,30 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             Ok(Reply::Empty)
         }
         Op::ScheduleKeyDeletion => {
-            let req: crate::kms::types::ScheduleKeyDeletionRequest = parse(body)?;
-            c.key_only(action, req.key_id.as_deref())?;
+            let mut req: ScheduleKeyDeletionRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
             json(kms.schedule_key_deletion(req))
         }
         Op::CancelKeyDeletion => {
-            let req: crate::kms::types::KeyIdRequest = parse(body)?;
-            c.key_only(action, req.key_id.as_deref())?;
+            let mut req: KeyIdRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
             json(kms.cancel_key_deletion(req))
         }
         Op::CreateAlias => {
-            let req: crate::kms::types::AliasRequest = parse(body)?;
+            let mut req: AliasRequest = parse(body)?;
             // As in AWS: rights on the alias and on the key.
             c.alias_name(action, req.alias_name.as_deref())?;
-            c.key_only(action, req.target_key_id.as_deref())?;
+            c.key(action, &mut req.target_key_id, Forms::KeyOnly)?;
             kms.create_alias(req)?;
             Ok(Reply::Empty)
         }
         Op::UpdateAlias => {
-            let req: crate::kms::types::AliasRequest = parse(body)?;
+            let mut req: AliasRequest = parse(body)?;
             // As in AWS: rights on the alias, its current target and the new target; the
             // change is made only if the alias still points where it did when authorized.
             for _ in 0..ALIAS_RACE_RETRIES {
                 let current = c.alias_and_target(action, req.alias_name.as_deref())?;
-                c.key_only(action, req.target_key_id.as_deref())?;
+                c.key(action, &mut req.target_key_id, Forms::KeyOnly)?;
                 if kms.update_alias_expecting(req.clone(), current)? {
                     return Ok(Reply::Empty);
                 }
@@ -330,7 +323,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             Err(alias_kept_moving().into())
         }
         Op::DeleteAlias => {
-            let req: crate::kms::types::AliasRequest = parse(body)?;
+            let req: AliasRequest = parse(body)?;
             for _ in 0..ALIAS_RACE_RETRIES {
                 let current = c.alias_and_target(action, req.alias_name.as_deref())?;
                 if kms.delete_alias_expecting(req.clone(), current)? {
@@ -345,29 +338,29 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             json(kms.list_aliases(req))
         }
         Op::Encrypt => {
-            let mut req: crate::kms::types::EncryptRequest = parse(body)?;
-            c.key(action, &mut req.key_id)?;
+            let mut req: EncryptRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
             json(kms.encrypt(req))
         }
         Op::Decrypt => {
-            let req: crate::kms::types::DecryptRequest = parse(body)?;
+            let req: DecryptRequest = parse(body)?;
             c.blob(action, req.ciphertext_blob.as_ref())?;
             json(kms.decrypt(req))
         }
         Op::ReEncrypt => {
-            let mut req: crate::kms::types::ReEncryptRequest = parse(body)?;
+            let mut req: ReEncryptRequest = parse(body)?;
             c.blob("kms:ReEncryptFrom", req.ciphertext_blob.as_ref())?;
-            c.key("kms:ReEncryptTo", &mut req.destination_key_id)?;
+            c.key("kms:ReEncryptTo", &mut req.destination_key_id, Forms::Any)?;
             json(kms.re_encrypt(req))
         }
         Op::GenerateDataKey => {
-            let mut req: crate::kms::types::GenerateDataKeyRequest = parse(body)?;
-            c.key(action, &mut req.key_id)?;
+            let mut req: GenerateDataKeyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
             json(kms.generate_data_key(req))
         }
         Op::GenerateDataKeyWithoutPlaintext => {
-            let mut req: crate::kms::types::GenerateDataKeyRequest = parse(body)?;
-            c.key(action, &mut req.key_id)?;
+            let mut req: GenerateDataKeyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
             json(kms.generate_data_key_without_plaintext(req))
         }
         Op::GenerateRandom => {
@@ -497,7 +490,7 @@ mod tests {
         assert!(r.key_id.is_none());
         let r: GenerateDataKeyRequest =
             parse(br#"{"KeyId":"k","Unknown":[1,{}],"KeySpec":null}"#).unwrap();
-        assert_eq!(r.key_id.as_deref(), Some("k"));
+        assert_eq!(r.key_id, Some(KeySelector::Named("k".into())));
         assert!(r.key_spec.is_none());
     }
 

@@ -122,7 +122,7 @@ pub(super) fn library_call(
     n: usize,
 ) -> Result<()> {
     let gdk = || GenerateDataKeyRequest {
-        key_id: Some(key.to_owned()),
+        key_id: Some(key.into()),
         encryption_context: Some(context_map()),
         key_spec: Some("AES_256".into()),
         ..Default::default()
@@ -139,7 +139,7 @@ pub(super) fn library_call(
             .map(drop),
         Op::Encrypt1k => kms
             .encrypt(EncryptRequest {
-                key_id: Some(key.to_owned()),
+                key_id: Some(key.into()),
                 plaintext: Some(SecretBytes(Zeroizing::new(vec![0x42; PLAINTEXT_1K]))),
                 encryption_context: Some(context_map()),
                 ..Default::default()

@@ -74,7 +74,7 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     let blobs: Vec<Vec<u8>> = (0..64)
         .map(|_| {
             kms.generate_data_key_without_plaintext(GenerateDataKeyRequest {
-                key_id: Some(key.clone()),
+                key_id: Some(key.clone().into()),
                 encryption_context: Some(context_map()),
                 key_spec: Some("AES_256".into()),
                 ..Default::default()

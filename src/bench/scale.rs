@@ -112,7 +112,7 @@ fn populate(kms: &Kms, n: usize) -> Result<(usize, f64, usize, f64)> {
         let i = next.fetch_add(1, Ordering::Relaxed);
         kms.create_alias(AliasRequest {
             alias_name: Some(alias_name(i)),
-            target_key_id: Some(keys[i % keys.len()].clone()),
+            target_key_id: Some(keys[i % keys.len()].clone().into()),
         })
     })?;
     Ok((make_keys, key_secs, make_aliases, alias_secs))
@@ -140,7 +140,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
         let other = crate::app::open(config)?;
         other.update_alias(AliasRequest {
             alias_name: Some(alias_name(0)),
-            target_key_id: Some(keys[0].clone()),
+            target_key_id: Some(keys[0].clone().into()),
         })?;
     }
     let t0 = Instant::now();
@@ -232,7 +232,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
         let name = format!("alias/scale-probe-{}-{round}", std::process::id());
         kms.create_alias(AliasRequest {
             alias_name: Some(name.clone()),
-            target_key_id: Some(keys[0].clone()),
+            target_key_id: Some(keys[0].clone().into()),
         })?;
         let t0 = Instant::now();
         let work = Arc::new(Workload::new(
@@ -269,7 +269,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
     f.rss_peak = procfs::vm_kib(server.pid(), "VmHWM");
     // Touch DescribeKey through the library too, so a broken store shows up as an error.
     kms.describe_key(KeyIdRequest {
-        key_id: Some(alias),
+        key_id: Some(alias.into()),
         ..Default::default()
     })?;
     Ok(f)

@@ -23,7 +23,7 @@ pub(super) fn datakey(kms: &Kms, out: &Out, args: DatakeyArgs) -> Result<()> {
         (spec, _) => spec.clone(),
     };
     let req = GenerateDataKeyRequest {
-        key_id: Some(args.key),
+        key_id: Some(args.key.into()),
         encryption_context: context_member(&ctx),
         number_of_bytes: args.bytes,
         key_spec,
@@ -54,7 +54,7 @@ pub(super) fn encrypt(kms: &Kms, out: &Out, args: EncryptArgs) -> Result<()> {
     let ctx = context(&args.context)?;
     let plaintext = read_bounded(args.input.as_deref(), MAX_ENCRYPT_INPUT + 1)?;
     let r = kms.encrypt(EncryptRequest {
-        key_id: Some(args.key),
+        key_id: Some(args.key.into()),
         plaintext: Some(SecretBytes(plaintext)),
         encryption_context: context_member(&ctx),
         ..Default::default()
@@ -76,7 +76,7 @@ pub(super) fn decrypt(kms: &Kms, out: &Out, args: DecryptArgs) -> Result<()> {
     let r = kms.decrypt(DecryptRequest {
         ciphertext_blob: Some(blob),
         encryption_context: context_member(&ctx),
-        key_id: args.key,
+        key_id: args.key.map(Into::into),
         ..Default::default()
     })?;
     match (&args.out, out.json) {
@@ -106,8 +106,8 @@ pub(super) fn reencrypt(kms: &Kms, out: &Out, args: ReencryptArgs) -> Result<()>
     let r = kms.re_encrypt(ReEncryptRequest {
         ciphertext_blob: Some(blob),
         source_encryption_context: context_member(&src),
-        source_key_id: args.source_key,
-        destination_key_id: Some(args.key),
+        source_key_id: args.source_key.map(Into::into),
+        destination_key_id: Some(args.key.into()),
         destination_encryption_context: context_member(&dst),
         ..Default::default()
     })?;

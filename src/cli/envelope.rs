@@ -88,7 +88,7 @@ pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()>
             let file = File::open(&input).map_err(io_err("cannot open", &input))?;
             let total = file.metadata().map_or(0, |m| m.len());
             let req = GenerateDataKeyRequest {
-                key_id: Some(key),
+                key_id: Some(key.into()),
                 encryption_context: context_member(&ctx),
                 key_spec: Some("AES_256".into()),
                 ..Default::default()
@@ -99,7 +99,7 @@ pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()>
                 let d = kms.decrypt(DecryptRequest {
                     ciphertext_blob: Some(g.ciphertext_blob.clone()),
                     encryption_context: context_member(&ctx),
-                    key_id: Some(g.key_id.clone()),
+                    key_id: Some(g.key_id.clone().into()),
                     ..Default::default()
                 })?;
                 (g.ciphertext_blob.0, g.key_id, data_key(d.plaintext)?)

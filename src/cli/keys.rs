@@ -27,7 +27,7 @@ fn parse_tags(pairs: &[String]) -> Result<Option<Vec<Tag>>> {
 
 fn key_req(key: String) -> KeyIdRequest {
     KeyIdRequest {
-        key_id: Some(key),
+        key_id: Some(key.into()),
         grant_tokens: None,
     }
 }
@@ -79,7 +79,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::ScheduleDeletion { key, days } => {
             let r = kms.schedule_key_deletion(ScheduleKeyDeletionRequest {
-                key_id: Some(key),
+                key_id: Some(key.into()),
                 pending_window_in_days: days,
             })?;
             let t = format!(
@@ -105,7 +105,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
 fn alias_req(name: String, key: Option<String>) -> AliasRequest {
     AliasRequest {
         alias_name: Some(name),
-        target_key_id: key,
+        target_key_id: key.map(Into::into),
     }
 }
 
@@ -128,7 +128,7 @@ pub(super) fn alias(kms: &Kms, out: &Out, cmd: AliasCmd) -> Result<()> {
                 Some(_) => kms.list_aliases(ListRequest {
                     limit,
                     marker,
-                    key_id: key,
+                    key_id: key.map(Into::into),
                 })?,
                 None => paging::all_aliases(kms, key, marker)?,
             };

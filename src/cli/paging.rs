@@ -53,7 +53,7 @@ pub(crate) fn all_aliases(
         let page = kms.list_aliases(ListRequest {
             limit: Some(PAGE),
             marker,
-            key_id: key.clone(),
+            key_id: key.clone().map(Into::into),
         })?;
         Ok((page.aliases, page.truncated, page.next_marker))
     })?;

@@ -238,7 +238,7 @@ pub(super) fn token_sweep(kms: &Kms, out: &Out) -> Result<()> {
     for k in paging::all_keys(kms, None)?.keys {
         let m = kms
             .describe_key(KeyIdRequest {
-                key_id: Some(k.key_id.clone()),
+                key_id: Some(k.key_id.clone().into()),
                 ..Default::default()
             })?
             .key_metadata;

@@ -10,7 +10,7 @@ use super::blob::{self, Header, NONCE_LEN};
 use super::domain::KeyState;
 use super::ops::check_usable;
 use super::store::KeyEntry;
-use super::{EncryptionContext, Forms, KeyId, Kms, SealingPath};
+use super::{EncryptionContext, Forms, KeyId, KeySelector, Kms, SealingPath};
 use crate::error::{KmsError, Result};
 use crate::hsm::{CmkHandle, CmkLookup, SessionKey, GCM_IV_LEN};
 
@@ -128,7 +128,7 @@ impl Kms {
         &self,
         bytes: &[u8],
         ctx: &EncryptionContext,
-        expected: Option<&str>,
+        expected: Option<&KeySelector>,
     ) -> Result<(KeyId, Zeroizing<Vec<u8>>)> {
         let blob = blob::parse(bytes)?;
         let h = &blob.header;

@@ -137,6 +137,51 @@ pub enum KeyRef {
     Alias(AliasName),
 }
 
+/// A `KeyId` member as an operation receives it: the caller's text, in any form the
+/// operation accepts, or a key the layer above has resolved (and authorized) already. That one
+/// is passed on as the id itself: nothing parses it again, and an alias moved meanwhile cannot
+/// change which key is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySelector {
+    /// As the caller wrote it: a key id, key ARN, alias name or alias ARN.
+    Named(String),
+    /// A key resolved before the operation.
+    Resolved(KeyId),
+}
+
+impl From<String> for KeySelector {
+    fn from(s: String) -> Self {
+        KeySelector::Named(s)
+    }
+}
+
+impl From<&str> for KeySelector {
+    fn from(s: &str) -> Self {
+        KeySelector::Named(s.to_owned())
+    }
+}
+
+impl From<KeyId> for KeySelector {
+    fn from(id: KeyId) -> Self {
+        KeySelector::Resolved(id)
+    }
+}
+
+impl fmt::Display for KeySelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySelector::Named(s) => f.write_str(s),
+            KeySelector::Resolved(id) => id.fmt(f),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeySelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(KeySelector::Named)
+    }
+}
+
 /// Which `KeyId` forms an operation accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forms {

@@ -27,7 +27,7 @@ pub use domain::{
     AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
 };
 pub use epoch::EpochPolicy;
-pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef};
+pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use super::domain::{EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+pub use super::keyref::KeySelector;
 
 /// Bytes that travel as base64 in JSON (ciphertext blobs).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -139,7 +140,7 @@ pub struct KeyMetadataResponse {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyIdRequest {
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
     pub grant_tokens: Option<Vec<String>>,
 }
 
@@ -149,7 +150,7 @@ pub struct ListRequest {
     pub limit: Option<i64>,
     pub marker: Option<String>,
     /// ListAliases only: restrict to one key.
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,13 +192,13 @@ pub struct ListAliasesResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct AliasRequest {
     pub alias_name: Option<String>,
-    pub target_key_id: Option<String>,
+    pub target_key_id: Option<KeySelector>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScheduleKeyDeletionRequest {
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
     pub pending_window_in_days: Option<i64>,
 }
 
@@ -219,7 +220,7 @@ pub struct KeyIdResponse {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EncryptRequest {
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
     pub plaintext: Option<SecretBytes>,
     pub encryption_context: Option<ContextMap>,
     pub grant_tokens: Option<Vec<String>>,
@@ -241,7 +242,7 @@ pub struct DecryptRequest {
     pub ciphertext_blob: Option<Bytes>,
     pub encryption_context: Option<ContextMap>,
     pub grant_tokens: Option<Vec<String>>,
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
     pub encryption_algorithm: Option<String>,
     pub dry_run: Option<bool>,
     /// `Recipient` (Nitro Enclaves attestation): any value is refused (see
@@ -262,8 +263,8 @@ pub struct DecryptResponse {
 pub struct ReEncryptRequest {
     pub ciphertext_blob: Option<Bytes>,
     pub source_encryption_context: Option<ContextMap>,
-    pub source_key_id: Option<String>,
-    pub destination_key_id: Option<String>,
+    pub source_key_id: Option<KeySelector>,
+    pub destination_key_id: Option<KeySelector>,
     pub destination_encryption_context: Option<ContextMap>,
     pub source_encryption_algorithm: Option<String>,
     pub destination_encryption_algorithm: Option<String>,
@@ -284,7 +285,7 @@ pub struct ReEncryptResponse {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GenerateDataKeyRequest {
-    pub key_id: Option<String>,
+    pub key_id: Option<KeySelector>,
     pub encryption_context: Option<ContextMap>,
     pub number_of_bytes: Option<i64>,
     pub key_spec: Option<String>,

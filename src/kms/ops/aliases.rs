@@ -14,7 +14,7 @@ use crate::error::{KmsError, Result};
 impl Kms {
     /// The target of CreateAlias/UpdateAlias: a key id or ARN (the key's state is checked
     /// when the alias is written, see [`check_alias_target`]).
-    fn alias_target(&self, target: Option<String>) -> Result<KeyId> {
+    fn alias_target(&self, target: Option<KeySelector>) -> Result<KeyId> {
         Ok(self
             .resolve(&required(target, "targetKeyId")?, Forms::KeyOnly)?
             .0)

@@ -37,7 +37,7 @@ fn data_key_len(spec: &Option<String>, bytes: Option<i64>) -> Result<usize> {
 
 impl Kms {
     /// Resolves a key for a cryptographic operation and checks its state.
-    fn crypto_key(&self, key_id: Option<String>) -> Result<KeyEntry> {
+    fn crypto_key(&self, key_id: Option<KeySelector>) -> Result<KeyEntry> {
         let (id, entry) = self.resolve(&required(key_id, "keyId")?, Forms::Any)?;
         check_usable(&entry, &self.scope.key_arn(&id))?;
         Ok(entry)
@@ -79,10 +79,10 @@ impl Kms {
         let ctx = context(req.encryption_context)?;
         if req.dry_run == Some(true) {
             // Validate everything a real call would, without using the plaintext.
-            self.open_blob(&blob.0, &ctx, req.key_id.as_deref())?;
+            self.open_blob(&blob.0, &ctx, req.key_id.as_ref())?;
             return Err(dry_run(req.dry_run).unwrap_err_or_internal());
         }
-        let (id, plaintext) = self.open_blob(&blob.0, &ctx, req.key_id.as_deref())?;
+        let (id, plaintext) = self.open_blob(&blob.0, &ctx, req.key_id.as_ref())?;
         Ok(DecryptResponse {
             key_id: self.scope.key_arn(&id),
             plaintext: SecretBytes(plaintext),
@@ -105,7 +105,7 @@ impl Kms {
         let src_ctx = context(req.source_encryption_context)?;
         let dst_ctx = context(req.destination_encryption_context)?;
         let dst = self.crypto_key(req.destination_key_id)?;
-        let (src, plaintext) = self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_deref())?;
+        let (src, plaintext) = self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_ref())?;
         dry_run(req.dry_run)?;
         let out = self.seal(&dst, &dst_ctx, &plaintext, self.iv()?)?;
         Ok(ReEncryptResponse {

@@ -9,6 +9,7 @@ mod keys;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::domain::{AwsEnum, EncryptionAlgorithm, KeyState};
+use super::keyref::KeySelector;
 use super::store::KeyEntry;
 use super::types::ContextMap;
 use super::{EncryptionContext, Forms, KeyId, KeyRef, Kms};
@@ -124,10 +125,13 @@ fn unavailable_state(arn: &str) -> KmsError {
 
 impl Kms {
     /// Resolves a `KeyId` parameter to the key it names (following an alias).
-    pub(super) fn resolve(&self, key_id: &str, forms: Forms) -> Result<(KeyId, KeyEntry)> {
-        let r = KeyRef::parse(key_id, &self.scope, forms)?;
+    pub(super) fn resolve(&self, key: &KeySelector, forms: Forms) -> Result<(KeyId, KeyEntry)> {
+        let named = match key {
+            KeySelector::Resolved(id) => KeyRef::Id(*id),
+            KeySelector::Named(s) => KeyRef::parse(s, &self.scope, forms)?,
+        };
         let snap = self.store.read();
-        let id = match r {
+        let id = match named {
             KeyRef::Id(id) => id,
             KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
                 Some(id) => id,
@@ -148,10 +152,11 @@ impl Kms {
         }
     }
 
-    /// The key a `KeyId` parameter (any of the four forms) names now, without doing anything
-    /// with it: callers authorize on the result before the operation.
-    pub fn resolve_key_id(&self, key_id: &str) -> Result<KeyId> {
-        self.resolve(key_id, Forms::Any).map(|(id, _)| id)
+    /// The key a `KeyId` parameter names now, in the forms `forms` allows, without doing
+    /// anything with it: callers authorize on the result, then pass it on as
+    /// [`KeySelector::Resolved`].
+    pub fn resolve_key_id(&self, key: &KeySelector, forms: Forms) -> Result<KeyId> {
+        self.resolve(key, forms).map(|(id, _)| id)
     }
 
     /// The key a ciphertext blob names, from its header alone (nothing is decrypted).
