@@ -22,7 +22,7 @@ die() {
 # shellcheck source-path=SCRIPTDIR source=lib/debian.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
 
-# The locations p11kms itself searches (src/config.rs MODULE_CANDIDATES), for systems
+# The locations p11kms itself searches (src/config/embedded.rs MODULE_CANDIDATES), for systems
 # without dpkg, and to check the installed package put the module where p11kms looks.
 softhsm_present() {
     local p

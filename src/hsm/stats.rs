@@ -13,7 +13,6 @@ pub(crate) struct Counters {
     pub encrypt_calls: AtomicU64,
     pub decrypt_calls: AtomicU64,
     pub wrap_calls: AtomicU64,
-    pub unwrap_calls: AtomicU64,
     pub generate_key_calls: AtomicU64,
     pub derive_calls: AtomicU64,
 }
@@ -22,18 +21,16 @@ pub(crate) struct Counters {
 /// once per attempt that reached the token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TokenStats {
-    /// `C_GenerateRandom` calls and the bytes they returned.
+    /// `C_GenerateRandom` calls.
     pub random_calls: u64,
     /// Bytes drawn from the token's RNG.
     pub random_bytes: u64,
-    /// `C_Encrypt` / `C_Decrypt` (AES-GCM).
+    /// `C_Encrypt` calls (AES-GCM).
     pub encrypt_calls: u64,
-    /// `C_Decrypt` calls.
+    /// `C_Decrypt` calls (AES-GCM).
     pub decrypt_calls: u64,
-    /// `C_WrapKey` / `C_UnwrapKey` (AES-GCM).
+    /// `C_WrapKey` calls (AES-GCM).
     pub wrap_calls: u64,
-    /// `C_UnwrapKey` calls.
-    pub unwrap_calls: u64,
     /// `C_GenerateKey` (CMKs and in-token data keys).
     pub generate_key_calls: u64,
     /// `C_DeriveKey` (epoch keys).
@@ -53,7 +50,6 @@ impl Counters {
             encrypt_calls: get(&self.encrypt_calls),
             decrypt_calls: get(&self.decrypt_calls),
             wrap_calls: get(&self.wrap_calls),
-            unwrap_calls: get(&self.unwrap_calls),
             generate_key_calls: get(&self.generate_key_calls),
             derive_calls: get(&self.derive_calls),
         }
@@ -69,7 +65,6 @@ impl TokenStats {
             encrypt_calls: self.encrypt_calls.saturating_sub(earlier.encrypt_calls),
             decrypt_calls: self.decrypt_calls.saturating_sub(earlier.decrypt_calls),
             wrap_calls: self.wrap_calls.saturating_sub(earlier.wrap_calls),
-            unwrap_calls: self.unwrap_calls.saturating_sub(earlier.unwrap_calls),
             generate_key_calls: self
                 .generate_key_calls
                 .saturating_sub(earlier.generate_key_calls),
