@@ -115,13 +115,13 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
         ));
         for &c in &args.concurrency {
             progress.start(&format!("http {} c={c}", op.name()));
-            let target = load::Target {
-                addr: server.addr,
-                signer: &signer,
-                server_pid: server.pid(),
-                progress: &progress.count,
-            };
-            let r = load::run_cell(&target, &work, c, warm, measure);
+            let r = load::run_cell(
+                &server.target(&signer, &progress.count),
+                &work,
+                c,
+                warm,
+                measure,
+            );
             if let Some(e) = &r.first_error {
                 first_errors.push(format!("{} c={c}: {e}", op.name()));
             }
@@ -145,12 +145,7 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     ));
     for &c in &args.concurrency {
         progress.start(&format!("http floor c={c}"));
-        let target = load::Target {
-            addr: floor.addr,
-            signer: &signer,
-            server_pid: floor.pid(),
-            progress: &progress.count,
-        };
+        let target = floor.target(&signer, &progress.count);
         let r = load::run_cell(&target, &floor_work, c, warm, measure);
         let mut row = cell_row("floor", Op::DataKeyWithoutPlaintext, c, r);
         row.what = "fixed answer, no SigV4, no token".into();

@@ -208,12 +208,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
         ),
     ];
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let target = load::Target {
-        addr: server.addr,
-        signer: &signer,
-        server_pid: server.pid(),
-        progress: &progress,
-    };
+    let target = server.target(&signer, &progress);
     for (label, op, body, conc) in cells {
         let work = Arc::new(Workload::new(op, vec![body.to_string().into_bytes()]));
         let r = load::run_cell(&target, &work, conc, warm, measure);

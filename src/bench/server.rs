@@ -5,9 +5,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sign;
+use super::{load, sign};
 use crate::config::Config;
 use crate::error::{KmsError, Result};
 
@@ -87,6 +89,21 @@ impl Server {
 
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// This server as a load target: requests signed by `signer`, successes counted in
+    /// `progress`.
+    pub(super) fn target<'a>(
+        &self,
+        signer: &'a sign::Signer,
+        progress: &'a Arc<AtomicU64>,
+    ) -> load::Target<'a> {
+        load::Target {
+            addr: self.addr,
+            signer,
+            server_pid: self.pid(),
+            progress,
+        }
     }
 }
 

@@ -30,7 +30,7 @@ struct EnvelopeReport<'a> {
 }
 
 /// Copies a data key into a fixed-size zeroizing array; anything but 32 bytes is not ours.
-fn data_key(plaintext: SecretBytes) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>> {
+fn data_key(plaintext: SecretBytes) -> Result<DataKey> {
     let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
     if plaintext.as_slice().len() != DATA_KEY_LEN {
         return Err(KmsError::invalid_ciphertext_with(
@@ -74,6 +74,46 @@ impl Progress {
     }
 }
 
+/// The files of one envelope command: `total` is the input's size (for the progress bar).
+struct Files<'a> {
+    input: &'a Path,
+    output: &'a Path,
+    total: u64,
+}
+
+type DataKey = Zeroizing<[u8; DATA_KEY_LEN]>;
+
+/// Runs `run` into `files.output` (replaced atomically) with a progress bar, drops the data
+/// key as soon as the stream is done, and reports what was done (`verb`).
+fn stream(
+    out: &Out,
+    files: Files,
+    key_arn: &str,
+    dk: DataKey,
+    verb: &str,
+    run: impl FnOnce(&[u8; DATA_KEY_LEN], &mut File, &mut dyn FnMut(u64)) -> Result<u64>,
+) -> Result<()> {
+    let progress = Progress::new(files.total);
+    let written =
+        envelope::write_atomically(files.output, |f| run(&dk, f, &mut |n| progress.set(n)));
+    // The data key is needed no longer than the stream.
+    drop(dk);
+    progress.finish();
+    let bytes = written?;
+    let report = EnvelopeReport {
+        key_id: key_arn,
+        bytes,
+        input: files.input,
+        output: files.output,
+    };
+    let t = format!(
+        "{verb} {bytes} bytes from {} into {} under {key_arn}.",
+        files.input.display(),
+        files.output.display()
+    );
+    out.emit(&report, &t)
+}
+
 pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()> {
     match cmd {
         EnvelopeCmd::Encrypt {
@@ -108,26 +148,14 @@ pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()>
                 (g.ciphertext_blob.0, g.key_id, data_key(g.plaintext)?)
             };
             let header = envelope::Header::new(blob, ctx.as_map().clone())?;
-            let progress = Progress::new(total);
-            let written = envelope::write_atomically(&output, |f| {
-                envelope::encrypt_stream(&dk, &header, file, f, &mut |n| progress.set(n))
-            });
-            // The data key is needed no longer than the stream.
-            drop(dk);
-            progress.finish();
-            let bytes = written?;
-            let report = EnvelopeReport {
-                key_id: &key_arn,
-                bytes,
+            let files = Files {
                 input: &input,
                 output: &output,
+                total,
             };
-            let t = format!(
-                "Encrypted {bytes} bytes from {} into {} under {key_arn}.",
-                input.display(),
-                output.display()
-            );
-            out.emit(&report, &t)
+            stream(out, files, &key_arn, dk, "Encrypted", |dk, f, progress| {
+                envelope::encrypt_stream(dk, &header, file, f, progress)
+            })
         }
         EnvelopeCmd::Decrypt {
             input,
@@ -152,25 +180,14 @@ pub(super) fn envelope_cmd(kms: &Kms, out: &Out, cmd: EnvelopeCmd) -> Result<()>
             })?;
             let key_arn = d.key_id.clone();
             let dk = data_key(d.plaintext)?;
-            let progress = Progress::new(total);
-            let written = envelope::write_atomically(&output, |f| {
-                envelope::decrypt_stream(&dk, &header, &mut file, f, &mut |n| progress.set(n))
-            });
-            drop(dk);
-            progress.finish();
-            let bytes = written?;
-            let report = EnvelopeReport {
-                key_id: &key_arn,
-                bytes,
+            let files = Files {
                 input: &input,
                 output: &output,
+                total,
             };
-            let t = format!(
-                "Decrypted {bytes} bytes from {} into {} under {key_arn}.",
-                input.display(),
-                output.display()
-            );
-            out.emit(&report, &t)
+            stream(out, files, &key_arn, dk, "Decrypted", |dk, f, progress| {
+                envelope::decrypt_stream(dk, &header, &mut file, f, progress)
+            })
         }
     }
 }

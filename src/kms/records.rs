@@ -52,6 +52,27 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// An enabled key with one backing version, for unit tests of the rules that read records.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: KeyId, description: &str) -> KeyRecord {
+        KeyRecord {
+            id,
+            created_ms: 1,
+            description: description.into(),
+            state: KeyState::Enabled,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf: Kdf::AesCbcEncryptData,
+            current_version: 1,
+            versions: vec![BackingVersion {
+                version: 1,
+                created: 1,
+            }],
+            tags: vec![],
+            policy: None,
+        }
+    }
+
     pub fn cmk_label(&self, version: u32) -> String {
         cmk_label(&self.id, version)
     }
@@ -233,23 +254,7 @@ mod tests {
     #[test]
     fn records_a_newer_writer_made_keep_the_key() {
         let id = KeyId::new_random();
-        let good = Record::KeyV1(KeyRecord {
-            id,
-            created_ms: 5,
-            description: "d".into(),
-            state: KeyState::Enabled,
-            deletion_ms: None,
-            pending_window_days: None,
-            kdf: Kdf::AesCbcEncryptData,
-            current_version: 1,
-            versions: vec![BackingVersion {
-                version: 1,
-                created: 1,
-            }],
-            tags: vec![],
-            policy: None,
-        })
-        .encode();
+        let good = Record::KeyV1(KeyRecord::for_tests(id, "d")).encode();
         let text = String::from_utf8(good).unwrap();
         for newer in [
             text.replace("\"Enabled\"", "\"PendingImport\""),
@@ -301,20 +306,8 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let r = Record::KeyV1(KeyRecord {
-            id: KeyId::new_random(),
-            created_ms: 1,
-            description: "d".into(),
             state: KeyState::Disabled,
-            deletion_ms: None,
-            pending_window_days: None,
-            kdf: Kdf::AesCbcEncryptData,
-            current_version: 1,
-            versions: vec![BackingVersion {
-                version: 1,
-                created: 1,
-            }],
-            tags: vec![],
-            policy: None,
+            ..KeyRecord::for_tests(KeyId::new_random(), "d")
         });
         assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
         // The KDF's stored name is part of the record format.

@@ -11,11 +11,10 @@ use std::time::Duration;
 use super::backend::{BackingKeys, RecordBackend, Stored};
 use super::{Change, Store};
 use crate::error::{ErrorKind, KmsError, Result};
-use crate::hsm::{CmkAttributes, Kdf, Listed, Lookup};
+use crate::hsm::{CmkAttributes, Listed, Lookup};
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
-    cmk_id, cmk_label, AliasRecord, BackingVersion, KeyRecord, KeyState, Record, RecordLabel,
-    Subject, APPLICATION,
+    cmk_id, cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION,
 };
 
 #[derive(Default)]
@@ -190,22 +189,7 @@ fn open(m: &Arc<Memory>) -> MemStore {
 }
 
 fn record(id: KeyId, description: &str) -> KeyRecord {
-    KeyRecord {
-        id,
-        created_ms: 1,
-        description: description.into(),
-        state: KeyState::Enabled,
-        deletion_ms: None,
-        pending_window_days: None,
-        kdf: Kdf::AesCbcEncryptData,
-        current_version: 1,
-        versions: vec![BackingVersion {
-            version: 1,
-            created: 1,
-        }],
-        tags: vec![],
-        policy: None,
-    }
+    KeyRecord::for_tests(id, description)
 }
 
 /// A key created the way CreateKey does it: a genuine backing key, then its record.
