@@ -4,6 +4,7 @@
 #   setup      scripts/setup.sh (installs SoftHSM, a C toolchain, python3-venv if missing)
 #   fmt        cargo fmt --check
 #   clippy     cargo clippy --all-targets --locked -- -D warnings
+#   clippy-lib the same without default features (the library and CLI without `bench`)
 #   test       cargo test --locked --all-targets (unit + integration; each test binary makes
 #              its own SoftHSM token in a temporary folder)
 #   compat     if tests/compat/requirements.txt exists: a virtualenv in target/compat-venv
@@ -123,6 +124,7 @@ kryoptic() {
 section setup toolchain
 section fmt cargo fmt --check
 section clippy cargo clippy --all-targets --locked -- -D warnings
+section clippy-lib cargo clippy --no-default-features --all-targets --locked -- -D warnings
 section test cargo test --locked --all-targets
 has_compat=0
 if [ -f tests/compat/requirements.txt ]; then

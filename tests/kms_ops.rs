@@ -846,3 +846,35 @@ fn token_state_is_healed_from_the_records() {
     gdk(&key, None);
     assert!(token.cmk_custody(h).unwrap().derive);
 }
+
+/// The README's library example, as written there (only the configuration comes from the
+/// test fixture instead of a file): the crate's curated surface is enough for the envelope
+/// flow.
+#[test]
+fn the_readme_library_example() -> p11kms::Result<()> {
+    use p11kms::types::{CreateKeyRequest, DecryptRequest, GenerateDataKeyRequest};
+
+    let kms = p11kms::open(&common::fixture().config)?;
+    let key = kms
+        .create_key(CreateKeyRequest::default())?
+        .key_metadata
+        .key_id;
+    let context = Some([("app".to_string(), "billing".to_string())].into());
+    // One component seals a data key; it never sees the plaintext.
+    let sealed = kms.generate_data_key_without_plaintext(GenerateDataKeyRequest {
+        key_id: Some(key.into()),
+        key_spec: Some("AES_256".into()),
+        encryption_context: context.clone(),
+        ..Default::default()
+    })?;
+    // Another decrypts it, with the same encryption context.
+    let data_key = kms
+        .decrypt(DecryptRequest {
+            ciphertext_blob: Some(sealed.ciphertext_blob),
+            encryption_context: context,
+            ..Default::default()
+        })?
+        .plaintext;
+    assert_eq!(data_key.as_slice().len(), 32);
+    Ok(())
+}
