@@ -124,6 +124,35 @@ aws_enum!(
 );
 
 aws_enum!(
+    /// `SigningAlgorithmSpec` (Sign, Verify; `SigningAlgorithms` of asymmetric signing keys).
+    SigningAlgorithm {
+        RsassaPssSha256 = "RSASSA_PSS_SHA_256",
+        RsassaPssSha384 = "RSASSA_PSS_SHA_384",
+        RsassaPssSha512 = "RSASSA_PSS_SHA_512",
+        RsassaPkcs1V15Sha256 = "RSASSA_PKCS1_V1_5_SHA_256",
+        RsassaPkcs1V15Sha384 = "RSASSA_PKCS1_V1_5_SHA_384",
+        RsassaPkcs1V15Sha512 = "RSASSA_PKCS1_V1_5_SHA_512",
+        EcdsaSha256 = "ECDSA_SHA_256",
+        EcdsaSha384 = "ECDSA_SHA_384",
+        EcdsaSha512 = "ECDSA_SHA_512",
+        Sm2dsa = "SM2DSA",
+        MlDsaShake256 = "ML_DSA_SHAKE_256",
+        Ed25519Sha512 = "ED25519_SHA_512",
+        Ed25519PhSha512 = "ED25519_PH_SHA_512",
+    }
+);
+
+aws_enum!(
+    /// `MacAlgorithmSpec` (GenerateMac, VerifyMac; `MacAlgorithms` of HMAC keys).
+    MacAlgorithm {
+        HmacSha224 = "HMAC_SHA_224",
+        HmacSha256 = "HMAC_SHA_256",
+        HmacSha384 = "HMAC_SHA_384",
+        HmacSha512 = "HMAC_SHA_512",
+    }
+);
+
+aws_enum!(
     /// `DataKeySpec` of GenerateDataKey(WithoutPlaintext).
     DataKeySpec {
         Aes256 = "AES_256",
@@ -193,14 +222,32 @@ impl std::fmt::Display for KeyState {
 mod tests {
     use super::*;
 
+    fn round_trip<E>()
+    where
+        E: AwsEnum + Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let mut names: Vec<&str> = E::ALL.iter().map(|e| e.as_str()).collect();
+        for e in E::ALL {
+            let json = serde_json::to_string(e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.as_str()));
+            assert_eq!(&serde_json::from_str::<E>(&json).unwrap(), e);
+            assert_eq!(&E::parse(e.as_str(), "member").unwrap(), e);
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), E::ALL.len(), "an AWS name twice");
+    }
+
     #[test]
     fn names_round_trip_through_serde_and_parse() {
-        for s in KeySpec::ALL {
-            let json = serde_json::to_string(s).unwrap();
-            assert_eq!(json, format!("\"{}\"", s.as_str()));
-            assert_eq!(serde_json::from_str::<KeySpec>(&json).unwrap(), *s);
-            assert_eq!(KeySpec::parse(s.as_str(), "keySpec").unwrap(), *s);
-        }
+        round_trip::<KeySpec>();
+        round_trip::<KeyUsage>();
+        round_trip::<Origin>();
+        round_trip::<KeyManager>();
+        round_trip::<EncryptionAlgorithm>();
+        round_trip::<SigningAlgorithm>();
+        round_trip::<MacAlgorithm>();
+        round_trip::<DataKeySpec>();
         for s in [
             KeyState::Enabled,
             KeyState::Disabled,

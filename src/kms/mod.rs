@@ -24,7 +24,8 @@ use std::sync::Arc;
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
 pub use domain::{
-    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage,
+    MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};

@@ -17,7 +17,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
-use super::domain::{EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+use super::domain::{
+    EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, MacAlgorithm, Origin,
+    SigningAlgorithm,
+};
 pub use super::keyref::KeySelector;
 
 /// Bytes that travel as base64 in JSON (ciphertext blobs).
@@ -128,6 +131,12 @@ pub struct KeyMetadata {
     pub customer_master_key_spec: KeySpec,
     pub key_spec: KeySpec,
     pub encryption_algorithms: Vec<EncryptionAlgorithm>,
+    /// Asymmetric signing keys only (none yet: absent on the wire, as AWS omits it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<Vec<SigningAlgorithm>>,
+    /// HMAC keys only (none yet: absent on the wire, as AWS omits it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_algorithms: Option<Vec<MacAlgorithm>>,
     pub multi_region: bool,
 }
 
@@ -368,6 +377,8 @@ mod tests {
             customer_master_key_spec: KeySpec::SymmetricDefault,
             key_spec: KeySpec::SymmetricDefault,
             encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
+            signing_algorithms: None,
+            mac_algorithms: None,
             multi_region: false,
         };
         let v = serde_json::to_value(&m).unwrap();

@@ -118,6 +118,8 @@ impl Kms {
             customer_master_key_spec: KeySpec::SymmetricDefault,
             key_spec: KeySpec::SymmetricDefault,
             encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
+            signing_algorithms: None,
+            mac_algorithms: None,
             multi_region: false,
         }
     }
