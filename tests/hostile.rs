@@ -788,3 +788,62 @@ fn internal_failures_are_answered_generically() {
         "the log has the details"
     );
 }
+
+/// Review finding 1. A head declaring a `Content-Length` just over the limit (within the
+/// 1 MiB the server reads and throws away, so that a client still sending sees its 413), and
+/// then no body. That discard ran before the signature is checked and had no time limit: any
+/// client could pin connections forever, and busy connections are never evicted. Now the
+/// 413 comes within the discard's time limit, the connection is closed, and others are
+/// served meanwhile.
+#[test]
+fn a_declared_body_that_never_arrives_is_answered_in_bounded_time() {
+    let _g = serial();
+    let max = 64 << 10;
+    let srv = server_process::start(&Options {
+        credentials: vec![Cred::dev()],
+        server: format!("max_body_bytes = {max}"),
+        ..Options::default()
+    });
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {}\r\nx-amz-target: TrentService.ListKeys\r\n\
+         content-type: {JSON}\r\ncontent-length: {}\r\n\r\n",
+        srv.addr,
+        max + 1000
+    );
+    let t0 = Instant::now();
+    let silent: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(srv.addr);
+            s.set_read_timeout(Some(Duration::from_secs(6)))
+                .expect("timeout");
+            s.write_all(head.as_bytes()).expect("write head");
+            s
+        })
+        .collect();
+    // Others are served while those wait.
+    assert_eq!(
+        get(srv.addr, "/healthz", Duration::from_secs(3)).map(|r| r.0),
+        Some(200)
+    );
+    for mut s in silent {
+        let r = read_response(&mut s);
+        assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("connection"), Some("close"));
+        // And the server closed the connection (a timeout here would mean it is still held).
+        match s.read(&mut [0u8; 1]) {
+            Ok(0) => {}
+            Ok(_) => panic!("more bytes after the 413"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the connection stayed open: {e}"
+            ),
+        }
+    }
+    let took = t0.elapsed();
+    eprintln!("eight silent oversized requests answered 413 within {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_eq!(call(srv.addr, "ListKeys", b"{}").status, 200);
+}

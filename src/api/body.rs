@@ -17,10 +17,15 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 /// An oversized body is read and discarded up to this much more, so the client (which is
 /// usually still sending) gets the 413 instead of a connection reset.
 const DISCARD_LIMIT: u64 = 1 << 20;
+/// ...and for at most this long: a client that declares a length and then sends nothing
+/// (before any signature is checked) gets its 413 after this, and the connection is closed.
+/// Without it such a connection would stay busy forever, and busy connections are never
+/// evicted (see [`super::conns`]).
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The declared `Content-Length`, or the 413 for a body declared larger than `max`: refused
-/// on its declared size alone, the rest is read and thrown away (bounded, not buffered) so
-/// that a client still sending sees the answer.
+/// on its declared size alone, the rest is read and thrown away (bounded in bytes and time,
+/// not buffered) so that a client still sending sees the answer.
 pub(super) async fn declared_length(
     headers: &HeaderMap,
     body: &mut Incoming,
@@ -102,16 +107,22 @@ async fn read_at_most(
     Ok(buf)
 }
 
+/// Reads and drops the rest of `body`: at most `limit` bytes and [`DISCARD_TIMEOUT`],
+/// whichever comes first (the answer is a 413 that closes the connection either way).
 async fn discard(body: &mut Incoming, limit: u64) {
-    let mut seen = 0u64;
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Some(d) = frame.data_ref() {
-            seen += d.len() as u64;
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                seen += d.len() as u64;
+            }
+            if seen > limit {
+                break;
+            }
         }
-        if seen > limit {
-            break;
-        }
-    }
+    };
+    // Timing out is the expected end for a client that stopped sending.
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
 }
 
 /// AWS JSON bodies; `application/json` is accepted too, and a missing type is tolerated.
