@@ -22,6 +22,8 @@ const DISCARD_LIMIT: u64 = 1 << 20;
 /// Without it such a connection would stay busy forever, and busy connections are never
 /// evicted (see [`super::conns`]).
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The body buffer's first allocation at most (see [`initial_capacity`]).
+const INITIAL_CAPACITY: usize = 16 << 10;
 
 /// The declared `Content-Length`, or the 413 for a body declared larger than `max`: refused
 /// on its declared size alone, the rest is read and thrown away (bounded in bytes and time,
@@ -81,9 +83,7 @@ async fn read_at_most(
     declared: Option<u64>,
     max: usize,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(
-        declared.map_or(0, |n| n as usize).min(max),
-    ));
+    let mut buf = Zeroizing::new(Vec::with_capacity(initial_capacity(declared, max)));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::serialization(format!("Could not read the request body: {e}"))
@@ -91,20 +91,38 @@ async fn read_at_most(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        let total = buf.len() + data.len();
-        if total > max {
+        if let Err(total) = append(&mut buf, &data, max) {
             discard(&mut body, max as u64 + DISCARD_LIMIT).await;
-            return Err(too_large(total as u64, max));
+            return Err(too_large(total, max));
         }
-        if total > buf.capacity() {
-            // Grow by hand so the old allocation is zeroized, not just freed.
-            let mut bigger = Zeroizing::new(Vec::with_capacity(total.max(buf.capacity() * 2)));
-            bigger.extend_from_slice(&buf);
-            buf = bigger;
-        }
-        buf.extend_from_slice(&data);
     }
     Ok(buf)
+}
+
+/// What the body buffer starts with: the declared length, but at most [`INITIAL_CAPACITY`].
+/// The signature is not checked until the body is in, so a declared length alone must not
+/// reserve `max` bytes per connection; a body that really is larger grows into it.
+fn initial_capacity(declared: Option<u64>, max: usize) -> usize {
+    let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    declared.min(max).min(INITIAL_CAPACITY)
+}
+
+/// Appends `data` to `buf`, or `Err(total)` (and `buf` untouched) when the two together
+/// would exceed `max`. The buffer's capacity never exceeds `max` (beyond what it started
+/// with), and it grows by hand so that an old allocation is zeroized, not just freed.
+fn append(buf: &mut Zeroizing<Vec<u8>>, data: &[u8], max: usize) -> Result<(), u64> {
+    let total = buf.len().saturating_add(data.len());
+    if total > max {
+        return Err(total as u64);
+    }
+    if total > buf.capacity() {
+        let cap = total.max(buf.capacity().saturating_mul(2)).min(max);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(data);
+    Ok(())
 }
 
 /// Reads and drops the rest of `body`: at most `limit` bytes and [`DISCARD_TIMEOUT`],
@@ -172,5 +190,37 @@ mod tests {
             check_content_type(&h).unwrap_err().name,
             "SerializationException"
         );
+    }
+
+    #[test]
+    fn a_declared_length_reserves_little() {
+        let max = 256 << 10;
+        assert_eq!(initial_capacity(None, max), 0);
+        assert_eq!(initial_capacity(Some(100), max), 100);
+        assert_eq!(initial_capacity(Some(max as u64), max), INITIAL_CAPACITY);
+        assert_eq!(initial_capacity(Some(u64::MAX), max), INITIAL_CAPACITY);
+        assert_eq!(initial_capacity(Some(5000), 1000), 1000);
+    }
+
+    #[test]
+    fn the_buffer_grows_to_max_and_never_past_it() {
+        let max = 1000;
+        let mut buf = Zeroizing::new(Vec::with_capacity(initial_capacity(Some(10), max)));
+        let mut want = Vec::new();
+        for chunk in [&[1u8; 10][..], &[2; 300], &[3; 400], &[4; 290]] {
+            append(&mut buf, chunk, max).expect("within max");
+            want.extend_from_slice(chunk);
+            assert_eq!(buf.as_slice(), want.as_slice());
+            assert!(buf.capacity() <= max, "capacity {}", buf.capacity());
+        }
+        assert_eq!(buf.len(), max);
+        // One byte more is refused, with the total, and the buffer is left as it was.
+        assert_eq!(append(&mut buf, &[5], max), Err(1001));
+        assert_eq!(buf.as_slice(), want.as_slice());
+        assert!(buf.capacity() <= max);
+        // A first chunk past max is refused before anything is reserved.
+        let mut empty = Zeroizing::new(Vec::new());
+        assert_eq!(append(&mut empty, &[0; 1001], max), Err(1001));
+        assert_eq!(empty.capacity(), 0);
     }
 }
