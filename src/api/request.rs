@@ -32,8 +32,10 @@ use crate::kms::Kms;
 
 /// How long a request may wait for a free token session before DependencyTimeoutException.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-/// `/readyz` answers within this.
+/// `/readyz`'s token ping answers within this (waiting for a session permit included).
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A token ping's outcome answers every `/readyz` for this long (see [`ReadyCache`]).
+const READY_CACHE_FOR: Duration = Duration::from_secs(1);
 /// A token call running longer than this means the token has stopped answering: not ready.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// Fast operations run on the runtime thread while they take less than this on average
@@ -60,6 +62,8 @@ pub(super) struct State {
     fast_op_ns: AtomicU64,
     /// Open connections (the accept loop admits, each connection marks its requests).
     pub(super) conns: Arc<Conns>,
+    /// The last `/readyz` token ping's outcome.
+    ready: ReadyCache,
 }
 
 impl State {
@@ -84,6 +88,7 @@ impl State {
                 settings.max_connections,
                 settings.max_connections_per_source,
             )),
+            ready: ReadyCache::new(READY_CACHE_FOR),
         }
     }
 
@@ -195,8 +200,11 @@ async fn route(
 
 /// Ready when the service can do work now: no token call has been stuck for seconds, the
 /// main runtime's workers are not all stuck, the caches are not held, and a token session
-/// answers (through the session permits like any
-/// token call, within [`READY_TIMEOUT`]).
+/// answers (through the session permits like any token call, within [`READY_TIMEOUT`]).
+/// `/readyz` needs no credentials, so the ping's outcome is shared: at most one ping runs at
+/// a time and its outcome answers for [`READY_CACHE_FOR`] (see [`ReadyCache`]); a flood of
+/// `/readyz` cannot take the session permits KMS requests need. The other checks cost no
+/// token call and are made every time.
 async fn readiness(state: &Arc<State>) -> Response<Body> {
     let unavailable = |why: String| {
         let mut r = Response::new(Full::new(Bytes::from(why)));
@@ -220,11 +228,94 @@ async fn readiness(state: &Arc<State>) -> Response<Body> {
     if !state.kms.responsive() {
         return unavailable("not ready: the metadata caches are held\n".into());
     }
-    let kms = Arc::clone(&state.kms);
-    let ping = run_blocking(state, READY_TIMEOUT, move || kms.token().ping().is_ok());
-    match tokio::time::timeout(READY_TIMEOUT, ping).await {
-        Ok(Ok(true)) => text(StatusCode::OK, "ready\n"),
-        _ => unavailable("not ready: the token does not answer\n".into()),
+    let ping = || async {
+        let kms = Arc::clone(&state.kms);
+        let ping = run_blocking(state, READY_TIMEOUT, move || kms.token().ping().is_ok());
+        matches!(
+            tokio::time::timeout(READY_TIMEOUT, ping).await,
+            Ok(Ok(true))
+        )
+    };
+    if state.ready.check(ping).await {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        unavailable("not ready: the token does not answer\n".into())
+    }
+}
+
+/// The outcome of the last readiness ping, reused for a while, with at most one ping in
+/// flight: while one runs, other callers get the previous outcome at once (only before the
+/// first outcome do they wait for it). The outcome is an atomic; the one lock is the async
+/// mutex that makes a caller the pinger, held across its ping and nothing else.
+struct ReadyCache {
+    ttl: Duration,
+    epoch: Instant,
+    /// `(ms since epoch at which the ping finished + 1) << 1 | ok`; 0 before the first.
+    last: AtomicU64,
+    /// Held by the caller pinging now.
+    pinging: tokio::sync::Mutex<()>,
+}
+
+impl ReadyCache {
+    fn new(ttl: Duration) -> ReadyCache {
+        ReadyCache {
+            ttl,
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            pinging: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2)
+    }
+
+    /// The last outcome: when it finished (ms since `epoch`) and whether the token answered.
+    fn last(&self) -> Option<(u64, bool)> {
+        match self.last.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(((v >> 1) - 1, v & 1 == 1)),
+        }
+    }
+
+    /// The last outcome if it is younger than `ttl`.
+    fn fresh(&self) -> Option<bool> {
+        let (at, ok) = self.last()?;
+        (self.now_ms().saturating_sub(at) < self.ttl.as_millis() as u64).then_some(ok)
+    }
+
+    fn store(&self, ok: bool) {
+        let at = self.now_ms().min(u64::MAX >> 2);
+        self.last
+            .store(((at + 1) << 1) | u64::from(ok), Ordering::Release);
+    }
+
+    /// Whether the token answers: the last outcome while it is fresh; else one caller runs
+    /// `ping` (bounded by the caller) and stores its outcome, and the others meanwhile get the
+    /// previous one.
+    async fn check<F, Fut>(&self, ping: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        if let Some(ok) = self.fresh() {
+            return ok;
+        }
+        let _pinging = match self.pinging.try_lock() {
+            Ok(g) => g,
+            Err(_) => match self.last() {
+                Some((_, ok)) => return ok,
+                // Nothing to answer with yet: wait for the first ping's outcome.
+                None => self.pinging.lock().await,
+            },
+        };
+        // A ping may have finished between the first look and the lock.
+        if let Some(ok) = self.fresh() {
+            return ok;
+        }
+        let ok = ping().await;
+        self.store(ok);
+        ok
     }
 }
 
@@ -349,4 +440,87 @@ where
     })
     .await
     .map_err(|_| ApiError::internal("internal error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A ping that counts itself and takes `took`.
+    async fn counted(pings: &AtomicUsize, took: Duration, ok: bool) -> bool {
+        pings.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(took).await;
+        ok
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flood_of_readiness_checks_pings_once() {
+        let cache = Arc::new(ReadyCache::new(Duration::from_secs(60)));
+        let pings = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (cache, pings) = (Arc::clone(&cache), Arc::clone(&pings));
+                tokio::spawn(async move {
+                    cache
+                        .check(|| counted(&pings, Duration::from_millis(50), true))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.expect("task"), "every caller hears: ready");
+        }
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        // Cached: no further ping.
+        assert!(cache.check(|| counted(&pings, Duration::ZERO, false)).await);
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn outcomes_expire_and_a_ping_in_flight_is_not_waited_for() {
+        let cache = Arc::new(ReadyCache::new(Duration::from_millis(100)));
+        let pings = Arc::new(AtomicUsize::new(0));
+        // A failure is cached like a success.
+        assert!(!cache.check(|| counted(&pings, Duration::ZERO, false)).await);
+        assert!(!cache.check(|| counted(&pings, Duration::ZERO, true)).await);
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Expired: the next caller pings (slowly); meanwhile others get the old outcome at
+        // once, without pinging.
+        let slow = {
+            let (cache, pings) = (Arc::clone(&cache), Arc::clone(&pings));
+            tokio::spawn(async move {
+                cache
+                    .check(|| counted(&pings, Duration::from_millis(300), true))
+                    .await
+            })
+        };
+        while pings.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            assert!(!cache.check(|| counted(&pings, Duration::ZERO, true)).await);
+        }
+        assert!(t0.elapsed() < Duration::from_millis(200), "nobody waited");
+        assert!(slow.await.expect("task"));
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+        assert!(cache.check(|| counted(&pings, Duration::ZERO, false)).await);
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_ping_leaves_the_next_caller_to_ping() {
+        let cache = ReadyCache::new(Duration::from_secs(60));
+        let pings = AtomicUsize::new(0);
+        let cut = tokio::time::timeout(
+            Duration::from_millis(20),
+            cache.check(|| counted(&pings, Duration::from_secs(10), true)),
+        )
+        .await;
+        assert!(cut.is_err());
+        assert!(!cache.check(|| counted(&pings, Duration::ZERO, false)).await);
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+    }
 }
