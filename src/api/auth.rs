@@ -4,13 +4,14 @@
 //! added later as another implementation (or a chain) without touching the wire layer. Today
 //! [`ConfigAuthorizer`] applies each credential's `allow_actions` / `allow_keys`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::sigv4::SecretStore;
 use crate::config::{Credential, Secret};
 use crate::error::{KmsError, Result};
-use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
+use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector, Kms};
 
 /// The identity a verified request acts as, with its configured limits.
 #[derive(Debug, Clone)]
@@ -23,6 +24,73 @@ pub struct Principal {
     pub allow_actions: Option<Vec<String>>,
     /// `None`: every key. Entries are key ids, key ARNs, alias names or alias ARNs.
     pub allow_keys: Option<Vec<String>>,
+    /// `allow_keys` parsed once, for the ARN scope of the service (see [`AllowedKeys`]).
+    parsed_keys: OnceLock<AllowedKeys>,
+}
+
+impl Principal {
+    /// A principal with these limits (`None`: unlimited).
+    pub fn new(
+        arn: String,
+        access_key_id: String,
+        allow_actions: Option<Vec<String>>,
+        allow_keys: Option<Vec<String>>,
+    ) -> Principal {
+        Principal {
+            arn,
+            access_key_id,
+            allow_actions,
+            allow_keys,
+            parsed_keys: OnceLock::new(),
+        }
+    }
+
+    /// The keys and aliases `allow_keys` names in `scope` (`None`: every key). Parsed once
+    /// (at start-up, see [`Credentials::parse_allow_keys`]), again only for another scope.
+    fn allowed_keys(&self, scope: &ArnScope) -> Option<Cow<'_, AllowedKeys>> {
+        let entries = self.allow_keys.as_deref()?;
+        let parsed = self
+            .parsed_keys
+            .get_or_init(|| AllowedKeys::parse(entries, scope));
+        Some(if parsed.scope == *scope {
+            Cow::Borrowed(parsed)
+        } else {
+            Cow::Owned(AllowedKeys::parse(entries, scope))
+        })
+    }
+}
+
+/// What a principal's `allow_keys` entries name in one ARN scope, as a `KeyId` parameter
+/// would (key ids and key ARNs: ids; alias names and alias ARNs: names). Entries that name
+/// nothing there (another region or account, a pattern with `*` or `?`, anything malformed)
+/// allow no key; patterns only ever allow aliases themselves ([`Authorizer::allows_alias`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AllowedKeys {
+    scope: ArnScope,
+    ids: Vec<KeyId>,
+    aliases: Vec<AliasName>,
+}
+
+impl AllowedKeys {
+    fn parse(entries: &[String], scope: &ArnScope) -> AllowedKeys {
+        let (mut ids, mut aliases) = (Vec::new(), Vec::new());
+        for e in entries {
+            match KeyRef::parse(e, scope, Forms::Any) {
+                Ok(KeyRef::Id(id)) => ids.push(id),
+                Ok(KeyRef::Alias(a)) => aliases.push(a),
+                Err(_) => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        aliases.sort_unstable();
+        aliases.dedup();
+        AllowedKeys {
+            scope: scope.clone(),
+            ids,
+            aliases,
+        }
+    }
 }
 
 /// The accepted access keys, with their secrets read once at start (zeroized on drop).
@@ -47,12 +115,12 @@ impl Credentials {
         let mut by_id = HashMap::new();
         for c in credentials {
             let secret = c.secret.read()?;
-            let principal = Principal {
-                arn: c.principal.clone(),
-                access_key_id: c.access_key_id.clone(),
-                allow_actions: c.allow_actions.clone(),
-                allow_keys: c.allow_keys.clone(),
-            };
+            let principal = Principal::new(
+                c.principal.clone(),
+                c.access_key_id.clone(),
+                c.allow_actions.clone(),
+                c.allow_keys.clone(),
+            );
             if by_id
                 .insert(c.access_key_id.clone(), (secret, Arc::new(principal)))
                 .is_some()
@@ -74,6 +142,14 @@ impl Credentials {
             (secret, Arc::new(principal)),
         );
         Credentials { by_id }
+    }
+
+    /// Parses every principal's `allow_keys` for `scope` now (the service's ARN scope), so
+    /// that no request parses them.
+    pub(super) fn parse_allow_keys(&self, scope: &ArnScope) {
+        for (_, p) in self.by_id.values() {
+            let _ = p.allowed_keys(scope);
+        }
     }
 
     /// The principal of an access key id, if one is configured.
@@ -162,15 +238,21 @@ impl Authorizer for ConfigAuthorizer {
         key: KeyId,
         kms: &Kms,
     ) -> Result<bool> {
-        let Some(entries) = &principal.allow_keys else {
+        let Some(allowed) = principal.allowed_keys(kms.scope()) else {
             return Ok(true);
         };
         // Aliases are resolved now, so an allowed alias follows its current target. Entries
         // that name nothing (yet) simply allow nothing.
-        Ok(entries.iter().any(|e| {
-            kms.resolve_key_id(&KeySelector::Named(e.clone()), Forms::Any)
-                .is_ok_and(|id| id == key)
-        }))
+        let named = allowed.ids.binary_search(&key).is_ok()
+            || allowed.aliases.iter().any(|a| {
+                kms.alias_target_of(a.as_str())
+                    .is_ok_and(|t| t == Some(key))
+            });
+        // And an entry allows a key only while the key exists.
+        Ok(named
+            && kms
+                .resolve_key_id(&KeySelector::Resolved(key), Forms::Any)
+                .is_ok())
     }
 
     /// An alias is allowed when an `allow_keys` entry names it: its name or alias ARN,
@@ -237,12 +319,56 @@ mod tests {
     use crate::config::SecretSource;
 
     fn principal(actions: Option<&[&str]>) -> Principal {
-        Principal {
-            arn: "arn:aws:iam::111122223333:user/app".into(),
-            access_key_id: "AKIAAPPAPPAPPAPP0001".into(),
-            allow_actions: actions.map(|a| a.iter().map(|s| s.to_string()).collect()),
-            allow_keys: None,
-        }
+        Principal::new(
+            "arn:aws:iam::111122223333:user/app".into(),
+            "AKIAAPPAPPAPPAPP0001".into(),
+            actions.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            None,
+        )
+    }
+
+    #[test]
+    fn allow_keys_are_parsed_once_into_ids_and_alias_names() {
+        let scope = ArnScope::new("us-east-2", "111122223333");
+        let (a, b) = (KeyId::new_random(), KeyId::new_random());
+        let mut p = principal(None);
+        assert!(p.allowed_keys(&scope).is_none(), "no list: every key");
+        p.allow_keys = Some(vec![
+            a.to_string(),
+            scope.key_arn(&b),
+            a.to_string().to_uppercase(),
+            format!("arn:aws:kms:eu-west-1:111122223333:key/{b}"),
+            format!("arn:aws:kms:us-east-2:444455556666:key/{b}"),
+            "alias/app".into(),
+            "arn:aws:kms:us-east-2:111122223333:alias/other".into(),
+            "arn:aws:kms:us-east-2:444455556666:alias/foreign".into(),
+            // Patterns, malformed and reserved entries name no key (as before).
+            "alias/team-*".into(),
+            "*".into(),
+            "arn:aws:kms:*:111122223333:alias/x".into(),
+            "alias/aws/ebs".into(),
+            "not-a-key".into(),
+            String::new(),
+        ]);
+        let parsed = p.allowed_keys(&scope).expect("a list");
+        let mut ids = vec![a, b];
+        ids.sort();
+        assert_eq!(parsed.ids, ids);
+        let names: Vec<&str> = parsed.aliases.iter().map(AliasName::as_str).collect();
+        assert_eq!(names, ["alias/app", "alias/other"]);
+        assert!(matches!(parsed, Cow::Borrowed(_)), "parsed once, then kept");
+        drop(parsed);
+        assert!(matches!(p.allowed_keys(&scope), Some(Cow::Borrowed(_))));
+        // Another scope: its own ARNs count, the first scope's do not.
+        let other = ArnScope::new("eu-west-1", "111122223333");
+        let there = p.allowed_keys(&other).expect("a list");
+        assert!(matches!(there, Cow::Owned(_)));
+        assert_eq!(there.ids, {
+            let mut v = vec![a, b];
+            v.sort();
+            v
+        });
+        assert_eq!(there.aliases.len(), 1, "{:?}", there.aliases);
     }
 
     #[test]

@@ -73,6 +73,7 @@ impl State {
             .blocking_limit
             .unwrap_or_else(|| session_permits(kms.token().pool_size()))
             .max(1);
+        settings.credentials.parse_allow_keys(kms.scope());
         State {
             kms,
             verifier: Verifier::new(&settings.region, "kms"),
