@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
+use crate::sync;
 use canonical::{canonical_request, trim_spaces};
 use parse::ParsedAuth;
 use parse::{check_coverage, check_skew, clip, parse_amz_date, parse_authorization, single_header};
@@ -119,13 +120,19 @@ pub struct Verified {
     pub access_key_id: String,
 }
 
-#[derive(Hash, PartialEq, Eq)]
-struct CacheKey {
-    access_key_id: String,
-    /// SHA-256 of the secret, so that rotating a secret never reuses a stale signing key.
-    secret_fingerprint: [u8; 32],
-    date: String,
-    region: String,
+/// What a cached signing key is for: SHA-256 over the access key id, the secret (so that
+/// rotating a secret never reuses a stale signing key) and the day, each length-prefixed. The
+/// region and service are the verifier's own. A fixed-size key: a lookup allocates nothing.
+type CacheKey = [u8; 32];
+
+fn cache_key(access_key_id: &str, secret: &str, date: &str) -> CacheKey {
+    let mut h = Sha256::new();
+    h.update(b"p11kms sigv4 signing-key cache\0");
+    for part in [access_key_id, secret, date] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// Verifies SigV4 header signatures for one region and service.
@@ -233,34 +240,18 @@ impl Verifier {
     }
 
     fn signing_key(&self, access_key_id: &str, secret: &str, date: &str) -> Option<[u8; 32]> {
-        let mut fp = Sha256::new();
-        fp.update(b"p11kms sigv4 signing-key cache\0");
-        fp.update(secret.as_bytes());
-        let key = CacheKey {
-            access_key_id: access_key_id.to_owned(),
-            secret_fingerprint: fp.finalize().into(),
-            date: date.to_owned(),
-            region: self.region.clone(),
-        };
-        if let Some(k) = self.lock_cache().get(&key) {
+        let key = cache_key(access_key_id, secret, date);
+        if let Some(k) = sync::lock(&self.cache).get(&key) {
             return Some(*k);
         }
         // Derived outside the lock; a concurrent duplicate derivation is harmless.
         let k_signing = derive_signing_key(secret, date, &self.region, &self.service)?;
-        let mut cache = self.lock_cache();
+        let mut cache = sync::lock(&self.cache);
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
         cache.insert(key, k_signing);
         Some(k_signing)
-    }
-
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, [u8; 32]>> {
-        // The map is never left half-updated, so a poisoned lock is still safe to use.
-        match self.cache.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 }
 
@@ -305,10 +296,11 @@ impl HeadChecked<'_> {
             &payload_hash,
         );
         let day = &self.amz_date[..8];
-        let scope = format!("{day}/{}/{}/{TERMINATOR}", v.region, v.service);
         let string_to_sign = format!(
-            "{ALGORITHM}\n{}\n{scope}\n{}",
+            "{ALGORITHM}\n{}\n{day}/{}/{}/{TERMINATOR}\n{}",
             self.amz_date,
+            v.region,
+            v.service,
             hex::encode(Sha256::digest(&canonical))
         );
         let signing_key = v
@@ -316,9 +308,11 @@ impl HeadChecked<'_> {
             .ok_or(AuthError::BadSignature)?;
         let expected =
             hmac_sha256(&signing_key, string_to_sign.as_bytes()).ok_or(AuthError::BadSignature)?;
-        let provided = hex::decode(self.auth.signature).map_err(|_| AuthError::BadSignature)?;
-        // Length is public (always 32); ct_eq returns false on length mismatch.
-        if bool::from(expected.as_slice().ct_eq(provided.as_slice())) {
+        // Anything but 64 hex digits is simply a wrong signature (the length is public).
+        let mut provided = [0u8; 32];
+        hex::decode_to_slice(self.auth.signature, &mut provided)
+            .map_err(|_| AuthError::BadSignature)?;
+        if bool::from(expected.ct_eq(&provided)) {
             Ok(Verified {
                 access_key_id: self.auth.access_key_id.to_owned(),
             })
@@ -681,9 +675,9 @@ mod tests {
         let store = Store::one(AKID, SECRET);
         let req = valid();
         assert_eq!(req.verify_with(&verifier, &store, T0), ok());
-        assert_eq!(verifier.lock_cache().len(), 1);
+        assert_eq!(sync::lock(&verifier.cache).len(), 1);
         assert_eq!(req.verify_with(&verifier, &store, T0), ok());
-        assert_eq!(verifier.lock_cache().len(), 1);
+        assert_eq!(sync::lock(&verifier.cache).len(), 1);
         // Same key id, rotated secret: the cached signing key must not be reused.
         let rotated = Store::one(AKID, "a-new-secret");
         assert_eq!(
@@ -708,7 +702,7 @@ mod tests {
         for i in 0..(CACHE_CAPACITY + 10) {
             verifier.signing_key(&format!("AKID{i}"), SECRET, "20240501");
         }
-        assert!(verifier.lock_cache().len() <= CACHE_CAPACITY);
+        assert!(sync::lock(&verifier.cache).len() <= CACHE_CAPACITY);
     }
 
     #[test]
