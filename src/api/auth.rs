@@ -185,7 +185,10 @@ impl SecretStore for Credentials {
 
 /// Decides whether a principal may perform an action, and on which keys.
 ///
-/// Called on the blocking pool (implementations may read key metadata through `kms`).
+/// Called wherever the request's token work runs (see `api/request.rs`): inline on a runtime
+/// worker for the fast operations, else on the blocking pool. Implementations may read key
+/// metadata through `kms` (an in-memory snapshot), but should not block: on a worker, a slow
+/// call holds up every connection that worker serves.
 pub trait Authorizer: Send + Sync {
     /// May `principal` perform `action` (`kms:Encrypt`...) at all?
     fn allows_action(&self, principal: &Principal, action: &str) -> bool;

@@ -8,7 +8,9 @@
 //! fresh, connections are served on the main runtime; while it is stale (every worker stuck
 //! in a token call, or anything else that freezes it), the control thread serves new
 //! connections itself, never inline, so `/healthz` answers, `/readyz` says not ready and KMS
-//! requests wait (bounded) for the token.
+//! requests wait for the token. What bounds that wait is the queue for a session permit
+//! (`QUEUE_TIMEOUT` in [`super::request`], then DependencyTimeoutException); a token call
+//! that has started has no deadline of its own and returns when the token does.
 
 use std::future::Future;
 use std::sync::Arc;

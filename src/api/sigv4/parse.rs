@@ -236,7 +236,7 @@ pub(super) fn parse_amz_date(raw: &[u8]) -> Result<(&str, OffsetDateTime), AuthE
     let bad = || {
         AuthError::Incomplete(format!(
             "Date must be in ISO-8601 'basic format'. Got '{}'.",
-            String::from_utf8_lossy(raw)
+            clip(&String::from_utf8_lossy(raw))
         ))
     };
     let text = std::str::from_utf8(trim_spaces(raw)).map_err(|_| bad())?;
