@@ -134,16 +134,6 @@ impl Credentials {
         Ok(Credentials { by_id })
     }
 
-    /// A single credential given directly (tests, embedding).
-    pub fn single(principal: Principal, secret: Secret) -> Credentials {
-        let mut by_id = HashMap::new();
-        by_id.insert(
-            principal.access_key_id.clone(),
-            (secret, Arc::new(principal)),
-        );
-        Credentials { by_id }
-    }
-
     /// Parses every principal's `allow_keys` for `scope` now (the service's ARN scope), so
     /// that no request parses them.
     pub(super) fn parse_allow_keys(&self, scope: &ArnScope) {
@@ -164,11 +154,6 @@ impl Credentials {
             Some((id, (secret, _))) if self.by_id.len() == 1 => Some((id, secret.expose())),
             _ => None,
         }
-    }
-
-    /// How many credentials are configured.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
     }
 
     /// Whether no credential is configured (every request is refused).

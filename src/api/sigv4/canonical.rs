@@ -6,7 +6,6 @@ use super::RequestParts;
 
 /// The canonical request over `head` (its body is not read: the payload hash stands for it).
 pub(super) fn canonical_request(
-    service: &str,
     head: &RequestParts<'_>,
     signed_headers: &[&str],
     payload_hash: &str,
@@ -14,7 +13,7 @@ pub(super) fn canonical_request(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_uri(service, head.path).as_bytes());
+    out.extend_from_slice(canonical_uri(head.path).as_bytes());
     out.push(b'\n');
     out.extend_from_slice(canonical_query(head.query).as_bytes());
     out.push(b'\n');
@@ -42,17 +41,10 @@ pub(super) fn canonical_request(
     out
 }
 
-/// The canonical URI as the SDKs compute it: S3 signs the path as sent; every other service
-/// removes dot segments and empty segments, then percent-encodes the already-encoded path a
-/// second time (so `%3D` on the wire is signed as `%253D`).
-fn canonical_uri(service: &str, path: &str) -> String {
-    if service == "s3" {
-        return if path.is_empty() {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        };
-    }
+/// The canonical URI as the SDKs compute it for every service but S3 (which this verifier
+/// never serves): dot segments and empty segments removed, then the already-encoded path
+/// percent-encoded a second time (so `%3D` on the wire is signed as `%253D`).
+fn canonical_uri(path: &str) -> String {
     uri_encode(normalize_uri_path(path).as_bytes(), false)
 }
 

@@ -289,12 +289,7 @@ impl HeadChecked<'_> {
             }
         }
         let v = self.verifier;
-        let canonical = canonical_request(
-            &v.service,
-            &self.head,
-            &self.auth.signed_headers,
-            &payload_hash,
-        );
+        let canonical = canonical_request(&self.head, &self.auth.signed_headers, &payload_hash);
         let day = &self.amz_date[..8];
         let string_to_sign = format!(
             "{ALGORITHM}\n{}\n{day}/{}/{}/{TERMINATOR}\n{}",
