@@ -14,15 +14,12 @@
 //! panics, and nothing is allocated but copies of parts of the input (and the caller-bounded
 //! `r || s` of [`ecdsa_signature_from_der`]).
 
-// The callers (asymmetric keys) land after this module.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use zeroize::Zeroizing;
 
 /// Why a DER input (or an encoder's argument) was refused: one short fixed reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid DER: {0}")]
-pub(crate) struct DerError(pub(crate) &'static str);
+pub struct DerError(pub &'static str);
 
 /// Tags (universal class, and the one context tag RFC 5915 needs).
 const INTEGER: u8 = 0x02;
@@ -65,7 +62,7 @@ pub(crate) fn is_ed25519_ec_params(ec_params: &[u8]) -> bool {
 
 /// A named Weierstrass curve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Curve {
+pub enum Curve {
     /// NIST P-256 (secp256r1, prime256v1).
     P256,
     /// NIST P-384 (secp384r1).
@@ -81,7 +78,7 @@ impl Curve {
     pub(crate) const ALL: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
 
     /// Bytes of a field element (and of a private scalar, and of each of `r` and `s`).
-    pub(crate) fn field_len(self) -> usize {
+    pub fn field_len(self) -> usize {
         match self {
             Curve::P256 | Curve::Secp256k1 => 32,
             Curve::P384 => 48,
@@ -90,13 +87,13 @@ impl Curve {
     }
 
     /// Bytes of an uncompressed point, `0x04 || X || Y`.
-    pub(crate) fn point_len(self) -> usize {
+    pub fn point_len(self) -> usize {
         1 + 2 * self.field_len()
     }
 
     /// The curve's namedCurve OBJECT IDENTIFIER as a whole DER TLV: what PKCS #11 wants in
     /// `CKA_EC_PARAMS`, and the parameters of id-ecPublicKey.
-    pub(crate) fn oid_der(self) -> &'static [u8] {
+    pub fn oid_der(self) -> &'static [u8] {
         match self {
             // 1.2.840.10045.3.1.7
             Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
@@ -111,14 +108,14 @@ impl Curve {
 
     /// The curve a token's `CKA_EC_PARAMS` names, when it is one of ours as a namedCurve
     /// OID (explicit parameters and unknown curves are `None`).
-    pub(crate) fn from_ec_params(ec_params: &[u8]) -> Option<Curve> {
+    pub fn from_ec_params(ec_params: &[u8]) -> Option<Curve> {
         Curve::ALL.into_iter().find(|c| c.oid_der() == ec_params)
     }
 }
 
 /// A hash whose DigestInfo RSASSA-PKCS1-v1_5 signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Hash {
+pub enum Hash {
     /// SHA-1.
     Sha1,
     /// SHA-224.
@@ -133,6 +130,7 @@ pub(crate) enum Hash {
 
 impl Hash {
     /// Every hash, for tests.
+    #[cfg(test)]
     pub(crate) const ALL: [Hash; 5] = [
         Hash::Sha1,
         Hash::Sha224,
@@ -142,7 +140,8 @@ impl Hash {
     ];
 
     /// Bytes of a digest.
-    pub(crate) fn len(self) -> usize {
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(self) -> usize {
         match self {
             Hash::Sha1 => 20,
             Hash::Sha224 => 28,
@@ -182,7 +181,7 @@ impl Hash {
 
 /// A public key, as a SubjectPublicKeyInfo carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PublicKey {
+pub enum PublicKey {
     /// RSA: unsigned big-endian magnitudes, without leading zeros.
     Rsa {
         /// The modulus `n`.
@@ -344,6 +343,11 @@ impl Node<'_> {
         debug_assert_eq!(out.capacity(), capacity, "reallocated");
         out
     }
+}
+
+/// A DER OCTET STRING around `bytes` (the `CKA_EC_POINT` form PKCS #11 specifies).
+pub(crate) fn octet_string(bytes: &[u8]) -> Vec<u8> {
+    Node::Octets { bytes, width: 0 }.encode()
 }
 
 /// The SubjectPublicKeyInfo of an RSA key: rsaEncryption with NULL parameters around the

@@ -64,6 +64,10 @@ kinds! {
     IncorrectKey, incorrect_key, "IncorrectKeyException", true;
     /// The key's usage or spec does not allow the operation or algorithm.
     InvalidKeyUsage, invalid_key_usage, "InvalidKeyUsageException", true;
+    /// A signature does not verify with the key and algorithm named.
+    InvalidSignature, invalid_signature, "KMSInvalidSignatureException", true;
+    /// A MAC does not verify with the key and algorithm named.
+    InvalidMac, invalid_mac, "KMSInvalidMacException", true;
     /// The caller's credential does not allow the operation on this resource.
     AccessDenied, access_denied, "AccessDeniedException", true;
     /// An AWS operation or parameter this service does not support.

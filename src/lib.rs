@@ -31,7 +31,7 @@ pub mod app;
 pub(crate) mod bench;
 pub mod cli;
 pub mod config;
-pub(crate) mod der;
+pub mod der;
 pub mod envelope;
 pub mod error;
 pub mod hsm;

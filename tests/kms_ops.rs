@@ -419,7 +419,8 @@ fn create_key_options() {
     for (req, err) in [
         (
             CreateKeyRequest {
-                key_spec: Some("RSA_2048".into()),
+                key_spec: Some("SM2".into()),
+                key_usage: Some("SIGN_VERIFY".into()),
                 ..Default::default()
             },
             "UnsupportedOperationException",
@@ -842,7 +843,9 @@ fn token_state_is_healed_from_the_records() {
     let id: KeyId = key.parse().unwrap();
     let token = kms().token();
     let h = common::cmk(token, &id, 1);
-    token.set_cmk_usable(h, false).unwrap();
+    token
+        .set_cmk_usable(h, p11kms::hsm::BackingKind::Derive, false)
+        .unwrap();
     gdk(&key, None);
     assert!(token.cmk_custody(h).unwrap().derive);
 }

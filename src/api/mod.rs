@@ -358,7 +358,7 @@ mod tests {
         ] {
             assert!(known_action(a), "{a}");
         }
-        for a in ["kms:Sign", "kms:ReEncrypt", "kms:Encrpyt"] {
+        for a in ["kms:CreateGrant", "kms:ReEncrypt", "kms:Encrpyt"] {
             assert!(!known_action(a), "{a}");
         }
     }

@@ -1,5 +1,6 @@
 //! The operations on the wire: `X-Amz-Target` names, JSON bodies, authorization, and the call
-//! into [`Kms`]. Runs on the blocking pool (everything here may touch the token).
+//! into [`Kms`]. Runs where `api::request` puts it: inline on a runtime worker for the fast
+//! operations, on the blocking pool for the rest (everything here may touch the token).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -9,8 +10,9 @@ use super::auth::{denied, Authorizer, Principal};
 use super::error::ApiError;
 use crate::error::Result;
 use crate::kms::types::{
-    AliasRequest, Bytes, DecryptRequest, EncryptRequest, GenerateDataKeyRequest, KeyIdRequest,
-    ReEncryptRequest, ScheduleKeyDeletionRequest,
+    AliasRequest, Bytes, DecryptRequest, DeriveSharedSecretRequest, EncryptRequest,
+    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, KeyIdRequest,
+    ReEncryptRequest, ScheduleKeyDeletionRequest, SignRequest, VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
 
@@ -123,6 +125,14 @@ ops!(
     GenerateDataKey,
     GenerateDataKeyWithoutPlaintext,
     GenerateRandom,
+    Sign,
+    Verify,
+    GetPublicKey,
+    GenerateMac,
+    VerifyMac,
+    DeriveSharedSecret,
+    GenerateDataKeyPair,
+    GenerateDataKeyPairWithoutPlaintext,
 );
 
 impl Op {
@@ -250,14 +260,24 @@ impl Caller<'_> {
         Ok(Some(current))
     }
 
-    /// The key a ciphertext names.
-    fn blob(&self, action: &str, blob: Option<&Bytes>) -> Result<()> {
+    /// The key a ciphertext names; for a ciphertext that names none (raw RSA output), the
+    /// `KeyId` member, which the operation then requires.
+    fn blob(
+        &self,
+        action: &str,
+        blob: Option<&Bytes>,
+        key_id: &mut Option<KeySelector>,
+    ) -> Result<()> {
         self.action(action)?;
         let Some(b) = blob else { return Ok(()) };
         if !self.authorizer.limits_keys(self.principal) {
             return Ok(());
         }
-        self.check_key(action, Kms::blob_key_id(&b.0)?)
+        match Kms::blob_key_id(&b.0) {
+            Ok(id) => self.check_key(action, id),
+            Err(e) if key_id.is_none() => Err(e),
+            Err(_) => self.key(action, key_id, Forms::Any),
+        }
     }
 }
 
@@ -343,13 +363,17 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             json(kms.encrypt(req))
         }
         Op::Decrypt => {
-            let req: DecryptRequest = parse(body)?;
-            c.blob(action, req.ciphertext_blob.as_ref())?;
+            let mut req: DecryptRequest = parse(body)?;
+            c.blob(action, req.ciphertext_blob.as_ref(), &mut req.key_id)?;
             json(kms.decrypt(req))
         }
         Op::ReEncrypt => {
             let mut req: ReEncryptRequest = parse(body)?;
-            c.blob("kms:ReEncryptFrom", req.ciphertext_blob.as_ref())?;
+            c.blob(
+                "kms:ReEncryptFrom",
+                req.ciphertext_blob.as_ref(),
+                &mut req.source_key_id,
+            )?;
             c.key("kms:ReEncryptTo", &mut req.destination_key_id, Forms::Any)?;
             json(kms.re_encrypt(req))
         }
@@ -367,6 +391,46 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             let req = parse(body)?;
             c.action(action)?;
             json(kms.generate_random(req))
+        }
+        Op::Sign => {
+            let mut req: SignRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.sign(req))
+        }
+        Op::Verify => {
+            let mut req: VerifyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.verify(req))
+        }
+        Op::GetPublicKey => {
+            let mut req: KeyIdRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.get_public_key(req))
+        }
+        Op::GenerateMac => {
+            let mut req: GenerateMacRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.generate_mac(req))
+        }
+        Op::VerifyMac => {
+            let mut req: VerifyMacRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.verify_mac(req))
+        }
+        Op::DeriveSharedSecret => {
+            let mut req: DeriveSharedSecretRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.derive_shared_secret(req))
+        }
+        Op::GenerateDataKeyPair => {
+            let mut req: GenerateDataKeyPairRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.generate_data_key_pair(req))
+        }
+        Op::GenerateDataKeyPairWithoutPlaintext => {
+            let mut req: GenerateDataKeyPairRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::Any)?;
+            json(kms.generate_data_key_pair_without_plaintext(req))
         }
     }
 }
@@ -435,7 +499,7 @@ mod tests {
             );
         }
         assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
-        let unsupported = Op::from_target(Some("TrentService.Sign")).unwrap_err();
+        let unsupported = Op::from_target(Some("TrentService.CreateGrant")).unwrap_err();
         assert_eq!(unsupported.name, "UnsupportedOperationException");
         for bad in [
             None,

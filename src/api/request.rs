@@ -129,6 +129,10 @@ fn fast_op(op: Op) -> bool {
             | Op::GenerateDataKey
             | Op::GenerateDataKeyWithoutPlaintext
             | Op::GenerateRandom
+            | Op::Verify
+            | Op::GenerateMac
+            | Op::VerifyMac
+            | Op::GetPublicKey
             | Op::DescribeKey
             | Op::ListKeys
             | Op::ListAliases

@@ -82,6 +82,144 @@ pub struct MechanismSupport {
     pub unwrap: bool,
     /// `CKF_DERIVE`.
     pub derive: bool,
+    /// `CKF_SIGN`.
+    pub sign: bool,
+    /// `CKF_VERIFY`.
+    pub verify: bool,
+    /// `CKF_GENERATE_KEY_PAIR`.
+    pub generate_key_pair: bool,
+    /// `ulMaxKeySize` (bits or bytes, as the mechanism defines it).
+    pub max_key_size: usize,
+}
+
+/// The mechanisms of the asymmetric and HMAC key families (see `hsm::keypair`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AsymmetricMechanisms {
+    /// `CKM_RSA_PKCS_KEY_PAIR_GEN`.
+    pub rsa_key_pair_gen: MechanismSupport,
+    /// `CKM_RSA_PKCS` (PKCS#1 v1.5 signatures over a DigestInfo).
+    pub rsa_pkcs: MechanismSupport,
+    /// `CKM_RSA_PKCS_PSS`.
+    pub rsa_pkcs_pss: MechanismSupport,
+    /// `CKM_RSA_PKCS_OAEP`.
+    pub rsa_pkcs_oaep: MechanismSupport,
+    /// `CKM_EC_KEY_PAIR_GEN`.
+    pub ec_key_pair_gen: MechanismSupport,
+    /// `CKM_ECDSA`.
+    pub ecdsa: MechanismSupport,
+    /// `CKM_ECDH1_DERIVE`.
+    pub ecdh1_derive: MechanismSupport,
+    /// `CKM_EC_EDWARDS_KEY_PAIR_GEN`.
+    pub ec_edwards_key_pair_gen: MechanismSupport,
+    /// `CKM_EDDSA`.
+    pub eddsa: MechanismSupport,
+    /// `CKM_SHA224_HMAC`, `CKM_SHA256_HMAC`, `CKM_SHA384_HMAC`, `CKM_SHA512_HMAC`.
+    pub hmac: [MechanismSupport; 4],
+}
+
+impl AsymmetricMechanisms {
+    fn ask(ctx: &Pkcs11, slot: Slot) -> AsymmetricMechanisms {
+        let a = |name, ty| ask(ctx, slot, name, ty);
+        AsymmetricMechanisms {
+            rsa_key_pair_gen: a(
+                "CKM_RSA_PKCS_KEY_PAIR_GEN",
+                MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            ),
+            rsa_pkcs: a("CKM_RSA_PKCS", MechanismType::RSA_PKCS),
+            rsa_pkcs_pss: a("CKM_RSA_PKCS_PSS", MechanismType::RSA_PKCS_PSS),
+            rsa_pkcs_oaep: a("CKM_RSA_PKCS_OAEP", MechanismType::RSA_PKCS_OAEP),
+            ec_key_pair_gen: a("CKM_EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN),
+            ecdsa: a("CKM_ECDSA", MechanismType::ECDSA),
+            ecdh1_derive: a("CKM_ECDH1_DERIVE", MechanismType::ECDH1_DERIVE),
+            ec_edwards_key_pair_gen: a(
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            ),
+            eddsa: a("CKM_EDDSA", MechanismType::EDDSA),
+            hmac: [
+                a("CKM_SHA224_HMAC", MechanismType::SHA224_HMAC),
+                a("CKM_SHA256_HMAC", MechanismType::SHA256_HMAC),
+                a("CKM_SHA384_HMAC", MechanismType::SHA384_HMAC),
+                a("CKM_SHA512_HMAC", MechanismType::SHA512_HMAC),
+            ],
+        }
+    }
+}
+
+impl Capabilities {
+    /// The mechanisms a backing key of `kind` needs that the token lacks, by name (empty:
+    /// the token can make and use such a key, as far as its mechanism list says; a curve it
+    /// does not know is found when the key is generated).
+    pub fn missing_for(&self, kind: super::BackingKind) -> Vec<&'static str> {
+        use super::{BackingKind, PairKind, PrivateUsage};
+        let m = &self.asymmetric;
+        let need: Vec<(&MechanismSupport, bool)> = match kind {
+            BackingKind::Derive => vec![],
+            BackingKind::Hmac { bytes } => {
+                let i = match bytes {
+                    28 => 0,
+                    32 => 1,
+                    48 => 2,
+                    _ => 3,
+                };
+                vec![
+                    (
+                        &self.generic_secret_key_gen,
+                        self.generic_secret_key_gen.generate,
+                    ),
+                    (&m.hmac[i], m.hmac[i].sign && m.hmac[i].verify),
+                ]
+            }
+            BackingKind::Private { pair, usage } => {
+                let generate = match pair {
+                    PairKind::Rsa { .. } => &m.rsa_key_pair_gen,
+                    PairKind::Ec(_) => &m.ec_key_pair_gen,
+                    PairKind::Ed25519 => &m.ec_edwards_key_pair_gen,
+                };
+                let mut need = vec![(generate, generate.generate_key_pair)];
+                match (pair, usage) {
+                    (PairKind::Rsa { .. }, PrivateUsage::Sign) => {
+                        need.push((&m.rsa_pkcs, m.rsa_pkcs.sign && m.rsa_pkcs.verify));
+                        need.push((
+                            &m.rsa_pkcs_pss,
+                            m.rsa_pkcs_pss.sign && m.rsa_pkcs_pss.verify,
+                        ));
+                    }
+                    (PairKind::Rsa { .. }, _) => need.push((
+                        &m.rsa_pkcs_oaep,
+                        m.rsa_pkcs_oaep.encrypt && m.rsa_pkcs_oaep.decrypt,
+                    )),
+                    (PairKind::Ec(_), PrivateUsage::Derive) => {
+                        need.push((&m.ecdh1_derive, m.ecdh1_derive.derive))
+                    }
+                    (PairKind::Ec(_), _) => need.push((&m.ecdsa, m.ecdsa.sign && m.ecdsa.verify)),
+                    (PairKind::Ed25519, _) => need.push((&m.eddsa, m.eddsa.sign && m.eddsa.verify)),
+                }
+                need
+            }
+        };
+        need.into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(m, _)| m.name)
+            .collect()
+    }
+
+    /// What a data key pair of `pair` needs that the token lacks (it is generated and read,
+    /// or wrapped, never used for signing here).
+    pub fn missing_for_data_key_pair(&self, pair: super::PairKind) -> Vec<&'static str> {
+        use super::PairKind;
+        let m = &self.asymmetric;
+        let generate = match pair {
+            PairKind::Rsa { .. } => &m.rsa_key_pair_gen,
+            PairKind::Ec(_) => &m.ec_key_pair_gen,
+            PairKind::Ed25519 => &m.ec_edwards_key_pair_gen,
+        };
+        if generate.generate_key_pair {
+            vec![]
+        } else {
+            vec![generate.name]
+        }
+    }
 }
 
 /// Which secret-key type the token generates for data keys sealed inside it (probed at open by
@@ -154,6 +292,11 @@ pub struct Capabilities {
     /// (probed at open). Tokens that generate the IV themselves (AWS CloudHSM; Luna in FIPS
     /// mode) cannot produce p11kms's blob format, which authenticates the IV in its header.
     pub gcm_caller_iv: bool,
+    /// The asymmetric and HMAC mechanisms.
+    pub asymmetric: AsymmetricMechanisms,
+    /// Data key pairs can be sealed inside the token (`C_WrapKey` of a private key with
+    /// AES-GCM; probed at open): their private keys never enter this process.
+    pub private_key_gcm_wrap: bool,
     /// Measured at open: how long (µs, median) data-key bytes drawn from the RNG stay in host
     /// memory on the host path before they are sealed and wiped (one `C_Encrypt` of 32 bytes
     /// under a session key). `None` if it could not be measured.
@@ -211,6 +354,10 @@ fn ask(ctx: &Pkcs11, slot: Slot, name: &'static str, ty: MechanismType) -> Mecha
             wrap: info.wrap(),
             unwrap: info.unwrap(),
             derive: info.derive(),
+            sign: info.sign(),
+            verify: info.verify(),
+            generate_key_pair: info.generate_key_pair(),
+            max_key_size: info.max_key_size(),
         },
         Err(_) => MechanismSupport {
             name,
@@ -265,6 +412,8 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
         in_token_sealing_missing: None,
         derive_template: DeriveTemplateSupport::default(),
         gcm_caller_iv: true,
+        asymmetric: AsymmetricMechanisms::ask(ctx, slot),
+        private_key_gcm_wrap: false,
         host_seal_micros: None,
     })
 }

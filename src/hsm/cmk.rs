@@ -10,6 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use super::probe::{exposed_derivation, ExposedDerivation};
 use super::templates::{derived_keys_stay_secret, KeyTemplate, Usages};
 use super::{HsmError, Kdf, Result, Token};
+use crate::der::Curve;
 
 /// A CMK backing key (a token object). Only a handle: the key itself never leaves the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +53,20 @@ impl<K: Copy> Lookup<K> {
     /// prove it genuine ([`CmkAttributes::verify`]). Two objects under one label are refused
     /// (one of them was planted, and guessing which is not p11kms's job). Refusals are
     /// logged, loudly: they mean someone holding the PIN changed the token.
-    pub fn judge(label: &str, found: &[(K, CmkAttributes)], expected_id: &[u8]) -> Self {
+    pub fn judge(
+        label: &str,
+        found: &[(K, CmkAttributes)],
+        expected_id: &[u8],
+        kind: BackingKind,
+    ) -> Self {
         let why = match found {
             [] => return Lookup::Missing,
-            [(h, attrs)] => match attrs.verify(expected_id) {
+            [(h, attrs)] => match attrs.verify(expected_id, kind) {
                 Ok(()) => return Lookup::Found(*h),
                 Err(why) => format!("the token object labelled {label} is refused: {why}"),
             },
             more => format!(
-                "{} secret keys in the token are labelled {label}: refusing to use any of them \
+                "{} keys in the token are labelled {label}: refusing to use any of them \
                  (someone holding the token PIN created the extra ones)",
                 more.len()
             ),
@@ -70,29 +76,133 @@ impl<K: Copy> Lookup<K> {
     }
 }
 
-/// The attributes of a secret key that prove it is a CMK as p11kms makes them: generated in
-/// this token (`CKA_LOCAL`), always sensitive and never extractable (so nobody ever held its
-/// value), AES-256, derive-only, with the `CKA_ID` p11kms wrote. A key created from a known
-/// value with `C_CreateObject` or `C_UnwrapKey` has `CKA_LOCAL` false and is refused.
+/// What backs one version of a KMS key, as the token must prove it: the kind decides the
+/// class, type, size and the one usage a genuine object has. Chosen by `kms` from the key's
+/// record (its spec and usage), never from what the token happens to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackingKind {
+    /// AES-256, derive-only: epoch keys are derived from it (symmetric encryption keys).
+    Derive,
+    /// A generic secret of `bytes` bytes, sign and verify only (HMAC keys).
+    Hmac {
+        /// `CKA_VALUE_LEN`.
+        bytes: usize,
+    },
+    /// The private half of a key pair, limited to its one usage. (The public half is not
+    /// kept in the token: it is public, and lives in the key's record.)
+    Private {
+        /// The algorithm and size.
+        pair: PairKind,
+        /// The one thing it may do.
+        usage: PrivateUsage,
+    },
+}
+
+/// A key pair's algorithm and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PairKind {
+    /// RSA with a modulus of `bits` bits (public exponent 65537).
+    Rsa {
+        /// Modulus length.
+        bits: usize,
+    },
+    /// ECDSA/ECDH over a Weierstrass curve.
+    Ec(Curve),
+    /// Ed25519 (`CKK_EC_EDWARDS`).
+    Ed25519,
+}
+
+/// The one usage of a private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrivateUsage {
+    /// `CKA_SIGN`.
+    Sign,
+    /// `CKA_DECRYPT`.
+    Decrypt,
+    /// `CKA_DERIVE` (ECDH).
+    Derive,
+}
+
+impl BackingKind {
+    /// The usage attributes a genuine object of this kind may have switched on; all of them
+    /// are switched off while its KMS key is disabled.
+    pub(crate) fn usages(self) -> &'static [&'static str] {
+        match self {
+            BackingKind::Derive => &["CKA_DERIVE"],
+            BackingKind::Hmac { .. } => &["CKA_SIGN", "CKA_VERIFY"],
+            BackingKind::Private { usage, .. } => match usage {
+                PrivateUsage::Sign => &["CKA_SIGN"],
+                PrivateUsage::Decrypt => &["CKA_DECRYPT"],
+                PrivateUsage::Derive => &["CKA_DERIVE"],
+            },
+        }
+    }
+
+    /// `C_SetAttributeValue` template that switches this kind's usages on or off.
+    pub(crate) fn usage_template(self, on: bool) -> Vec<Attribute> {
+        self.usages()
+            .iter()
+            .filter_map(|u| match *u {
+                "CKA_DERIVE" => Some(Attribute::Derive(on)),
+                "CKA_SIGN" => Some(Attribute::Sign(on)),
+                "CKA_VERIFY" => Some(Attribute::Verify(on)),
+                "CKA_DECRYPT" => Some(Attribute::Decrypt(on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn class(self) -> ObjectClass {
+        match self {
+            BackingKind::Derive | BackingKind::Hmac { .. } => ObjectClass::SECRET_KEY,
+            BackingKind::Private { .. } => ObjectClass::PRIVATE_KEY,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            BackingKind::Derive => "an AES-256 derive-only key".into(),
+            BackingKind::Hmac { bytes } => format!("a {bytes}-byte generic secret"),
+            BackingKind::Private { pair, .. } => match pair {
+                PairKind::Rsa { bits } => format!("an RSA-{bits} private key"),
+                PairKind::Ec(c) => format!("an EC private key on {c:?}"),
+                PairKind::Ed25519 => "an Ed25519 private key".into(),
+            },
+        }
+    }
+}
+
+/// The attributes of a key object that prove it is a backing key as p11kms makes them:
+/// generated in this token (`CKA_LOCAL`), always sensitive and never extractable (so nobody
+/// ever held its value), of the expected kind and size, with no usage beyond its kind's, and
+/// with the `CKA_ID` p11kms wrote. A key created from a known value with `C_CreateObject` or
+/// `C_UnwrapKey` has `CKA_LOCAL` false and is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmkAttributes {
+    class: Option<ObjectClass>,
     key_type: Option<KeyType>,
     value_len: Option<u64>,
+    modulus_len: Option<usize>,
+    ec_params: Option<Vec<u8>>,
     id: Option<Vec<u8>>,
     local: Option<bool>,
     never_extractable: Option<bool>,
     always_sensitive: Option<bool>,
     sensitive: Option<bool>,
     extractable: Option<bool>,
-    /// Usages other than derivation that are switched on.
-    other_usages: Vec<&'static str>,
+    /// Usages that are switched on.
+    usages_on: Vec<&'static str>,
 }
 
 impl CmkAttributes {
-    /// Everything [`CmkAttributes::verify`] looks at, read in one `C_GetAttributeValue`.
-    pub(crate) const TYPES: [AttributeType; 14] = [
+    /// Everything [`CmkAttributes::verify`] looks at, read in one `C_GetAttributeValue`
+    /// (a token answers "invalid" for those its object class lacks: they are left out).
+    pub(crate) const TYPES: [AttributeType; 19] = [
+        AttributeType::Class,
         AttributeType::KeyType,
         AttributeType::ValueLen,
+        AttributeType::Modulus,
+        AttributeType::EcParams,
         AttributeType::Id,
         AttributeType::Local,
         AttributeType::NeverExtractable,
@@ -105,6 +215,8 @@ impl CmkAttributes {
         AttributeType::Verify,
         AttributeType::Wrap,
         AttributeType::Unwrap,
+        AttributeType::Derive,
+        AttributeType::SignRecover,
     ];
 
     /// The attributes of a genuine CMK with `CKA_ID = id` (for tests of the rules that use
@@ -112,15 +224,18 @@ impl CmkAttributes {
     #[cfg(test)]
     pub(crate) fn genuine_for_tests(id: &[u8]) -> CmkAttributes {
         CmkAttributes {
+            class: Some(ObjectClass::SECRET_KEY),
             key_type: Some(KeyType::AES),
             value_len: Some(32),
+            modulus_len: None,
+            ec_params: None,
             id: Some(id.to_vec()),
             local: Some(true),
             never_extractable: Some(true),
             always_sensitive: Some(true),
             sensitive: Some(true),
             extractable: Some(false),
-            other_usages: Vec::new(),
+            usages_on: vec!["CKA_DERIVE"],
         }
     }
 
@@ -128,36 +243,71 @@ impl CmkAttributes {
         let mut c = CmkAttributes::default();
         for a in attrs {
             match a {
+                Attribute::Class(k) => c.class = Some(k),
                 Attribute::KeyType(t) => c.key_type = Some(t),
                 Attribute::ValueLen(n) => c.value_len = Some(u64::from(n)),
+                Attribute::Modulus(m) => {
+                    c.modulus_len = Some(m.iter().skip_while(|b| **b == 0).count())
+                }
+                Attribute::EcParams(p) => c.ec_params = Some(p),
                 Attribute::Id(id) => c.id = Some(id),
                 Attribute::Local(v) => c.local = Some(v),
                 Attribute::NeverExtractable(v) => c.never_extractable = Some(v),
                 Attribute::AlwaysSensitive(v) => c.always_sensitive = Some(v),
                 Attribute::Sensitive(v) => c.sensitive = Some(v),
                 Attribute::Extractable(v) => c.extractable = Some(v),
-                Attribute::Encrypt(true) => c.other_usages.push("CKA_ENCRYPT"),
-                Attribute::Decrypt(true) => c.other_usages.push("CKA_DECRYPT"),
-                Attribute::Sign(true) => c.other_usages.push("CKA_SIGN"),
-                Attribute::Verify(true) => c.other_usages.push("CKA_VERIFY"),
-                Attribute::Wrap(true) => c.other_usages.push("CKA_WRAP"),
-                Attribute::Unwrap(true) => c.other_usages.push("CKA_UNWRAP"),
+                Attribute::Encrypt(true) => c.usages_on.push("CKA_ENCRYPT"),
+                Attribute::Decrypt(true) => c.usages_on.push("CKA_DECRYPT"),
+                Attribute::Sign(true) => c.usages_on.push("CKA_SIGN"),
+                Attribute::Verify(true) => c.usages_on.push("CKA_VERIFY"),
+                Attribute::Wrap(true) => c.usages_on.push("CKA_WRAP"),
+                Attribute::Unwrap(true) => c.usages_on.push("CKA_UNWRAP"),
+                Attribute::Derive(true) => c.usages_on.push("CKA_DERIVE"),
+                Attribute::SignRecover(true) => c.usages_on.push("CKA_SIGN_RECOVER"),
                 _ => {}
             }
         }
         c
     }
 
-    /// `Ok` if these attributes prove a CMK p11kms generated with `CKA_ID = expected_id`;
-    /// otherwise every reason it is refused. An attribute the token does not report counts
-    /// as not proven.
-    pub fn verify(&self, expected_id: &[u8]) -> std::result::Result<(), String> {
+    /// Whether the token lets this object do its kind's work now (its usages are on: a
+    /// disabled key's are off).
+    pub fn usable(&self, kind: BackingKind) -> bool {
+        kind.usages().iter().all(|u| self.usages_on.contains(u))
+    }
+
+    /// `Ok` if these attributes prove a backing key of `kind` that p11kms generated with
+    /// `CKA_ID = expected_id`; otherwise every reason it is refused. An attribute the token
+    /// does not report counts as not proven.
+    pub fn verify(&self, expected_id: &[u8], kind: BackingKind) -> std::result::Result<(), String> {
         let mut why = Vec::new();
-        if self.key_type != Some(KeyType::AES) {
-            why.push("it is not an AES key".to_string());
-        }
-        if self.value_len != Some(32) {
-            why.push("it is not 32 bytes long".to_string());
+        let shape = match kind {
+            BackingKind::Derive => {
+                self.key_type == Some(KeyType::AES) && self.value_len == Some(32)
+            }
+            BackingKind::Hmac { bytes } => {
+                self.key_type == Some(KeyType::GENERIC_SECRET)
+                    && self.value_len == Some(bytes as u64)
+            }
+            BackingKind::Private { pair, .. } => match pair {
+                PairKind::Rsa { bits } => {
+                    self.key_type == Some(KeyType::RSA) && self.modulus_len == Some(bits / 8)
+                }
+                PairKind::Ec(curve) => {
+                    self.key_type == Some(KeyType::EC)
+                        && self.ec_params.as_deref() == Some(curve.oid_der())
+                }
+                PairKind::Ed25519 => {
+                    self.key_type == Some(KeyType::EC_EDWARDS)
+                        && self
+                            .ec_params
+                            .as_deref()
+                            .is_some_and(crate::der::is_ed25519_ec_params)
+                }
+            },
+        };
+        if self.class != Some(kind.class()) || !shape {
+            why.push(format!("it is not {}", kind.describe()));
         }
         if self.id.as_deref() != Some(expected_id) {
             why.push("its CKA_ID is not the one p11kms wrote".to_string());
@@ -175,10 +325,17 @@ impl CmkAttributes {
                 None => why.push(format!("the token does not report {name}")),
             }
         }
-        if !self.other_usages.is_empty() {
+        let extra: Vec<&str> = self
+            .usages_on
+            .iter()
+            .copied()
+            .filter(|u| !kind.usages().contains(u))
+            .collect();
+        if !extra.is_empty() {
             why.push(format!(
-                "it allows {} besides derivation",
-                self.other_usages.join(", ")
+                "it allows {} besides {}",
+                extra.join(", "),
+                kind.usages().join(", ")
             ));
         }
         if why.is_empty() {
@@ -189,16 +346,13 @@ impl CmkAttributes {
     }
 }
 
-/// A CMK as listed: its label, handle, whether the token lets it derive now, and the
-/// attributes that must prove it genuine before it is used ([`CmkAttributes::verify`]).
+/// A backing key as listed: its label, handle, and the attributes that must prove it genuine before it is used ([`CmkAttributes::verify`]).
 #[derive(Debug, Clone)]
 pub struct Listed<K> {
     /// `CKA_LABEL`.
     pub label: String,
     /// The object's handle.
     pub handle: K,
-    /// `CKA_DERIVE` as the token reports it.
-    pub derive: bool,
     /// What proves (or disproves) the object genuine.
     pub attributes: CmkAttributes,
 }
@@ -227,6 +381,9 @@ pub struct CmkCustody {
     pub value_readable: bool,
 }
 
+/// The object classes a backing key can have.
+const BACKING_CLASSES: [ObjectClass; 2] = [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY];
+
 fn label_of(attrs: &[Attribute]) -> Option<String> {
     attrs.iter().find_map(|a| match a {
         Attribute::Label(l) => String::from_utf8(l.clone()).ok(),
@@ -250,7 +407,7 @@ impl Token {
         let mut last = None;
         for pinned in [true, false] {
             let template = cmk_template(label, id, kdf, pinned);
-            let find = || match self.find_cmk(label, id)? {
+            let find = || match self.find_cmk(label, id, BackingKind::Derive)? {
                 CmkLookup::Found(h) => Ok(Some(h.0)),
                 CmkLookup::Missing => Ok(None),
                 CmkLookup::Refused(why) => Err(HsmError::Misbehaved(why)),
@@ -283,7 +440,12 @@ impl Token {
     /// Finds the CMK labelled `label` and checks that it is the one p11kms generated in this
     /// token ([`CmkLookup::judge`]). Start-up, re-listing and stale-handle recovery only,
     /// never per request.
-    pub fn find_cmk(&self, label: &str, expected_id: &[u8]) -> Result<CmkLookup> {
+    pub fn find_cmk(
+        &self,
+        label: &str,
+        expected_id: &[u8],
+        kind: BackingKind,
+    ) -> Result<CmkLookup> {
         let mut found = Vec::new();
         for h in self.find_cmks(label)? {
             match self.handle_call(|s| s.get_attributes(h.0, &CmkAttributes::TYPES)) {
@@ -292,34 +454,38 @@ impl Token {
                 Err(e) => return Err(e),
             }
         }
-        Ok(CmkLookup::judge(label, &found, expected_id))
+        Ok(CmkLookup::judge(label, &found, expected_id, kind))
     }
 
-    /// Every token secret key labelled exactly `label`, unchecked (for destroying them all).
+    /// Every token secret or private key labelled exactly `label`, unchecked (for destroying
+    /// them all).
     pub fn find_cmks(&self, label: &str) -> Result<Vec<CmkHandle>> {
-        let found = self.call(|s| {
-            s.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Token(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ])
-        })?;
+        let mut found = Vec::new();
+        for class in BACKING_CLASSES {
+            found.extend(self.call(|s| {
+                s.find_objects(&[
+                    Attribute::Class(class),
+                    Attribute::Token(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+            })?);
+        }
         Ok(found.into_iter().map(CmkHandle).collect())
     }
 
-    /// Handles of every token secret key, then `read` of each (one call per key; a key
-    /// another process destroyed meanwhile is skipped).
-    fn each_secret_key<T>(
+    /// Handles of every token secret and private key, then `read` of each (one call per
+    /// key; a key another process destroyed meanwhile is skipped).
+    fn each_backing_key<T>(
         &self,
         types: &[AttributeType],
         mut keep: impl FnMut(ObjectHandle, Vec<Attribute>) -> Option<T>,
     ) -> Result<Vec<T>> {
-        let handles = self.call(|s| {
-            s.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Token(true),
-            ])
-        })?;
+        let mut handles = Vec::new();
+        for class in BACKING_CLASSES {
+            handles.extend(
+                self.call(|s| s.find_objects(&[Attribute::Class(class), Attribute::Token(true)]))?,
+            );
+        }
         let mut out = Vec::new();
         for h in handles {
             match self.handle_call(|s| s.get_attributes(h, types)) {
@@ -331,43 +497,44 @@ impl Token {
         Ok(out)
     }
 
-    /// Labels and handles of every token secret key whose label starts with `prefix`.
+    /// Labels and handles of every token secret or private key whose label starts with
+    /// `prefix`.
     pub fn list_cmks(&self, prefix: &str) -> Result<Vec<(String, CmkHandle)>> {
-        self.each_secret_key(&[AttributeType::Label], |h, attrs| {
+        self.each_backing_key(&[AttributeType::Label], |h, attrs| {
             label_of(&attrs)
                 .filter(|l| l.starts_with(prefix))
                 .map(|l| (l, CmkHandle(h)))
         })
     }
 
-    /// Every token secret key whose label starts with `prefix`, with its `CKA_DERIVE` and
-    /// identity attributes (start-up and large re-lists: one search, one read per key, never
+    /// Every token secret or private key whose label starts with `prefix`, with its usages
+    /// and identity attributes (start-up and large re-lists: one search, one read per key, never
     /// one search per key: on SoftHSM every search costs ~26 µs per object in the token).
     pub fn list_cmks_detailed(&self, prefix: &str) -> Result<Vec<ListedCmk>> {
-        let mut types = vec![AttributeType::Label, AttributeType::Derive];
+        let mut types = vec![AttributeType::Label];
         types.extend(CmkAttributes::TYPES);
-        self.each_secret_key(&types, |h, attrs| {
+        self.each_backing_key(&types, |h, attrs| {
             let label = label_of(&attrs).filter(|l| l.starts_with(prefix))?;
-            let derive = attrs.contains(&Attribute::Derive(true));
             Some(ListedCmk {
                 label,
                 handle: CmkHandle(h),
-                derive,
                 attributes: CmkAttributes::from_attributes(attrs),
             })
         })
     }
 
-    /// Turns derivation from a CMK on or off at the token level, so a disabled key is
-    /// unusable even to a process that still believes it is enabled.
-    pub fn set_cmk_usable(&self, cmk: CmkHandle, usable: bool) -> Result<()> {
-        self.handle_call(|s| s.update_attributes(cmk.0, &[Attribute::Derive(usable)]))
+    /// Turns a backing key's usages (derivation for a CMK; signing, decryption or
+    /// derivation for a private key; MACs for an HMAC key) on or off at the token level, so
+    /// a disabled key is unusable even to a process that still believes it is enabled.
+    pub fn set_cmk_usable(&self, cmk: CmkHandle, kind: BackingKind, usable: bool) -> Result<()> {
+        let template = kind.usage_template(usable);
+        self.handle_call(|s| s.update_attributes(cmk.0, &template))
     }
 
-    /// Whether the CMK currently allows derivation.
-    pub fn cmk_usable(&self, cmk: CmkHandle) -> Result<bool> {
-        let attrs = self.handle_call(|s| s.get_attributes(cmk.0, &[AttributeType::Derive]))?;
-        Ok(attrs.contains(&Attribute::Derive(true)))
+    /// Whether the backing key's usages are on.
+    pub fn cmk_usable(&self, cmk: CmkHandle, kind: BackingKind) -> Result<bool> {
+        let attrs = self.handle_call(|s| s.get_attributes(cmk.0, &CmkAttributes::TYPES))?;
+        Ok(CmkAttributes::from_attributes(attrs).usable(kind))
     }
 
     /// Destroys a CMK. Irreversible: every blob sealed under it becomes undecryptable.

@@ -22,7 +22,7 @@ use crate::sync;
 /// A key derived inside the token (a session object, sensitive, never extractable). The token
 /// object is destroyed when the last reference is dropped.
 pub struct SessionKey {
-    token: Arc<TokenInner>,
+    pub(super) token: Arc<TokenInner>,
     pub(super) handle: ObjectHandle,
 }
 

@@ -166,6 +166,21 @@ impl CallError {
         )
     }
 
+    /// The token does not offer a parameter p11kms asked for (a curve, a key size, a
+    /// mechanism): the request's spec is unsupported here, not a token failure.
+    pub fn is_unsupported_parameter(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::CurveNotSupported)
+                | Some(RvError::DomainParamsInvalid)
+                | Some(RvError::KeySizeRange)
+                | Some(RvError::MechanismInvalid)
+                | Some(RvError::MechanismParamInvalid)
+                | Some(RvError::AttributeValueInvalid)
+                | Some(RvError::TemplateInconsistent)
+        )
+    }
+
     /// What SoftHSM answers when it read its token file while another process rewrote it.
     pub(crate) fn is_torn_read(&self) -> bool {
         matches!(

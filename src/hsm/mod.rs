@@ -12,6 +12,7 @@ mod caps;
 mod cmk;
 mod derived;
 mod error;
+mod keypair;
 mod objects;
 mod pool;
 mod probe;
@@ -34,10 +35,15 @@ use cryptoki::types::AuthPin;
 pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
 #[cfg(feature = "bench")]
 pub(crate) use bench::CeilingOp;
+pub use caps::AsymmetricMechanisms;
 pub use caps::{Capabilities, DeriveTemplateSupport, InTokenDataKeys, Kdf, MechanismSupport};
-pub use cmk::{CmkAttributes, CmkCustody, CmkHandle, CmkLookup, Listed, ListedCmk, Lookup};
+pub use cmk::{
+    BackingKind, CmkAttributes, CmkCustody, CmkHandle, CmkLookup, Listed, ListedCmk, Lookup,
+    PairKind, PrivateUsage,
+};
 pub use derived::SessionKey;
 pub use error::{CallError, HsmError, Quirks, Result};
+pub use keypair::{Checked, SignScheme};
 pub use objects::{DataHandle, DataObject};
 pub use probe::ExposedDerivation;
 pub use stats::TokenStats;
@@ -286,6 +292,7 @@ impl Token {
         }
         caps.require()?;
         probe::probe_in_token_sealing(&keeper, &mut caps);
+        keypair::probe_private_key_wrap(&keeper, &mut caps);
         probe::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
         probe::probe_gcm_encrypt(&keeper, &mut caps);
         if !caps.gcm_caller_iv {

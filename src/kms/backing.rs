@@ -12,7 +12,7 @@ use super::ops::check_usable;
 use super::store::KeyEntry;
 use super::{EncryptionContext, Forms, KeyId, KeySelector, Kms, SealingPath};
 use crate::error::{KmsError, Result};
-use crate::hsm::{CmkHandle, CmkLookup, SessionKey, GCM_IV_LEN};
+use crate::hsm::{BackingKind, CmkHandle, CmkLookup, SessionKey, GCM_IV_LEN};
 
 impl Kms {
     /// Derives the epoch key of `entry`'s backing `version` for `nonce`. Runs with no lock
@@ -70,9 +70,9 @@ impl Kms {
     fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle) -> Result<bool> {
         self.store.with_key(id, |entry| {
             if entry.is_some_and(|e| e.record.state == KeyState::Enabled)
-                && !self.token.cmk_usable(cmk)?
+                && !self.token.cmk_usable(cmk, BackingKind::Derive)?
             {
-                self.token.set_cmk_usable(cmk, true)?;
+                self.token.set_cmk_usable(cmk, BackingKind::Derive, true)?;
                 return Ok(true);
             }
             Ok(false)

@@ -153,6 +153,38 @@ aws_enum!(
 );
 
 aws_enum!(
+    /// `KeyAgreementAlgorithmSpec` (DeriveSharedSecret; `KeyAgreementAlgorithms` of key
+    /// agreement keys).
+    KeyAgreementAlgorithm {
+        Ecdh = "ECDH",
+    }
+);
+
+aws_enum!(
+    /// `MessageType` of Sign and Verify.
+    MessageType {
+        Raw = "RAW",
+        Digest = "DIGEST",
+        ExternalMu = "EXTERNAL_MU",
+    }
+);
+
+aws_enum!(
+    /// `DataKeyPairSpec` of GenerateDataKeyPair(WithoutPlaintext).
+    DataKeyPairSpec {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        EccNistP256 = "ECC_NIST_P256",
+        EccNistP384 = "ECC_NIST_P384",
+        EccNistP521 = "ECC_NIST_P521",
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        Sm2 = "SM2",
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+    }
+);
+
+aws_enum!(
     /// `DataKeySpec` of GenerateDataKey(WithoutPlaintext).
     DataKeySpec {
         Aes256 = "AES_256",
@@ -248,6 +280,9 @@ mod tests {
         round_trip::<SigningAlgorithm>();
         round_trip::<MacAlgorithm>();
         round_trip::<DataKeySpec>();
+        round_trip::<KeyAgreementAlgorithm>();
+        round_trip::<MessageType>();
+        round_trip::<DataKeyPairSpec>();
         for s in [
             KeyState::Enabled,
             KeyState::Disabled,

@@ -14,6 +14,7 @@ pub(crate) mod epoch;
 pub(crate) mod keyref;
 mod ops;
 pub(crate) mod records;
+pub(crate) mod specs;
 pub(crate) mod store;
 mod token_errors;
 pub mod types;
@@ -82,6 +83,8 @@ pub struct Kms {
     sealing: SealingPath,
     /// Never fall back to the host path (`require_in_token_sealing`).
     require_in_token: bool,
+    /// Public keys imported into the token as session objects (Verify, RSA Encrypt).
+    public_keys: std::sync::Mutex<std::collections::HashMap<KeyId, Arc<crate::hsm::SessionKey>>>,
 }
 
 impl Kms {
@@ -109,6 +112,7 @@ impl Kms {
             sealing: path,
             require_in_token: settings.sealing == SealingPolicy::Token
                 || settings.require_in_token_sealing,
+            public_keys: Default::default(),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

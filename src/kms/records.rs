@@ -23,6 +23,7 @@ pub const APPLICATION: &str = "p11kms";
 pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
 
 pub use super::domain::KeyState;
+use super::domain::{KeySpec, KeyUsage};
 
 /// One backing key of a CMK. Version 1 is created with the key; rotation adds more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,37 @@ pub struct KeyRecord {
     pub tags: Vec<(String, String)>,
     #[serde(default)]
     pub policy: Option<String>,
+    /// Absent for symmetric keys (so their records read the same to earlier versions, which
+    /// take a record with a field they do not know for a newer writer's: `Unavailable`).
+    #[serde(
+        default = "symmetric_default",
+        skip_serializing_if = "is_symmetric_default"
+    )]
+    pub spec: KeySpec,
+    #[serde(
+        default = "encrypt_decrypt",
+        skip_serializing_if = "is_encrypt_decrypt"
+    )]
+    pub usage: KeyUsage,
+    /// DER SubjectPublicKeyInfo of an asymmetric key (public: kept with the metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    pub public_key: Option<Vec<u8>>,
+}
+
+fn symmetric_default() -> KeySpec {
+    KeySpec::SymmetricDefault
+}
+
+fn encrypt_decrypt() -> KeyUsage {
+    KeyUsage::EncryptDecrypt
+}
+
+fn is_symmetric_default(s: &KeySpec) -> bool {
+    *s == KeySpec::SymmetricDefault
+}
+
+fn is_encrypt_decrypt(u: &KeyUsage) -> bool {
+    *u == KeyUsage::EncryptDecrypt
 }
 
 impl KeyRecord {
@@ -70,7 +102,15 @@ impl KeyRecord {
             }],
             tags: vec![],
             policy: None,
+            spec: KeySpec::SymmetricDefault,
+            usage: KeyUsage::EncryptDecrypt,
+            public_key: None,
         }
+    }
+
+    /// What backs this key in the token (from its spec and usage).
+    pub fn backing_kind(&self) -> crate::error::Result<crate::hsm::BackingKind> {
+        super::specs::backing_kind(self.spec, self.usage)
     }
 
     pub fn cmk_label(&self, version: u32) -> String {
@@ -208,6 +248,15 @@ impl Record {
                 .unwrap_or_default(),
             tags: Vec::new(),
             policy: None,
+            spec: v
+                .get("spec")
+                .and_then(|x| serde_json::from_value(x.clone()).ok())
+                .unwrap_or(KeySpec::SymmetricDefault),
+            usage: v
+                .get("usage")
+                .and_then(|x| serde_json::from_value(x.clone()).ok())
+                .unwrap_or(KeyUsage::EncryptDecrypt),
+            public_key: None,
         }))
     }
 }
@@ -223,6 +272,28 @@ mod key_id_str {
         let s = String::deserialize(d)?;
         s.parse()
             .map_err(|_| serde::de::Error::custom("bad key id"))
+    }
+}
+
+mod opt_base64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(t) => STANDARD
+                .decode(t)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom("bad base64")),
+        }
     }
 }
 

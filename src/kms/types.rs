@@ -18,8 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use super::domain::{
-    EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, MacAlgorithm, Origin,
-    SigningAlgorithm,
+    DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyManager, KeySpec, KeyState,
+    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use super::keyref::KeySelector;
 
@@ -130,13 +130,18 @@ pub struct KeyMetadata {
     /// The deprecated mirror of `KeySpec`, still sent by AWS.
     pub customer_master_key_spec: KeySpec,
     pub key_spec: KeySpec,
-    pub encryption_algorithms: Vec<EncryptionAlgorithm>,
-    /// Asymmetric signing keys only (none yet: absent on the wire, as AWS omits it).
+    /// Encryption keys only (absent on the wire otherwise, as AWS omits it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+    /// Asymmetric signing keys only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_algorithms: Option<Vec<SigningAlgorithm>>,
-    /// HMAC keys only (none yet: absent on the wire, as AWS omits it).
+    /// HMAC keys only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_algorithms: Option<Vec<MacAlgorithm>>,
+    /// Key agreement keys only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
     pub multi_region: bool,
 }
 
@@ -376,9 +381,10 @@ mod tests {
             key_manager: KeyManager::Customer,
             customer_master_key_spec: KeySpec::SymmetricDefault,
             key_spec: KeySpec::SymmetricDefault,
-            encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
+            encryption_algorithms: Some(vec![EncryptionAlgorithm::SymmetricDefault]),
             signing_algorithms: None,
             mac_algorithms: None,
+            key_agreement_algorithms: None,
             multi_region: false,
         };
         let v = serde_json::to_value(&m).unwrap();
@@ -403,4 +409,140 @@ mod tests {
         assert_eq!(v["EncryptionAlgorithms"][0], "SYMMETRIC_DEFAULT");
         assert!(v.get("DeletionDate").is_none());
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SignRequest {
+    pub key_id: Option<KeySelector>,
+    pub message: Option<SecretBytes>,
+    pub message_type: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub signing_algorithm: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SignResponse {
+    pub key_id: String,
+    pub signature: Bytes,
+    pub signing_algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyRequest {
+    pub key_id: Option<KeySelector>,
+    pub message: Option<SecretBytes>,
+    pub message_type: Option<String>,
+    pub signature: Option<Bytes>,
+    pub signing_algorithm: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyResponse {
+    pub key_id: String,
+    pub signature_valid: bool,
+    pub signing_algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetPublicKeyResponse {
+    pub key_id: String,
+    pub public_key: Bytes,
+    pub customer_master_key_spec: KeySpec,
+    pub key_spec: KeySpec,
+    pub key_usage: KeyUsage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<Vec<SigningAlgorithm>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateMacRequest {
+    pub key_id: Option<KeySelector>,
+    pub message: Option<SecretBytes>,
+    pub mac_algorithm: Option<String>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateMacResponse {
+    pub mac: Bytes,
+    pub mac_algorithm: MacAlgorithm,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyMacRequest {
+    pub key_id: Option<KeySelector>,
+    pub message: Option<SecretBytes>,
+    pub mac_algorithm: Option<String>,
+    pub mac: Option<Bytes>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyMacResponse {
+    pub key_id: String,
+    pub mac_valid: bool,
+    pub mac_algorithm: MacAlgorithm,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeriveSharedSecretRequest {
+    pub key_id: Option<KeySelector>,
+    pub key_agreement_algorithm: Option<String>,
+    pub public_key: Option<Bytes>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+    /// `Recipient` (Nitro Enclaves attestation): refused, as for Decrypt.
+    pub recipient: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeriveSharedSecretResponse {
+    pub key_id: String,
+    pub shared_secret: SecretBytes,
+    pub key_agreement_algorithm: KeyAgreementAlgorithm,
+    pub key_origin: Origin,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateDataKeyPairRequest {
+    pub key_id: Option<KeySelector>,
+    pub key_pair_spec: Option<String>,
+    pub encryption_context: Option<ContextMap>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+    /// `Recipient` (Nitro Enclaves attestation): refused, as for Decrypt.
+    pub recipient: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateDataKeyPairResponse {
+    pub private_key_ciphertext_blob: Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_plaintext: Option<SecretBytes>,
+    pub public_key: Bytes,
+    pub key_id: String,
+    pub key_pair_spec: DataKeyPairSpec,
 }

@@ -32,13 +32,16 @@ impl Kms {
                 continue;
             }
             let usable = e.record.state == KeyState::Enabled;
+            let Ok(kind) = e.record.backing_kind() else {
+                continue;
+            };
             for (v, h) in &e.cmks {
                 let current = match known.get(&(e.record.id, *v)) {
                     Some(d) => *d,
-                    None => self.token.cmk_usable(*h)?,
+                    None => self.token.cmk_usable(*h, kind)?,
                 };
                 if current != usable {
-                    self.token.set_cmk_usable(*h, usable)?;
+                    self.token.set_cmk_usable(*h, kind, usable)?;
                 }
             }
         }

@@ -237,7 +237,11 @@ pub fn cmk(
 ) -> p11kms::hsm::CmkHandle {
     use p11kms::kms::{cmk_id, cmk_label};
     match token
-        .find_cmk(&cmk_label(id, version), &cmk_id(id, version))
+        .find_cmk(
+            &cmk_label(id, version),
+            &cmk_id(id, version),
+            p11kms::hsm::BackingKind::Derive,
+        )
         .expect("find the CMK")
     {
         p11kms::hsm::CmkLookup::Found(h) => h,

@@ -3,18 +3,39 @@
 
 use zeroize::Zeroizing;
 
-use super::super::domain::{AwsEnum, DataKeySpec, EncryptionAlgorithm};
+use super::super::domain::{AwsEnum, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, KeySpec};
+use super::super::specs;
 use super::super::store::KeyEntry;
 use super::super::types::*;
 use super::super::{EncryptionContext, Forms, Kms, SealingPath};
+use super::asymmetric::is_asymmetric_encryption;
 use super::{
     check_grant_tokens, check_usable, context, dry_run, refuse_recipient, required,
     symmetric_algorithm,
 };
 use crate::error::{KmsError, Result};
-use crate::hsm::GCM_IV_LEN;
+use crate::hsm::{PairKind, GCM_IV_LEN};
 
 const MAX_PLAINTEXT: usize = 4096;
+
+/// An `EncryptionAlgorithm` member: SYMMETRIC_DEFAULT when absent.
+fn algorithm(a: &Option<String>, member: &str) -> Result<EncryptionAlgorithm> {
+    a.as_deref()
+        .map_or(Ok(EncryptionAlgorithm::SymmetricDefault), |t| {
+            EncryptionAlgorithm::parse(t, member)
+        })
+}
+
+/// Asymmetric keys take no encryption context.
+fn no_context(ctx: &EncryptionContext) -> Result<()> {
+    if ctx.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::validation(
+            "EncryptionContext is supported only with symmetric encryption keys",
+        ))
+    }
+}
 const MAX_DATA_KEY: i64 = 1024;
 const MAX_RANDOM: i64 = 1024;
 
@@ -49,7 +70,9 @@ impl Kms {
         Ok(iv)
     }
 
-    /// Encrypt: up to 4096 bytes under a symmetric key, sealed in the token.
+    /// Encrypt: up to 4096 bytes under a symmetric key, sealed in the token; or, with an
+    /// RSA ENCRYPT_DECRYPT key and an RSAES-OAEP algorithm, the raw RSA ciphertext (no
+    /// encryption context, as at AWS).
     pub fn encrypt(&self, req: EncryptRequest) -> Result<EncryptResponse> {
         let plaintext = required(req.plaintext, "plaintext")?;
         if plaintext.0.is_empty() || plaintext.0.len() > MAX_PLAINTEXT {
@@ -58,25 +81,44 @@ impl Kms {
             ));
         }
         check_grant_tokens(&req.grant_tokens)?;
-        symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
+        let alg = algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
         let ctx = context(req.encryption_context)?;
         let entry = self.crypto_key(req.key_id)?;
-        dry_run(req.dry_run)?;
-        let blob = self.seal(&entry, &ctx, &plaintext.0, self.iv()?)?;
+        let blob = if is_asymmetric_encryption(&entry) {
+            no_context(&ctx)?;
+            dry_run(req.dry_run)?;
+            self.rsa_encrypt(&entry, alg, &plaintext.0)?
+        } else {
+            self.require_symmetric(&entry, "Encrypt")?;
+            symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
+            dry_run(req.dry_run)?;
+            self.seal(&entry, &ctx, &plaintext.0, self.iv()?)?
+        };
         Ok(EncryptResponse {
             ciphertext_blob: Bytes(blob),
             key_id: self.scope.key_arn(&entry.record.id),
-            encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
+            encryption_algorithm: alg,
         })
     }
 
-    /// Decrypt: the key comes from the ciphertext; the encryption context must match exactly.
+    /// Decrypt: the key comes from the ciphertext; the encryption context must match
+    /// exactly. An RSA ciphertext carries no key: it needs the KeyId and the algorithm.
     pub fn decrypt(&self, req: DecryptRequest) -> Result<DecryptResponse> {
         refuse_recipient(&req.recipient)?;
         let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
         check_grant_tokens(&req.grant_tokens)?;
-        symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
+        let alg = algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
         let ctx = context(req.encryption_context)?;
+        if let Some(entry) = self.asymmetric_source(req.key_id.as_ref(), alg, &ctx)? {
+            let plaintext = self.rsa_decrypt(&entry, alg, &blob.0)?;
+            dry_run(req.dry_run)?;
+            return Ok(DecryptResponse {
+                key_id: self.scope.key_arn(&entry.record.id),
+                plaintext: SecretBytes(plaintext),
+                encryption_algorithm: alg,
+            });
+        }
+        symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
         if req.dry_run == Some(true) {
             // Validate everything a real call would, without using the plaintext.
             self.open_blob(&blob.0, &ctx, req.key_id.as_ref())?;
@@ -90,31 +132,99 @@ impl Kms {
         })
     }
 
-    /// ReEncrypt: opens under the source key and seals under the destination key in one call.
+    /// The RSA key a Decrypt (or ReEncrypt source) names, if it names one: then the
+    /// ciphertext is raw RSA output. A non-encryption key is refused here; a symmetric key
+    /// is `None` (its blob names the key, and is checked against it).
+    fn asymmetric_source(
+        &self,
+        key_id: Option<&KeySelector>,
+        alg: EncryptionAlgorithm,
+        ctx: &EncryptionContext,
+    ) -> Result<Option<KeyEntry>> {
+        let Some(key) = key_id else {
+            if alg != EncryptionAlgorithm::SymmetricDefault {
+                return Err(KmsError::validation(format!(
+                    "KeyId is required to decrypt with {alg}"
+                )));
+            }
+            return Ok(None);
+        };
+        let (id, entry) = self.resolve(key, Forms::Any)?;
+        if entry.record.spec == KeySpec::SymmetricDefault {
+            return Ok(None);
+        }
+        check_usable(&entry, &self.scope.key_arn(&id))?;
+        if !is_asymmetric_encryption(&entry) {
+            self.require_symmetric(&entry, "Decrypt")?;
+        }
+        no_context(ctx)?;
+        Ok(Some(entry))
+    }
+
+    /// ReEncrypt: opens under the source key and seals under the destination key in one call
+    /// (either may be an RSA key, with its algorithm).
     pub fn re_encrypt(&self, req: ReEncryptRequest) -> Result<ReEncryptResponse> {
         let blob = required(req.ciphertext_blob, "ciphertextBlob")?;
         check_grant_tokens(&req.grant_tokens)?;
-        symmetric_algorithm(
+        let src_alg = algorithm(
             &req.source_encryption_algorithm,
             "sourceEncryptionAlgorithm",
         )?;
-        symmetric_algorithm(
+        let dst_alg = algorithm(
             &req.destination_encryption_algorithm,
             "destinationEncryptionAlgorithm",
         )?;
         let src_ctx = context(req.source_encryption_context)?;
         let dst_ctx = context(req.destination_encryption_context)?;
         let dst = self.crypto_key(req.destination_key_id)?;
-        let (src, plaintext) = self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_ref())?;
+        let dst_rsa = is_asymmetric_encryption(&dst);
+        if dst_rsa {
+            no_context(&dst_ctx)?;
+        } else {
+            self.require_symmetric(&dst, "ReEncrypt")?;
+            symmetric_algorithm(
+                &req.destination_encryption_algorithm,
+                "destinationEncryptionAlgorithm",
+            )?;
+        }
+        let (src, plaintext) =
+            match self.asymmetric_source(req.source_key_id.as_ref(), src_alg, &src_ctx)? {
+                Some(entry) => (entry.record.id, self.rsa_decrypt(&entry, src_alg, &blob.0)?),
+                None => {
+                    symmetric_algorithm(
+                        &req.source_encryption_algorithm,
+                        "sourceEncryptionAlgorithm",
+                    )?;
+                    self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_ref())?
+                }
+            };
         dry_run(req.dry_run)?;
-        let out = self.seal(&dst, &dst_ctx, &plaintext, self.iv()?)?;
+        let out = if dst_rsa {
+            self.rsa_encrypt(&dst, dst_alg, &plaintext)?
+        } else {
+            self.seal(&dst, &dst_ctx, &plaintext, self.iv()?)?
+        };
         Ok(ReEncryptResponse {
             ciphertext_blob: Bytes(out),
             source_key_id: self.scope.key_arn(&src),
             key_id: self.scope.key_arn(&dst.record.id),
-            source_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
-            destination_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
+            source_encryption_algorithm: src_alg,
+            destination_encryption_algorithm: dst_alg,
         })
+    }
+
+    /// A symmetric-only operation on another kind of key: `InvalidKeyUsageException`.
+    pub(super) fn require_symmetric(&self, entry: &KeyEntry, op: &str) -> Result<()> {
+        let r = &entry.record;
+        if r.spec == KeySpec::SymmetricDefault {
+            return Ok(());
+        }
+        Err(KmsError::invalid_key_usage(format!(
+            "{} key usage is {} and key spec is {}, which is not valid for {op}.",
+            self.scope.key_arn(&r.id),
+            r.usage,
+            r.spec
+        )))
     }
 
     /// The checks shared by GenerateDataKey(WithoutPlaintext): length, context, key.
@@ -126,6 +236,7 @@ impl Kms {
         check_grant_tokens(&req.grant_tokens)?;
         let ctx = context(req.encryption_context)?;
         let entry = self.crypto_key(req.key_id)?;
+        self.require_symmetric(&entry, "GenerateDataKey")?;
         dry_run(req.dry_run)?;
         Ok((len, ctx, entry))
     }
@@ -196,6 +307,87 @@ impl Kms {
         Ok(GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: Bytes(blob),
             key_id: self.scope.key_arn(&entry.record.id),
+        })
+    }
+
+    /// The checks shared by GenerateDataKeyPair(WithoutPlaintext).
+    fn data_key_pair_request(
+        &self,
+        req: GenerateDataKeyPairRequest,
+    ) -> Result<(DataKeyPairSpec, PairKind, EncryptionContext, KeyEntry)> {
+        refuse_recipient(&req.recipient)?;
+        let spec =
+            DataKeyPairSpec::parse(&required(req.key_pair_spec, "keyPairSpec")?, "keyPairSpec")?;
+        let pair = specs::data_pair_kind(spec).ok_or_else(|| {
+            KmsError::unsupported(format!("KeyPairSpec {spec} is not supported by p11kms"))
+        })?;
+        check_grant_tokens(&req.grant_tokens)?;
+        let ctx = context(req.encryption_context)?;
+        let entry = self.crypto_key(req.key_id)?;
+        self.require_symmetric(&entry, "GenerateDataKeyPair")?;
+        let missing = self.token.capabilities().missing_for_data_key_pair(pair);
+        if !missing.is_empty() {
+            return Err(KmsError::unsupported(format!(
+                "KeyPairSpec {spec} is not available on this token: it lacks {}",
+                missing.join(", ")
+            )));
+        }
+        dry_run(req.dry_run)?;
+        Ok((spec, pair, ctx, entry))
+    }
+
+    /// GenerateDataKeyPair: a key pair generated in the token as session objects; the
+    /// private key (PKCS#8) is returned and sealed under the symmetric key, with the
+    /// encryption context.
+    pub fn generate_data_key_pair(
+        &self,
+        req: GenerateDataKeyPairRequest,
+    ) -> Result<GenerateDataKeyPairResponse> {
+        let (spec, pair, ctx, entry) = self.data_key_pair_request(req)?;
+        let (pkcs8, spki) = self.token.data_key_pair(pair)?;
+        let blob = self.seal(&entry, &ctx, &pkcs8, self.iv()?)?;
+        Ok(GenerateDataKeyPairResponse {
+            private_key_ciphertext_blob: Bytes(blob),
+            private_key_plaintext: Some(SecretBytes(pkcs8)),
+            public_key: Bytes(spki),
+            key_id: self.scope.key_arn(&entry.record.id),
+            key_pair_spec: spec,
+        })
+    }
+
+    /// GenerateDataKeyPairWithoutPlaintext: where the token wraps private keys with
+    /// AES-GCM, the private key is sealed inside the token (`C_WrapKey` under the epoch key)
+    /// and never enters this process; elsewhere it is read, sealed and wiped at once.
+    pub fn generate_data_key_pair_without_plaintext(
+        &self,
+        req: GenerateDataKeyPairRequest,
+    ) -> Result<GenerateDataKeyPairResponse> {
+        let (spec, pair, ctx, entry) = self.data_key_pair_request(req)?;
+        let in_token =
+            self.sealing == SealingPath::Token && self.token.capabilities().private_key_gcm_wrap;
+        let (blob, spki) = if in_token {
+            let mut public = None;
+            let blob = self.seal_with(&entry, &ctx, self.iv()?, |key, iv, aad| {
+                let (sealed, spki) = self.token.seal_new_key_pair(key, iv, aad, pair)?;
+                public = Some(spki);
+                Ok(sealed)
+            })?;
+            let spki = public.ok_or_else(|| KmsError::internal("no public key was made"))?;
+            (blob, spki)
+        } else if self.require_in_token {
+            return Err(KmsError::unsupported(
+                "this token cannot wrap a private key with AES-GCM, and in-token sealing is                  required",
+            ));
+        } else {
+            let (pkcs8, spki) = self.token.data_key_pair(pair)?;
+            (self.seal(&entry, &ctx, &pkcs8, self.iv()?)?, spki)
+        };
+        Ok(GenerateDataKeyPairResponse {
+            private_key_ciphertext_blob: Bytes(blob),
+            private_key_plaintext: None,
+            public_key: Bytes(spki),
+            key_id: self.scope.key_arn(&entry.record.id),
+            key_pair_spec: spec,
         })
     }
 

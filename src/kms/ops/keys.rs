@@ -4,54 +4,40 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::super::domain::{
-    AwsEnum, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
-};
+use super::super::domain::{AwsEnum, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use super::super::records::{cmk_id, BackingVersion, KeyRecord};
 use super::super::store::Change;
 use super::super::types::*;
 use super::super::{Forms, KeyId, Kms};
 use super::{check_grant_tokens, check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
 use crate::error::{KmsError, Result};
-use crate::hsm::CmkHandle;
+use crate::hsm::{BackingKind, CmkHandle, HsmError};
+use crate::kms::specs;
 
 /// The rules of CreateKey's members, before anything is made. Values outside the API's enums
 /// are `ValidationException`; real AWS values p11kms does not serve are
 /// `UnsupportedOperationException`.
-fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
+fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, BackingKind)> {
     if req.description.as_ref().is_some_and(|d| d.len() > 8192) {
         return Err(KmsError::validation(
             "Description must be at most 8192 characters long",
         ));
     }
-    if let Some(u) = &req.key_usage {
-        match KeyUsage::parse(u, "keyUsage")? {
-            KeyUsage::EncryptDecrypt => {}
-            u => {
-                return Err(KmsError::unsupported(format!(
-                    "KeyUsage {u} is not supported by p11kms yet; only ENCRYPT_DECRYPT"
-                )))
-            }
-        }
-    }
+    let usage = match &req.key_usage {
+        Some(u) => KeyUsage::parse(u, "keyUsage")?,
+        None => KeyUsage::EncryptDecrypt,
+    };
     if req.key_spec.is_some() && req.customer_master_key_spec.is_some() {
         return Err(KmsError::validation(
             "You cannot specify KeySpec and CustomerMasterKeySpec in the same request",
         ));
     }
     let spec = match (&req.key_spec, &req.customer_master_key_spec) {
-        (Some(s), _) => Some(KeySpec::parse(s, "keySpec")?),
-        (None, Some(s)) => Some(KeySpec::parse(s, "customerMasterKeySpec")?),
-        (None, None) => None,
+        (Some(s), _) => KeySpec::parse(s, "keySpec")?,
+        (None, Some(s)) => KeySpec::parse(s, "customerMasterKeySpec")?,
+        (None, None) => KeySpec::SymmetricDefault,
     };
-    match spec {
-        None | Some(KeySpec::SymmetricDefault) => {}
-        Some(s) => {
-            return Err(KmsError::unsupported(format!(
-                "KeySpec {s} is not supported by p11kms yet; only SYMMETRIC_DEFAULT"
-            )))
-        }
-    }
+    let kind = specs::backing_kind(spec, usage)?;
     if let Some(o) = &req.origin {
         match Origin::parse(o, "origin")? {
             Origin::AwsKms => {}
@@ -97,11 +83,26 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok((spec, usage, kind))
+}
+
+/// A key the token would not generate: a curve or size it does not offer is the caller's
+/// `UnsupportedOperationException` (naming what the token said); other failures are the
+/// token's.
+fn generation_refused(spec: KeySpec, e: HsmError) -> KmsError {
+    if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
+        KmsError::unsupported(format!(
+            "this token cannot generate {spec} keys ({})",
+            e.call().map(|c| c.code()).unwrap_or_default()
+        ))
+    } else {
+        e.into()
+    }
 }
 
 impl Kms {
     pub(super) fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
+        let algorithms = specs::algorithms(r.spec, r.usage);
         KeyMetadata {
             aws_account_id: self.scope.account.clone(),
             key_id: r.id.to_string(),
@@ -109,24 +110,34 @@ impl Kms {
             creation_date: secs(r.created_ms),
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
-            key_usage: KeyUsage::EncryptDecrypt,
+            key_usage: r.usage,
             key_state: r.state,
             deletion_date: r.deletion_ms.map(secs),
             pending_deletion_window_in_days: r.pending_window_days,
             origin: Origin::AwsKms,
             key_manager: KeyManager::Customer,
-            customer_master_key_spec: KeySpec::SymmetricDefault,
-            key_spec: KeySpec::SymmetricDefault,
-            encryption_algorithms: vec![EncryptionAlgorithm::SymmetricDefault],
-            signing_algorithms: None,
-            mac_algorithms: None,
+            customer_master_key_spec: r.spec,
+            key_spec: r.spec,
+            encryption_algorithms: specs::listed(algorithms.encryption),
+            signing_algorithms: specs::listed(algorithms.signing),
+            mac_algorithms: specs::listed(algorithms.mac),
+            key_agreement_algorithms: specs::listed(algorithms.key_agreement),
             multi_region: false,
         }
     }
 
-    /// CreateKey: a new AES-256 CMK generated in the token, derive-only, never extractable.
+    /// CreateKey: new key material generated in the token, never extractable: an AES-256
+    /// CMK (derive-only) for symmetric keys, a key pair's private half limited to its usage
+    /// for asymmetric keys, a sign/verify-only generic secret for HMAC keys.
     pub fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadataResponse> {
-        check_create_key(&req)?;
+        let (spec, usage, kind) = check_create_key(&req)?;
+        let missing = self.token.capabilities().missing_for(kind);
+        if !missing.is_empty() {
+            return Err(KmsError::unsupported(format!(
+                "KeySpec {spec} with KeyUsage {usage} is not available on this token: it lacks {}",
+                missing.join(", ")
+            )));
+        }
         let kdf = self
             .token
             .capabilities()
@@ -134,7 +145,7 @@ impl Kms {
             .ok_or_else(|| KmsError::internal("the token offers no key derivation"))?;
         let id = KeyId::new_random();
         let now = now_ms();
-        let record = KeyRecord {
+        let mut record = KeyRecord {
             id,
             created_ms: now,
             description: req.description.unwrap_or_default(),
@@ -154,12 +165,32 @@ impl Kms {
                 .map(|t| (t.tag_key, t.tag_value))
                 .collect(),
             policy: req.policy,
+            spec,
+            usage,
+            public_key: None,
         };
         // The key material first: a crash before the record leaves an invisible orphan,
         // never a record without a key.
-        let cmk = self
-            .token
-            .generate_cmk(&record.cmk_label(1), &cmk_id(&id, 1), kdf)?;
+        let (label, cmk_id) = (record.cmk_label(1), cmk_id(&id, 1));
+        let cmk = match kind {
+            BackingKind::Derive => self.token.generate_cmk(&label, &cmk_id, kdf)?,
+            BackingKind::Hmac { bytes } => {
+                let hash = specs::hmac(spec)
+                    .map(|(m, _)| specs::mac_hash(m))
+                    .ok_or_else(|| KmsError::internal("an HMAC spec without its MAC"))?;
+                self.token
+                    .generate_hmac_key(&label, &cmk_id, bytes, hash)
+                    .map_err(|e| generation_refused(spec, e))?
+            }
+            BackingKind::Private { pair, usage } => {
+                let (h, spki) = self
+                    .token
+                    .generate_key_pair(&label, &cmk_id, pair, usage)
+                    .map_err(|e| generation_refused(spec, e))?;
+                record.public_key = Some(spki);
+                h
+            }
+        };
         if let Err(e) = self
             .store
             .put_key(record.clone(), BTreeMap::from([(1, cmk)]))
@@ -245,8 +276,9 @@ impl Kms {
     /// A CMK is derivable in the token exactly when its key is Enabled.
     fn apply_token_state(&self, record: &KeyRecord, cmks: &BTreeMap<u32, CmkHandle>) -> Result<()> {
         let usable = record.state == KeyState::Enabled;
+        let kind = record.backing_kind()?;
         for h in cmks.values() {
-            self.token.set_cmk_usable(*h, usable)?;
+            self.token.set_cmk_usable(*h, kind, usable)?;
         }
         Ok(())
     }
@@ -335,12 +367,44 @@ mod tests {
     fn create_key_rules() {
         let ok = CreateKeyRequest::default();
         assert!(check_create_key(&ok).is_ok());
+        let spec = |s: &str, u: Option<&str>| CreateKeyRequest {
+            key_spec: Some(s.into()),
+            key_usage: u.map(Into::into),
+            ..Default::default()
+        };
+        for (s, u) in [
+            ("RSA_2048", None),
+            ("RSA_4096", Some("SIGN_VERIFY")),
+            ("ECC_NIST_P256", Some("KEY_AGREEMENT")),
+            ("ECC_NIST_EDWARDS25519", Some("SIGN_VERIFY")),
+            ("HMAC_512", Some("GENERATE_VERIFY_MAC")),
+        ] {
+            assert!(check_create_key(&spec(s, u)).is_ok(), "{s} {u:?}");
+        }
         let cases = [
             (
                 CreateKeyRequest {
                     key_usage: Some("SIGN_VERIFY".into()),
                     ..Default::default()
                 },
+                "ValidationException",
+            ),
+            (spec("HMAC_256", None), "ValidationException"),
+            (spec("ECC_NIST_P256", None), "ValidationException"),
+            (
+                spec("RSA_2048", Some("KEY_AGREEMENT")),
+                "ValidationException",
+            ),
+            (
+                spec("ECC_SECG_P256K1", Some("KEY_AGREEMENT")),
+                "ValidationException",
+            ),
+            (
+                spec("SM2", Some("SIGN_VERIFY")),
+                "UnsupportedOperationException",
+            ),
+            (
+                spec("ML_DSA_65", Some("SIGN_VERIFY")),
                 "UnsupportedOperationException",
             ),
             (

@@ -3,6 +3,7 @@
 //! cryptography; the shared rules are here.
 
 mod aliases;
+mod asymmetric;
 mod crypto;
 mod keys;
 

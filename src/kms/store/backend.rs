@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::hsm::{CmkHandle, DataHandle, DataObject, Listed, Lookup, Token};
+use crate::hsm::{BackingKind, CmkHandle, DataHandle, DataObject, Listed, Lookup, Token};
 
 /// A stored object as listed.
 #[derive(Debug, Clone)]
@@ -56,7 +56,8 @@ pub trait BackingKeys: Send + Sync {
     /// Labels and handles of every backing key whose label starts with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Self::Key)>>;
     /// The one genuine backing key under `label` with `CKA_ID = expected_id`, judged.
-    fn find(&self, label: &str, expected_id: &[u8]) -> Result<Lookup<Self::Key>>;
+    fn find(&self, label: &str, expected_id: &[u8], kind: BackingKind)
+        -> Result<Lookup<Self::Key>>;
     /// Everything under `label`, unchecked (to destroy it all).
     fn find_all(&self, label: &str) -> Result<Vec<Self::Key>>;
     /// Destroys a backing key; one already gone is not an error.
@@ -121,8 +122,13 @@ impl BackingKeys for Arc<Token> {
         Ok(self.list_cmks(prefix)?)
     }
 
-    fn find(&self, label: &str, expected_id: &[u8]) -> Result<Lookup<CmkHandle>> {
-        Ok(self.find_cmk(label, expected_id)?)
+    fn find(
+        &self,
+        label: &str,
+        expected_id: &[u8],
+        kind: BackingKind,
+    ) -> Result<Lookup<CmkHandle>> {
+        Ok(self.find_cmk(label, expected_id, kind)?)
     }
 
     fn find_all(&self, label: &str) -> Result<Vec<CmkHandle>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::backend::{BackingKeys, RecordBackend, Stored};
 use super::{Change, Store};
 use crate::error::{ErrorKind, KmsError, Result};
-use crate::hsm::{CmkAttributes, Listed, Lookup};
+use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION,
@@ -138,7 +138,6 @@ impl BackingKeys for Arc<Memory> {
             .map(|(h, (l, a))| Listed {
                 label: l.clone(),
                 handle: *h,
-                derive: false,
                 attributes: a.clone(),
             })
             .collect())
@@ -152,7 +151,7 @@ impl BackingKeys for Arc<Memory> {
             .collect())
     }
 
-    fn find(&self, label: &str, expected_id: &[u8]) -> Result<Lookup<u64>> {
+    fn find(&self, label: &str, expected_id: &[u8], kind: BackingKind) -> Result<Lookup<u64>> {
         let found: Vec<(u64, CmkAttributes)> = self
             .state()
             .keys
@@ -160,7 +159,7 @@ impl BackingKeys for Arc<Memory> {
             .filter(|(_, (l, _))| l == label)
             .map(|(h, (_, a))| (*h, a.clone()))
             .collect();
-        Ok(Lookup::judge(label, &found, expected_id))
+        Ok(Lookup::judge(label, &found, expected_id, kind))
     }
 
     fn find_all(&self, label: &str) -> Result<Vec<u64>> {
@@ -327,7 +326,7 @@ fn backing_keys_are_bound_only_when_genuine_and_alone_under_their_label() {
         assert!(e.cmks.is_empty(), "{}", e.record.description);
         assert!(e.unbound.contains_key(&1), "{}", e.record.description);
     }
-    assert!(fresh.key(&planted).unwrap().unbound[&1].contains("2 secret keys"));
+    assert!(fresh.key(&planted).unwrap().unbound[&1].contains("2 keys"));
     assert!(matches!(
         fresh.relocate_cmk(&missing, 1).unwrap(),
         Lookup::Missing

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::backend::Stored;
 use super::{BackingKeys, KeyEntry, RecordBackend, Snapshot, Store, WriterState};
 use crate::error::Result;
-use crate::hsm::{CmkAttributes, Listed, Lookup};
+use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
@@ -139,7 +139,11 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 if first_load {
                     w.initial_derive = all
                         .iter()
-                        .filter_map(|c| parse_cmk_label(&c.label).map(|k| (k, c.derive)))
+                        .filter_map(|c| {
+                            let (id, v) = parse_cmk_label(&c.label)?;
+                            let kind = keys.get(&id)?.record.backing_kind().ok()?;
+                            Some(((id, v), c.attributes.usable(kind)))
+                        })
                         .collect();
                 }
                 let mut by_label: HashMap<String, Vec<Listed<K::Key>>> = HashMap::new();
@@ -159,7 +163,19 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         for (id, Versions { best, record, objs }) in keys {
             let mut cmks = old_cmks.get(&id).cloned().unwrap_or_default();
             let mut unbound = BTreeMap::new();
+            let kind = match record.backing_kind() {
+                Ok(k) => k,
+                Err(e) => {
+                    for v in &record.versions {
+                        unbound.insert(v.version, e.message().to_string());
+                    }
+                    BackingKind::Derive
+                }
+            };
             for v in &record.versions {
+                if unbound.contains_key(&v.version) {
+                    continue;
+                }
                 if cmks.contains_key(&v.version) {
                     continue;
                 }
@@ -167,9 +183,9 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 let expected = cmk_id(&id, v.version);
                 let lookup = match &listed_cmks {
                     Some(map) => {
-                        lookup_listed(map.get(&label).map(Vec::as_slice), &label, &expected)
+                        lookup_listed(map.get(&label).map(Vec::as_slice), &label, &expected, kind)
                     }
-                    None => self.keys.find(&label, &expected)?,
+                    None => self.keys.find(&label, &expected, kind)?,
                 };
                 match lookup {
                     Lookup::Found(h) => {
@@ -230,11 +246,16 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
 }
 
 /// Binds a listed CMK: exactly one object under the label, proven genuine.
-fn lookup_listed<H: Copy>(found: Option<&[Listed<H>]>, label: &str, expected: &[u8]) -> Lookup<H> {
+fn lookup_listed<H: Copy>(
+    found: Option<&[Listed<H>]>,
+    label: &str,
+    expected: &[u8],
+    kind: BackingKind,
+) -> Lookup<H> {
     let found: Vec<(H, CmkAttributes)> = found
         .unwrap_or_default()
         .iter()
         .map(|c| (c.handle, c.attributes.clone()))
         .collect();
-    Lookup::judge(label, &found, expected)
+    Lookup::judge(label, &found, expected, kind)
 }

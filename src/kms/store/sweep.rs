@@ -123,9 +123,13 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// Binds a backing key again after the token said its handle is stale (another process
     /// re-created it, or the token was re-opened); the new object must prove itself like any.
     pub fn relocate_cmk(&self, id: &KeyId, version: u32) -> Result<Lookup<K::Key>> {
+        let kind = match self.read().keys.get(id).map(|e| e.record.backing_kind()) {
+            Some(k) => k?,
+            None => return Ok(Lookup::Missing),
+        };
         let lookup = self
             .keys
-            .find(&cmk_label(id, version), &cmk_id(id, version))?;
+            .find(&cmk_label(id, version), &cmk_id(id, version), kind)?;
         let mut w = self.lock_writer();
         let mut snap = self.write_snapshot(&mut w);
         if let Some(e) = snap.keys.get_mut(id) {

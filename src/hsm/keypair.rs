@@ -1,0 +1,752 @@
+//! Key pairs and HMAC keys: generated in the token, the private (or secret) half sensitive,
+//! never extractable and limited to its one usage; signing, RSA decryption, ECDH and MACs
+//! inside the token; public keys imported as session objects for verification and RSA
+//! encryption; and data key pairs, which are generated in the token as session objects and
+//! leave it only as the caller asked (PKCS#8 for the caller, or wrapped under an epoch key).
+//!
+//! Messages are hashed by the caller (`kms`): every signature here is over a digest
+//! (`CKM_RSA_PKCS` over a DigestInfo, `CKM_RSA_PKCS_PSS`, `CKM_ECDSA`), except Ed25519,
+//! which signs the message itself. That is the one set of mechanisms both tokens offer.
+
+use std::sync::Arc;
+
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::types::Ulong;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::cmk::{BackingKind, PairKind, PrivateUsage};
+use super::derived::Transient;
+use super::error::CallError;
+use super::templates::{KeyTemplate, Usages};
+use super::{CmkHandle, HsmError, Result, SessionKey, Token};
+use crate::der::{self, Curve, Hash, PublicKey};
+
+/// RSA public exponent of every key pair: 65537.
+const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+
+/// How a signature is made (or checked) over what the caller passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignScheme {
+    /// RSASSA-PKCS1-v1_5 over a digest (the DigestInfo is built here).
+    RsaPkcs1(Hash),
+    /// RSASSA-PSS over a digest, MGF1 with the same hash, salt as long as the digest.
+    RsaPss(Hash),
+    /// ECDSA over a digest; the signature is r ‖ s (the caller makes it DER).
+    Ecdsa,
+    /// Pure Ed25519 over the message.
+    Ed25519,
+    /// Ed25519ph over a SHA-512 digest.
+    Ed25519Ph,
+}
+
+/// What a signature was checked to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// It verifies.
+    Valid,
+    /// It does not.
+    Invalid,
+}
+
+fn hash_mechanism(h: Hash) -> (MechanismType, PkcsMgfType) {
+    match h {
+        Hash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+        Hash::Sha224 => (MechanismType::SHA224, PkcsMgfType::MGF1_SHA224),
+        Hash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+        Hash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
+        Hash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
+    }
+}
+
+/// The HMAC mechanism over `h`.
+fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
+    match h {
+        Hash::Sha1 => Mechanism::Sha1Hmac,
+        Hash::Sha224 => Mechanism::Sha224Hmac,
+        Hash::Sha256 => Mechanism::Sha256Hmac,
+        Hash::Sha384 => Mechanism::Sha384Hmac,
+        Hash::Sha512 => Mechanism::Sha512Hmac,
+    }
+}
+
+fn hmac_mechanism_type(h: Hash) -> MechanismType {
+    match h {
+        Hash::Sha1 => MechanismType::SHA1_HMAC,
+        Hash::Sha224 => MechanismType::SHA224_HMAC,
+        Hash::Sha256 => MechanismType::SHA256_HMAC,
+        Hash::Sha384 => MechanismType::SHA384_HMAC,
+        Hash::Sha512 => MechanismType::SHA512_HMAC,
+    }
+}
+
+/// Calls `f` with the mechanism of `scheme` (its parameters borrow locals of this frame).
+fn with_sign_mechanism<T>(scheme: SignScheme, f: impl FnOnce(&Mechanism) -> T) -> T {
+    match scheme {
+        SignScheme::RsaPkcs1(_) => f(&Mechanism::RsaPkcs),
+        SignScheme::RsaPss(h) => {
+            let (hash_alg, mgf) = hash_mechanism(h);
+            f(&Mechanism::RsaPkcsPss(PkcsPssParams {
+                hash_alg,
+                mgf,
+                s_len: Ulong::new(h.len() as _),
+            }))
+        }
+        SignScheme::Ecdsa => f(&Mechanism::Ecdsa),
+        SignScheme::Ed25519 => f(&Mechanism::Eddsa(EddsaParams::new(
+            EddsaSignatureScheme::Pure,
+        ))),
+        SignScheme::Ed25519Ph => f(&Mechanism::Eddsa(EddsaParams::new(
+            EddsaSignatureScheme::Ed25519ph(&[]),
+        ))),
+    }
+}
+
+/// What the token signs for `scheme` over `data` (a digest, or Ed25519's message): the
+/// DigestInfo for PKCS#1 v1.5, the bytes themselves otherwise.
+fn signing_input(scheme: SignScheme, data: &[u8]) -> Result<Vec<u8>> {
+    match scheme {
+        SignScheme::RsaPkcs1(h) => der::digest_info(h, data)
+            .map_err(|e| HsmError::Misbehaved(format!("digest for PKCS#1 v1.5: {e}"))),
+        _ => Ok(data.to_vec()),
+    }
+}
+
+fn key_type(pair: PairKind) -> KeyType {
+    match pair {
+        PairKind::Rsa { .. } => KeyType::RSA,
+        PairKind::Ec(_) => KeyType::EC,
+        PairKind::Ed25519 => KeyType::EC_EDWARDS,
+    }
+}
+
+fn generation_mechanism(pair: PairKind) -> Mechanism<'static> {
+    match pair {
+        PairKind::Rsa { .. } => Mechanism::RsaPkcsKeyPairGen,
+        PairKind::Ec(_) => Mechanism::EccKeyPairGen,
+        PairKind::Ed25519 => Mechanism::EccEdwardsKeyPairGen,
+    }
+}
+
+/// The mechanisms a private key of `pair` may be used with for `usage`
+/// (`CKA_ALLOWED_MECHANISMS`, where the token accepts it).
+fn allowed(pair: PairKind, usage: PrivateUsage) -> Vec<MechanismType> {
+    match (pair, usage) {
+        (PairKind::Rsa { .. }, PrivateUsage::Sign) => {
+            vec![MechanismType::RSA_PKCS, MechanismType::RSA_PKCS_PSS]
+        }
+        (PairKind::Rsa { .. }, _) => vec![MechanismType::RSA_PKCS_OAEP],
+        (PairKind::Ec(_), PrivateUsage::Derive) => vec![MechanismType::ECDH1_DERIVE],
+        (PairKind::Ec(_), _) => vec![MechanismType::ECDSA],
+        (PairKind::Ed25519, _) => vec![MechanismType::EDDSA],
+    }
+}
+
+/// Domain attributes of the public half's template.
+fn public_domain(pair: PairKind) -> Vec<Attribute> {
+    match pair {
+        PairKind::Rsa { bits } => vec![
+            Attribute::ModulusBits(Ulong::new(bits as _)),
+            Attribute::PublicExponent(RSA_EXPONENT.to_vec()),
+        ],
+        PairKind::Ec(c) => vec![Attribute::EcParams(c.oid_der().to_vec())],
+        PairKind::Ed25519 => vec![Attribute::EcParams(der::ED25519_EC_PARAMS.to_vec())],
+    }
+}
+
+/// The public half: a session object, only for the one use that matches `usage`.
+fn public_template(pair: PairKind, usage: PrivateUsage) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type(pair)),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(usage == PrivateUsage::Sign),
+        Attribute::Encrypt(usage == PrivateUsage::Decrypt),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+    ];
+    t.extend(public_domain(pair));
+    t
+}
+
+/// How a private half is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keeping {
+    /// A KMS key: token object, sensitive, never extractable, modifiable (disabling a key
+    /// switches its usage off).
+    Backing,
+    /// A data key pair whose private key is returned to the caller: a session object the
+    /// host reads once.
+    Readable,
+    /// A data key pair sealed inside the token: a sensitive session object that can only be
+    /// wrapped.
+    Wrappable,
+}
+
+fn private_template(
+    pair: PairKind,
+    usage: PrivateUsage,
+    keeping: Keeping,
+    label_id: Option<(&str, &[u8])>,
+    pinned: bool,
+) -> Vec<Attribute> {
+    let backing = keeping == Keeping::Backing;
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(key_type(pair)),
+        Attribute::Token(backing),
+        Attribute::Private(true),
+        Attribute::Sensitive(keeping != Keeping::Readable),
+        Attribute::Extractable(!backing),
+        Attribute::Sign(usage == PrivateUsage::Sign),
+        Attribute::Decrypt(usage == PrivateUsage::Decrypt),
+        Attribute::Derive(usage == PrivateUsage::Derive),
+        Attribute::Unwrap(false),
+    ];
+    if !matches!(pair, PairKind::Ed25519) {
+        t.push(Attribute::SignRecover(false));
+    }
+    if backing {
+        t.push(Attribute::Modifiable(true));
+    }
+    if let Some((label, id)) = label_id {
+        t.push(Attribute::Label(label.as_bytes().to_vec()));
+        t.push(Attribute::Id(id.to_vec()));
+    }
+    if pinned {
+        t.push(Attribute::AllowedMechanisms(allowed(pair, usage)));
+    }
+    t
+}
+
+/// The public key of a public-key object, as DER SubjectPublicKeyInfo.
+fn read_public(s: &Session, public: ObjectHandle, pair: PairKind) -> Result<Vec<u8>> {
+    let misbehaved = |what: &str| HsmError::Misbehaved(format!("the token's public key: {what}"));
+    match pair {
+        PairKind::Rsa { .. } => {
+            let attrs = s.get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )?;
+            let (mut n, mut e) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(m) => n = Some(m),
+                    Attribute::PublicExponent(x) => e = Some(x),
+                    _ => {}
+                }
+            }
+            match (n, e) {
+                (Some(n), Some(e)) => Ok(der::spki_rsa(&n, &e)),
+                _ => Err(misbehaved("no modulus or exponent")),
+            }
+        }
+        PairKind::Ec(curve) => {
+            let point = ec_point(s, public, Some(curve.field_len()))?;
+            Ok(der::spki_ec(curve, &point))
+        }
+        PairKind::Ed25519 => {
+            let point = ec_point(s, public, None)?;
+            let key: [u8; 32] = point
+                .as_slice()
+                .try_into()
+                .map_err(|_| misbehaved("an Ed25519 key is not 32 bytes"))?;
+            Ok(der::spki_ed25519(&key))
+        }
+    }
+}
+
+fn ec_point(s: &Session, public: ObjectHandle, field_len: Option<usize>) -> Result<Vec<u8>> {
+    let attrs = s.get_attributes(public, &[AttributeType::EcPoint])?;
+    let raw = attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| HsmError::Misbehaved("the token reports no CKA_EC_POINT".into()))?;
+    der::ec_point_from_pkcs11(&raw, field_len)
+        .map_err(|e| HsmError::Misbehaved(format!("the token's CKA_EC_POINT: {e}")))
+}
+
+/// Reads a readable private key's value as PKCS#8, wiping what the token returned.
+fn read_private_pkcs8(
+    s: &Session,
+    private: ObjectHandle,
+    public: ObjectHandle,
+    pair: PairKind,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let misbehaved = || HsmError::Misbehaved("the token did not return the private key".into());
+    match pair {
+        PairKind::Rsa { .. } => {
+            const PARTS: [AttributeType; 8] = [
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Exponent1,
+                AttributeType::Exponent2,
+                AttributeType::Coefficient,
+            ];
+            let attrs = s.get_attributes(private, &PARTS)?;
+            let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(8);
+            for want in PARTS {
+                let v = attrs.iter().find_map(|a| match (a, want) {
+                    (Attribute::Modulus(v), AttributeType::Modulus)
+                    | (Attribute::PublicExponent(v), AttributeType::PublicExponent)
+                    | (Attribute::PrivateExponent(v), AttributeType::PrivateExponent)
+                    | (Attribute::Prime1(v), AttributeType::Prime1)
+                    | (Attribute::Prime2(v), AttributeType::Prime2)
+                    | (Attribute::Exponent1(v), AttributeType::Exponent1)
+                    | (Attribute::Exponent2(v), AttributeType::Exponent2)
+                    | (Attribute::Coefficient(v), AttributeType::Coefficient) => {
+                        Some(Zeroizing::new(v.clone()))
+                    }
+                    _ => None,
+                });
+                parts.push(v.ok_or_else(misbehaved)?);
+            }
+            wipe(attrs);
+            Ok(der::pkcs8_rsa(
+                &parts[0], &parts[1], &parts[2], &parts[3], &parts[4], &parts[5], &parts[6],
+                &parts[7],
+            ))
+        }
+        PairKind::Ec(curve) => {
+            let value = private_value(s, private)?;
+            let point = ec_point(s, public, Some(curve.field_len()))?;
+            der::pkcs8_ec(curve, &value, Some(&point))
+                .map_err(|e| HsmError::Misbehaved(format!("the token's EC private key: {e}")))
+        }
+        PairKind::Ed25519 => {
+            let value = private_value(s, private)?;
+            let mut seed = Zeroizing::new([0u8; 32]);
+            if value.len() != 32 {
+                return Err(misbehaved());
+            }
+            seed.copy_from_slice(&value);
+            Ok(der::pkcs8_ed25519(&seed))
+        }
+    }
+}
+
+fn private_value(s: &Session, private: ObjectHandle) -> Result<Zeroizing<Vec<u8>>> {
+    let attrs = s.get_attributes(private, &[AttributeType::Value])?;
+    let v = attrs.iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(Zeroizing::new(v.clone())),
+        _ => None,
+    });
+    wipe(attrs);
+    v.ok_or_else(|| HsmError::Misbehaved("the token did not return the private key".into()))
+}
+
+/// Wipes the byte values of attributes read from the token.
+fn wipe(attrs: Vec<Attribute>) {
+    for a in attrs {
+        match a {
+            Attribute::Value(mut v)
+            | Attribute::PrivateExponent(mut v)
+            | Attribute::Prime1(mut v)
+            | Attribute::Prime2(mut v)
+            | Attribute::Exponent1(mut v)
+            | Attribute::Exponent2(mut v)
+            | Attribute::Coefficient(mut v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
+/// A signature the token refused as wrong (rather than failing itself).
+fn is_bad_signature(e: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::{Error, RvError};
+    matches!(
+        e,
+        Error::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)
+    )
+}
+
+/// The shape of a public key as a PKCS#11 template (for a session object).
+fn public_object(key: &PublicKey, usage: PrivateUsage) -> Result<Vec<Attribute>> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(usage == PrivateUsage::Sign),
+        Attribute::Encrypt(usage == PrivateUsage::Decrypt),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+    ];
+    match key {
+        PublicKey::Rsa { modulus, exponent } => {
+            t.push(Attribute::KeyType(KeyType::RSA));
+            t.push(Attribute::Modulus(modulus.clone()));
+            t.push(Attribute::PublicExponent(exponent.clone()));
+        }
+        PublicKey::Ec { curve, point } => {
+            t.push(Attribute::KeyType(KeyType::EC));
+            t.push(Attribute::EcParams(curve.oid_der().to_vec()));
+            t.push(Attribute::EcPoint(der::octet_string(point)));
+        }
+        PublicKey::Ed25519(k) => {
+            t.push(Attribute::KeyType(KeyType::EC_EDWARDS));
+            t.push(Attribute::EcParams(der::ED25519_EC_PARAMS.to_vec()));
+            t.push(Attribute::EcPoint(der::octet_string(k)));
+        }
+    }
+    Ok(t)
+}
+
+impl Token {
+    /// Generates a KMS key's key pair in the token. The private half is a token object
+    /// labelled `label` with `CKA_ID = id`: sensitive, never extractable, with only `usage`
+    /// (and `CKA_ALLOWED_MECHANISMS` for it where the token accepts that). The public half is
+    /// read and destroyed: it is returned as DER SubjectPublicKeyInfo for the key's record.
+    /// A transiently failed attempt destroys whatever it may have left under the label
+    /// before the next: one CreateKey never leaves two objects under one label.
+    pub fn generate_key_pair(
+        &self,
+        label: &str,
+        id: &[u8],
+        pair: PairKind,
+        usage: PrivateUsage,
+    ) -> Result<(CmkHandle, Vec<u8>)> {
+        let public_t = public_template(pair, usage);
+        let mut last = None;
+        for pinned in [true, false] {
+            let private_t =
+                private_template(pair, usage, Keeping::Backing, Some((label, id)), pinned);
+            let clean = || {
+                for h in self.find_cmks(label)? {
+                    self.destroy_cmk(h)?;
+                }
+                Ok(None)
+            };
+            let made = self.create(
+                |s| {
+                    self.count(|c| &c.generate_key_calls);
+                    let (public, private) =
+                        s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
+                    let public = Transient {
+                        session: s,
+                        handle: public,
+                    };
+                    Ok((private, read_public(s, public.handle, pair)))
+                },
+                clean,
+            );
+            match made {
+                Ok((private, Ok(spki))) => return Ok((CmkHandle(private), spki)),
+                Ok((private, Err(e))) => {
+                    let _ = self.destroy_cmk(CmkHandle(private));
+                    return Err(e);
+                }
+                Err(e) if pinned && e.is_template_refused() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HsmError::Misbehaved("no key pair template tried".into())))
+    }
+
+    /// Generates a KMS key's HMAC key in the token: a generic secret of `bytes` bytes,
+    /// sensitive, never extractable, sign and verify only (pinned to `hash`'s HMAC where the
+    /// token accepts `CKA_ALLOWED_MECHANISMS`).
+    pub fn generate_hmac_key(
+        &self,
+        label: &str,
+        id: &[u8],
+        bytes: usize,
+        hash: Hash,
+    ) -> Result<CmkHandle> {
+        let mut last = None;
+        for pinned in [true, false] {
+            let t = KeyTemplate::secret(KeyType::GENERIC_SECRET, bytes)
+                .token_object()
+                .modifiable(true)
+                .usages(Usages {
+                    sign: true,
+                    verify: true,
+                    ..Usages::NONE
+                })
+                .label(label)
+                .id(id);
+            let template = if pinned {
+                t.allowed_mechanisms(vec![hmac_mechanism_type(hash)])
+                    .build()
+            } else {
+                t.build()
+            };
+            let find = || match self.find_cmk(label, id, BackingKind::Hmac { bytes })? {
+                super::CmkLookup::Found(h) => Ok(Some(h.0)),
+                super::CmkLookup::Missing => Ok(None),
+                super::CmkLookup::Refused(why) => Err(HsmError::Misbehaved(why)),
+            };
+            let made = self.create(
+                |s| {
+                    self.count(|c| &c.generate_key_calls);
+                    s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                },
+                find,
+            );
+            match made {
+                Ok(h) => return Ok(CmkHandle(h)),
+                Err(e) if pinned && e.is_template_refused() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HsmError::Misbehaved("no HMAC template tried".into())))
+    }
+
+    /// Signs `data` (a digest, or Ed25519's message) with a private key, in the token.
+    pub fn sign(&self, key: CmkHandle, scheme: SignScheme, data: &[u8]) -> Result<Vec<u8>> {
+        let input = signing_input(scheme, data)?;
+        self.handle_call(|s| with_sign_mechanism(scheme, |m| s.sign(m, key.0, &input)))
+    }
+
+    /// Checks a signature with a public key object made by [`Token::import_public_key`].
+    pub fn verify(
+        &self,
+        key: &SessionKey,
+        scheme: SignScheme,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<Checked> {
+        let input = signing_input(scheme, data)?;
+        let s = self.inner.pool.get()?;
+        match with_sign_mechanism(scheme, |m| s.verify(m, key.handle, &input, signature)) {
+            Ok(()) => Ok(Checked::Valid),
+            Err(e) if is_bad_signature(&e) => Ok(Checked::Invalid),
+            Err(e) => Err(HsmError::Call(
+                CallError::from(&e).read_with(self.inner.quirks, true),
+            )),
+        }
+    }
+
+    /// A public key as a session object, for verifying or (RSA) encrypting in the token.
+    pub fn import_public_key(&self, key: &PublicKey, usage: PrivateUsage) -> Result<SessionKey> {
+        let template = public_object(key, usage)?;
+        let handle = self.call(|s| s.create_object(&template))?;
+        Ok(SessionKey {
+            token: Arc::clone(&self.inner),
+            handle,
+        })
+    }
+
+    /// RSAES-OAEP encryption with a public key object (MGF1 with the same hash, no label).
+    pub fn rsa_encrypt(&self, key: &SessionKey, hash: Hash, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let (hash_alg, mgf) = hash_mechanism(hash);
+        self.handle_call(|s| {
+            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+            s.encrypt(&Mechanism::RsaPkcsOaep(params), key.handle, plaintext)
+        })
+    }
+
+    /// RSAES-OAEP decryption with a private key, in the token. A ciphertext that does not
+    /// decrypt is [`HsmError::AuthenticationFailed`] (never the token's own failures: on a
+    /// token that uses one code for both, the session and key are checked).
+    pub fn rsa_decrypt(
+        &self,
+        key: CmkHandle,
+        hash: Hash,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let (hash_alg, mgf) = hash_mechanism(hash);
+        let s = self.inner.pool.get()?;
+        let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+        match s.decrypt(&Mechanism::RsaPkcsOaep(params), key.0, ciphertext) {
+            Ok(pt) => Ok(Zeroizing::new(pt)),
+            Err(e) => {
+                let call = CallError::from(&e).read_with(self.inner.quirks, true);
+                let bad = match call.gcm_open_failure(self.inner.quirks) {
+                    super::error::GcmFailure::Authentication => true,
+                    super::error::GcmFailure::Ambiguous => {
+                        s.get_session_info().is_ok()
+                            && s.get_attributes(key.0, &[AttributeType::Class]).is_ok()
+                    }
+                    super::error::GcmFailure::Token => false,
+                };
+                Err(if bad {
+                    HsmError::AuthenticationFailed
+                } else {
+                    HsmError::Call(call)
+                })
+            }
+        }
+    }
+
+    /// ECDH (`CKM_ECDH1_DERIVE`, no KDF) of a private key with the peer's uncompressed
+    /// point: the raw shared secret (the x coordinate, `field_len` bytes), which is what
+    /// the caller asked for. It passes through a session object that is destroyed at once.
+    pub fn ecdh(
+        &self,
+        key: CmkHandle,
+        peer_point: &[u8],
+        field_len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(Ulong::new(field_len as _)),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        self.handle_call(|s| {
+            let params = Ecdh1DeriveParams::new(EcKdf::null(), peer_point);
+            let secret = Transient {
+                handle: s.derive_key(&Mechanism::Ecdh1Derive(params), key.0, &template)?,
+                session: s,
+            };
+            let attrs = s.get_attributes(secret.handle, &[AttributeType::Value])?;
+            let v = attrs.iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(Zeroizing::new(v.clone())),
+                _ => None,
+            });
+            wipe(attrs);
+            Ok(v)
+        })?
+        .ok_or_else(|| HsmError::Misbehaved("the token did not return the shared secret".into()))
+    }
+
+    /// An HMAC over `message` with an HMAC key, in the token.
+    pub fn hmac(&self, key: CmkHandle, hash: Hash, message: &[u8]) -> Result<Vec<u8>> {
+        self.handle_call(|s| s.sign(&hmac_mechanism(hash), key.0, message))
+    }
+
+    /// Checks an HMAC in the token (`C_Verify`, which compares in the token).
+    pub fn hmac_verify(
+        &self,
+        key: CmkHandle,
+        hash: Hash,
+        message: &[u8],
+        mac: &[u8],
+    ) -> Result<Checked> {
+        let s = self.inner.pool.get()?;
+        match s.verify(&hmac_mechanism(hash), key.0, message, mac) {
+            Ok(()) => Ok(Checked::Valid),
+            Err(e) if is_bad_signature(&e) => Ok(Checked::Invalid),
+            Err(e) => Err(HsmError::Call(
+                CallError::from(&e).read_with(self.inner.quirks, true),
+            )),
+        }
+    }
+
+    /// A data key pair for the caller: generated in the token as session objects, the
+    /// private key read once as PKCS#8 (wiped when dropped), both destroyed. Returns
+    /// (PKCS#8, DER SubjectPublicKeyInfo).
+    pub fn data_key_pair(&self, pair: PairKind) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let public_t = public_template(pair, PrivateUsage::Sign);
+        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Readable, None, false);
+        self.call(|s| {
+            self.count(|c| &c.generate_key_calls);
+            let (public, private) =
+                s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
+            let public = Transient {
+                session: s,
+                handle: public,
+            };
+            let private = Transient {
+                session: s,
+                handle: private,
+            };
+            Ok((
+                read_private_pkcs8(s, private.handle, public.handle, pair),
+                read_public(s, public.handle, pair),
+            ))
+        })
+        .and_then(|(pkcs8, spki)| Ok((pkcs8?, spki?)))
+    }
+
+    /// A data key pair sealed in the token: generated as session objects, the private key
+    /// wrapped (`C_WrapKey`, AES-GCM under `key` with the caller's IV and AAD: PKCS#8,
+    /// encrypted) without its bytes entering this process, both destroyed. Returns
+    /// (ciphertext ‖ tag, DER SubjectPublicKeyInfo). Only where the token wraps private
+    /// keys with AES-GCM ([`super::Capabilities::gcm_wraps_private_keys`]).
+    pub fn seal_new_key_pair(
+        &self,
+        key: &SessionKey,
+        iv: &[u8; super::GCM_IV_LEN],
+        aad: &[u8],
+        pair: PairKind,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let public_t = public_template(pair, PrivateUsage::Sign);
+        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false);
+        let used = std::cell::RefCell::new(*iv);
+        let (sealed, spki) = self.call(|s| {
+            let mut u = used.borrow_mut();
+            *u = *iv;
+            let params = super::aead::gcm_params(&mut u, aad)?;
+            self.count(|c| &c.generate_key_calls);
+            let (public, private) =
+                s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
+            let public = Transient {
+                session: s,
+                handle: public,
+            };
+            let private = Transient {
+                session: s,
+                handle: private,
+            };
+            self.count(|c| &c.wrap_calls);
+            let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private.handle)?;
+            Ok((sealed, read_public(s, public.handle, pair)))
+        })?;
+        if used.into_inner() != *iv {
+            return Err(HsmError::Misbehaved(
+                "the token replaced the AES-GCM IV p11kms supplied; refusing the output".into(),
+            ));
+        }
+        Ok((sealed, spki?))
+    }
+}
+
+/// Fills `caps.private_key_gcm_wrap`: can the token wrap a (P-256) private key with AES-GCM
+/// under a caller IV, into something `C_Decrypt` opens? Tried on throwaway session objects.
+pub(crate) fn probe_private_key_wrap(s: &Session, caps: &mut super::Capabilities) {
+    if !(caps.gcm_wrap() && caps.asymmetric.ec_key_pair_gen.generate_key_pair) {
+        return;
+    }
+    let try_it = || -> Result<bool> {
+        let wrapping = KeyTemplate::aes256()
+            .usages(Usages::ENCRYPT_DECRYPT_WRAP)
+            .build();
+        let wrapping = Transient {
+            handle: s.generate_key(&Mechanism::AesKeyGen, &wrapping)?,
+            session: s,
+        };
+        let pair = PairKind::Ec(Curve::P256);
+        let (public, private) = s.generate_key_pair(
+            &generation_mechanism(pair),
+            &public_template(pair, PrivateUsage::Sign),
+            &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
+        )?;
+        let _public = Transient {
+            session: s,
+            handle: public,
+        };
+        let private = Transient {
+            session: s,
+            handle: private,
+        };
+        let mut iv = [0x24u8; super::GCM_IV_LEN];
+        let sealed = s.wrap_key(
+            &Mechanism::AesGcm(super::aead::gcm_params(&mut iv, b"probe")?),
+            wrapping.handle,
+            private.handle,
+        )?;
+        let mut iv = [0x24u8; super::GCM_IV_LEN];
+        let opened = Zeroizing::new(s.decrypt(
+            &Mechanism::AesGcm(super::aead::gcm_params(&mut iv, b"probe")?),
+            wrapping.handle,
+            &sealed,
+        )?);
+        Ok(opened.first() == Some(&0x30))
+    };
+    caps.private_key_gcm_wrap = try_it().unwrap_or(false);
+}
