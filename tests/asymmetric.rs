@@ -107,7 +107,7 @@ fn smoke_every_family() {
         .encrypt(EncryptRequest {
             key_id: Some(e.key_id.as_str().into()),
             plaintext: Some(SecretBytes(b"secret".to_vec().into())),
-            encryption_algorithm: Some("RSAES_OAEP_SHA_1".into()),
+            encryption_algorithm: Some("RSAES_OAEP_SHA_256".into()),
             ..Default::default()
         })
         .unwrap();
@@ -115,7 +115,7 @@ fn smoke_every_family() {
         .decrypt(DecryptRequest {
             key_id: Some(e.key_id.as_str().into()),
             ciphertext_blob: Some(c.ciphertext_blob.clone()),
-            encryption_algorithm: Some("RSAES_OAEP_SHA_1".into()),
+            encryption_algorithm: Some("RSAES_OAEP_SHA_256".into()),
             ..Default::default()
         })
         .unwrap();

@@ -103,6 +103,8 @@ pub struct AsymmetricMechanisms {
     pub rsa_pkcs_pss: MechanismSupport,
     /// `CKM_RSA_PKCS_OAEP`.
     pub rsa_pkcs_oaep: MechanismSupport,
+    /// `CKM_RSA_X_509` (raw RSA: OAEP with a hash the token's OAEP refuses).
+    pub rsa_x_509: MechanismSupport,
     /// `CKM_EC_KEY_PAIR_GEN`.
     pub ec_key_pair_gen: MechanismSupport,
     /// `CKM_ECDSA`.
@@ -128,6 +130,7 @@ impl AsymmetricMechanisms {
             rsa_pkcs: a("CKM_RSA_PKCS", MechanismType::RSA_PKCS),
             rsa_pkcs_pss: a("CKM_RSA_PKCS_PSS", MechanismType::RSA_PKCS_PSS),
             rsa_pkcs_oaep: a("CKM_RSA_PKCS_OAEP", MechanismType::RSA_PKCS_OAEP),
+            rsa_x_509: a("CKM_RSA_X_509", MechanismType::RSA_X_509),
             ec_key_pair_gen: a("CKM_EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN),
             ecdsa: a("CKM_ECDSA", MechanismType::ECDSA),
             ecdh1_derive: a("CKM_ECDH1_DERIVE", MechanismType::ECDH1_DERIVE),

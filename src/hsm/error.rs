@@ -181,6 +181,17 @@ impl CallError {
         )
     }
 
+    /// The token refused the mechanism's parameters (SoftHSM's `CKR_ARGUMENTS_BAD` for an
+    /// OAEP hash it does not do).
+    pub fn is_parameter_refused(&self) -> bool {
+        matches!(
+            self.rv,
+            Some(RvError::ArgumentsBad)
+                | Some(RvError::MechanismParamInvalid)
+                | Some(RvError::MechanismInvalid)
+        )
+    }
+
     /// What SoftHSM answers when it read its token file while another process rewrote it.
     pub(crate) fn is_torn_read(&self) -> bool {
         matches!(

@@ -26,6 +26,17 @@ use super::templates::{KeyTemplate, Usages};
 use super::{CmkHandle, HsmError, Result, SessionKey, Token};
 use crate::der::{self, Curve, Hash, PublicKey};
 
+/// The bit of `hash` in `TokenInner::oaep_refused`.
+fn oaep_bit(hash: Hash) -> u8 {
+    match hash {
+        Hash::Sha1 => 1,
+        Hash::Sha224 => 2,
+        Hash::Sha256 => 4,
+        Hash::Sha384 => 8,
+        Hash::Sha512 => 16,
+    }
+}
+
 /// RSA public exponent of every key pair: 65537.
 const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
 
@@ -139,7 +150,8 @@ fn allowed(pair: PairKind, usage: PrivateUsage) -> Vec<MechanismType> {
         (PairKind::Rsa { .. }, PrivateUsage::Sign) => {
             vec![MechanismType::RSA_PKCS, MechanismType::RSA_PKCS_PSS]
         }
-        (PairKind::Rsa { .. }, _) => vec![MechanismType::RSA_PKCS_OAEP],
+        // Raw RSA too: the padding is done on the host where the token's OAEP refuses a hash.
+        (PairKind::Rsa { .. }, _) => vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509],
         (PairKind::Ec(_), PrivateUsage::Derive) => vec![MechanismType::ECDH1_DERIVE],
         (PairKind::Ec(_), _) => vec![MechanismType::ECDSA],
         (PairKind::Ed25519, _) => vec![MechanismType::EDDSA],
@@ -537,13 +549,52 @@ impl Token {
         })
     }
 
-    /// RSAES-OAEP encryption with a public key object (MGF1 with the same hash, no label).
-    pub fn rsa_encrypt(&self, key: &SessionKey, hash: Hash, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let (hash_alg, mgf) = hash_mechanism(hash);
-        self.handle_call(|s| {
-            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-            s.encrypt(&Mechanism::RsaPkcsOaep(params), key.handle, plaintext)
-        })
+    /// RSAES-OAEP encryption with a public key object (MGF1 with the same hash, no label),
+    /// `k` the modulus length in bytes. Where the token's OAEP refuses the hash, the padding
+    /// is done here and the RSA operation raw in the token (see `hsm::oaep`).
+    pub fn rsa_encrypt(
+        &self,
+        key: &SessionKey,
+        hash: Hash,
+        k: usize,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        if !self.oaep_refuses(hash) {
+            let (hash_alg, mgf) = hash_mechanism(hash);
+            match self.handle_call(|s| {
+                let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+                s.encrypt(&Mechanism::RsaPkcsOaep(params), key.handle, plaintext)
+            }) {
+                Err(e) if self.note_oaep_refusal(hash, &e) => {}
+                r => return r,
+            }
+        }
+        let seed = self.random(hash.len())?;
+        let em = super::oaep::encode(hash, k, plaintext, &seed)
+            .map_err(|e| HsmError::Misbehaved(format!("OAEP encoding: {e:?}")))?;
+        self.handle_call(|s| s.encrypt(&Mechanism::RsaX509, key.handle, &em))
+    }
+
+    /// Whether this token's `CKM_RSA_PKCS_OAEP` is known to refuse `hash`.
+    fn oaep_refuses(&self, hash: Hash) -> bool {
+        self.inner
+            .oaep_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            & oaep_bit(hash)
+            != 0
+    }
+
+    /// Remembers that the token's OAEP refused `hash` when `e` says so (SoftHSM 2.6:
+    /// `CKR_ARGUMENTS_BAD` for anything but SHA-1), if the token can do raw RSA instead.
+    fn note_oaep_refusal(&self, hash: Hash, e: &HsmError) -> bool {
+        let refused = e.call().is_some_and(|c| c.is_parameter_refused())
+            && self.inner.caps.asymmetric.rsa_x_509.present;
+        if refused {
+            self.inner
+                .oaep_refused
+                .fetch_or(oaep_bit(hash), std::sync::atomic::Ordering::Relaxed);
+        }
+        refused
     }
 
     /// RSAES-OAEP decryption with a private key, in the token. A ciphertext that does not
@@ -555,13 +606,32 @@ impl Token {
         hash: Hash,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let (hash_alg, mgf) = hash_mechanism(hash);
+        if !self.oaep_refuses(hash) {
+            let (hash_alg, mgf) = hash_mechanism(hash);
+            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+            match self.rsa_decrypt_with(key, &Mechanism::RsaPkcsOaep(params), ciphertext) {
+                Err(e) if self.note_oaep_refusal(hash, &e) => {}
+                r => return r,
+            }
+        }
+        let em = self.rsa_decrypt_with(key, &Mechanism::RsaX509, ciphertext)?;
+        super::oaep::decode(hash, &em).map_err(|_| HsmError::AuthenticationFailed)
+    }
+
+    fn rsa_decrypt_with(
+        &self,
+        key: CmkHandle,
+        mechanism: &Mechanism,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let s = self.inner.pool.get()?;
-        let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
-        match s.decrypt(&Mechanism::RsaPkcsOaep(params), key.0, ciphertext) {
+        match s.decrypt(mechanism, key.0, ciphertext) {
             Ok(pt) => Ok(Zeroizing::new(pt)),
             Err(e) => {
                 let call = CallError::from(&e).read_with(self.inner.quirks, true);
+                if call.is_parameter_refused() {
+                    return Err(HsmError::Call(call));
+                }
                 let bad = match call.gcm_open_failure(self.inner.quirks) {
                     super::error::GcmFailure::Authentication => true,
                     super::error::GcmFailure::Ambiguous => {

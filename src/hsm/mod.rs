@@ -13,6 +13,7 @@ mod cmk;
 mod derived;
 mod error;
 mod keypair;
+mod oaep;
 mod objects;
 mod pool;
 mod probe;
@@ -100,6 +101,8 @@ pub(crate) struct TokenInner {
     /// Session objects whose last user found no free session to destroy them with; destroyed
     /// by the next drop that finds one, or by [`Token::reap`]. A `Drop` never waits.
     graveyard: Mutex<Vec<cryptoki::object::ObjectHandle>>,
+    /// The OAEP hashes (bits, see `keypair`) this token's `CKM_RSA_PKCS_OAEP` refused.
+    oaep_refused: std::sync::atomic::AtomicU8,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -316,6 +319,7 @@ impl Token {
                 stats: stats::Counters::default(),
                 raw,
                 graveyard: Mutex::new(Vec::new()),
+                oaep_refused: std::sync::atomic::AtomicU8::new(0),
             }),
         })
     }

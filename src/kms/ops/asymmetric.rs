@@ -423,7 +423,7 @@ impl Kms {
             )));
         }
         let key = self.public_key_object(entry, PrivateUsage::Decrypt)?;
-        Ok(self.token.rsa_encrypt(&key, hash, plaintext)?)
+        Ok(self.token.rsa_encrypt(&key, hash, bits / 8, plaintext)?)
     }
 
     /// RSAES-OAEP decryption in the token. A ciphertext that does not decrypt is
