@@ -415,6 +415,43 @@ fn public_object(key: &PublicKey, usage: PrivateUsage) -> Result<Vec<Attribute>>
 }
 
 impl Token {
+    /// Whether the token generates key pairs of `pair`: for a curve, found by generating a
+    /// throwaway session pair once per process (a token lists `CKM_EC_KEY_PAIR_GEN` whatever
+    /// curves it knows, and Kryoptic answers an unknown one with `CKR_GENERAL_ERROR`). RSA
+    /// is taken from the mechanism list (a throwaway RSA key would cost too much).
+    pub fn offers_pair(&self, pair: PairKind) -> bool {
+        let m = &self.inner.caps.asymmetric;
+        let listed = match pair {
+            PairKind::Rsa { bits } => {
+                return m.rsa_key_pair_gen.generate_key_pair
+                    && (m.rsa_key_pair_gen.max_key_size == 0
+                        || m.rsa_key_pair_gen.max_key_size >= bits)
+            }
+            PairKind::Ec(_) => m.ec_key_pair_gen.generate_key_pair,
+            PairKind::Ed25519 => m.ec_edwards_key_pair_gen.generate_key_pair,
+        };
+        if !listed {
+            return false;
+        }
+        if let Some(known) = crate::sync::lock(&self.inner.pairs_offered).get(&pair) {
+            return *known;
+        }
+        // Tried with no lock held; two threads trying at once only cost one extra pair.
+        let public_t = public_template(pair, PrivateUsage::Sign);
+        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Readable, None, false);
+        let offered = self
+            .call(|s| {
+                let (public, private) =
+                    s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
+                let _ = s.destroy_object(public);
+                let _ = s.destroy_object(private);
+                Ok(())
+            })
+            .is_ok();
+        crate::sync::lock(&self.inner.pairs_offered).insert(pair, offered);
+        offered
+    }
+
     /// Generates a KMS key's key pair in the token. The private half is a token object
     /// labelled `label` with `CKA_ID = id`: sensitive, never extractable, with only `usage`
     /// (and `CKA_ALLOWED_MECHANISMS` for it where the token accepts that). The public half is

@@ -103,6 +103,8 @@ pub(crate) struct TokenInner {
     graveyard: Mutex<Vec<cryptoki::object::ObjectHandle>>,
     /// The OAEP hashes (bits, see `keypair`) this token's `CKM_RSA_PKCS_OAEP` refused.
     oaep_refused: std::sync::atomic::AtomicU8,
+    /// Which key pairs the token generates, once tried ([`Token::offers_pair`]).
+    pairs_offered: Mutex<std::collections::HashMap<PairKind, bool>>,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -320,6 +322,7 @@ impl Token {
                 raw,
                 graveyard: Mutex::new(Vec::new()),
                 oaep_refused: std::sync::atomic::AtomicU8::new(0),
+                pairs_offered: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }

@@ -332,6 +332,12 @@ impl Kms {
                 missing.join(", ")
             )));
         }
+        if !self.token.offers_pair(pair) {
+            return Err(KmsError::unsupported(format!(
+                "KeyPairSpec {spec} is not available on this token: it does not generate such \
+                 key pairs"
+            )));
+        }
         dry_run(req.dry_run)?;
         Ok((spec, pair, ctx, entry))
     }

@@ -101,6 +101,46 @@ fn generation_refused(spec: KeySpec, e: HsmError) -> KmsError {
 }
 
 impl Kms {
+    /// UnsupportedOperationException unless the token can make and use a key of `kind`,
+    /// naming what it lacks.
+    fn check_offered(&self, spec: KeySpec, usage: KeyUsage, kind: BackingKind) -> Result<()> {
+        let missing = self.token.capabilities().missing_for(kind);
+        if !missing.is_empty() {
+            return Err(KmsError::unsupported(format!(
+                "KeySpec {spec} with KeyUsage {usage} is not available on this token: it lacks {}",
+                missing.join(", ")
+            )));
+        }
+        if let BackingKind::Private { pair, .. } = kind {
+            if !self.token.offers_pair(pair) {
+                return Err(KmsError::unsupported(format!(
+                    "KeySpec {spec} is not available on this token: it does not generate \
+                     such key pairs"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every KeySpec and KeyUsage pair AWS allows, with what this token lacks for it (empty:
+    /// offered). For `p11kms token info`.
+    pub fn offered_key_specs(&self) -> Vec<(KeySpec, KeyUsage, Option<String>)> {
+        let mut out = Vec::new();
+        for spec in KeySpec::ALL {
+            for usage in specs::usages(*spec) {
+                let why = match specs::backing_kind(*spec, *usage) {
+                    Ok(kind) => self
+                        .check_offered(*spec, *usage, kind)
+                        .err()
+                        .map(|e| e.message().to_string()),
+                    Err(e) => Some(e.message().to_string()),
+                };
+                out.push((*spec, *usage, why));
+            }
+        }
+        out
+    }
+
     pub(super) fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
         let algorithms = specs::algorithms(r.spec, r.usage);
         KeyMetadata {
@@ -131,13 +171,7 @@ impl Kms {
     /// for asymmetric keys, a sign/verify-only generic secret for HMAC keys.
     pub fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadataResponse> {
         let (spec, usage, kind) = check_create_key(&req)?;
-        let missing = self.token.capabilities().missing_for(kind);
-        if !missing.is_empty() {
-            return Err(KmsError::unsupported(format!(
-                "KeySpec {spec} with KeyUsage {usage} is not available on this token: it lacks {}",
-                missing.join(", ")
-            )));
-        }
+        self.check_offered(spec, usage, kind)?;
         let kdf = self
             .token
             .capabilities()
