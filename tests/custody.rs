@@ -143,6 +143,56 @@ fn without_plaintext_key_bytes_never_come_from_the_rng_where_the_token_can_wrap(
     }
 }
 
+/// GenerateDataKeyPairWithoutPlaintext on a token that wraps private keys with AES-GCM
+/// (Kryoptic) never reads the private key into this process: the counters show the pair
+/// generated and wrapped, no private value read, nothing sealed with `C_Encrypt`. Elsewhere
+/// (SoftHSM) the host path reads it once per pair. Either way Decrypt opens the blob to a
+/// PKCS#8 of the returned public key.
+#[test]
+fn without_plaintext_private_keys_never_enter_the_host_where_the_token_can_wrap() {
+    let key = common::new_key();
+    let (kms, token) = service(SealingPolicy::Auto);
+    let pair = |kms: &Kms| {
+        kms.generate_data_key_pair_without_plaintext(GenerateDataKeyPairRequest {
+            key_id: Some(key.as_str().into()),
+            key_pair_spec: Some("ECC_NIST_P256".into()),
+            encryption_context: Some([("purpose".to_string(), "custody".to_string())].into()),
+            ..Default::default()
+        })
+        .expect("GenerateDataKeyPairWithoutPlaintext")
+    };
+    // The first call derives the epoch key: outside the counted batch.
+    pair(&kms);
+    let n = 5u64;
+    let before = token.stats();
+    let made: Vec<_> = (0..n).map(|_| pair(&kms)).collect();
+    let d = token.stats().since(&before);
+    let in_token =
+        kms.sealing_path() == SealingPath::Token && token.capabilities().private_key_gcm_wrap;
+    assert_eq!(
+        in_token,
+        common::token_kind() == TokenKind::Kryoptic,
+        "Kryoptic wraps private keys with AES-GCM, SoftHSM cannot"
+    );
+    if in_token {
+        assert_eq!(d.private_value_reads, 0, "{d:?}");
+        assert_eq!(d.encrypt_calls, 0, "{d:?}");
+        assert_eq!(d.wrap_calls, n, "{d:?}");
+        assert_eq!(d.random_bytes, n * GCM_IV, "IV bytes only: {d:?}");
+    } else {
+        assert_eq!(d.private_value_reads, n, "{d:?}");
+        assert_eq!(d.encrypt_calls, n, "{d:?}");
+        assert_eq!(d.wrap_calls, 0, "{d:?}");
+    }
+    for r in made {
+        let pkcs8 = decrypt(common::kms(), &r.private_key_ciphertext_blob.0);
+        use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
+        let sk = p256::SecretKey::from_pkcs8_der(&pkcs8).expect("a P-256 PKCS#8");
+        let spki = sk.public_key().to_public_key_der().expect("SPKI");
+        assert_eq!(spki.as_bytes(), r.public_key.0.as_slice());
+    }
+}
+
 /// Blobs sealed in the token open on the host path and the other way round, under one key.
 #[test]
 fn blobs_cross_between_the_two_paths() {

@@ -762,6 +762,7 @@ impl Token {
                 session: s,
                 handle: private,
             };
+            self.count(|c| &c.private_value_reads);
             Ok((
                 read_private_pkcs8(s, private.handle, public.handle, pair),
                 read_public(s, public.handle, pair),

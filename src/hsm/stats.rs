@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub wrap_calls: AtomicU64,
     pub generate_key_calls: AtomicU64,
     pub derive_calls: AtomicU64,
+    pub private_value_reads: AtomicU64,
 }
 
 /// One `Token`'s PKCS#11 calls so far, counted by p11kms (not by the token). A call is counted
@@ -35,6 +36,8 @@ pub struct TokenStats {
     pub generate_key_calls: u64,
     /// `C_DeriveKey` (epoch keys).
     pub derive_calls: u64,
+    /// Reads of a private key's value into this process (data key pairs on the host path).
+    pub private_value_reads: u64,
 }
 
 impl Counters {
@@ -52,6 +55,7 @@ impl Counters {
             wrap_calls: get(&self.wrap_calls),
             generate_key_calls: get(&self.generate_key_calls),
             derive_calls: get(&self.derive_calls),
+            private_value_reads: get(&self.private_value_reads),
         }
     }
 }
@@ -69,6 +73,9 @@ impl TokenStats {
                 .generate_key_calls
                 .saturating_sub(earlier.generate_key_calls),
             derive_calls: self.derive_calls.saturating_sub(earlier.derive_calls),
+            private_value_reads: self
+                .private_value_reads
+                .saturating_sub(earlier.private_value_reads),
         }
     }
 }
