@@ -51,8 +51,6 @@ pub enum SignScheme {
     Ecdsa,
     /// Pure Ed25519 over the message.
     Ed25519,
-    /// Ed25519ph over a SHA-512 digest.
-    Ed25519Ph,
 }
 
 /// What a signature was checked to be.
@@ -110,9 +108,6 @@ fn with_sign_mechanism<T>(scheme: SignScheme, f: impl FnOnce(&Mechanism) -> T) -
         SignScheme::Ecdsa => f(&Mechanism::Ecdsa),
         SignScheme::Ed25519 => f(&Mechanism::Eddsa(EddsaParams::new(
             EddsaSignatureScheme::Pure,
-        ))),
-        SignScheme::Ed25519Ph => f(&Mechanism::Eddsa(EddsaParams::new(
-            EddsaSignatureScheme::Ed25519ph(&[]),
         ))),
     }
 }

@@ -83,7 +83,9 @@ fn to_be_signed(
     message: &[u8],
 ) -> Result<(SignScheme, Vec<u8>)> {
     let (hash, scheme) = specs::signing(alg).ok_or_else(|| {
-        KmsError::unsupported(format!("SigningAlgorithm {alg} is not supported by p11kms"))
+        KmsError::unsupported(format!(
+            "SigningAlgorithm {alg} is not supported by p11kms (see docs/compatibility.md)"
+        ))
     })?;
     match (scheme, message_type) {
         (_, MessageType::ExternalMu) => Err(KmsError::validation(format!(
@@ -93,9 +95,6 @@ fn to_be_signed(
             "{alg} signs the message itself: MessageType must be RAW"
         ))),
         (SignScheme::Ed25519, MessageType::Raw) => Ok((scheme, message.to_vec())),
-        (SignScheme::Ed25519Ph, MessageType::Raw) => Err(KmsError::validation(format!(
-            "{alg} signs a SHA-512 digest: MessageType must be DIGEST"
-        ))),
         (_, MessageType::Raw) => Ok((scheme, digest(hash, message))),
         (_, MessageType::Digest) => {
             if message.len() != hash.len() {
