@@ -16,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::types::DataKeySpec;
-use p11kms::kms::types::{AliasRequest, KeyIdRequest, ScheduleKeyDeletionRequest};
+use p11kms::kms::types::{
+    AliasRequest, CreateKeyRequest, KeyIdRequest, ScheduleKeyDeletionRequest, SecretBytes,
+    SignRequest, VerifyRequest,
+};
 use server_process::{Cred, Options};
 use wire::{connect, raw, read_response, request_bytes, signed_headers, JSON};
 
@@ -846,4 +849,72 @@ fn a_declared_body_that_never_arrives_is_answered_in_bounded_time() {
     eprintln!("eight silent oversized requests answered 413 within {took:?}");
     assert!(took < Duration::from_secs(4), "took {took:?}");
     assert_eq!(call(srv.addr, "ListKeys", b"{}").status, 200);
+}
+
+/// An asymmetric key's public key lives in its record, a data object whoever holds the PIN
+/// can replace. A record whose public key is another key's must not make Verify accept that
+/// other key's signatures, nor GetPublicKey hand out a key the token does not hold: before
+/// first use the public key is proven to be the token's (a signature, an encryption, or ECDH
+/// with a throwaway pair), else KeyUnavailableException.
+#[test]
+fn a_public_key_swapped_in_the_record_is_refused() {
+    let _g = serial();
+    let s = plant::session();
+    let kms = common::kms();
+    let create = |spec: &str, usage: &str| {
+        kms.create_key(CreateKeyRequest {
+            key_spec: Some(spec.into()),
+            key_usage: Some(usage.into()),
+            ..Default::default()
+        })
+        .expect("create key")
+        .key_metadata
+        .key_id
+    };
+    for (spec, usage) in [
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("ECC_NIST_P256", "KEY_AGREEMENT"),
+    ] {
+        let victim = create(spec, usage);
+        let attacker = create(spec, usage);
+        let theirs = plant::key_record_json(&s, &attacker)["public_key"].clone();
+        let mut record = plant::key_record_json(&s, &victim);
+        assert!(record["public_key"].is_string(), "{record}");
+        record["public_key"] = theirs;
+        plant::replace_key_record(&s, &victim, &serde_json::to_vec(&record).expect("json"));
+
+        let fresh = common::fresh_kms();
+        let e = fresh
+            .get_public_key(common::key_req(&victim))
+            .map(|_| ())
+            .expect_err("a public key the token does not hold is not handed out");
+        assert_eq!(e.aws_name(), "KeyUnavailableException", "{spec} {usage}");
+        assert!(e.message().contains("does not belong"), "{}", e.message());
+        if usage == "SIGN_VERIFY" {
+            let signed = fresh
+                .sign(SignRequest {
+                    key_id: Some(attacker.as_str().into()),
+                    message: Some(SecretBytes(b"forged".to_vec().into())),
+                    signing_algorithm: Some("ECDSA_SHA_256".into()),
+                    ..Default::default()
+                })
+                .expect("the attacker's own key signs");
+            let e = fresh
+                .verify(VerifyRequest {
+                    key_id: Some(victim.as_str().into()),
+                    message: Some(SecretBytes(b"forged".to_vec().into())),
+                    signature: Some(signed.signature),
+                    signing_algorithm: Some("ECDSA_SHA_256".into()),
+                    ..Default::default()
+                })
+                .map(|_| ())
+                .expect_err("the victim key does not vouch for the attacker's signature");
+            assert_eq!(e.aws_name(), "KeyUnavailableException");
+        }
+        // The attacker's own key is untouched.
+        fresh
+            .get_public_key(common::key_req(&attacker))
+            .expect("an untouched key's public key");
+    }
 }

@@ -716,6 +716,36 @@ impl Token {
         .ok_or_else(|| HsmError::Misbehaved("the token did not return the shared secret".into()))
     }
 
+    /// Whether `point` is the public key of the ECDH key `key`: a throwaway session key pair
+    /// on the same curve agrees with both sides (ECDH(throwaway, point) = ECDH(key,
+    /// throwaway's point)). Both secrets are compared here and wiped.
+    pub fn ecdh_public_matches(&self, key: CmkHandle, curve: Curve, point: &[u8]) -> Result<bool> {
+        let pair = PairKind::Ec(curve);
+        let public_t = public_template(pair, PrivateUsage::Derive);
+        let private_t =
+            private_template(pair, PrivateUsage::Derive, Keeping::Wrappable, None, false);
+        let (private, their_point) = self.call(|s| {
+            let (public, private) =
+                s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
+            let _public = Transient {
+                session: s,
+                handle: public,
+            };
+            Ok((private, ec_point(s, public, Some(curve.field_len()))))
+        })?;
+        let throwaway = SessionKey {
+            token: Arc::clone(&self.inner),
+            handle: private,
+        };
+        let their_point = their_point?;
+        let ours = self.ecdh(CmkHandle(throwaway.handle), point, curve.field_len())?;
+        let theirs = self.ecdh(key, &their_point, curve.field_len())?;
+        Ok(bool::from(subtle::ConstantTimeEq::ct_eq(
+            ours.as_slice(),
+            theirs.as_slice(),
+        )))
+    }
+
     /// An HMAC over `message` with an HMAC key, in the token.
     pub fn hmac(&self, key: CmkHandle, hash: Hash, message: &[u8]) -> Result<Vec<u8>> {
         self.handle_call(|s| s.sign(&hmac_mechanism(hash), key.0, message))

@@ -85,6 +85,8 @@ pub struct Kms {
     require_in_token: bool,
     /// Public keys imported into the token as session objects (Verify, RSA Encrypt).
     public_keys: std::sync::Mutex<std::collections::HashMap<KeyId, Arc<crate::hsm::SessionKey>>>,
+    /// Key agreement keys whose record's public key was proven to be the token's.
+    proven_agreement_keys: std::sync::Mutex<std::collections::HashSet<KeyId>>,
 }
 
 impl Kms {
@@ -113,6 +115,7 @@ impl Kms {
             require_in_token: settings.sealing == SealingPolicy::Token
                 || settings.require_in_token_sealing,
             public_keys: Default::default(),
+            proven_agreement_keys: Default::default(),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

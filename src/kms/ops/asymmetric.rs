@@ -157,23 +157,106 @@ impl Kms {
     }
 
     /// The key's public key as a session object in the token (cached; imported once per
-    /// process and key).
+    /// process and key). Before its first use it is proven to belong to the private key in
+    /// the token: the record that carries it is a data object, which whoever holds the PIN
+    /// could replace, and Verify, RSA Encrypt and GetPublicKey must not answer for a key the
+    /// token does not hold.
     fn public_key_object(&self, entry: &KeyEntry, usage: PrivateUsage) -> Result<Arc<SessionKey>> {
         let id = entry.record.id;
         if let Some(k) = crate::sync::lock(&self.public_keys).get(&id) {
             return Ok(Arc::clone(k));
         }
-        // Imported with no lock held; a concurrent import of the same key only wastes one.
+        // Imported and proven with no lock held; a concurrent import of the same key only
+        // wastes one.
         let key = Arc::new(
             self.token
                 .import_public_key(&self.public_key_of(entry)?, usage)?,
         );
+        self.prove_public_key(entry, &key, usage)?;
         let mut cache = crate::sync::lock(&self.public_keys);
         if cache.len() >= PUBLIC_KEY_CACHE {
             cache.clear();
         }
         cache.insert(id, Arc::clone(&key));
         Ok(key)
+    }
+
+    /// Checks that `public` is the public half of the key's private key in the token: a
+    /// signature of a fixed digest verifies, or an encryption to it decrypts.
+    fn prove_public_key(
+        &self,
+        entry: &KeyEntry,
+        public: &SessionKey,
+        usage: PrivateUsage,
+    ) -> Result<()> {
+        let arn = self.scope.key_arn(&entry.record.id);
+        let private = backing_handle(entry, &arn)?;
+        let pair = specs::pair_kind(entry.record.spec);
+        let proven = match (usage, pair) {
+            (PrivateUsage::Sign, Some(pair)) => {
+                let probe = digest(Hash::Sha256, b"p11kms: this public key is the token's");
+                let scheme = match pair {
+                    PairKind::Rsa { .. } => SignScheme::RsaPkcs1(Hash::Sha256),
+                    PairKind::Ec(_) => SignScheme::Ecdsa,
+                    PairKind::Ed25519 => SignScheme::Ed25519,
+                };
+                let sig = self.token.sign(private, scheme, &probe)?;
+                self.token.verify(public, scheme, &probe, &sig)? == Checked::Valid
+            }
+            (PrivateUsage::Decrypt, Some(PairKind::Rsa { bits })) => {
+                let secret = self.token.random(16)?;
+                let c = self
+                    .token
+                    .rsa_encrypt(public, Hash::Sha1, bits / 8, &secret)?;
+                match self.token.rsa_decrypt(private, Hash::Sha1, &c) {
+                    Ok(p) => p.as_slice() == secret.as_slice(),
+                    Err(HsmError::AuthenticationFailed) => false,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => false,
+        };
+        if proven {
+            return Ok(());
+        }
+        let why = format!(
+            "the public key in the record of {arn} does not belong to its private key in the \
+             token: refusing to use it (someone holding the token PIN changed the record)"
+        );
+        tracing::error!(target: "p11kms::custody", key = %arn, "{why}");
+        Err(KmsError::key_unavailable(why))
+    }
+
+    /// [`Kms::prove_public_key`] for a key agreement key (once per process and key): ECDH
+    /// with a throwaway key pair agrees with the record's public key.
+    fn prove_agreement_key(&self, entry: &KeyEntry, curve: der::Curve) -> Result<()> {
+        let id = entry.record.id;
+        if crate::sync::lock(&self.proven_agreement_keys).contains(&id) {
+            return Ok(());
+        }
+        let arn = self.scope.key_arn(&id);
+        let PublicKey::Ec { point, .. } = self.public_key_of(entry)? else {
+            return Err(KmsError::internal(
+                "a key agreement key without an EC public key",
+            ));
+        };
+        if !self
+            .token
+            .ecdh_public_matches(backing_handle(entry, &arn)?, curve, &point)?
+        {
+            let why = format!(
+                "the public key in the record of {arn} does not belong to its private key in \
+                 the token: refusing to use it (someone holding the token PIN changed the record)"
+            );
+            tracing::error!(target: "p11kms::custody", key = %arn, "{why}");
+            return Err(KmsError::key_unavailable(why));
+        }
+        let mut proven = crate::sync::lock(&self.proven_agreement_keys);
+        if proven.len() >= PUBLIC_KEY_CACHE {
+            proven.clear();
+        }
+        proven.insert(id);
+        Ok(())
     }
 
     /// Sign: a digital signature made in the token by an asymmetric SIGN_VERIFY key.
@@ -288,6 +371,20 @@ impl Kms {
                 r.spec
             )));
         };
+        // Handed out only once proven to be the token's.
+        match r.backing_kind()? {
+            BackingKind::Private {
+                usage: u @ (PrivateUsage::Sign | PrivateUsage::Decrypt),
+                ..
+            } => {
+                self.public_key_object(&entry, u)?;
+            }
+            BackingKind::Private {
+                pair: PairKind::Ec(curve),
+                usage: PrivateUsage::Derive,
+            } => self.prove_agreement_key(&entry, curve)?,
+            _ => {}
+        }
         let a = specs::algorithms(r.spec, r.usage);
         Ok(GetPublicKeyResponse {
             key_id: arn,
