@@ -174,6 +174,67 @@ impl Kms {
                 "C_GenerateRandom".into(),
                 "returned to the caller".into(),
             ),
+            op(
+                "CreateKey (asymmetric, HMAC)",
+                "C_GenerateKeyPair / C_GenerateKey(CKM_GENERIC_SECRET_KEY_GEN) in the token: \
+                 private or secret key sensitive, never extractable, one usage"
+                    .into(),
+                "none (the key never leaves the token; the public key is kept in the record)"
+                    .into(),
+            ),
+            op(
+                "Sign / GenerateMac",
+                "digest on the host (RAW), C_Sign in the token".into(),
+                "the message, host memory for the request".into(),
+            ),
+            op(
+                "Verify / VerifyMac",
+                "C_Verify in the token (public key as a session object)".into(),
+                "the message, host memory for the request".into(),
+            ),
+            op(
+                "Decrypt (RSA)",
+                if self.token.capabilities().asymmetric.rsa_x_509.present {
+                    "C_Decrypt(CKM_RSA_PKCS_OAEP) in the token, or where the token's OAEP \
+                     refuses the hash C_Decrypt(CKM_RSA_X_509) and OAEP decoding on the host"
+                } else {
+                    "C_Decrypt(CKM_RSA_PKCS_OAEP) in the token"
+                }
+                .into(),
+                "host memory until returned to the caller, zeroized".into(),
+            ),
+            op(
+                "DeriveSharedSecret",
+                "C_DeriveKey(CKM_ECDH1_DERIVE) in the token, read once, destroyed".into(),
+                "host memory until returned to the caller, zeroized".into(),
+            ),
+            op(
+                "GenerateDataKeyPair",
+                format!(
+                    "C_GenerateKeyPair (session objects), private key read as PKCS#8; {epoch}; \
+                     C_Encrypt(CKM_AES_GCM)"
+                ),
+                "host memory until returned to the caller, zeroized".into(),
+            ),
+            if self.sealing == SealingPath::Token && caps.private_key_gcm_wrap {
+                op(
+                    "GenerateDataKeyPairWithoutPlaintext",
+                    format!(
+                        "C_GenerateKeyPair (session objects); {epoch}; C_WrapKey(CKM_AES_GCM) of \
+                         the private key in the token"
+                    ),
+                    "token only".into(),
+                )
+            } else {
+                op(
+                    "GenerateDataKeyPairWithoutPlaintext",
+                    format!(
+                        "C_GenerateKeyPair (session objects), private key read as PKCS#8; \
+                         {epoch}; C_Encrypt(CKM_AES_GCM)"
+                    ),
+                    "host memory from the read to the seal, zeroized".into(),
+                )
+            },
         ];
         Custody {
             token_label: self.token.description().label.clone(),

@@ -329,12 +329,15 @@ def test_aws_cli_data_key_then_decrypt(server, tmp_path):
 def test_start_up_log_states_custody(server):
     log = (server.state_dir / "server.log").read_text(errors="replace")
     lines = [l for l in log.splitlines() if l.startswith("p11kms: custody: ")]
-    assert len(lines) == 8, log
+    assert len(lines) == 15, log
     (without,) = [l for l in lines if "GenerateDataKeyWithoutPlaintext: " in l]
+    (pair,) = [l for l in lines if "GenerateDataKeyPairWithoutPlaintext: " in l]
     if TOKEN == "kryoptic":
         assert without.endswith("plaintext: token only"), without
+        assert pair.endswith("plaintext: token only"), pair
     else:
         assert "plaintext: host memory for ~" in without, without
+        assert "plaintext: host memory from the read to the seal" in pair, pair
 
 
 def test_aws_cli_uses_the_pasted_endpoint(server):
