@@ -881,3 +881,38 @@ fn the_readme_library_example() -> p11kms::Result<()> {
     assert_eq!(data_key.as_slice().len(), 32);
     Ok(())
 }
+
+/// An asymmetric key disabled by another service over the same token (its own view of the
+/// records) is refused by the token at once: the usage attribute is off. This service,
+/// whose snapshot still says Enabled, re-reads the records on the refusal and answers
+/// DisabledException; once enabled elsewhere it signs again.
+#[test]
+fn an_asymmetric_key_disabled_elsewhere_is_refused_by_the_token() {
+    let here = common::fresh_kms();
+    let elsewhere = common::fresh_kms();
+    let key = here
+        .create_key(CreateKeyRequest {
+            key_spec: Some("ECC_NIST_P256".into()),
+            key_usage: Some("SIGN_VERIFY".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .key_metadata
+        .key_id;
+    let sign = |kms: &p11kms::kms::Kms| {
+        kms.sign(SignRequest {
+            key_id: Some(key.as_str().into()),
+            message: Some(SecretBytes(b"m".to_vec().into())),
+            signing_algorithm: Some("ECDSA_SHA_256".into()),
+            ..Default::default()
+        })
+    };
+    sign(&here).expect("signs while enabled");
+    elsewhere.refresh().unwrap();
+    elsewhere.disable_key(common::key_req(&key)).unwrap();
+    assert_eq!(name(sign(&here).unwrap_err()), "DisabledException");
+    elsewhere.enable_key(common::key_req(&key)).unwrap();
+    // Seen here at the next refresh (metadata_refresh_ms), as every change of another writer.
+    here.refresh().unwrap();
+    sign(&here).expect("signs again once enabled elsewhere");
+}

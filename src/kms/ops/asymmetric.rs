@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
+use super::super::domain::KeyState;
 use super::super::domain::{
     AwsEnum, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, SigningAlgorithm,
@@ -18,7 +19,7 @@ use super::super::{Forms, Kms};
 use super::{check_grant_tokens, check_usable, dry_run, refuse_recipient, required};
 use crate::der::{self, Hash, PublicKey};
 use crate::error::{KmsError, Result};
-use crate::hsm::{BackingKind, Checked, CmkHandle, PairKind, PrivateUsage, SessionKey};
+use crate::hsm::{BackingKind, Checked, CmkHandle, CmkLookup, PairKind, PrivateUsage, SessionKey};
 use crate::hsm::{HsmError, SignScheme};
 
 /// Message of Sign, Verify, GenerateMac and VerifyMac: 1..4096 bytes.
@@ -181,6 +182,58 @@ impl Kms {
         Ok(key)
     }
 
+    /// Runs `f` on the key's current backing key; a token error is turned into the answer by
+    /// `map`. When the token refuses (a stale handle: another process re-created the object
+    /// or the token was re-opened; or the usage is off: another process disabled the key),
+    /// the records are re-read first, and that is the answer if the key is no longer usable;
+    /// a key still Enabled gets its handle bound again or its token state healed, and one
+    /// more try. As [`Kms::derive`] does for CMKs.
+    fn with_backing<T>(
+        &self,
+        entry: &KeyEntry,
+        f: impl Fn(CmkHandle) -> std::result::Result<T, HsmError>,
+        map: impl Fn(HsmError) -> KmsError,
+    ) -> Result<T> {
+        let id = entry.record.id;
+        let arn = self.scope.key_arn(&id);
+        let h = backing_handle(entry, &arn)?;
+        let first = match f(h) {
+            Err(e) if e.is_stale_handle() || e.is_not_permitted() => e,
+            r => return r.map_err(map),
+        };
+        self.refresh()?;
+        let now = self
+            .store
+            .key(&id)
+            .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
+        check_usable(&now, &arn)?;
+        let version = now.record.current_version;
+        let kind = now.record.backing_kind()?;
+        match self.store.relocate_cmk(&id, version)? {
+            CmkLookup::Found(n) if n != h => f(n).map_err(map),
+            CmkLookup::Found(n) => {
+                let healed = self.store.with_key(&id, |e| {
+                    if e.is_some_and(|e| e.record.state == KeyState::Enabled)
+                        && !self.token.cmk_usable(n, kind)?
+                    {
+                        self.token.set_cmk_usable(n, kind, true)?;
+                        return Ok::<bool, KmsError>(true);
+                    }
+                    Ok(false)
+                })?;
+                if healed {
+                    f(n).map_err(map)
+                } else {
+                    Err(map(first))
+                }
+            }
+            CmkLookup::Missing => Err(KmsError::key_unavailable(format!(
+                "the key material of {arn} (version {version}) is not in the token"
+            ))),
+            CmkLookup::Refused(why) => Err(KmsError::key_unavailable(why)),
+        }
+    }
+
     /// Checks that `public` is the public half of the key's private key in the token: a
     /// signature of a fixed digest verifies, or an encryption to it decrypts.
     fn prove_public_key(
@@ -272,11 +325,11 @@ impl Kms {
         self.check_signing_algorithm(&entry, alg, &arn)?;
         let (scheme, input) = to_be_signed(alg, mtype, message)?;
         dry_run(req.dry_run)?;
-        let h = backing_handle(&entry, &arn)?;
-        let raw = self
-            .token
-            .sign(h, scheme, &input)
-            .map_err(|e| self.unsupported_or(e, alg))?;
+        let raw = self.with_backing(
+            &entry,
+            |h| self.token.sign(h, scheme, &input),
+            |e| self.unsupported_or(e, alg),
+        )?;
         let signature = match scheme {
             SignScheme::Ecdsa => der::ecdsa_signature_to_der(&raw)
                 .map_err(|e| KmsError::internal(format!("the token's ECDSA signature: {e}")))?,
@@ -403,7 +456,7 @@ impl Kms {
         key_id: Option<KeySelector>,
         alg: &Option<String>,
         op: &str,
-    ) -> Result<(KeyEntry, String, MacAlgorithm, CmkHandle)> {
+    ) -> Result<(KeyEntry, String, MacAlgorithm)> {
         let alg = MacAlgorithm::parse(&required(alg.clone(), "macAlgorithm")?, "macAlgorithm")?;
         let (entry, arn) = self.key_for(key_id, KeyUsage::GenerateVerifyMac, op)?;
         if specs::hmac(entry.record.spec).map(|(m, _)| m) != Some(alg) {
@@ -412,17 +465,20 @@ impl Kms {
                 entry.record.spec
             )));
         }
-        let h = backing_handle(&entry, &arn)?;
-        Ok((entry, arn, alg, h))
+        Ok((entry, arn, alg))
     }
 
     /// GenerateMac: an HMAC made in the token by an HMAC key.
     pub fn generate_mac(&self, req: GenerateMacRequest) -> Result<GenerateMacResponse> {
         let message = bounded(&req.message, "message", MAX_MESSAGE)?;
         check_grant_tokens(&req.grant_tokens)?;
-        let (_, arn, alg, h) = self.mac_request(req.key_id, &req.mac_algorithm, "GenerateMac")?;
+        let (entry, arn, alg) = self.mac_request(req.key_id, &req.mac_algorithm, "GenerateMac")?;
         dry_run(req.dry_run)?;
-        let mac = self.token.hmac(h, specs::mac_hash(alg), message)?;
+        let mac = self.with_backing(
+            &entry,
+            |h| self.token.hmac(h, specs::mac_hash(alg), message),
+            KmsError::from,
+        )?;
         Ok(GenerateMacResponse {
             mac: Bytes(mac),
             mac_algorithm: alg,
@@ -436,12 +492,16 @@ impl Kms {
         let message = bounded(&req.message, "message", MAX_MESSAGE)?;
         let mac = bounded(&req.mac, "mac", MAX_BLOB)?;
         check_grant_tokens(&req.grant_tokens)?;
-        let (_, arn, alg, h) = self.mac_request(req.key_id, &req.mac_algorithm, "VerifyMac")?;
+        let (entry, arn, alg) = self.mac_request(req.key_id, &req.mac_algorithm, "VerifyMac")?;
         dry_run(req.dry_run)?;
-        match self
-            .token
-            .hmac_verify(h, specs::mac_hash(alg), message, mac)?
-        {
+        match self.with_backing(
+            &entry,
+            |h| {
+                self.token
+                    .hmac_verify(h, specs::mac_hash(alg), message, mac)
+            },
+            KmsError::from,
+        )? {
             Checked::Valid => Ok(VerifyMacResponse {
                 key_id: arn,
                 mac_valid: true,
@@ -486,14 +546,17 @@ impl Kms {
             }
         };
         dry_run(req.dry_run)?;
-        let h = backing_handle(&entry, &arn)?;
-        let secret = self.token.ecdh(h, &point, curve.field_len()).map_err(|e| {
-            if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
-                KmsError::validation("The public key is not a valid point on the key's curve")
-            } else {
-                e.into()
-            }
-        })?;
+        let secret = self.with_backing(
+            &entry,
+            |h| self.token.ecdh(h, &point, curve.field_len()),
+            |e| {
+                if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
+                    KmsError::validation("The public key is not a valid point on the key's curve")
+                } else {
+                    e.into()
+                }
+            },
+        )?;
         Ok(DeriveSharedSecretResponse {
             key_id: arn,
             shared_secret: SecretBytes(secret),
@@ -531,20 +594,21 @@ impl Kms {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
         let (bits, hash) = self.rsa_parameters(entry, alg)?;
-        let arn = self.scope.key_arn(&entry.record.id);
         if ciphertext.len() != bits / 8 {
             return Err(KmsError::invalid_ciphertext_with(
                 "The ciphertext is not an RSA ciphertext of this key's size",
             ));
         }
-        let h = backing_handle(entry, &arn)?;
-        match self.token.rsa_decrypt(h, hash, ciphertext) {
-            Ok(p) => Ok(p),
-            Err(HsmError::AuthenticationFailed) => Err(KmsError::invalid_ciphertext_with(
-                "The ciphertext does not decrypt with this key and algorithm",
-            )),
-            Err(e) => Err(e.into()),
-        }
+        self.with_backing(
+            entry,
+            |h| self.token.rsa_decrypt(h, hash, ciphertext),
+            |e| match e {
+                HsmError::AuthenticationFailed => KmsError::invalid_ciphertext_with(
+                    "The ciphertext does not decrypt with this key and algorithm",
+                ),
+                e => e.into(),
+            },
+        )
     }
 
     /// The modulus size and OAEP hash of an RSA encryption key and algorithm, or the usage
