@@ -815,10 +815,17 @@ async fn create_key_limits() {
                 .send()
                 .await
         ),
-        "UnsupportedOperationException"
+        "ValidationException",
+        "SIGN_VERIFY is not a usage of SYMMETRIC_DEFAULT keys"
     );
     assert_eq!(
-        code(c.create_key().key_spec(KeySpec::Rsa2048).send().await),
+        code(
+            c.create_key()
+                .key_spec(KeySpec::Sm2)
+                .key_usage(KeyUsageType::SignVerify)
+                .send()
+                .await
+        ),
         "UnsupportedOperationException"
     );
     assert_eq!(
