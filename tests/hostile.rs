@@ -889,8 +889,12 @@ fn a_public_key_swapped_in_the_record_is_refused() {
             .get_public_key(common::key_req(&victim))
             .map(|_| ())
             .expect_err("a public key the token does not hold is not handed out");
-        assert_eq!(e.aws_name(), "KeyUnavailableException", "{spec} {usage}");
-        assert!(e.message().contains("does not belong"), "{}", e.message());
+        assert_eq!(
+            e.aws_name(),
+            "KeyUnavailableException",
+            "{spec} {usage} {e:?}"
+        );
+        assert!(e.message().contains("does not belong"), "{e:?}");
         if usage == "SIGN_VERIFY" {
             let signed = fresh
                 .sign(SignRequest {

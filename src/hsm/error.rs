@@ -242,6 +242,18 @@ impl CallError {
     }
 }
 
+impl CallError {
+    /// Why an RSA decryption failed, as far as the code tells: as for GCM, except that
+    /// Kryoptic 1.5 answers a ciphertext that does not decrypt (OAEP padding) with
+    /// `CKR_DEVICE_ERROR`, so that code is ambiguous too (measured).
+    pub(crate) fn rsa_decrypt_failure(&self, quirks: Quirks) -> GcmFailure {
+        match self.rv {
+            Some(RvError::DeviceError) => GcmFailure::Ambiguous,
+            _ => self.gcm_open_failure(quirks),
+        }
+    }
+}
+
 impl HsmError {
     /// The failed call, if this is one.
     pub fn call(&self) -> Option<&CallError> {

@@ -664,7 +664,7 @@ impl Token {
                 if call.is_parameter_refused() {
                     return Err(HsmError::Call(call));
                 }
-                let bad = match call.gcm_open_failure(self.inner.quirks) {
+                let bad = match call.rsa_decrypt_failure(self.inner.quirks) {
                     super::error::GcmFailure::Authentication => true,
                     super::error::GcmFailure::Ambiguous => {
                         s.get_session_info().is_ok()
