@@ -231,6 +231,32 @@ fn private_template(
     t
 }
 
+/// Generates a throwaway key pair of `pair` as session objects on `s`, limited to `usage` and
+/// kept as `keeping` says, and calls `f` with (public, private); both are destroyed after,
+/// also on failure.
+fn with_session_pair<T>(
+    s: &Session,
+    pair: PairKind,
+    usage: PrivateUsage,
+    keeping: Keeping,
+    f: impl FnOnce(ObjectHandle, ObjectHandle) -> cryptoki::error::Result<T>,
+) -> cryptoki::error::Result<T> {
+    let (public, private) = s.generate_key_pair(
+        &generation_mechanism(pair),
+        &public_template(pair, usage),
+        &private_template(pair, usage, keeping, None, false),
+    )?;
+    let public = Transient {
+        session: s,
+        handle: public,
+    };
+    let private = Transient {
+        session: s,
+        handle: private,
+    };
+    f(public.handle, private.handle)
+}
+
 /// The public key of a public-key object, as DER SubjectPublicKeyInfo.
 fn read_public(s: &Session, public: ObjectHandle, pair: PairKind) -> Result<Vec<u8>> {
     let misbehaved = |what: &str| HsmError::Misbehaved(format!("the token's public key: {what}"));
@@ -432,15 +458,15 @@ impl Token {
             return *known;
         }
         // Tried with no lock held; two threads trying at once only cost one extra pair.
-        let public_t = public_template(pair, PrivateUsage::Sign);
-        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Readable, None, false);
         let offered = self
             .call(|s| {
-                let (public, private) =
-                    s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
-                let _ = s.destroy_object(public);
-                let _ = s.destroy_object(private);
-                Ok(())
+                with_session_pair(
+                    s,
+                    pair,
+                    PrivateUsage::Sign,
+                    Keeping::Readable,
+                    |_, _| Ok(()),
+                )
             })
             .is_ok();
         crate::sync::lock(&self.inner.pairs_offered).insert(pair, offered);
@@ -773,25 +799,21 @@ impl Token {
     /// private key read once as PKCS#8 (wiped when dropped), both destroyed. Returns
     /// (PKCS#8, DER SubjectPublicKeyInfo).
     pub fn data_key_pair(&self, pair: PairKind) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
-        let public_t = public_template(pair, PrivateUsage::Sign);
-        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Readable, None, false);
         self.call(|s| {
             self.count(|c| &c.generate_key_calls);
-            let (public, private) =
-                s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
-            let public = Transient {
-                session: s,
-                handle: public,
-            };
-            let private = Transient {
-                session: s,
-                handle: private,
-            };
-            self.count(|c| &c.private_value_reads);
-            Ok((
-                read_private_pkcs8(s, private.handle, public.handle, pair),
-                read_public(s, public.handle, pair),
-            ))
+            with_session_pair(
+                s,
+                pair,
+                PrivateUsage::Sign,
+                Keeping::Readable,
+                |public, private| {
+                    self.count(|c| &c.private_value_reads);
+                    Ok((
+                        read_private_pkcs8(s, private, public, pair),
+                        read_public(s, public, pair),
+                    ))
+                },
+            )
         })
         .and_then(|(pkcs8, spki)| Ok((pkcs8?, spki?)))
     }
@@ -808,27 +830,23 @@ impl Token {
         aad: &[u8],
         pair: PairKind,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
-        let public_t = public_template(pair, PrivateUsage::Sign);
-        let private_t = private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false);
         let used = std::cell::RefCell::new(*iv);
         let (sealed, spki) = self.call(|s| {
             let mut u = used.borrow_mut();
             *u = *iv;
             let params = super::aead::gcm_params(&mut u, aad)?;
             self.count(|c| &c.generate_key_calls);
-            let (public, private) =
-                s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
-            let public = Transient {
-                session: s,
-                handle: public,
-            };
-            let private = Transient {
-                session: s,
-                handle: private,
-            };
-            self.count(|c| &c.wrap_calls);
-            let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private.handle)?;
-            Ok((sealed, read_public(s, public.handle, pair)))
+            with_session_pair(
+                s,
+                pair,
+                PrivateUsage::Sign,
+                Keeping::Wrappable,
+                |public, private| {
+                    self.count(|c| &c.wrap_calls);
+                    let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private)?;
+                    Ok((sealed, read_public(s, public, pair)))
+                },
+            )
         })?;
         if used.into_inner() != *iv {
             return Err(HsmError::Misbehaved(
@@ -854,24 +872,19 @@ pub(crate) fn probe_private_key_wrap(s: &Session, caps: &mut super::Capabilities
             session: s,
         };
         let pair = PairKind::Ec(Curve::P256);
-        let (public, private) = s.generate_key_pair(
-            &generation_mechanism(pair),
-            &public_template(pair, PrivateUsage::Sign),
-            &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
-        )?;
-        let _public = Transient {
-            session: s,
-            handle: public,
-        };
-        let private = Transient {
-            session: s,
-            handle: private,
-        };
-        let mut iv = [0x24u8; super::GCM_IV_LEN];
-        let sealed = s.wrap_key(
-            &Mechanism::AesGcm(super::aead::gcm_params(&mut iv, b"probe")?),
-            wrapping.handle,
-            private.handle,
+        let sealed = with_session_pair(
+            s,
+            pair,
+            PrivateUsage::Sign,
+            Keeping::Wrappable,
+            |_, private| {
+                let mut iv = [0x24u8; super::GCM_IV_LEN];
+                s.wrap_key(
+                    &Mechanism::AesGcm(super::aead::gcm_params(&mut iv, b"probe")?),
+                    wrapping.handle,
+                    private,
+                )
+            },
         )?;
         let mut iv = [0x24u8; super::GCM_IV_LEN];
         let opened = Zeroizing::new(s.decrypt(

@@ -111,6 +111,15 @@ fn to_be_signed(
     }
 }
 
+/// The members Sign and Verify share.
+struct SigningMembers<'a> {
+    key_id: Option<KeySelector>,
+    message: &'a Option<SecretBytes>,
+    message_type: &'a Option<String>,
+    signing_algorithm: &'a Option<String>,
+    grant_tokens: &'a Option<Vec<String>>,
+}
+
 fn message_type(t: &Option<String>) -> Result<MessageType> {
     t.as_deref().map_or(Ok(MessageType::Raw), |t| {
         MessageType::parse(t, "messageType")
@@ -312,18 +321,39 @@ impl Kms {
         Ok(())
     }
 
-    /// Sign: a digital signature made in the token by an asymmetric SIGN_VERIFY key.
-    pub fn sign(&self, req: SignRequest) -> Result<SignResponse> {
-        let message = bounded(&req.message, "message", MAX_MESSAGE)?;
-        let mtype = message_type(&req.message_type)?;
+    /// The checks shared by Sign and Verify, in AWS's order: the message, its type, the
+    /// algorithm, the key and its usage, the algorithm for that key; then what the token is
+    /// to sign or check.
+    fn signing_request(
+        &self,
+        m: SigningMembers<'_>,
+        op: &str,
+    ) -> Result<(KeyEntry, String, SigningAlgorithm, SignScheme, Vec<u8>)> {
+        let message = bounded(m.message, "message", MAX_MESSAGE)?;
+        let mtype = message_type(m.message_type)?;
         let alg = SigningAlgorithm::parse(
-            &required(req.signing_algorithm.clone(), "signingAlgorithm")?,
+            &required(m.signing_algorithm.clone(), "signingAlgorithm")?,
             "signingAlgorithm",
         )?;
-        check_grant_tokens(&req.grant_tokens)?;
-        let (entry, arn) = self.key_for(req.key_id, KeyUsage::SignVerify, "Sign")?;
+        check_grant_tokens(m.grant_tokens)?;
+        let (entry, arn) = self.key_for(m.key_id, KeyUsage::SignVerify, op)?;
         self.check_signing_algorithm(&entry, alg, &arn)?;
         let (scheme, input) = to_be_signed(alg, mtype, message)?;
+        Ok((entry, arn, alg, scheme, input))
+    }
+
+    /// Sign: a digital signature made in the token by an asymmetric SIGN_VERIFY key.
+    pub fn sign(&self, req: SignRequest) -> Result<SignResponse> {
+        let (entry, arn, alg, scheme, input) = self.signing_request(
+            SigningMembers {
+                key_id: req.key_id,
+                message: &req.message,
+                message_type: &req.message_type,
+                signing_algorithm: &req.signing_algorithm,
+                grant_tokens: &req.grant_tokens,
+            },
+            "Sign",
+        )?;
         dry_run(req.dry_run)?;
         let raw = self.with_backing(
             &entry,
@@ -345,17 +375,17 @@ impl Kms {
     /// Verify: checks a signature with the key's public key, in the token. A signature that
     /// does not verify is `KMSInvalidSignatureException`, as at AWS.
     pub fn verify(&self, req: VerifyRequest) -> Result<VerifyResponse> {
-        let message = bounded(&req.message, "message", MAX_MESSAGE)?;
         let signature = bounded(&req.signature, "signature", MAX_BLOB)?;
-        let mtype = message_type(&req.message_type)?;
-        let alg = SigningAlgorithm::parse(
-            &required(req.signing_algorithm.clone(), "signingAlgorithm")?,
-            "signingAlgorithm",
+        let (entry, arn, alg, scheme, input) = self.signing_request(
+            SigningMembers {
+                key_id: req.key_id,
+                message: &req.message,
+                message_type: &req.message_type,
+                signing_algorithm: &req.signing_algorithm,
+                grant_tokens: &req.grant_tokens,
+            },
+            "Verify",
         )?;
-        check_grant_tokens(&req.grant_tokens)?;
-        let (entry, arn) = self.key_for(req.key_id, KeyUsage::SignVerify, "Verify")?;
-        self.check_signing_algorithm(&entry, alg, &arn)?;
-        let (scheme, input) = to_be_signed(alg, mtype, message)?;
         dry_run(req.dry_run)?;
         let invalid = || KmsError::invalid_signature("The signature is not valid");
         let sig = match (scheme, specs::pair_kind(entry.record.spec)) {
