@@ -718,3 +718,67 @@ fn keys_are_shared_between_processes_and_the_library() {
         b"from the library's key"
     );
 }
+
+/// A key of `spec` and `usage`, made by the binary.
+fn new_key_of(spec: &str, usage: &str) -> String {
+    let v = ok_json(&["key", "create", "--spec", spec, "--usage", usage]);
+    let m = &v["KeyMetadata"];
+    assert_eq!(m["KeySpec"], spec, "{v}");
+    assert_eq!(m["KeyUsage"], usage, "{v}");
+    m["KeyId"].as_str().expect("KeyId").to_owned()
+}
+
+#[test]
+fn key_create_with_spec_and_usage_and_describe_lists_algorithms() {
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let v = ok_json(&["key", "describe", &rsa]);
+    let algs = v["KeyMetadata"]["SigningAlgorithms"].as_array().unwrap();
+    assert!(algs.iter().any(|a| a == "RSASSA_PSS_SHA_256"), "{v}");
+    assert!(
+        v["KeyMetadata"].get("EncryptionAlgorithms").is_none(),
+        "{v}"
+    );
+    let text = ok(&["key", "describe", &rsa]);
+    for want in [
+        "KeySpec:      RSA_2048\n",
+        "KeyUsage:     SIGN_VERIFY\n",
+        "SigningAlgorithms: RSASSA_PSS_SHA_256, RSASSA_PSS_SHA_384, RSASSA_PSS_SHA_512, \
+         RSASSA_PKCS1_V1_5_SHA_256, RSASSA_PKCS1_V1_5_SHA_384, RSASSA_PKCS1_V1_5_SHA_512\n",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("EncryptionAlgorithms"), "{text}");
+
+    let hmac = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let text = ok(&["key", "describe", &hmac]);
+    assert!(text.contains("MacAlgorithms: HMAC_SHA_256\n"), "{text}");
+    let text = ok(&["key", "create", "--spec", "RSA_2048"]);
+    assert!(
+        text.contains("EncryptionAlgorithms: RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256\n"),
+        "{text}"
+    );
+    // The default is still a symmetric key, and says so.
+    let text = ok(&["key", "create"]);
+    assert!(text.contains("KeySpec:      SYMMETRIC_DEFAULT\n"), "{text}");
+    assert!(
+        text.contains("EncryptionAlgorithms: SYMMETRIC_DEFAULT\n"),
+        "{text}"
+    );
+
+    // The library's rules, with AWS's exceptions: the default usage does not fit HMAC.
+    fails_with(
+        &["key", "create", "--spec", "HMAC_256"],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &["key", "create", "--spec", "RSA_1024"],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &["key", "create", "--spec", "ECC_NIST_P256", "--usage", "MAC"],
+        b"",
+        "ValidationException",
+    );
+}

@@ -98,11 +98,21 @@ pub(super) enum TokenCmd {
 
 #[derive(Subcommand)]
 pub(super) enum KeyCmd {
-    /// Create a symmetric key in the token (CreateKey).
+    /// Create a key in the token (CreateKey): a symmetric AES-256 key unless --spec says
+    /// otherwise.
     Create {
         /// Free text shown by `key describe`.
         #[arg(long)]
         description: Option<String>,
+        /// KeySpec: SYMMETRIC_DEFAULT (default), RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256,
+        /// ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, ECC_NIST_EDWARDS25519, HMAC_224,
+        /// HMAC_256, HMAC_384 or HMAC_512 (`token info` lists what this token offers).
+        #[arg(long)]
+        spec: Option<String>,
+        /// KeyUsage: ENCRYPT_DECRYPT (default, as at AWS), SIGN_VERIFY, GENERATE_VERIFY_MAC
+        /// (HMAC keys) or KEY_AGREEMENT.
+        #[arg(long)]
+        usage: Option<String>,
         /// A tag as KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,

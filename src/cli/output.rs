@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::envelope;
 use crate::error::{KmsError, Result};
 use crate::kms::types::KeyMetadata;
+use crate::kms::AwsEnum;
 
 /// Where results go: stdout, as JSON or as readable text.
 pub(super) struct Out {
@@ -86,10 +87,28 @@ pub(super) fn metadata_text(m: &KeyMetadata) -> String {
         m.key_spec,
         m.key_usage,
     );
+    for (name, list) in [
+        ("EncryptionAlgorithms", names(&m.encryption_algorithms)),
+        ("SigningAlgorithms", names(&m.signing_algorithms)),
+        ("MacAlgorithms", names(&m.mac_algorithms)),
+        ("KeyAgreementAlgorithms", names(&m.key_agreement_algorithms)),
+    ] {
+        if let Some(list) = list {
+            s.push_str(&format!("{name}: {list}\n"));
+        }
+    }
     if let Some(d) = m.deletion_date {
         s.push_str(&format!("DeletionDate: {}\n", date(d)));
     }
     s
+}
+
+/// An algorithm list of KeyMetadata or GetPublicKey as AWS names, comma-separated (`None`
+/// when the key lists none).
+pub(super) fn names<T: AwsEnum>(list: &Option<Vec<T>>) -> Option<String> {
+    list.as_ref()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "))
 }
 
 /// Writes a plaintext to `path` (0600, atomically) or to stdout.
