@@ -782,3 +782,196 @@ fn key_create_with_spec_and_usage_and_describe_lists_algorithms() {
         "ValidationException",
     );
 }
+
+/// `sign` with `args` over `message` on stdin: the base64 signature it prints, written to a
+/// file in `dir` for `verify --signature-file`.
+fn sign_to_file(dir: &Path, name: &str, args: &[&str], message: &[u8]) -> std::path::PathBuf {
+    let mut full = vec!["sign"];
+    full.extend_from_slice(args);
+    let text = String::from_utf8(ok_bytes_with(&full, message)).unwrap();
+    assert!(B64.decode(text.trim()).unwrap().len() > 60, "{text}");
+    let path = dir.join(name);
+    std::fs::write(&path, &text).unwrap();
+    path
+}
+
+#[test]
+fn sign_and_verify_round_trip_and_tampering_fails() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let message = b"pay 100 to alice\n";
+    let tampered = b"pay 900 to alice\n";
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let ecc = new_key_of("ECC_NIST_P256", "SIGN_VERIFY");
+    for (key, alg) in [
+        (&rsa, "RSASSA_PSS_SHA_256"),
+        (&rsa, "RSASSA_PKCS1_V1_5_SHA_384"),
+        (&ecc, "ECDSA_SHA_256"),
+    ] {
+        let sig = sign_to_file(
+            dir.path(),
+            alg,
+            &["--key", key, "--algorithm", alg],
+            message,
+        );
+        let s = sig.to_str().unwrap();
+        let verify = [
+            "verify",
+            "--key",
+            key,
+            "--algorithm",
+            alg,
+            "--signature-file",
+            s,
+        ];
+        assert_eq!(ok_bytes_with(&verify, message), b"valid\n", "{alg}");
+        let err = fails_with(&verify, tampered, "KMSInvalidSignatureException");
+        assert!(err.contains("not valid"), "{err}");
+        // With --json: VerifyResponse, and the error as JSON.
+        let mut json = vec!["--json"];
+        json.extend_from_slice(&verify);
+        let v: Value = serde_json::from_slice(&ok_bytes_with(&json, message)).unwrap();
+        assert_eq!(v["SignatureValid"], true);
+        assert_eq!(v["SigningAlgorithm"], alg);
+        assert!(v["KeyId"].as_str().unwrap().ends_with(key.as_str()));
+        let o = run_with(&json, tampered);
+        assert_eq!(o.status.code(), Some(1));
+        let e: Value = serde_json::from_slice(&o.stderr).unwrap();
+        assert_eq!(e["__type"], "KMSInvalidSignatureException");
+
+        // A flipped bit in the signature fails as well.
+        let mut bytes = B64
+            .decode(std::fs::read_to_string(&sig).unwrap().trim())
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let bad = dir.path().join(format!("{alg}.bad"));
+        std::fs::write(&bad, B64.encode(&bytes)).unwrap();
+        let bad_verify = [
+            "verify",
+            "--key",
+            key,
+            "--algorithm",
+            alg,
+            "--signature-file",
+            bad.to_str().unwrap(),
+        ];
+        fails_with(&bad_verify, message, "KMSInvalidSignatureException");
+    }
+
+    // --json sign, from a file; DIGEST signs a digest made here, and verifies as RAW.
+    let msg_file = dir.path().join("msg");
+    std::fs::write(&msg_file, message).unwrap();
+    let v = ok_json(&[
+        "sign",
+        "--key",
+        &ecc,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg_file.to_str().unwrap(),
+    ]);
+    assert_eq!(v["SigningAlgorithm"], "ECDSA_SHA_256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&ecc));
+    assert!(!b64(&v["Signature"]).is_empty());
+    let digest = sha2::Sha256::digest(message);
+    let sig = sign_to_file(
+        dir.path(),
+        "digest",
+        &[
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--message-type",
+            "DIGEST",
+        ],
+        &digest,
+    );
+    let s = sig.to_str().unwrap();
+    assert_eq!(
+        ok_bytes_with(
+            &[
+                "verify",
+                "--key",
+                &ecc,
+                "--algorithm",
+                "ECDSA_SHA_256",
+                "--signature-file",
+                s,
+                "--in",
+                msg_file.to_str().unwrap(),
+            ],
+            b"",
+        ),
+        b"valid\n"
+    );
+    assert_eq!(
+        ok_bytes_with(
+            &[
+                "verify",
+                "--key",
+                &ecc,
+                "--algorithm",
+                "ECDSA_SHA_256",
+                "--message-type",
+                "DIGEST",
+                "--signature-file",
+                s,
+            ],
+            &digest,
+        ),
+        b"valid\n"
+    );
+
+    // The library's rules reach the caller: size, algorithm, key usage, message type.
+    fails_with(
+        &["sign", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        &[0u8; 4097],
+        "ValidationException",
+    );
+    fails_with(
+        &["sign", "--key", &ecc, "--algorithm", "RSASSA_PSS_SHA_256"],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["sign", "--key", &new_key(), "--algorithm", "ECDSA_SHA_256"],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "sign",
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--message-type",
+            "DIGEST",
+        ],
+        message,
+        "ValidationException",
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    fails_with(
+        &[
+            "verify",
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--signature-file",
+            empty.to_str().unwrap(),
+        ],
+        message,
+        "ValidationException",
+    );
+    // --signature-file is required: a usage error.
+    let o = run_with(
+        &["verify", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        message,
+    );
+    assert_eq!(o.status.code(), Some(2));
+}

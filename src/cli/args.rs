@@ -60,6 +60,12 @@ pub(super) enum Configured {
     Reencrypt(ReencryptArgs),
     /// Random bytes from the token's RNG (GenerateRandom), base64.
     Random(RandomArgs),
+    /// Sign a message of 1 to 4096 bytes (or its digest) from a file or stdin with an
+    /// asymmetric SIGN_VERIFY key (Sign); prints the base64 signature.
+    Sign(SignArgs),
+    /// Verify a signature (Verify): prints `valid`, or fails with
+    /// KMSInvalidSignatureException.
+    Verify(VerifyArgs),
     /// Encrypt or decrypt files of any size under a data key (client-side envelope format).
     #[command(subcommand)]
     Envelope(EnvelopeCmd),
@@ -237,6 +243,34 @@ pub(super) struct ReencryptArgs {
     /// The new blob's encryption context pair (repeatable).
     #[arg(long = "dest-context", value_name = "KEY=VALUE")]
     pub(super) dest_context: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct SignArgs {
+    /// The SIGN_VERIFY key (key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// SigningAlgorithm, one the key lists (`key describe`): RSASSA_PSS_SHA_256|384|512,
+    /// RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ED25519_SHA_512,
+    /// ED25519_PH_SHA_512.
+    #[arg(long)]
+    pub(super) algorithm: String,
+    /// RAW (default): the input is the message, hashed here. DIGEST: the input is the
+    /// message's digest (raw bytes, as long as the algorithm's hash).
+    #[arg(long, value_name = "RAW|DIGEST")]
+    pub(super) message_type: Option<String>,
+    /// Message file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(super) input: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(super) struct VerifyArgs {
+    #[command(flatten)]
+    pub(super) message: SignArgs,
+    /// File with the base64 signature (as `p11kms sign` prints it).
+    #[arg(long, value_name = "FILE")]
+    pub(super) signature_file: PathBuf,
 }
 
 #[derive(Args)]

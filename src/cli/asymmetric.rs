@@ -1,0 +1,53 @@
+//! `p11kms sign` and `verify`: the operations of asymmetric and HMAC keys, one KMS operation
+//! each on small inputs.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::args::{SignArgs, VerifyArgs};
+use super::input::{read_base64, read_bounded};
+use super::output::Out;
+use crate::error::{KmsError, Result};
+use crate::kms::types::*;
+use crate::kms::Kms;
+
+/// Message limit of Sign, Verify, GenerateMac and VerifyMac; one byte more is read so that
+/// the library refuses oversized input.
+const MAX_MESSAGE: usize = 4096;
+
+pub(super) fn sign(kms: &Kms, out: &Out, args: SignArgs) -> Result<()> {
+    let message = read_bounded(args.input.as_deref(), MAX_MESSAGE + 1)?;
+    let r = kms.sign(SignRequest {
+        key_id: Some(args.key.into()),
+        message: Some(SecretBytes(message)),
+        message_type: args.message_type,
+        signing_algorithm: Some(args.algorithm),
+        ..Default::default()
+    })?;
+    out.emit(&r, &B64.encode(&r.signature.0))
+}
+
+/// An invalid signature is the library's KMSInvalidSignatureException, reported as every
+/// error is (exit 1).
+pub(super) fn verify(kms: &Kms, out: &Out, args: VerifyArgs) -> Result<()> {
+    let signature = read_base64(
+        Some(&args.signature_file),
+        "signature",
+        "in --signature-file",
+    )?;
+    let m = args.message;
+    let message = read_bounded(m.input.as_deref(), MAX_MESSAGE + 1)?;
+    let r = kms.verify(VerifyRequest {
+        key_id: Some(m.key.into()),
+        message: Some(SecretBytes(message)),
+        message_type: m.message_type,
+        signature: Some(signature),
+        signing_algorithm: Some(m.algorithm),
+        ..Default::default()
+    })?;
+    if !r.signature_valid {
+        // Not an answer Verify gives (it fails instead), but never print `valid` for it.
+        return Err(KmsError::invalid_signature("The signature is not valid"));
+    }
+    out.emit(&r, "valid")
+}
