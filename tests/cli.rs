@@ -975,3 +975,119 @@ fn sign_and_verify_round_trip_and_tampering_fails() {
     );
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// The DER inside a PEM `PUBLIC KEY`, checking the armour and the 64-character lines.
+fn pem_der(pem: &str) -> Vec<u8> {
+    let lines: Vec<&str> = pem.lines().collect();
+    assert_eq!(lines.first(), Some(&"-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert_eq!(lines.last(), Some(&"-----END PUBLIC KEY-----"), "{pem}");
+    let body = &lines[1..lines.len() - 1];
+    assert!(!body.is_empty(), "{pem}");
+    assert!(
+        body[..body.len() - 1].iter().all(|l| l.len() == 64),
+        "{pem}"
+    );
+    assert!(body[body.len() - 1].len() <= 64, "{pem}");
+    B64.decode(body.concat()).expect("PEM body is base64")
+}
+
+#[test]
+fn public_key_der_and_pem_parse_and_check_the_signatures() {
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let message = b"signed by the token, checked by RustCrypto";
+
+    let ecc = new_key_of("ECC_NIST_P256", "SIGN_VERIFY");
+    let der = B64
+        .decode(ok(&["public-key", "--key", &ecc]).trim())
+        .unwrap();
+    let pem = ok(&["public-key", "--key", &ecc, "--pem"]);
+    assert_eq!(pem_der(&pem), der);
+    let public = p256::PublicKey::from_public_key_der(&der).expect("a P-256 SPKI");
+    // A signature the binary makes verifies with that key, and not over another message.
+    let sig = ok_bytes_with(
+        &["sign", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        message,
+    );
+    let sig = p256::ecdsa::Signature::from_der(
+        &B64.decode(String::from_utf8(sig).unwrap().trim()).unwrap(),
+    )
+    .expect("a DER ECDSA signature");
+    let vk = p256::ecdsa::VerifyingKey::from(&public);
+    vk.verify(message, &sig).expect("ECDSA signature verifies");
+    assert!(vk.verify(b"another message", &sig).is_err());
+
+    let v = ok_json(&["public-key", "--key", &ecc]);
+    assert_eq!(b64(&v["PublicKey"]), der);
+    assert_eq!(v["KeySpec"], "ECC_NIST_P256");
+    assert_eq!(v["KeyUsage"], "SIGN_VERIFY");
+    assert_eq!(v["SigningAlgorithms"][0], "ECDSA_SHA_256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&ecc));
+
+    // --out: the DER bytes, or the PEM text; public, so readable by all.
+    use std::os::unix::fs::PermissionsExt;
+    let der_file = dir.path().join("key.der");
+    assert_eq!(
+        ok(&[
+            "public-key",
+            "--key",
+            &ecc,
+            "--out",
+            der_file.to_str().unwrap()
+        ]),
+        ""
+    );
+    assert_eq!(std::fs::read(&der_file).unwrap(), der);
+    let mode = std::fs::metadata(&der_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let pem_file = dir.path().join("key.pem");
+    let v = ok_json(&[
+        "public-key",
+        "--key",
+        &ecc,
+        "--pem",
+        "--out",
+        pem_file.to_str().unwrap(),
+    ]);
+    assert_eq!(b64(&v["PublicKey"]), der);
+    assert_eq!(std::fs::read_to_string(&pem_file).unwrap(), pem);
+
+    // RSA: PSS with a salt as long as the digest, as AWS signs.
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let pem = ok(&["public-key", "--key", &rsa, "--pem"]);
+    let public = rsa::RsaPublicKey::from_public_key_der(&pem_der(&pem)).expect("an RSA SPKI");
+    let sig = ok_bytes_with(
+        &["sign", "--key", &rsa, "--algorithm", "RSASSA_PSS_SHA_256"],
+        message,
+    );
+    let sig = B64.decode(String::from_utf8(sig).unwrap().trim()).unwrap();
+    let digest = sha2::Sha256::digest(message);
+    public
+        .verify(rsa::Pss::new::<sha2::Sha256>(), &digest, &sig)
+        .expect("PSS signature verifies");
+    assert!(public
+        .verify(
+            rsa::Pss::new::<sha2::Sha256>(),
+            &sha2::Sha256::digest(b"x"),
+            &sig
+        )
+        .is_err());
+
+    // Symmetric and HMAC keys have no public key.
+    fails_with(
+        &["public-key", "--key", &new_key()],
+        b"",
+        "UnsupportedOperationException",
+    );
+    fails_with(
+        &[
+            "public-key",
+            "--key",
+            &new_key_of("HMAC_256", "GENERATE_VERIFY_MAC"),
+        ],
+        b"",
+        "UnsupportedOperationException",
+    );
+}

@@ -66,6 +66,9 @@ pub(super) enum Configured {
     /// Verify a signature (Verify): prints `valid`, or fails with
     /// KMSInvalidSignatureException.
     Verify(VerifyArgs),
+    /// The public key of an asymmetric key (GetPublicKey): its DER SubjectPublicKeyInfo,
+    /// base64, or PEM with --pem.
+    PublicKey(PublicKeyArgs),
     /// Encrypt or decrypt files of any size under a data key (client-side envelope format).
     #[command(subcommand)]
     Envelope(EnvelopeCmd),
@@ -271,6 +274,20 @@ pub(super) struct VerifyArgs {
     /// File with the base64 signature (as `p11kms sign` prints it).
     #[arg(long, value_name = "FILE")]
     pub(super) signature_file: PathBuf,
+}
+
+#[derive(Args)]
+pub(super) struct PublicKeyArgs {
+    /// The asymmetric key (key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// PEM (`-----BEGIN PUBLIC KEY-----`, 64 characters a line) instead of base64 DER.
+    #[arg(long)]
+    pub(super) pem: bool,
+    /// Write the key here instead of stdout: the DER bytes, or the PEM text with --pem (mode
+    /// 0644, replaced atomically). With --json the response is printed as well.
+    #[arg(long, value_name = "FILE")]
+    pub(super) out: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -1,12 +1,12 @@
-//! `p11kms sign` and `verify`: the operations of asymmetric and HMAC keys, one KMS operation
+//! `p11kms sign`, `verify` and `public-key`: the operations of asymmetric and HMAC keys, one KMS operation
 //! each on small inputs.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::args::{SignArgs, VerifyArgs};
+use super::args::{PublicKeyArgs, SignArgs, VerifyArgs};
 use super::input::{read_base64, read_bounded};
-use super::output::Out;
+use super::output::{pem, write_public, Out};
 use crate::error::{KmsError, Result};
 use crate::kms::types::*;
 use crate::kms::Kms;
@@ -50,4 +50,28 @@ pub(super) fn verify(kms: &Kms, out: &Out, args: VerifyArgs) -> Result<()> {
         return Err(KmsError::invalid_signature("The signature is not valid"));
     }
     out.emit(&r, "valid")
+}
+
+pub(super) fn public_key(kms: &Kms, out: &Out, args: PublicKeyArgs) -> Result<()> {
+    let r = kms.get_public_key(KeyIdRequest {
+        key_id: Some(args.key.into()),
+        grant_tokens: None,
+    })?;
+    let der = &r.public_key.0;
+    let text = if args.pem {
+        pem("PUBLIC KEY", der)
+    } else {
+        B64.encode(der)
+    };
+    match &args.out {
+        None => out.emit(&r, &text),
+        Some(path) => {
+            write_public(path, if args.pem { text.as_bytes() } else { der })?;
+            if out.json {
+                out.emit(&r, "")
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
