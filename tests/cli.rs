@@ -1091,3 +1091,119 @@ fn public_key_der_and_pem_parse_and_check_the_signatures() {
         "UnsupportedOperationException",
     );
 }
+
+#[test]
+fn mac_generate_and_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let message = b"an HMAC made in the token";
+    let text = String::from_utf8(ok_bytes_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+    ))
+    .unwrap();
+    let mac = B64.decode(text.trim()).unwrap();
+    assert_eq!(mac.len(), 32);
+    let mac_file = dir.path().join("mac");
+    std::fs::write(&mac_file, &text).unwrap();
+    let m = mac_file.to_str().unwrap();
+    let verify = [
+        "mac",
+        "verify",
+        "--key",
+        &key,
+        "--algorithm",
+        "HMAC_SHA_256",
+        "--mac-file",
+        m,
+    ];
+    assert_eq!(ok_bytes_with(&verify, message), b"valid\n");
+    fails_with(
+        &verify,
+        b"an HMAC made in the tokeN",
+        "KMSInvalidMacException",
+    );
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&verify);
+    let v: Value = serde_json::from_slice(&ok_bytes_with(&json, message)).unwrap();
+    assert_eq!(v["MacValid"], true);
+    assert_eq!(v["MacAlgorithm"], "HMAC_SHA_256");
+
+    // --json generate, from a file; the same message gives the same MAC.
+    let msg_file = dir.path().join("msg");
+    std::fs::write(&msg_file, message).unwrap();
+    let v = ok_json(&[
+        "mac",
+        "generate",
+        "--key",
+        &key,
+        "--algorithm",
+        "HMAC_SHA_256",
+        "--in",
+        msg_file.to_str().unwrap(),
+    ]);
+    assert_eq!(b64(&v["Mac"]), mac);
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    let mut bad = mac.clone();
+    bad[0] ^= 0x80;
+    std::fs::write(&mac_file, B64.encode(&bad)).unwrap();
+    fails_with(&verify, message, "KMSInvalidMacException");
+    // The MAC of another key over the same message fails too.
+    let other = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let theirs = ok_bytes_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &other,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+    );
+    std::fs::write(&mac_file, &theirs).unwrap();
+    fails_with(&verify, message, "KMSInvalidMacException");
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_512",
+        ],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &new_key(),
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        b"",
+        "ValidationException",
+    );
+}

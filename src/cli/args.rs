@@ -69,6 +69,9 @@ pub(super) enum Configured {
     /// The public key of an asymmetric key (GetPublicKey): its DER SubjectPublicKeyInfo,
     /// base64, or PEM with --pem.
     PublicKey(PublicKeyArgs),
+    /// HMACs made and checked in the token (GenerateMac, VerifyMac).
+    #[command(subcommand)]
+    Mac(MacCmd),
     /// Encrypt or decrypt files of any size under a data key (client-side envelope format).
     #[command(subcommand)]
     Envelope(EnvelopeCmd),
@@ -288,6 +291,36 @@ pub(super) struct PublicKeyArgs {
     /// 0644, replaced atomically). With --json the response is printed as well.
     #[arg(long, value_name = "FILE")]
     pub(super) out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum MacCmd {
+    /// The HMAC of a message of 1 to 4096 bytes from a file or stdin (GenerateMac), base64.
+    Generate(MacArgs),
+    /// Check an HMAC (VerifyMac): prints `valid`, or fails with KMSInvalidMacException.
+    Verify(MacVerifyArgs),
+}
+
+#[derive(Args)]
+pub(super) struct MacArgs {
+    /// The HMAC key (GENERATE_VERIFY_MAC; key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// MacAlgorithm, the key's: HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+    #[arg(long)]
+    pub(super) algorithm: String,
+    /// Message file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(super) input: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(super) struct MacVerifyArgs {
+    #[command(flatten)]
+    pub(super) message: MacArgs,
+    /// File with the base64 MAC (as `p11kms mac generate` prints it).
+    #[arg(long, value_name = "FILE")]
+    pub(super) mac_file: PathBuf,
 }
 
 #[derive(Args)]

@@ -1,10 +1,10 @@
-//! `p11kms sign`, `verify` and `public-key`: the operations of asymmetric and HMAC keys, one KMS operation
+//! `p11kms sign`, `verify`, `public-key` and `mac`: the operations of asymmetric and HMAC keys, one KMS operation
 //! each on small inputs.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::args::{PublicKeyArgs, SignArgs, VerifyArgs};
+use super::args::{MacCmd, PublicKeyArgs, SignArgs, VerifyArgs};
 use super::input::{read_base64, read_bounded};
 use super::output::{pem, write_public, Out};
 use crate::error::{KmsError, Result};
@@ -72,6 +72,39 @@ pub(super) fn public_key(kms: &Kms, out: &Out, args: PublicKeyArgs) -> Result<()
             } else {
                 Ok(())
             }
+        }
+    }
+}
+
+/// An HMAC that does not verify is the library's KMSInvalidMacException (exit 1).
+pub(super) fn mac(kms: &Kms, out: &Out, cmd: MacCmd) -> Result<()> {
+    match cmd {
+        MacCmd::Generate(args) => {
+            let message = read_bounded(args.input.as_deref(), MAX_MESSAGE + 1)?;
+            let r = kms.generate_mac(GenerateMacRequest {
+                key_id: Some(args.key.into()),
+                message: Some(SecretBytes(message)),
+                mac_algorithm: Some(args.algorithm),
+                ..Default::default()
+            })?;
+            out.emit(&r, &B64.encode(&r.mac.0))
+        }
+        MacCmd::Verify(args) => {
+            let mac = read_base64(Some(&args.mac_file), "MAC", "in --mac-file")?;
+            let m = args.message;
+            let message = read_bounded(m.input.as_deref(), MAX_MESSAGE + 1)?;
+            let r = kms.verify_mac(VerifyMacRequest {
+                key_id: Some(m.key.into()),
+                message: Some(SecretBytes(message)),
+                mac_algorithm: Some(m.algorithm),
+                mac: Some(mac),
+                ..Default::default()
+            })?;
+            if !r.mac_valid {
+                // As for Verify: never print `valid` for an answer that is not.
+                return Err(KmsError::invalid_mac("The MAC is not valid"));
+            }
+            out.emit(&r, "valid")
         }
     }
 }

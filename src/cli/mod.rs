@@ -116,6 +116,7 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Sign(args) => asymmetric::sign(&open(&config)?, &out, args),
         Configured::Verify(args) => asymmetric::verify(&open(&config)?, &out, args),
         Configured::PublicKey(args) => asymmetric::public_key(&open(&config)?, &out, args),
+        Configured::Mac(cmd) => asymmetric::mac(&open(&config)?, &out, cmd),
         Configured::Envelope(cmd) => envelope::envelope_cmd(&open(&config)?, &out, cmd),
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
