@@ -1207,3 +1207,129 @@ fn mac_generate_and_verify_round_trip() {
         "ValidationException",
     );
 }
+
+/// A `Name: value` line of a command's text output.
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+        .to_owned()
+}
+
+#[test]
+fn datakey_pair_blob_decrypts_to_its_pkcs8() {
+    use p256::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
+    let key = new_key();
+    let v = ok_json(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "ECC_NIST_P256",
+        "--context",
+        "app=pairs",
+    ]);
+    assert_eq!(v["KeyPairSpec"], "ECC_NIST_P256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    let pkcs8 = b64(&v["PrivateKeyPlaintext"]);
+    let secret = p256::SecretKey::from_pkcs8_der(&pkcs8).expect("a P-256 PKCS#8");
+    let public = p256::PublicKey::from_public_key_der(&b64(&v["PublicKey"])).unwrap();
+    assert_eq!(secret.public_key(), public);
+    // The blob is an ordinary ciphertext of the symmetric key, with the context.
+    let blob = v["PrivateKeyCiphertextBlob"].as_str().unwrap().to_owned();
+    let out = ok_bytes_with(&["decrypt", "--context", "app=pairs"], blob.as_bytes());
+    assert_eq!(out, pkcs8);
+    fails_with(&["decrypt"], blob.as_bytes(), "InvalidCiphertextException");
+
+    // Text: the blob, the public key, the key and spec, then the private key.
+    let text = ok(&["datakey-pair", "--key", &key, "--spec", "ECC_NIST_P256"]);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(": ").unwrap().0)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "PrivateKeyCiphertextBlob",
+            "PublicKey",
+            "KeyId",
+            "KeyPairSpec",
+            "PrivateKeyPlaintext"
+        ]
+    );
+    let pkcs8 = B64.decode(field(&text, "PrivateKeyPlaintext")).unwrap();
+    let out = ok_bytes_with(
+        &["decrypt"],
+        field(&text, "PrivateKeyCiphertextBlob").as_bytes(),
+    );
+    assert_eq!(out, pkcs8);
+    assert_eq!(
+        p256::SecretKey::from_pkcs8_der(&pkcs8)
+            .unwrap()
+            .public_key(),
+        p256::PublicKey::from_public_key_der(&B64.decode(field(&text, "PublicKey")).unwrap())
+            .unwrap()
+    );
+
+    // Without the plaintext: the blob still opens to the private key of PublicKey.
+    let text = ok(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "ECC_NIST_P256",
+        "--without-plaintext",
+        "--context",
+        "a=b",
+    ]);
+    assert!(!text.contains("PrivateKeyPlaintext"), "{text}");
+    let pkcs8 = ok_bytes_with(
+        &["decrypt", "--context", "a=b", "--key", &key],
+        field(&text, "PrivateKeyCiphertextBlob").as_bytes(),
+    );
+    assert_eq!(
+        p256::SecretKey::from_pkcs8_der(&pkcs8)
+            .unwrap()
+            .public_key(),
+        p256::PublicKey::from_public_key_der(&B64.decode(field(&text, "PublicKey")).unwrap())
+            .unwrap()
+    );
+    let v = ok_json(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "RSA_2048",
+        "--without-plaintext",
+    ]);
+    assert!(v.get("PrivateKeyPlaintext").is_none(), "{v}");
+    let pkcs8 = ok_bytes_with(
+        &["decrypt"],
+        v["PrivateKeyCiphertextBlob"].as_str().unwrap().as_bytes(),
+    );
+    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_der(&pkcs8).expect("an RSA PKCS#8");
+    assert_eq!(
+        rsa_key.to_public_key(),
+        rsa::RsaPublicKey::from_public_key_der(&b64(&v["PublicKey"])).unwrap()
+    );
+
+    // Only under a symmetric key, and only real specs.
+    fails_with(
+        &[
+            "datakey-pair",
+            "--key",
+            &new_key_of("ECC_NIST_P256", "SIGN_VERIFY"),
+            "--spec",
+            "ECC_NIST_P256",
+        ],
+        b"",
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["datakey-pair", "--key", &key, "--spec", "ECC_NIST_P999"],
+        b"",
+        "ValidationException",
+    );
+    // --spec is required: a usage error.
+    assert_eq!(run(&["datakey-pair", "--key", &key]).status.code(), Some(2));
+}

@@ -52,6 +52,9 @@ pub(super) enum Configured {
     /// Data keys (GenerateDataKey, GenerateDataKeyWithoutPlaintext).
     #[command(subcommand)]
     Datakey(DatakeyCmd),
+    /// A data key pair, its private key sealed under a symmetric key (GenerateDataKeyPair,
+    /// GenerateDataKeyPairWithoutPlaintext).
+    DatakeyPair(DatakeyPairArgs),
     /// Encrypt up to 4096 bytes from a file or stdin; prints the base64 ciphertext blob.
     Encrypt(EncryptArgs),
     /// Decrypt a base64 ciphertext blob; writes the raw plaintext.
@@ -197,6 +200,23 @@ pub(super) struct DatakeyArgs {
     /// Data key length in bytes (1 to 1024), instead of --spec.
     #[arg(long)]
     pub(super) bytes: Option<i64>,
+    /// Encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct DatakeyPairArgs {
+    /// The symmetric KMS key that seals the private key (id, ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// KeyPairSpec: RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384,
+    /// ECC_NIST_P521, ECC_SECG_P256K1 or ECC_NIST_EDWARDS25519.
+    #[arg(long)]
+    pub(super) spec: String,
+    /// Only the sealed private key and the public key (GenerateDataKeyPairWithoutPlaintext).
+    #[arg(long)]
+    pub(super) without_plaintext: bool,
     /// Encryption context pair (repeatable).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub(super) context: Vec<String>,

@@ -109,6 +109,7 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Datakey(DatakeyCmd::Generate(args)) => {
             crypto::datakey(&open(&config)?, &out, args)
         }
+        Configured::DatakeyPair(args) => crypto::datakey_pair(&open(&config)?, &out, args),
         Configured::Encrypt(args) => crypto::encrypt(&open(&config)?, &out, args),
         Configured::Decrypt(args) => crypto::decrypt(&open(&config)?, &out, args),
         Configured::Reencrypt(args) => crypto::reencrypt(&open(&config)?, &out, args),
