@@ -1333,3 +1333,198 @@ fn datakey_pair_blob_decrypts_to_its_pkcs8() {
     // --spec is required: a usage error.
     assert_eq!(run(&["datakey-pair", "--key", &key]).status.code(), Some(2));
 }
+
+/// Asserts that an RSA ciphertext that does not decrypt is refused (exit 1, an error on
+/// stderr) and that nothing is printed. Which exception is the library's and the token's
+/// business: SoftHSM's answer is InvalidCiphertextException; Kryoptic's CKR_DEVICE_ERROR
+/// currently comes out as KeyUnavailableException.
+fn refused(args: &[&str], stdin: &[u8]) {
+    let o = run_with(args, stdin);
+    assert_eq!(o.status.code(), Some(1), "p11kms {args:?}: {}", stderr(&o));
+    assert!(o.stdout.is_empty(), "p11kms {args:?} printed to stdout");
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+}
+
+/// Whether the token does RSAES-OAEP with SHA-256 (SoftHSM 2.6 does OAEP with SHA-1 only);
+/// where it does not, says so on stderr.
+fn oaep_sha256_offered(rsa_key: &str) -> bool {
+    let o = run_with(
+        &[
+            "encrypt",
+            "--key",
+            rsa_key,
+            "--algorithm",
+            "RSAES_OAEP_SHA_256",
+        ],
+        b"probe",
+    );
+    if o.status.success() {
+        return true;
+    }
+    eprintln!(
+        "skipping the RSAES_OAEP_SHA_256 checks: this token refuses it: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        common::token_kind(),
+        common::TokenKind::SoftHsm,
+        "only SoftHSM is known to lack SHA-256 OAEP"
+    );
+    false
+}
+
+#[test]
+fn rsa_encrypt_decrypt_and_reencrypt_with_an_algorithm() {
+    let rsa = new_key_of("RSA_2048", "ENCRYPT_DECRYPT");
+    let sym = new_key();
+    let message = b"a secret for RSA\x00\xff";
+    let oaep1 = ["--algorithm", "RSAES_OAEP_SHA_1"];
+    let blob = ok_bytes_with(&["encrypt", "--key", &rsa, oaep1[0], oaep1[1]], message);
+    // The raw RSA output, as at AWS: one modulus long.
+    let raw = B64
+        .decode(String::from_utf8(blob.clone()).unwrap().trim())
+        .unwrap();
+    assert_eq!(raw.len(), 256);
+    let out = ok_bytes_with(&["decrypt", "--key", &rsa, oaep1[0], oaep1[1]], &blob);
+    assert_eq!(out, message);
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &["--json", "decrypt", "--key", &rsa, oaep1[0], oaep1[1]],
+        &blob,
+    ))
+    .unwrap();
+    assert_eq!(v["EncryptionAlgorithm"], "RSAES_OAEP_SHA_1");
+    assert_eq!(b64(&v["Plaintext"]), message);
+    // An RSA ciphertext names no key; it decrypts only as it was made.
+    fails_with(
+        &["decrypt", oaep1[0], oaep1[1]],
+        &blob,
+        "ValidationException",
+    );
+    fails_with(
+        &["decrypt", "--key", &rsa],
+        &blob,
+        "InvalidKeyUsageException",
+    );
+    // A flipped bit: refused, and no plaintext printed.
+    let mut tampered = raw.clone();
+    tampered[100] ^= 0x01;
+    refused(
+        &["decrypt", "--key", &rsa, oaep1[0], oaep1[1]],
+        B64.encode(&tampered).as_bytes(),
+    );
+
+    // The library's limits: 214 bytes with SHA-1 on RSA_2048, no context, an algorithm.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, [7u8; 214]).unwrap();
+    let b = big.to_str().unwrap();
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &[
+            "--json", "encrypt", "--key", &rsa, "--in", b, oaep1[0], oaep1[1],
+        ],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(v["EncryptionAlgorithm"], "RSAES_OAEP_SHA_1");
+    std::fs::write(&big, [7u8; 215]).unwrap();
+    fails_with(
+        &["encrypt", "--key", &rsa, "--in", b, oaep1[0], oaep1[1]],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &[
+            "encrypt",
+            "--key",
+            &rsa,
+            "--context",
+            "a=b",
+            oaep1[0],
+            oaep1[1],
+        ],
+        message,
+        "ValidationException",
+    );
+    fails_with(
+        &["encrypt", "--key", &rsa],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["encrypt", "--key", &sym, oaep1[0], oaep1[1]],
+        message,
+        "InvalidKeyUsageException",
+    );
+
+    // ReEncrypt between a symmetric and an RSA key, both ways.
+    let sym_blob = ok_bytes_with(&["encrypt", "--key", &sym, "--context", "x=1"], message);
+    let rsa_blob = ok_bytes_with(
+        &[
+            "reencrypt",
+            "--key",
+            &rsa,
+            "--context",
+            "x=1",
+            "--dest-algorithm",
+            "RSAES_OAEP_SHA_1",
+        ],
+        &sym_blob,
+    );
+    let out = ok_bytes_with(&["decrypt", "--key", &rsa, oaep1[0], oaep1[1]], &rsa_blob);
+    assert_eq!(out, message);
+    let back = ok_bytes_with(
+        &[
+            "reencrypt",
+            "--key",
+            &sym,
+            "--source-key",
+            &rsa,
+            "--source-algorithm",
+            "RSAES_OAEP_SHA_1",
+            "--dest-context",
+            "y=2",
+        ],
+        &rsa_blob,
+    );
+    assert_eq!(
+        ok_bytes_with(&["decrypt", "--context", "y=2"], &back),
+        message
+    );
+
+    if oaep_sha256_offered(&rsa) {
+        use p256::pkcs8::DecodePublicKey as _;
+        refused(
+            &[
+                "decrypt",
+                "--key",
+                &rsa,
+                "--algorithm",
+                "RSAES_OAEP_SHA_256",
+            ],
+            &blob,
+        );
+        // Encrypted with the public key by RustCrypto, decrypted in the token.
+        let der = B64
+            .decode(ok(&["public-key", "--key", &rsa]).trim())
+            .unwrap();
+        let public = rsa::RsaPublicKey::from_public_key_der(&der).unwrap();
+        let theirs = public
+            .encrypt(
+                &mut rand::rngs::OsRng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                message,
+            )
+            .unwrap();
+        let out = ok_bytes_with(
+            &[
+                "decrypt",
+                "--key",
+                &rsa,
+                "--algorithm",
+                "RSAES_OAEP_SHA_256",
+            ],
+            B64.encode(&theirs).as_bytes(),
+        );
+        assert_eq!(out, message);
+    }
+}

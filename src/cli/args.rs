@@ -55,9 +55,11 @@ pub(super) enum Configured {
     /// A data key pair, its private key sealed under a symmetric key (GenerateDataKeyPair,
     /// GenerateDataKeyPairWithoutPlaintext).
     DatakeyPair(DatakeyPairArgs),
-    /// Encrypt up to 4096 bytes from a file or stdin; prints the base64 ciphertext blob.
+    /// Encrypt up to 4096 bytes from a file or stdin (RSA keys: up to 190 to 470 bytes, by
+    /// key size and algorithm); prints the base64 ciphertext blob.
     Encrypt(EncryptArgs),
-    /// Decrypt a base64 ciphertext blob; writes the raw plaintext.
+    /// Decrypt a base64 ciphertext blob; writes the raw plaintext. RSA ciphertexts need --key
+    /// and --algorithm.
     Decrypt(DecryptArgs),
     /// Re-encrypt a base64 ciphertext blob under another key.
     Reencrypt(ReencryptArgs),
@@ -230,9 +232,13 @@ pub(super) struct EncryptArgs {
     /// Plaintext file (default: stdin).
     #[arg(long = "in", value_name = "FILE")]
     pub(super) input: Option<PathBuf>,
-    /// Encryption context pair (repeatable).
+    /// Encryption context pair (repeatable; symmetric keys only).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub(super) context: Vec<String>,
+    /// EncryptionAlgorithm: SYMMETRIC_DEFAULT (default), or RSAES_OAEP_SHA_1 or
+    /// RSAES_OAEP_SHA_256 with an RSA ENCRYPT_DECRYPT key.
+    #[arg(long)]
+    pub(super) algorithm: Option<String>,
 }
 
 #[derive(Args)]
@@ -240,12 +246,17 @@ pub(super) struct DecryptArgs {
     /// File with the base64 ciphertext blob (default: stdin).
     #[arg(long, value_name = "FILE")]
     pub(super) blob_file: Option<PathBuf>,
-    /// Refuse the blob unless it is under this key.
+    /// Refuse the blob unless it is under this key (required for an RSA ciphertext: the key
+    /// that decrypts it).
     #[arg(long)]
     pub(super) key: Option<String>,
     /// The blob's encryption context pair (repeatable).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub(super) context: Vec<String>,
+    /// EncryptionAlgorithm the blob was made with: SYMMETRIC_DEFAULT (default),
+    /// RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+    #[arg(long)]
+    pub(super) algorithm: Option<String>,
     /// Write the plaintext here (mode 0600, replaced atomically) instead of stdout. With --json
     /// the printed response then leaves out Plaintext.
     #[arg(long, value_name = "FILE")]
@@ -269,6 +280,12 @@ pub(super) struct ReencryptArgs {
     /// The new blob's encryption context pair (repeatable).
     #[arg(long = "dest-context", value_name = "KEY=VALUE")]
     pub(super) dest_context: Vec<String>,
+    /// EncryptionAlgorithm of the blob (an RSA ciphertext also needs --source-key).
+    #[arg(long)]
+    pub(super) source_algorithm: Option<String>,
+    /// EncryptionAlgorithm of the new blob (RSAES_OAEP_* for an RSA destination key).
+    #[arg(long)]
+    pub(super) dest_algorithm: Option<String>,
 }
 
 #[derive(Args)]

@@ -105,6 +105,7 @@ pub(super) fn encrypt(kms: &Kms, out: &Out, args: EncryptArgs) -> Result<()> {
         key_id: Some(args.key.into()),
         plaintext: Some(SecretBytes(plaintext)),
         encryption_context: context_member(&ctx),
+        encryption_algorithm: args.algorithm,
         ..Default::default()
     })?;
     out.emit(&r, &B64.encode(&r.ciphertext_blob.0))
@@ -125,6 +126,7 @@ pub(super) fn decrypt(kms: &Kms, out: &Out, args: DecryptArgs) -> Result<()> {
         ciphertext_blob: Some(blob),
         encryption_context: context_member(&ctx),
         key_id: args.key.map(Into::into),
+        encryption_algorithm: args.algorithm,
         ..Default::default()
     })?;
     match (&args.out, out.json) {
@@ -157,6 +159,8 @@ pub(super) fn reencrypt(kms: &Kms, out: &Out, args: ReencryptArgs) -> Result<()>
         source_key_id: args.source_key.map(Into::into),
         destination_key_id: Some(args.key.into()),
         destination_encryption_context: context_member(&dst),
+        source_encryption_algorithm: args.source_algorithm,
+        destination_encryption_algorithm: args.dest_algorithm,
         ..Default::default()
     })?;
     out.emit(&r, &B64.encode(&r.ciphertext_blob.0))
