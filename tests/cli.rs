@@ -1528,3 +1528,86 @@ fn rsa_encrypt_decrypt_and_reencrypt_with_an_algorithm() {
         assert_eq!(out, message);
     }
 }
+
+#[test]
+fn token_info_lists_the_key_specs_the_token_offers() {
+    let text = ok(&["token", "info"]);
+    let line = |spec: &str, usage: &str| {
+        text.lines()
+            .find(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.len() >= 3 && words[0] == spec && words[1] == usage
+            })
+            .unwrap_or_else(|| panic!("{spec} {usage} missing from:\n{text}"))
+            .to_owned()
+    };
+    assert!(text.contains("Key specs (CreateKey"), "{text}");
+    assert!(
+        text.contains("Data key pair specs (GenerateDataKeyPair)"),
+        "{text}"
+    );
+    for want in ["CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_ECDSA", "CKM_SHA256_HMAC"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+
+    let v = ok_json(&["token", "info"]);
+    let specs = v["key_specs"].as_array().unwrap();
+    // Every KeySpec and KeyUsage pair AWS allows and p11kms serves, once.
+    assert_eq!(specs.len(), 19, "{specs:?}");
+    let mut seen = std::collections::HashSet::new();
+    for s in specs {
+        let (spec, usage) = (
+            s["key_spec"].as_str().unwrap(),
+            s["key_usage"].as_str().unwrap(),
+        );
+        assert!(seen.insert((spec, usage)), "{spec} {usage} twice");
+        let missing: Vec<&str> = s["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        // The text says the same as the JSON.
+        let l = line(spec, usage);
+        if missing.is_empty() {
+            assert!(l.ends_with(" offered"), "{l}");
+        } else {
+            assert!(l.contains("not offered: lacks"), "{l}");
+            assert!(missing.iter().all(|m| l.contains(m)), "{l}");
+            // And CreateKey refuses it, naming what is missing.
+            let err = fails_with(
+                &["key", "create", "--spec", spec, "--usage", usage],
+                b"",
+                "UnsupportedOperationException",
+            );
+            assert!(err.contains(missing[0]), "{err}");
+        }
+    }
+    for (spec, usage) in [
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("RSA_2048", "SIGN_VERIFY"),
+        ("RSA_4096", "SIGN_VERIFY"),
+        ("ECC_NIST_P256", "KEY_AGREEMENT"),
+        ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"),
+        ("HMAC_512", "GENERATE_VERIFY_MAC"),
+    ] {
+        assert!(seen.contains(&(spec, usage)), "{spec} {usage} not listed");
+    }
+    // SoftHSM and Kryoptic both have the mechanisms of these, and make such keys.
+    for (spec, usage) in [
+        ("RSA_2048", "SIGN_VERIFY"),
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ] {
+        assert!(line(spec, usage).ends_with(" offered"), "{text}");
+        new_key_of(spec, usage);
+    }
+    assert!(!seen.contains(&("SM2", "SIGN_VERIFY")));
+
+    let pairs = v["data_key_pair_specs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 8, "{pairs:?}");
+    assert!(pairs
+        .iter()
+        .any(|p| p["key_pair_spec"] == "ECC_NIST_P256" && p["missing"] == serde_json::json!([])));
+}
