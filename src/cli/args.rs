@@ -281,10 +281,10 @@ pub(super) struct ReencryptArgs {
     #[arg(long = "dest-context", value_name = "KEY=VALUE")]
     pub(super) dest_context: Vec<String>,
     /// EncryptionAlgorithm of the blob (an RSA ciphertext also needs --source-key).
-    #[arg(long)]
+    #[arg(long, value_name = "ALGORITHM")]
     pub(super) source_algorithm: Option<String>,
     /// EncryptionAlgorithm of the new blob (RSAES_OAEP_* for an RSA destination key).
-    #[arg(long)]
+    #[arg(long, value_name = "ALGORITHM")]
     pub(super) dest_algorithm: Option<String>,
 }
 
