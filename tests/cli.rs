@@ -718,3 +718,896 @@ fn keys_are_shared_between_processes_and_the_library() {
         b"from the library's key"
     );
 }
+
+/// A key of `spec` and `usage`, made by the binary.
+fn new_key_of(spec: &str, usage: &str) -> String {
+    let v = ok_json(&["key", "create", "--spec", spec, "--usage", usage]);
+    let m = &v["KeyMetadata"];
+    assert_eq!(m["KeySpec"], spec, "{v}");
+    assert_eq!(m["KeyUsage"], usage, "{v}");
+    m["KeyId"].as_str().expect("KeyId").to_owned()
+}
+
+#[test]
+fn key_create_with_spec_and_usage_and_describe_lists_algorithms() {
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let v = ok_json(&["key", "describe", &rsa]);
+    let algs = v["KeyMetadata"]["SigningAlgorithms"].as_array().unwrap();
+    assert!(algs.iter().any(|a| a == "RSASSA_PSS_SHA_256"), "{v}");
+    assert!(
+        v["KeyMetadata"].get("EncryptionAlgorithms").is_none(),
+        "{v}"
+    );
+    let text = ok(&["key", "describe", &rsa]);
+    for want in [
+        "KeySpec:      RSA_2048\n",
+        "KeyUsage:     SIGN_VERIFY\n",
+        "SigningAlgorithms: RSASSA_PSS_SHA_256, RSASSA_PSS_SHA_384, RSASSA_PSS_SHA_512, \
+         RSASSA_PKCS1_V1_5_SHA_256, RSASSA_PKCS1_V1_5_SHA_384, RSASSA_PKCS1_V1_5_SHA_512\n",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("EncryptionAlgorithms"), "{text}");
+
+    let hmac = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let text = ok(&["key", "describe", &hmac]);
+    assert!(text.contains("MacAlgorithms: HMAC_SHA_256\n"), "{text}");
+    let text = ok(&["key", "create", "--spec", "RSA_2048"]);
+    assert!(
+        text.contains("EncryptionAlgorithms: RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256\n"),
+        "{text}"
+    );
+    // The default is still a symmetric key, and says so.
+    let text = ok(&["key", "create"]);
+    assert!(text.contains("KeySpec:      SYMMETRIC_DEFAULT\n"), "{text}");
+    assert!(
+        text.contains("EncryptionAlgorithms: SYMMETRIC_DEFAULT\n"),
+        "{text}"
+    );
+
+    // The library's rules, with AWS's exceptions: the default usage does not fit HMAC.
+    fails_with(
+        &["key", "create", "--spec", "HMAC_256"],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &["key", "create", "--spec", "RSA_1024"],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &["key", "create", "--spec", "ECC_NIST_P256", "--usage", "MAC"],
+        b"",
+        "ValidationException",
+    );
+}
+
+/// `sign` with `args` over `message` on stdin: the base64 signature it prints, written to a
+/// file in `dir` for `verify --signature-file`.
+fn sign_to_file(dir: &Path, name: &str, args: &[&str], message: &[u8]) -> std::path::PathBuf {
+    let mut full = vec!["sign"];
+    full.extend_from_slice(args);
+    let text = String::from_utf8(ok_bytes_with(&full, message)).unwrap();
+    assert!(B64.decode(text.trim()).unwrap().len() > 60, "{text}");
+    let path = dir.join(name);
+    std::fs::write(&path, &text).unwrap();
+    path
+}
+
+#[test]
+fn sign_and_verify_round_trip_and_tampering_fails() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let message = b"pay 100 to alice\n";
+    let tampered = b"pay 900 to alice\n";
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let ecc = new_key_of("ECC_NIST_P256", "SIGN_VERIFY");
+    for (key, alg) in [
+        (&rsa, "RSASSA_PSS_SHA_256"),
+        (&rsa, "RSASSA_PKCS1_V1_5_SHA_384"),
+        (&ecc, "ECDSA_SHA_256"),
+    ] {
+        let sig = sign_to_file(
+            dir.path(),
+            alg,
+            &["--key", key, "--algorithm", alg],
+            message,
+        );
+        let s = sig.to_str().unwrap();
+        let verify = [
+            "verify",
+            "--key",
+            key,
+            "--algorithm",
+            alg,
+            "--signature-file",
+            s,
+        ];
+        assert_eq!(ok_bytes_with(&verify, message), b"valid\n", "{alg}");
+        let err = fails_with(&verify, tampered, "KMSInvalidSignatureException");
+        assert!(err.contains("not valid"), "{err}");
+        // With --json: VerifyResponse, and the error as JSON.
+        let mut json = vec!["--json"];
+        json.extend_from_slice(&verify);
+        let v: Value = serde_json::from_slice(&ok_bytes_with(&json, message)).unwrap();
+        assert_eq!(v["SignatureValid"], true);
+        assert_eq!(v["SigningAlgorithm"], alg);
+        assert!(v["KeyId"].as_str().unwrap().ends_with(key.as_str()));
+        let o = run_with(&json, tampered);
+        assert_eq!(o.status.code(), Some(1));
+        let e: Value = serde_json::from_slice(&o.stderr).unwrap();
+        assert_eq!(e["__type"], "KMSInvalidSignatureException");
+
+        // A flipped bit in the signature fails as well.
+        let mut bytes = B64
+            .decode(std::fs::read_to_string(&sig).unwrap().trim())
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let bad = dir.path().join(format!("{alg}.bad"));
+        std::fs::write(&bad, B64.encode(&bytes)).unwrap();
+        let bad_verify = [
+            "verify",
+            "--key",
+            key,
+            "--algorithm",
+            alg,
+            "--signature-file",
+            bad.to_str().unwrap(),
+        ];
+        fails_with(&bad_verify, message, "KMSInvalidSignatureException");
+    }
+
+    // --json sign, from a file; DIGEST signs a digest made here, and verifies as RAW.
+    let msg_file = dir.path().join("msg");
+    std::fs::write(&msg_file, message).unwrap();
+    let v = ok_json(&[
+        "sign",
+        "--key",
+        &ecc,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg_file.to_str().unwrap(),
+    ]);
+    assert_eq!(v["SigningAlgorithm"], "ECDSA_SHA_256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&ecc));
+    assert!(!b64(&v["Signature"]).is_empty());
+    let digest = sha2::Sha256::digest(message);
+    let sig = sign_to_file(
+        dir.path(),
+        "digest",
+        &[
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--message-type",
+            "DIGEST",
+        ],
+        &digest,
+    );
+    let s = sig.to_str().unwrap();
+    assert_eq!(
+        ok_bytes_with(
+            &[
+                "verify",
+                "--key",
+                &ecc,
+                "--algorithm",
+                "ECDSA_SHA_256",
+                "--signature-file",
+                s,
+                "--in",
+                msg_file.to_str().unwrap(),
+            ],
+            b"",
+        ),
+        b"valid\n"
+    );
+    assert_eq!(
+        ok_bytes_with(
+            &[
+                "verify",
+                "--key",
+                &ecc,
+                "--algorithm",
+                "ECDSA_SHA_256",
+                "--message-type",
+                "DIGEST",
+                "--signature-file",
+                s,
+            ],
+            &digest,
+        ),
+        b"valid\n"
+    );
+
+    // The library's rules reach the caller: size, algorithm, key usage, message type.
+    fails_with(
+        &["sign", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        &[0u8; 4097],
+        "ValidationException",
+    );
+    fails_with(
+        &["sign", "--key", &ecc, "--algorithm", "RSASSA_PSS_SHA_256"],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["sign", "--key", &new_key(), "--algorithm", "ECDSA_SHA_256"],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "sign",
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--message-type",
+            "DIGEST",
+        ],
+        message,
+        "ValidationException",
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    fails_with(
+        &[
+            "verify",
+            "--key",
+            &ecc,
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--signature-file",
+            empty.to_str().unwrap(),
+        ],
+        message,
+        "ValidationException",
+    );
+    // --signature-file is required: a usage error.
+    let o = run_with(
+        &["verify", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        message,
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// The DER inside a PEM `PUBLIC KEY`, checking the armour and the 64-character lines.
+fn pem_der(pem: &str) -> Vec<u8> {
+    let lines: Vec<&str> = pem.lines().collect();
+    assert_eq!(lines.first(), Some(&"-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert_eq!(lines.last(), Some(&"-----END PUBLIC KEY-----"), "{pem}");
+    let body = &lines[1..lines.len() - 1];
+    assert!(!body.is_empty(), "{pem}");
+    assert!(
+        body[..body.len() - 1].iter().all(|l| l.len() == 64),
+        "{pem}"
+    );
+    assert!(body[body.len() - 1].len() <= 64, "{pem}");
+    B64.decode(body.concat()).expect("PEM body is base64")
+}
+
+#[test]
+fn public_key_der_and_pem_parse_and_check_the_signatures() {
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let message = b"signed by the token, checked by RustCrypto";
+
+    let ecc = new_key_of("ECC_NIST_P256", "SIGN_VERIFY");
+    let der = B64
+        .decode(ok(&["public-key", "--key", &ecc]).trim())
+        .unwrap();
+    let pem = ok(&["public-key", "--key", &ecc, "--pem"]);
+    assert_eq!(pem_der(&pem), der);
+    let public = p256::PublicKey::from_public_key_der(&der).expect("a P-256 SPKI");
+    // A signature the binary makes verifies with that key, and not over another message.
+    let sig = ok_bytes_with(
+        &["sign", "--key", &ecc, "--algorithm", "ECDSA_SHA_256"],
+        message,
+    );
+    let sig = p256::ecdsa::Signature::from_der(
+        &B64.decode(String::from_utf8(sig).unwrap().trim()).unwrap(),
+    )
+    .expect("a DER ECDSA signature");
+    let vk = p256::ecdsa::VerifyingKey::from(&public);
+    vk.verify(message, &sig).expect("ECDSA signature verifies");
+    assert!(vk.verify(b"another message", &sig).is_err());
+
+    let v = ok_json(&["public-key", "--key", &ecc]);
+    assert_eq!(b64(&v["PublicKey"]), der);
+    assert_eq!(v["KeySpec"], "ECC_NIST_P256");
+    assert_eq!(v["KeyUsage"], "SIGN_VERIFY");
+    assert_eq!(v["SigningAlgorithms"][0], "ECDSA_SHA_256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&ecc));
+
+    // --out: the DER bytes, or the PEM text; public, so readable by all.
+    use std::os::unix::fs::PermissionsExt;
+    let der_file = dir.path().join("key.der");
+    assert_eq!(
+        ok(&[
+            "public-key",
+            "--key",
+            &ecc,
+            "--out",
+            der_file.to_str().unwrap()
+        ]),
+        ""
+    );
+    assert_eq!(std::fs::read(&der_file).unwrap(), der);
+    let mode = std::fs::metadata(&der_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let pem_file = dir.path().join("key.pem");
+    let v = ok_json(&[
+        "public-key",
+        "--key",
+        &ecc,
+        "--pem",
+        "--out",
+        pem_file.to_str().unwrap(),
+    ]);
+    assert_eq!(b64(&v["PublicKey"]), der);
+    assert_eq!(std::fs::read_to_string(&pem_file).unwrap(), pem);
+
+    // RSA: PSS with a salt as long as the digest, as AWS signs.
+    let rsa = new_key_of("RSA_2048", "SIGN_VERIFY");
+    let pem = ok(&["public-key", "--key", &rsa, "--pem"]);
+    let public = rsa::RsaPublicKey::from_public_key_der(&pem_der(&pem)).expect("an RSA SPKI");
+    let sig = ok_bytes_with(
+        &["sign", "--key", &rsa, "--algorithm", "RSASSA_PSS_SHA_256"],
+        message,
+    );
+    let sig = B64.decode(String::from_utf8(sig).unwrap().trim()).unwrap();
+    let digest = sha2::Sha256::digest(message);
+    public
+        .verify(rsa::Pss::new::<sha2::Sha256>(), &digest, &sig)
+        .expect("PSS signature verifies");
+    assert!(public
+        .verify(
+            rsa::Pss::new::<sha2::Sha256>(),
+            &sha2::Sha256::digest(b"x"),
+            &sig
+        )
+        .is_err());
+
+    // Symmetric and HMAC keys have no public key.
+    fails_with(
+        &["public-key", "--key", &new_key()],
+        b"",
+        "UnsupportedOperationException",
+    );
+    fails_with(
+        &[
+            "public-key",
+            "--key",
+            &new_key_of("HMAC_256", "GENERATE_VERIFY_MAC"),
+        ],
+        b"",
+        "UnsupportedOperationException",
+    );
+}
+
+#[test]
+fn mac_generate_and_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let message = b"an HMAC made in the token";
+    let text = String::from_utf8(ok_bytes_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+    ))
+    .unwrap();
+    let mac = B64.decode(text.trim()).unwrap();
+    assert_eq!(mac.len(), 32);
+    let mac_file = dir.path().join("mac");
+    std::fs::write(&mac_file, &text).unwrap();
+    let m = mac_file.to_str().unwrap();
+    let verify = [
+        "mac",
+        "verify",
+        "--key",
+        &key,
+        "--algorithm",
+        "HMAC_SHA_256",
+        "--mac-file",
+        m,
+    ];
+    assert_eq!(ok_bytes_with(&verify, message), b"valid\n");
+    fails_with(
+        &verify,
+        b"an HMAC made in the tokeN",
+        "KMSInvalidMacException",
+    );
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&verify);
+    let v: Value = serde_json::from_slice(&ok_bytes_with(&json, message)).unwrap();
+    assert_eq!(v["MacValid"], true);
+    assert_eq!(v["MacAlgorithm"], "HMAC_SHA_256");
+
+    // --json generate, from a file; the same message gives the same MAC.
+    let msg_file = dir.path().join("msg");
+    std::fs::write(&msg_file, message).unwrap();
+    let v = ok_json(&[
+        "mac",
+        "generate",
+        "--key",
+        &key,
+        "--algorithm",
+        "HMAC_SHA_256",
+        "--in",
+        msg_file.to_str().unwrap(),
+    ]);
+    assert_eq!(b64(&v["Mac"]), mac);
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    let mut bad = mac.clone();
+    bad[0] ^= 0x80;
+    std::fs::write(&mac_file, B64.encode(&bad)).unwrap();
+    fails_with(&verify, message, "KMSInvalidMacException");
+    // The MAC of another key over the same message fails too.
+    let other = new_key_of("HMAC_256", "GENERATE_VERIFY_MAC");
+    let theirs = ok_bytes_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &other,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+    );
+    std::fs::write(&mac_file, &theirs).unwrap();
+    fails_with(&verify, message, "KMSInvalidMacException");
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_512",
+        ],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &new_key(),
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &[
+            "mac",
+            "generate",
+            "--key",
+            &key,
+            "--algorithm",
+            "HMAC_SHA_256",
+        ],
+        b"",
+        "ValidationException",
+    );
+}
+
+/// A `Name: value` line of a command's text output.
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+        .to_owned()
+}
+
+#[test]
+fn datakey_pair_blob_decrypts_to_its_pkcs8() {
+    use p256::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
+    let key = new_key();
+    let v = ok_json(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "ECC_NIST_P256",
+        "--context",
+        "app=pairs",
+    ]);
+    assert_eq!(v["KeyPairSpec"], "ECC_NIST_P256");
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&key));
+    let pkcs8 = b64(&v["PrivateKeyPlaintext"]);
+    let secret = p256::SecretKey::from_pkcs8_der(&pkcs8).expect("a P-256 PKCS#8");
+    let public = p256::PublicKey::from_public_key_der(&b64(&v["PublicKey"])).unwrap();
+    assert_eq!(secret.public_key(), public);
+    // The blob is an ordinary ciphertext of the symmetric key, with the context.
+    let blob = v["PrivateKeyCiphertextBlob"].as_str().unwrap().to_owned();
+    let out = ok_bytes_with(&["decrypt", "--context", "app=pairs"], blob.as_bytes());
+    assert_eq!(out, pkcs8);
+    fails_with(&["decrypt"], blob.as_bytes(), "InvalidCiphertextException");
+
+    // Text: the blob, the public key, the key and spec, then the private key.
+    let text = ok(&["datakey-pair", "--key", &key, "--spec", "ECC_NIST_P256"]);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(": ").unwrap().0)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "PrivateKeyCiphertextBlob",
+            "PublicKey",
+            "KeyId",
+            "KeyPairSpec",
+            "PrivateKeyPlaintext"
+        ]
+    );
+    let pkcs8 = B64.decode(field(&text, "PrivateKeyPlaintext")).unwrap();
+    let out = ok_bytes_with(
+        &["decrypt"],
+        field(&text, "PrivateKeyCiphertextBlob").as_bytes(),
+    );
+    assert_eq!(out, pkcs8);
+    assert_eq!(
+        p256::SecretKey::from_pkcs8_der(&pkcs8)
+            .unwrap()
+            .public_key(),
+        p256::PublicKey::from_public_key_der(&B64.decode(field(&text, "PublicKey")).unwrap())
+            .unwrap()
+    );
+
+    // Without the plaintext: the blob still opens to the private key of PublicKey.
+    let text = ok(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "ECC_NIST_P256",
+        "--without-plaintext",
+        "--context",
+        "a=b",
+    ]);
+    assert!(!text.contains("PrivateKeyPlaintext"), "{text}");
+    let pkcs8 = ok_bytes_with(
+        &["decrypt", "--context", "a=b", "--key", &key],
+        field(&text, "PrivateKeyCiphertextBlob").as_bytes(),
+    );
+    assert_eq!(
+        p256::SecretKey::from_pkcs8_der(&pkcs8)
+            .unwrap()
+            .public_key(),
+        p256::PublicKey::from_public_key_der(&B64.decode(field(&text, "PublicKey")).unwrap())
+            .unwrap()
+    );
+    let v = ok_json(&[
+        "datakey-pair",
+        "--key",
+        &key,
+        "--spec",
+        "RSA_2048",
+        "--without-plaintext",
+    ]);
+    assert!(v.get("PrivateKeyPlaintext").is_none(), "{v}");
+    let pkcs8 = ok_bytes_with(
+        &["decrypt"],
+        v["PrivateKeyCiphertextBlob"].as_str().unwrap().as_bytes(),
+    );
+    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_der(&pkcs8).expect("an RSA PKCS#8");
+    assert_eq!(
+        rsa_key.to_public_key(),
+        rsa::RsaPublicKey::from_public_key_der(&b64(&v["PublicKey"])).unwrap()
+    );
+
+    // Only under a symmetric key, and only real specs.
+    fails_with(
+        &[
+            "datakey-pair",
+            "--key",
+            &new_key_of("ECC_NIST_P256", "SIGN_VERIFY"),
+            "--spec",
+            "ECC_NIST_P256",
+        ],
+        b"",
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["datakey-pair", "--key", &key, "--spec", "ECC_NIST_P999"],
+        b"",
+        "ValidationException",
+    );
+    // --spec is required: a usage error.
+    assert_eq!(run(&["datakey-pair", "--key", &key]).status.code(), Some(2));
+}
+
+/// Asserts that an RSA ciphertext that does not decrypt is refused (exit 1, an error on
+/// stderr) and that nothing is printed. Which exception is the library's and the token's
+/// business: SoftHSM's answer is InvalidCiphertextException; Kryoptic's CKR_DEVICE_ERROR
+/// currently comes out as KeyUnavailableException.
+fn refused(args: &[&str], stdin: &[u8]) {
+    let o = run_with(args, stdin);
+    assert_eq!(o.status.code(), Some(1), "p11kms {args:?}: {}", stderr(&o));
+    assert!(o.stdout.is_empty(), "p11kms {args:?} printed to stdout");
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+}
+
+/// Whether the token does RSAES-OAEP with SHA-256 (SoftHSM 2.6 does OAEP with SHA-1 only);
+/// where it does not, says so on stderr.
+fn oaep_sha256_offered(rsa_key: &str) -> bool {
+    let o = run_with(
+        &[
+            "encrypt",
+            "--key",
+            rsa_key,
+            "--algorithm",
+            "RSAES_OAEP_SHA_256",
+        ],
+        b"probe",
+    );
+    if o.status.success() {
+        return true;
+    }
+    eprintln!(
+        "skipping the RSAES_OAEP_SHA_256 checks: this token refuses it: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        common::token_kind(),
+        common::TokenKind::SoftHsm,
+        "only SoftHSM is known to lack SHA-256 OAEP"
+    );
+    false
+}
+
+#[test]
+fn rsa_encrypt_decrypt_and_reencrypt_with_an_algorithm() {
+    let rsa = new_key_of("RSA_2048", "ENCRYPT_DECRYPT");
+    let sym = new_key();
+    let message = b"a secret for RSA\x00\xff";
+    let oaep1 = ["--algorithm", "RSAES_OAEP_SHA_1"];
+    let blob = ok_bytes_with(&["encrypt", "--key", &rsa, oaep1[0], oaep1[1]], message);
+    // The raw RSA output, as at AWS: one modulus long.
+    let raw = B64
+        .decode(String::from_utf8(blob.clone()).unwrap().trim())
+        .unwrap();
+    assert_eq!(raw.len(), 256);
+    let out = ok_bytes_with(&["decrypt", "--key", &rsa, oaep1[0], oaep1[1]], &blob);
+    assert_eq!(out, message);
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &["--json", "decrypt", "--key", &rsa, oaep1[0], oaep1[1]],
+        &blob,
+    ))
+    .unwrap();
+    assert_eq!(v["EncryptionAlgorithm"], "RSAES_OAEP_SHA_1");
+    assert_eq!(b64(&v["Plaintext"]), message);
+    // An RSA ciphertext names no key; it decrypts only as it was made.
+    fails_with(
+        &["decrypt", oaep1[0], oaep1[1]],
+        &blob,
+        "ValidationException",
+    );
+    fails_with(
+        &["decrypt", "--key", &rsa],
+        &blob,
+        "InvalidKeyUsageException",
+    );
+    // A flipped bit: refused, and no plaintext printed.
+    let mut tampered = raw.clone();
+    tampered[100] ^= 0x01;
+    refused(
+        &["decrypt", "--key", &rsa, oaep1[0], oaep1[1]],
+        B64.encode(&tampered).as_bytes(),
+    );
+
+    // The library's limits: 214 bytes with SHA-1 on RSA_2048, no context, an algorithm.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, [7u8; 214]).unwrap();
+    let b = big.to_str().unwrap();
+    let v: Value = serde_json::from_slice(&ok_bytes_with(
+        &[
+            "--json", "encrypt", "--key", &rsa, "--in", b, oaep1[0], oaep1[1],
+        ],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(v["EncryptionAlgorithm"], "RSAES_OAEP_SHA_1");
+    std::fs::write(&big, [7u8; 215]).unwrap();
+    fails_with(
+        &["encrypt", "--key", &rsa, "--in", b, oaep1[0], oaep1[1]],
+        b"",
+        "ValidationException",
+    );
+    fails_with(
+        &[
+            "encrypt",
+            "--key",
+            &rsa,
+            "--context",
+            "a=b",
+            oaep1[0],
+            oaep1[1],
+        ],
+        message,
+        "ValidationException",
+    );
+    fails_with(
+        &["encrypt", "--key", &rsa],
+        message,
+        "InvalidKeyUsageException",
+    );
+    fails_with(
+        &["encrypt", "--key", &sym, oaep1[0], oaep1[1]],
+        message,
+        "InvalidKeyUsageException",
+    );
+
+    // ReEncrypt between a symmetric and an RSA key, both ways.
+    let sym_blob = ok_bytes_with(&["encrypt", "--key", &sym, "--context", "x=1"], message);
+    let rsa_blob = ok_bytes_with(
+        &[
+            "reencrypt",
+            "--key",
+            &rsa,
+            "--context",
+            "x=1",
+            "--dest-algorithm",
+            "RSAES_OAEP_SHA_1",
+        ],
+        &sym_blob,
+    );
+    let out = ok_bytes_with(&["decrypt", "--key", &rsa, oaep1[0], oaep1[1]], &rsa_blob);
+    assert_eq!(out, message);
+    let back = ok_bytes_with(
+        &[
+            "reencrypt",
+            "--key",
+            &sym,
+            "--source-key",
+            &rsa,
+            "--source-algorithm",
+            "RSAES_OAEP_SHA_1",
+            "--dest-context",
+            "y=2",
+        ],
+        &rsa_blob,
+    );
+    assert_eq!(
+        ok_bytes_with(&["decrypt", "--context", "y=2"], &back),
+        message
+    );
+
+    if oaep_sha256_offered(&rsa) {
+        use p256::pkcs8::DecodePublicKey as _;
+        refused(
+            &[
+                "decrypt",
+                "--key",
+                &rsa,
+                "--algorithm",
+                "RSAES_OAEP_SHA_256",
+            ],
+            &blob,
+        );
+        // Encrypted with the public key by RustCrypto, decrypted in the token.
+        let der = B64
+            .decode(ok(&["public-key", "--key", &rsa]).trim())
+            .unwrap();
+        let public = rsa::RsaPublicKey::from_public_key_der(&der).unwrap();
+        let theirs = public
+            .encrypt(
+                &mut rand::rngs::OsRng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                message,
+            )
+            .unwrap();
+        let out = ok_bytes_with(
+            &[
+                "decrypt",
+                "--key",
+                &rsa,
+                "--algorithm",
+                "RSAES_OAEP_SHA_256",
+            ],
+            B64.encode(&theirs).as_bytes(),
+        );
+        assert_eq!(out, message);
+    }
+}
+
+#[test]
+fn token_info_lists_the_key_specs_the_token_offers() {
+    let text = ok(&["token", "info"]);
+    let line = |spec: &str, usage: &str| {
+        text.lines()
+            .find(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.len() >= 3 && words[0] == spec && words[1] == usage
+            })
+            .unwrap_or_else(|| panic!("{spec} {usage} missing from:\n{text}"))
+            .to_owned()
+    };
+    assert!(text.contains("Key specs (CreateKey"), "{text}");
+    assert!(
+        text.contains("Data key pair specs (GenerateDataKeyPair)"),
+        "{text}"
+    );
+    for want in ["CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_ECDSA", "CKM_SHA256_HMAC"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+
+    let v = ok_json(&["token", "info"]);
+    let specs = v["key_specs"].as_array().unwrap();
+    // Every KeySpec and KeyUsage pair AWS allows and p11kms serves, once.
+    assert_eq!(specs.len(), 19, "{specs:?}");
+    let mut seen = std::collections::HashSet::new();
+    for s in specs {
+        let (spec, usage) = (
+            s["key_spec"].as_str().unwrap(),
+            s["key_usage"].as_str().unwrap(),
+        );
+        assert!(seen.insert((spec, usage)), "{spec} {usage} twice");
+        let missing: Vec<&str> = s["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        // The text says the same as the JSON.
+        let l = line(spec, usage);
+        if missing.is_empty() {
+            assert!(l.ends_with(" offered"), "{l}");
+        } else {
+            assert!(l.contains("not offered: lacks"), "{l}");
+            assert!(missing.iter().all(|m| l.contains(m)), "{l}");
+            // And CreateKey refuses it, naming what is missing.
+            let err = fails_with(
+                &["key", "create", "--spec", spec, "--usage", usage],
+                b"",
+                "UnsupportedOperationException",
+            );
+            assert!(err.contains(missing[0]), "{err}");
+        }
+    }
+    for (spec, usage) in [
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("RSA_2048", "SIGN_VERIFY"),
+        ("RSA_4096", "SIGN_VERIFY"),
+        ("ECC_NIST_P256", "KEY_AGREEMENT"),
+        ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"),
+        ("HMAC_512", "GENERATE_VERIFY_MAC"),
+    ] {
+        assert!(seen.contains(&(spec, usage)), "{spec} {usage} not listed");
+    }
+    // SoftHSM and Kryoptic both have the mechanisms of these, and make such keys.
+    for (spec, usage) in [
+        ("RSA_2048", "SIGN_VERIFY"),
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ] {
+        assert!(line(spec, usage).ends_with(" offered"), "{text}");
+        new_key_of(spec, usage);
+    }
+    assert!(!seen.contains(&("SM2", "SIGN_VERIFY")));
+
+    let pairs = v["data_key_pair_specs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 8, "{pairs:?}");
+    assert!(pairs
+        .iter()
+        .any(|p| p["key_pair_spec"] == "ECC_NIST_P256" && p["missing"] == serde_json::json!([])));
+}

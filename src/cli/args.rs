@@ -52,14 +52,31 @@ pub(super) enum Configured {
     /// Data keys (GenerateDataKey, GenerateDataKeyWithoutPlaintext).
     #[command(subcommand)]
     Datakey(DatakeyCmd),
-    /// Encrypt up to 4096 bytes from a file or stdin; prints the base64 ciphertext blob.
+    /// A data key pair, its private key sealed under a symmetric key (GenerateDataKeyPair,
+    /// GenerateDataKeyPairWithoutPlaintext).
+    DatakeyPair(DatakeyPairArgs),
+    /// Encrypt up to 4096 bytes from a file or stdin (RSA keys: up to 190 to 470 bytes, by
+    /// key size and algorithm); prints the base64 ciphertext blob.
     Encrypt(EncryptArgs),
-    /// Decrypt a base64 ciphertext blob; writes the raw plaintext.
+    /// Decrypt a base64 ciphertext blob; writes the raw plaintext. RSA ciphertexts need --key
+    /// and --algorithm.
     Decrypt(DecryptArgs),
     /// Re-encrypt a base64 ciphertext blob under another key.
     Reencrypt(ReencryptArgs),
     /// Random bytes from the token's RNG (GenerateRandom), base64.
     Random(RandomArgs),
+    /// Sign a message of 1 to 4096 bytes (or its digest) from a file or stdin with an
+    /// asymmetric SIGN_VERIFY key (Sign); prints the base64 signature.
+    Sign(SignArgs),
+    /// Verify a signature (Verify): prints `valid`, or fails with
+    /// KMSInvalidSignatureException.
+    Verify(VerifyArgs),
+    /// The public key of an asymmetric key (GetPublicKey): its DER SubjectPublicKeyInfo,
+    /// base64, or PEM with --pem.
+    PublicKey(PublicKeyArgs),
+    /// HMACs made and checked in the token (GenerateMac, VerifyMac).
+    #[command(subcommand)]
+    Mac(MacCmd),
     /// Encrypt or decrypt files of any size under a data key (client-side envelope format).
     #[command(subcommand)]
     Envelope(EnvelopeCmd),
@@ -98,11 +115,21 @@ pub(super) enum TokenCmd {
 
 #[derive(Subcommand)]
 pub(super) enum KeyCmd {
-    /// Create a symmetric key in the token (CreateKey).
+    /// Create a key in the token (CreateKey): a symmetric AES-256 key unless --spec says
+    /// otherwise.
     Create {
         /// Free text shown by `key describe`.
         #[arg(long)]
         description: Option<String>,
+        /// KeySpec: SYMMETRIC_DEFAULT (default), RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256,
+        /// ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, ECC_NIST_EDWARDS25519, HMAC_224,
+        /// HMAC_256, HMAC_384 or HMAC_512 (`token info` lists what this token offers).
+        #[arg(long)]
+        spec: Option<String>,
+        /// KeyUsage: ENCRYPT_DECRYPT (default, as at AWS), SIGN_VERIFY, GENERATE_VERIFY_MAC
+        /// (HMAC keys) or KEY_AGREEMENT.
+        #[arg(long)]
+        usage: Option<String>,
         /// A tag as KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
@@ -181,6 +208,23 @@ pub(super) struct DatakeyArgs {
 }
 
 #[derive(Args)]
+pub(super) struct DatakeyPairArgs {
+    /// The symmetric KMS key that seals the private key (id, ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// KeyPairSpec: RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384,
+    /// ECC_NIST_P521, ECC_SECG_P256K1 or ECC_NIST_EDWARDS25519.
+    #[arg(long)]
+    pub(super) spec: String,
+    /// Only the sealed private key and the public key (GenerateDataKeyPairWithoutPlaintext).
+    #[arg(long)]
+    pub(super) without_plaintext: bool,
+    /// Encryption context pair (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub(super) context: Vec<String>,
+}
+
+#[derive(Args)]
 pub(super) struct EncryptArgs {
     /// The KMS key (key id, key ARN, alias name or alias ARN).
     #[arg(long)]
@@ -188,9 +232,13 @@ pub(super) struct EncryptArgs {
     /// Plaintext file (default: stdin).
     #[arg(long = "in", value_name = "FILE")]
     pub(super) input: Option<PathBuf>,
-    /// Encryption context pair (repeatable).
+    /// Encryption context pair (repeatable; symmetric keys only).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub(super) context: Vec<String>,
+    /// EncryptionAlgorithm: SYMMETRIC_DEFAULT (default), or RSAES_OAEP_SHA_1 or
+    /// RSAES_OAEP_SHA_256 with an RSA ENCRYPT_DECRYPT key.
+    #[arg(long)]
+    pub(super) algorithm: Option<String>,
 }
 
 #[derive(Args)]
@@ -198,12 +246,17 @@ pub(super) struct DecryptArgs {
     /// File with the base64 ciphertext blob (default: stdin).
     #[arg(long, value_name = "FILE")]
     pub(super) blob_file: Option<PathBuf>,
-    /// Refuse the blob unless it is under this key.
+    /// Refuse the blob unless it is under this key (required for an RSA ciphertext: the key
+    /// that decrypts it).
     #[arg(long)]
     pub(super) key: Option<String>,
     /// The blob's encryption context pair (repeatable).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub(super) context: Vec<String>,
+    /// EncryptionAlgorithm the blob was made with: SYMMETRIC_DEFAULT (default),
+    /// RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+    #[arg(long)]
+    pub(super) algorithm: Option<String>,
     /// Write the plaintext here (mode 0600, replaced atomically) instead of stdout. With --json
     /// the printed response then leaves out Plaintext.
     #[arg(long, value_name = "FILE")]
@@ -227,6 +280,84 @@ pub(super) struct ReencryptArgs {
     /// The new blob's encryption context pair (repeatable).
     #[arg(long = "dest-context", value_name = "KEY=VALUE")]
     pub(super) dest_context: Vec<String>,
+    /// EncryptionAlgorithm of the blob (an RSA ciphertext also needs --source-key).
+    #[arg(long, value_name = "ALGORITHM")]
+    pub(super) source_algorithm: Option<String>,
+    /// EncryptionAlgorithm of the new blob (RSAES_OAEP_* for an RSA destination key).
+    #[arg(long, value_name = "ALGORITHM")]
+    pub(super) dest_algorithm: Option<String>,
+}
+
+#[derive(Args)]
+pub(super) struct SignArgs {
+    /// The SIGN_VERIFY key (key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// SigningAlgorithm, one the key lists (`key describe`): RSASSA_PSS_SHA_256|384|512,
+    /// RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ED25519_SHA_512,
+    /// ED25519_PH_SHA_512.
+    #[arg(long)]
+    pub(super) algorithm: String,
+    /// RAW (default): the input is the message, hashed here. DIGEST: the input is the
+    /// message's digest (raw bytes, as long as the algorithm's hash).
+    #[arg(long, value_name = "RAW|DIGEST")]
+    pub(super) message_type: Option<String>,
+    /// Message file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(super) input: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(super) struct VerifyArgs {
+    #[command(flatten)]
+    pub(super) message: SignArgs,
+    /// File with the base64 signature (as `p11kms sign` prints it).
+    #[arg(long, value_name = "FILE")]
+    pub(super) signature_file: PathBuf,
+}
+
+#[derive(Args)]
+pub(super) struct PublicKeyArgs {
+    /// The asymmetric key (key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// PEM (`-----BEGIN PUBLIC KEY-----`, 64 characters a line) instead of base64 DER.
+    #[arg(long)]
+    pub(super) pem: bool,
+    /// Write the key here instead of stdout: the DER bytes, or the PEM text with --pem (mode
+    /// 0644, replaced atomically). With --json the response is printed as well.
+    #[arg(long, value_name = "FILE")]
+    pub(super) out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum MacCmd {
+    /// The HMAC of a message of 1 to 4096 bytes from a file or stdin (GenerateMac), base64.
+    Generate(MacArgs),
+    /// Check an HMAC (VerifyMac): prints `valid`, or fails with KMSInvalidMacException.
+    Verify(MacVerifyArgs),
+}
+
+#[derive(Args)]
+pub(super) struct MacArgs {
+    /// The HMAC key (GENERATE_VERIFY_MAC; key id, key ARN, alias name or alias ARN).
+    #[arg(long)]
+    pub(super) key: String,
+    /// MacAlgorithm, the key's: HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+    #[arg(long)]
+    pub(super) algorithm: String,
+    /// Message file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(super) input: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(super) struct MacVerifyArgs {
+    #[command(flatten)]
+    pub(super) message: MacArgs,
+    /// File with the base64 MAC (as `p11kms mac generate` prints it).
+    #[arg(long, value_name = "FILE")]
+    pub(super) mac_file: PathBuf,
 }
 
 #[derive(Args)]

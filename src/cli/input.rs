@@ -1,5 +1,5 @@
-//! What commands read: encryption context pairs, bounded plaintexts and base64 blobs, from
-//! files or stdin, into zeroizing buffers.
+//! What commands read: encryption context pairs, bounded plaintexts and messages, and base64
+//! blobs, signatures and MACs, from files or stdin, into zeroizing buffers.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -66,10 +66,16 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// A base64 ciphertext blob from a file or stdin; whitespace (line breaks) is ignored.
 pub(super) fn read_blob(path: Option<&Path>) -> Result<Bytes> {
+    read_base64(path, "ciphertext blob", "on stdin or in --blob-file")
+}
+
+/// Base64 bytes (a ciphertext blob, a signature, a MAC) named `what` from `path` or stdin;
+/// whitespace (line breaks) is ignored. `source` says where they were expected, for the error.
+pub(super) fn read_base64(path: Option<&Path>, what: &str, source: &str) -> Result<Bytes> {
     let text = read_bounded(path, MAX_BLOB_TEXT + 1)?;
     if text.len() > MAX_BLOB_TEXT {
         return Err(KmsError::validation(format!(
-            "the ciphertext blob input is larger than {MAX_BLOB_TEXT} bytes of base64"
+            "the {what} input is larger than {MAX_BLOB_TEXT} bytes of base64"
         )));
     }
     let compact: Vec<u8> = text
@@ -78,11 +84,11 @@ pub(super) fn read_blob(path: Option<&Path>) -> Result<Bytes> {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     if compact.is_empty() {
-        return Err(KmsError::validation(
-            "no ciphertext blob given (expected base64 on stdin or in --blob-file)",
-        ));
+        return Err(KmsError::validation(format!(
+            "no {what} given (expected base64 {source})"
+        )));
     }
     B64.decode(&compact)
         .map(Bytes)
-        .map_err(|_| KmsError::validation("the ciphertext blob is not valid base64"))
+        .map_err(|_| KmsError::validation(format!("the {what} is not valid base64")))
 }

@@ -34,9 +34,16 @@ fn key_req(key: String) -> KeyIdRequest {
 
 pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
     match cmd {
-        KeyCmd::Create { description, tags } => {
+        KeyCmd::Create {
+            description,
+            spec,
+            usage,
+            tags,
+        } => {
             let r = kms.create_key(CreateKeyRequest {
                 description,
+                key_spec: spec,
+                key_usage: usage,
                 tags: parse_tags(&tags)?,
                 ..Default::default()
             })?;

@@ -11,10 +11,11 @@
 //! on the way.
 //!
 //! Rooms: `args` is the command line's shape, `output` and `input` what commands print and
-//! read, `token`, `keys`, `crypto` and `envelope` the commands themselves, and [`paging`]
-//! every page of the list operations.
+//! read, `token`, `keys`, `crypto`, `asymmetric` (signatures, public keys, MACs) and
+//! `envelope` the commands themselves, and [`paging`] every page of the list operations.
 
 mod args;
+mod asymmetric;
 mod crypto;
 mod envelope;
 mod input;
@@ -108,10 +109,15 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Datakey(DatakeyCmd::Generate(args)) => {
             crypto::datakey(&open(&config)?, &out, args)
         }
+        Configured::DatakeyPair(args) => crypto::datakey_pair(&open(&config)?, &out, args),
         Configured::Encrypt(args) => crypto::encrypt(&open(&config)?, &out, args),
         Configured::Decrypt(args) => crypto::decrypt(&open(&config)?, &out, args),
         Configured::Reencrypt(args) => crypto::reencrypt(&open(&config)?, &out, args),
         Configured::Random(args) => crypto::random(&open(&config)?, &out, args),
+        Configured::Sign(args) => asymmetric::sign(&open(&config)?, &out, args),
+        Configured::Verify(args) => asymmetric::verify(&open(&config)?, &out, args),
+        Configured::PublicKey(args) => asymmetric::public_key(&open(&config)?, &out, args),
+        Configured::Mac(cmd) => asymmetric::mac(&open(&config)?, &out, cmd),
         Configured::Envelope(cmd) => envelope::envelope_cmd(&open(&config)?, &out, cmd),
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))

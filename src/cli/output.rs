@@ -4,7 +4,11 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -12,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::envelope;
 use crate::error::{KmsError, Result};
 use crate::kms::types::KeyMetadata;
+use crate::kms::AwsEnum;
 
 /// Where results go: stdout, as JSON or as readable text.
 pub(super) struct Out {
@@ -86,10 +91,53 @@ pub(super) fn metadata_text(m: &KeyMetadata) -> String {
         m.key_spec,
         m.key_usage,
     );
+    for (name, list) in [
+        ("EncryptionAlgorithms", names(&m.encryption_algorithms)),
+        ("SigningAlgorithms", names(&m.signing_algorithms)),
+        ("MacAlgorithms", names(&m.mac_algorithms)),
+        ("KeyAgreementAlgorithms", names(&m.key_agreement_algorithms)),
+    ] {
+        if let Some(list) = list {
+            s.push_str(&format!("{name}: {list}\n"));
+        }
+    }
     if let Some(d) = m.deletion_date {
         s.push_str(&format!("DeletionDate: {}\n", date(d)));
     }
     s
+}
+
+/// An algorithm list of KeyMetadata or GetPublicKey as AWS names, comma-separated (`None`
+/// when the key lists none).
+pub(super) fn names<T: AwsEnum>(list: &Option<Vec<T>>) -> Option<String> {
+    list.as_ref()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "))
+}
+
+/// `der` as PEM with `label` (RFC 7468): base64 in lines of 64 characters between the
+/// BEGIN and END lines.
+pub(super) fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut s = format!("-----BEGIN {label}-----\n");
+    // Base64 is ASCII, so every 64-byte chunk is a whole line of text.
+    for line in b64.as_bytes().chunks(64) {
+        s.push_str(&String::from_utf8_lossy(line));
+        s.push('\n');
+    }
+    s.push_str(&format!("-----END {label}-----\n"));
+    s
+}
+
+/// Writes something public (a public key) to `path`, atomically, readable by all (0644).
+pub(super) fn write_public(path: &Path, data: &[u8]) -> Result<()> {
+    envelope::write_atomically(path, |f| {
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err("cannot set the mode of", path))?;
+        f.write_all(data).map_err(io_err("cannot write", path))?;
+        Ok(data.len() as u64)
+    })
+    .map(|_| ())
 }
 
 /// Writes a plaintext to `path` (0600, atomically) or to stdout.
@@ -101,5 +149,28 @@ pub(super) fn write_plaintext(path: Option<&Path>, data: &[u8]) -> Result<()> {
         })
         .map(|_| ()),
         None => write_stdout(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_wraps_at_64_characters() {
+        // 48 bytes are exactly one 64-character line; 49 start a second one.
+        for (len, lines) in [(1, 1), (47, 1), (48, 1), (49, 2), (96, 2), (97, 3)] {
+            let der: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let p = pem("PUBLIC KEY", &der);
+            let body: Vec<&str> = p.lines().collect();
+            assert_eq!(body.first(), Some(&"-----BEGIN PUBLIC KEY-----"));
+            assert_eq!(body.last(), Some(&"-----END PUBLIC KEY-----"));
+            let inner = &body[1..body.len() - 1];
+            assert_eq!(inner.len(), lines, "{len}: {p}");
+            assert!(inner[..lines - 1].iter().all(|l| l.len() == 64), "{p}");
+            assert!(!inner[lines - 1].is_empty() && inner[lines - 1].len() <= 64);
+            assert_eq!(B64.decode(inner.concat()).unwrap(), der);
+            assert!(p.ends_with("-----\n"));
+        }
     }
 }

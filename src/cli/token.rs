@@ -9,15 +9,21 @@ use super::output::Out;
 use super::paging;
 use crate::config::{Config, ConfigSource, EmbeddedToken};
 use crate::error::{KmsError, Result};
+use crate::hsm::Capabilities;
+use crate::kms::domain::DataKeyPairSpec;
+use crate::kms::specs;
 use crate::kms::types::KeyIdRequest;
-use crate::kms::Kms;
+use crate::kms::{AwsEnum, KeySpec, KeyUsage, Kms};
 
 /// A mechanism's flags as words.
 fn mechanism_flags(m: &crate::hsm::MechanismSupport) -> (&'static str, String) {
     let flags: Vec<&str> = [
         (m.generate, "generate"),
+        (m.generate_key_pair, "generate-key-pair"),
         (m.encrypt, "encrypt"),
         (m.decrypt, "decrypt"),
+        (m.sign, "sign"),
+        (m.verify, "verify"),
         (m.wrap, "wrap"),
         (m.unwrap, "unwrap"),
         (m.derive, "derive"),
@@ -105,6 +111,62 @@ fn token_init_configured(config: &Config, so_pin_file: &Path, out: &Out) -> Resu
     out.emit(&outcome, &text)
 }
 
+/// A KeySpec and KeyUsage that CreateKey allows, and what the token lacks for it.
+#[derive(Serialize)]
+struct OfferedKeySpec {
+    key_spec: KeySpec,
+    key_usage: KeyUsage,
+    /// The mechanisms the token lacks (empty: offered, as far as its mechanism list says;
+    /// a curve it does not know is found when a key is made).
+    missing: Vec<&'static str>,
+}
+
+/// A KeyPairSpec of GenerateDataKeyPair, and what the token lacks for it.
+#[derive(Serialize)]
+struct OfferedPairSpec {
+    key_pair_spec: DataKeyPairSpec,
+    missing: Vec<&'static str>,
+}
+
+/// Every KeySpec and KeyUsage p11kms serves, with what this token lacks for each.
+fn offered_key_specs(caps: &Capabilities) -> Vec<OfferedKeySpec> {
+    let mut out = Vec::new();
+    for &spec in KeySpec::ALL {
+        for &usage in specs::usages(spec) {
+            // The specs table gives every served pair a backing kind.
+            if let Ok(kind) = specs::backing_kind(spec, usage) {
+                out.push(OfferedKeySpec {
+                    key_spec: spec,
+                    key_usage: usage,
+                    missing: caps.missing_for(kind),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every KeyPairSpec p11kms serves, with what this token lacks for each.
+fn offered_pair_specs(caps: &Capabilities) -> Vec<OfferedPairSpec> {
+    DataKeyPairSpec::ALL
+        .iter()
+        .filter_map(|&spec| {
+            specs::data_pair_kind(spec).map(|pair| OfferedPairSpec {
+                key_pair_spec: spec,
+                missing: caps.missing_for_data_key_pair(pair),
+            })
+        })
+        .collect()
+}
+
+fn offered_text(missing: &[&str]) -> String {
+    if missing.is_empty() {
+        "offered".to_owned()
+    } else {
+        format!("not offered: lacks {}", missing.join(", "))
+    }
+}
+
 #[derive(Serialize)]
 struct TokenInfo<'a> {
     config_source: &'static str,
@@ -115,6 +177,8 @@ struct TokenInfo<'a> {
     in_token_sealing_possible: bool,
     custody: crate::kms::Custody,
     quirks: crate::hsm::Quirks,
+    key_specs: Vec<OfferedKeySpec>,
+    data_key_pair_specs: Vec<OfferedPairSpec>,
     keys: usize,
     aliases: usize,
 }
@@ -137,6 +201,8 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         in_token_sealing_possible: caps.in_token_sealing(),
         custody: kms.custody(),
         quirks: token.quirks(),
+        key_specs: offered_key_specs(caps),
+        data_key_pair_specs: offered_pair_specs(caps),
         keys,
         aliases,
     };
@@ -165,8 +231,30 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         mechanism_flags(&caps.aes_cbc_encrypt_data),
         mechanism_flags(&caps.sp800_108_counter_kdf),
         mechanism_flags(&caps.aes_cmac),
-    ] {
+    ]
+    .into_iter()
+    .chain(asymmetric_mechanisms(caps))
+    {
         t.push_str(&format!("  {name:<28} {flags}\n"));
+    }
+    t.push_str(
+        "Key specs (CreateKey; by the mechanism list, a curve is checked when a key is made):\n",
+    );
+    for o in &info.key_specs {
+        t.push_str(&format!(
+            "  {:<22} {:<20} {}\n",
+            o.key_spec.as_str(),
+            o.key_usage.as_str(),
+            offered_text(&o.missing)
+        ));
+    }
+    t.push_str("Data key pair specs (GenerateDataKeyPair):\n");
+    for o in &info.data_key_pair_specs {
+        t.push_str(&format!(
+            "  {:<22} {}\n",
+            o.key_pair_spec.as_str(),
+            offered_text(&o.missing)
+        ));
     }
     let c = &info.custody;
     let dt = &c.derive_template;
@@ -212,6 +300,26 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         "Keys:          {keys}\nAliases:       {aliases}\n"
     ));
     out.emit(&info, &t)
+}
+
+/// The mechanisms of the asymmetric and HMAC key families, with their flags.
+fn asymmetric_mechanisms(caps: &Capabilities) -> Vec<(&'static str, String)> {
+    let m = &caps.asymmetric;
+    [
+        &m.rsa_key_pair_gen,
+        &m.rsa_pkcs,
+        &m.rsa_pkcs_pss,
+        &m.rsa_pkcs_oaep,
+        &m.ec_key_pair_gen,
+        &m.ecdsa,
+        &m.ecdh1_derive,
+        &m.ec_edwards_key_pair_gen,
+        &m.eddsa,
+    ]
+    .into_iter()
+    .chain(m.hmac.iter())
+    .map(mechanism_flags)
+    .collect()
 }
 
 fn yes_no(b: bool) -> &'static str {
