@@ -11,7 +11,6 @@ use crate::config::{Config, ConfigSource, EmbeddedToken};
 use crate::error::{KmsError, Result};
 use crate::hsm::Capabilities;
 use crate::kms::domain::DataKeyPairSpec;
-use crate::kms::specs;
 use crate::kms::types::KeyIdRequest;
 use crate::kms::{AwsEnum, KeySpec, KeyUsage, Kms};
 
@@ -111,59 +110,30 @@ fn token_init_configured(config: &Config, so_pin_file: &Path, out: &Out) -> Resu
     out.emit(&outcome, &text)
 }
 
-/// A KeySpec and KeyUsage that CreateKey allows, and what the token lacks for it.
+/// A KeySpec and KeyUsage that AWS allows, and whether this token offers it.
 #[derive(Serialize)]
 struct OfferedKeySpec {
     key_spec: KeySpec,
     key_usage: KeyUsage,
-    /// The mechanisms the token lacks (empty: offered, as far as its mechanism list says;
-    /// a curve it does not know is found when a key is made).
-    missing: Vec<&'static str>,
+    offered: bool,
+    /// Why not (what the token lacks), as CreateKey would answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why_not: Option<String>,
 }
 
-/// A KeyPairSpec of GenerateDataKeyPair, and what the token lacks for it.
+/// A KeyPairSpec of GenerateDataKeyPair, and whether this token offers it.
 #[derive(Serialize)]
 struct OfferedPairSpec {
     key_pair_spec: DataKeyPairSpec,
-    missing: Vec<&'static str>,
+    offered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why_not: Option<String>,
 }
 
-/// Every KeySpec and KeyUsage p11kms serves, with what this token lacks for each.
-fn offered_key_specs(caps: &Capabilities) -> Vec<OfferedKeySpec> {
-    let mut out = Vec::new();
-    for &spec in KeySpec::ALL {
-        for &usage in specs::usages(spec) {
-            // The specs table gives every served pair a backing kind.
-            if let Ok(kind) = specs::backing_kind(spec, usage) {
-                out.push(OfferedKeySpec {
-                    key_spec: spec,
-                    key_usage: usage,
-                    missing: caps.missing_for(kind),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Every KeyPairSpec p11kms serves, with what this token lacks for each.
-fn offered_pair_specs(caps: &Capabilities) -> Vec<OfferedPairSpec> {
-    DataKeyPairSpec::ALL
-        .iter()
-        .filter_map(|&spec| {
-            specs::data_pair_kind(spec).map(|pair| OfferedPairSpec {
-                key_pair_spec: spec,
-                missing: caps.missing_for_data_key_pair(pair),
-            })
-        })
-        .collect()
-}
-
-fn offered_text(missing: &[&str]) -> String {
-    if missing.is_empty() {
-        "offered".to_owned()
-    } else {
-        format!("not offered: lacks {}", missing.join(", "))
+fn offered_text(why_not: &Option<String>) -> String {
+    match why_not {
+        None => "offered".to_owned(),
+        Some(why) => format!("not offered: {why}"),
     }
 }
 
@@ -201,8 +171,25 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         in_token_sealing_possible: caps.in_token_sealing(),
         custody: kms.custody(),
         quirks: token.quirks(),
-        key_specs: offered_key_specs(caps),
-        data_key_pair_specs: offered_pair_specs(caps),
+        key_specs: kms
+            .offered_key_specs()
+            .into_iter()
+            .map(|(key_spec, key_usage, why_not)| OfferedKeySpec {
+                key_spec,
+                key_usage,
+                offered: why_not.is_none(),
+                why_not,
+            })
+            .collect(),
+        data_key_pair_specs: kms
+            .offered_data_key_pair_specs()
+            .into_iter()
+            .map(|(key_pair_spec, why_not)| OfferedPairSpec {
+                key_pair_spec,
+                offered: why_not.is_none(),
+                why_not,
+            })
+            .collect(),
         keys,
         aliases,
     };
@@ -237,15 +224,13 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
     {
         t.push_str(&format!("  {name:<28} {flags}\n"));
     }
-    t.push_str(
-        "Key specs (CreateKey; by the mechanism list, a curve is checked when a key is made):\n",
-    );
+    t.push_str("Key specs (CreateKey):\n");
     for o in &info.key_specs {
         t.push_str(&format!(
             "  {:<22} {:<20} {}\n",
             o.key_spec.as_str(),
             o.key_usage.as_str(),
-            offered_text(&o.missing)
+            offered_text(&o.why_not)
         ));
     }
     t.push_str("Data key pair specs (GenerateDataKeyPair):\n");
@@ -253,7 +238,7 @@ pub(super) fn token_info(config: &Config, kms: &Kms, out: &Out) -> Result<()> {
         t.push_str(&format!(
             "  {:<22} {}\n",
             o.key_pair_spec.as_str(),
-            offered_text(&o.missing)
+            offered_text(&o.why_not)
         ));
     }
     let c = &info.custody;

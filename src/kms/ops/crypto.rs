@@ -325,6 +325,13 @@ impl Kms {
         let ctx = context(req.encryption_context)?;
         let entry = self.crypto_key(req.key_id)?;
         self.require_symmetric(&entry, "GenerateDataKeyPair")?;
+        self.check_pair_offered(spec, pair)?;
+        dry_run(req.dry_run)?;
+        Ok((spec, pair, ctx, entry))
+    }
+
+    /// UnsupportedOperationException unless the token generates data key pairs of `pair`.
+    fn check_pair_offered(&self, spec: DataKeyPairSpec, pair: PairKind) -> Result<()> {
         let missing = self.token.capabilities().missing_for_data_key_pair(pair);
         if !missing.is_empty() {
             return Err(KmsError::unsupported(format!(
@@ -338,8 +345,25 @@ impl Kms {
                  key pairs"
             )));
         }
-        dry_run(req.dry_run)?;
-        Ok((spec, pair, ctx, entry))
+        Ok(())
+    }
+
+    /// Every KeyPairSpec, with why this token cannot make it (`None`: offered). For
+    /// `p11kms token info`.
+    pub fn offered_data_key_pair_specs(&self) -> Vec<(DataKeyPairSpec, Option<String>)> {
+        DataKeyPairSpec::ALL
+            .iter()
+            .map(|&spec| {
+                let why = match specs::data_pair_kind(spec) {
+                    Some(pair) => self
+                        .check_pair_offered(spec, pair)
+                        .err()
+                        .map(|e| e.message().to_string()),
+                    None => Some(format!("KeyPairSpec {spec} is not supported by p11kms")),
+                };
+                (spec, why)
+            })
+            .collect()
     }
 
     /// GenerateDataKeyPair: a key pair generated in the token as session objects; the
