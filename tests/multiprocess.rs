@@ -173,3 +173,97 @@ fn a_duplicate_generation_object_is_settled() {
         .describe_key(common::key_req(&made_here))
         .expect("seen by the other process");
 }
+
+/// Asymmetric and HMAC keys across processes: a key made here signs, MACs and decrypts in
+/// another `p11kms` process (its own login, its own binding of the private key), and what
+/// that process makes verifies here; a key disabled there is refused here by the token.
+#[test]
+fn asymmetric_and_hmac_keys_work_across_processes() {
+    let _g = serial();
+    let kms = common::kms();
+    let create = |spec: &str, usage: &str| {
+        kms.create_key(CreateKeyRequest {
+            key_spec: Some(spec.into()),
+            key_usage: Some(usage.into()),
+            ..Default::default()
+        })
+        .expect("create key")
+        .key_metadata
+        .key_id
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let msg = dir.path().join("message");
+    std::fs::write(&msg, b"signed by another process").unwrap();
+    let msg_arg = msg.to_str().unwrap();
+
+    let ecc = create("ECC_NIST_P256", "SIGN_VERIFY");
+    let signed = run(&[
+        "sign",
+        "--key",
+        &ecc,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg_arg,
+    ]);
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(signed["Signature"].as_str().expect("Signature"))
+        .expect("base64");
+    let v = kms
+        .verify(VerifyRequest {
+            key_id: Some(ecc.as_str().into()),
+            message: Some(SecretBytes(b"signed by another process".to_vec().into())),
+            signature: Some(Bytes(sig)),
+            signing_algorithm: Some("ECDSA_SHA_256".into()),
+            ..Default::default()
+        })
+        .expect("a signature made by another process verifies here");
+    assert!(v.signature_valid);
+
+    let hmac = create("HMAC_256", "GENERATE_VERIFY_MAC");
+    let mac = run(&[
+        "mac",
+        "generate",
+        "--key",
+        &hmac,
+        "--algorithm",
+        "HMAC_SHA_256",
+        "--in",
+        msg_arg,
+    ]);
+    let mac = base64::engine::general_purpose::STANDARD
+        .decode(mac["Mac"].as_str().expect("Mac"))
+        .expect("base64");
+    kms.verify_mac(VerifyMacRequest {
+        key_id: Some(hmac.as_str().into()),
+        message: Some(SecretBytes(b"signed by another process".to_vec().into())),
+        mac: Some(Bytes(mac)),
+        mac_algorithm: Some("HMAC_SHA_256".into()),
+        ..Default::default()
+    })
+    .expect("a MAC made by another process verifies here");
+
+    // Disabled there: the token refuses it here at once, and this process says why.
+    run(&["key", "disable", &ecc]);
+    let e = kms
+        .sign(SignRequest {
+            key_id: Some(ecc.as_str().into()),
+            message: Some(SecretBytes(b"m".to_vec().into())),
+            signing_algorithm: Some("ECDSA_SHA_256".into()),
+            ..Default::default()
+        })
+        .map(|_| ())
+        .expect_err("disabled in another process");
+    assert_eq!(e.aws_name(), "DisabledException");
+    let err = run_err(&[
+        "sign",
+        "--key",
+        &ecc,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg_arg,
+    ]);
+    assert!(err.contains("DisabledException"), "{err}");
+}
