@@ -207,10 +207,10 @@ fn private_template(
         Attribute::Decrypt(usage == PrivateUsage::Decrypt),
         Attribute::Derive(usage == PrivateUsage::Derive),
         Attribute::Unwrap(false),
+        // Every pair, Ed25519 too: SoftHSM defaults it to true, and binding refuses a key
+        // with a usage beyond its one.
+        Attribute::SignRecover(false),
     ];
-    if !matches!(pair, PairKind::Ed25519) {
-        t.push(Attribute::SignRecover(false));
-    }
     if backing {
         t.push(Attribute::Modifiable(true));
     }
