@@ -297,6 +297,10 @@ pub struct Capabilities {
     /// Data key pairs can be sealed inside the token (`C_WrapKey` of a private key with
     /// AES-GCM; probed at open): their private keys never enter this process.
     pub private_key_gcm_wrap: bool,
+    /// `CKM_EDDSA` with the Ed25519ph flag makes Ed25519ph signatures (probed at open: the
+    /// signature differs from the pure one of the same bytes). SoftHSM 2.6 ignores the flag
+    /// and signs the bytes as pure Ed25519, which must not pass as ED25519_PH_SHA_512.
+    pub ed25519ph: bool,
     /// Measured at open: how long (µs, median) data-key bytes drawn from the RNG stay in host
     /// memory on the host path before they are sealed and wiped (one `C_Encrypt` of 32 bytes
     /// under a session key). `None` if it could not be measured.
@@ -414,6 +418,7 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
         gcm_caller_iv: true,
         asymmetric: AsymmetricMechanisms::ask(ctx, slot),
         private_key_gcm_wrap: false,
+        ed25519ph: false,
         host_seal_micros: None,
     })
 }

@@ -750,3 +750,36 @@ pub(crate) fn probe_private_key_wrap(s: &Session, caps: &mut super::Capabilities
     };
     caps.private_key_gcm_wrap = try_it().unwrap_or(false);
 }
+
+/// Fills `caps.ed25519ph`: does `CKM_EDDSA` with the Ed25519ph flag make an Ed25519ph
+/// signature? Ed25519 is deterministic, so a token that ignores the flag (SoftHSM 2.6) gives
+/// the pure signature of the same bytes: served as ED25519_PH_SHA_512, it would be a wrong
+/// signature, and Verify would take pure signatures of a digest for prehashed ones. Tried
+/// on a throwaway session key pair.
+pub(crate) fn probe_ed25519ph(s: &Session, caps: &mut super::Capabilities) {
+    let m = &caps.asymmetric;
+    if !(m.ec_edwards_key_pair_gen.generate_key_pair && m.eddsa.sign) {
+        return;
+    }
+    let try_it = || -> Result<bool> {
+        let pair = PairKind::Ed25519;
+        let (public, private) = s.generate_key_pair(
+            &generation_mechanism(pair),
+            &public_template(pair, PrivateUsage::Sign),
+            &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
+        )?;
+        let _public = Transient {
+            session: s,
+            handle: public,
+        };
+        let private = Transient {
+            session: s,
+            handle: private,
+        };
+        let data = [0x5a; 64];
+        let pure = with_sign_mechanism(SignScheme::Ed25519, |m| s.sign(m, private.handle, &data))?;
+        let ph = with_sign_mechanism(SignScheme::Ed25519Ph, |m| s.sign(m, private.handle, &data))?;
+        Ok(ph.len() == 64 && ph != pure)
+    };
+    caps.ed25519ph = try_it().unwrap_or(false);
+}

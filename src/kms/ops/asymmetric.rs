@@ -189,6 +189,7 @@ impl Kms {
         let (entry, arn) = self.key_for(req.key_id, KeyUsage::SignVerify, "Sign")?;
         self.check_signing_algorithm(&entry, alg, &arn)?;
         let (scheme, input) = to_be_signed(alg, mtype, message)?;
+        self.check_scheme(scheme, alg)?;
         dry_run(req.dry_run)?;
         let h = backing_handle(&entry, &arn)?;
         let raw = self
@@ -221,6 +222,7 @@ impl Kms {
         let (entry, arn) = self.key_for(req.key_id, KeyUsage::SignVerify, "Verify")?;
         self.check_signing_algorithm(&entry, alg, &arn)?;
         let (scheme, input) = to_be_signed(alg, mtype, message)?;
+        self.check_scheme(scheme, alg)?;
         dry_run(req.dry_run)?;
         let invalid = || KmsError::invalid_signature("The signature is not valid");
         let sig = match (scheme, specs::pair_kind(entry.record.spec)) {
@@ -260,6 +262,16 @@ impl Kms {
                 entry.record.spec
             )))
         }
+    }
+
+    /// Ed25519ph only where the token makes Ed25519ph signatures (the start-up probe).
+    fn check_scheme(&self, scheme: SignScheme, alg: SigningAlgorithm) -> Result<()> {
+        if scheme == SignScheme::Ed25519Ph && !self.token.capabilities().ed25519ph {
+            return Err(KmsError::unsupported(format!(
+                "this token cannot do {alg}: its CKM_EDDSA ignores or refuses the Ed25519ph flag"
+            )));
+        }
+        Ok(())
     }
 
     /// A token that refuses a mechanism's parameters (Ed25519ph on SoftHSM over OpenSSL
