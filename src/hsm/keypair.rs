@@ -783,3 +783,37 @@ pub(crate) fn probe_ed25519ph(s: &Session, caps: &mut super::Capabilities) {
     };
     caps.ed25519ph = try_it().unwrap_or(false);
 }
+
+/// Fills `caps.ec_curves`: the curves `CKM_EC_KEY_PAIR_GEN` makes key pairs on, tried on
+/// throwaway session key pairs. The mechanism list cannot say: Kryoptic 1.5 lists the
+/// mechanism, has no secp256k1, and answers `CKR_GENERAL_ERROR` for it. A failure this token
+/// may retry is tried again, so that a busy token does not lose a curve for the process's life.
+pub(crate) fn probe_ec_curves(s: &Session, quirks: super::Quirks, caps: &mut super::Capabilities) {
+    if !caps.asymmetric.ec_key_pair_gen.generate_key_pair {
+        return;
+    }
+    let generates = |pair: PairKind| {
+        for _ in 0..3 {
+            match s.generate_key_pair(
+                &generation_mechanism(pair),
+                &public_template(pair, PrivateUsage::Sign),
+                &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
+            ) {
+                Ok((public, private)) => {
+                    for handle in [public, private] {
+                        drop(Transient { session: s, handle });
+                    }
+                    return true;
+                }
+                Err(e) if CallError::from(&e).read_with(quirks, false).is_transient() => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    caps.ec_curves = Curve::ALL
+        .into_iter()
+        .filter(|c| generates(PairKind::Ec(*c)))
+        .map(super::caps::curve_name)
+        .collect();
+}

@@ -294,6 +294,7 @@ impl Token {
         probe::probe_in_token_sealing(&keeper, &mut caps);
         keypair::probe_private_key_wrap(&keeper, &mut caps);
         keypair::probe_ed25519ph(&keeper, &mut caps);
+        keypair::probe_ec_curves(&keeper, quirks, &mut caps);
         probe::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
         probe::probe_gcm_encrypt(&keeper, &mut caps);
         if !caps.gcm_caller_iv {
