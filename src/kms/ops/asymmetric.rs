@@ -404,7 +404,9 @@ impl Kms {
         dry_run(req.dry_run)?;
         let h = backing_handle(&entry, &arn)?;
         let secret = self.token.ecdh(h, &point, curve.field_len()).map_err(|e| {
-            if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
+            if e.call().is_some_and(|c| c.is_unsupported_parameter())
+                || self.input_refused(&e, h, &entry)
+            {
                 KmsError::validation("The public key is not a valid point on the key's curve")
             } else {
                 e.into()
@@ -459,8 +461,22 @@ impl Kms {
             Err(HsmError::AuthenticationFailed) => Err(KmsError::invalid_ciphertext_with(
                 "The ciphertext does not decrypt with this key and algorithm",
             )),
+            Err(e) if self.input_refused(&e, h, entry) => Err(KmsError::invalid_ciphertext_with(
+                "The ciphertext does not decrypt with this key and algorithm",
+            )),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the token refused the request's input rather than failed: it answered a code
+    /// it also uses for its own failures ([`HsmError::may_be_refused_input`]), and the key
+    /// still answers.
+    fn input_refused(&self, e: &HsmError, h: CmkHandle, entry: &KeyEntry) -> bool {
+        e.may_be_refused_input()
+            && entry
+                .record
+                .backing_kind()
+                .is_ok_and(|k| self.token.cmk_usable(h, k).is_ok())
     }
 
     /// The modulus size and OAEP hash of an RSA encryption key and algorithm, or the usage
