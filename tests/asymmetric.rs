@@ -81,6 +81,14 @@ fn kms() -> &'static p11kms::kms::Kms {
     common::kms()
 }
 
+/// Held by the test that opens a second service and by the one that checks the token's usage
+/// attributes through state changes: a service opening in between applies the states it
+/// loaded (before the change) to the token (see `Kms::reconcile_token_state`).
+fn opening_a_service() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 // ----- What AWS allows and lists -----------------------------------------------------------
 
 /// A KeySpec × KeyUsage AWS allows, and the algorithm lists AWS gives its KeyMetadata
@@ -2033,6 +2041,7 @@ fn usage_on(key: &KeyMetadata) -> bool {
 #[test]
 fn disabled_and_pending_deletion_keys_refuse_use() {
     const TEST: &str = "disabled_and_pending_deletion_keys_refuse_use";
+    let _no_service_opens = opening_a_service();
     for (spec, usage) in [
         ("ECC_NIST_P256", SIGN),
         ("HMAC_256", MAC),
@@ -2123,7 +2132,10 @@ fn every_key_works_in_a_restarted_service() {
         .iter()
         .filter_map(|a| key(TEST, a.spec, a.usage))
         .collect();
-    let fresh = common::fresh_kms();
+    let fresh = {
+        let _opening = opening_a_service();
+        common::fresh_kms()
+    };
     let peer = p256::SecretKey::random(&mut OsRng)
         .public_key()
         .to_public_key_der()
