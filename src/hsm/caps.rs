@@ -9,6 +9,17 @@ use cryptoki::slot::Slot;
 use serde::Serialize;
 
 use super::{HsmError, Result};
+use crate::der::Curve;
+
+/// A curve's name in [`Capabilities::ec_curves`].
+pub fn curve_name(c: Curve) -> &'static str {
+    match c {
+        Curve::P256 => "P-256",
+        Curve::P384 => "P-384",
+        Curve::P521 => "P-521",
+        Curve::Secp256k1 => "secp256k1",
+    }
+}
 
 /// How an epoch key is derived from a CMK inside the token. The number is stored in every
 /// ciphertext blob and in each key's metadata, so it must never change meaning.
@@ -151,8 +162,8 @@ impl AsymmetricMechanisms {
 
 impl Capabilities {
     /// The mechanisms a backing key of `kind` needs that the token lacks, by name (empty:
-    /// the token can make and use such a key, as far as its mechanism list says; a curve it
-    /// does not know is found when the key is generated).
+    /// the token can make and use such a key, as far as its mechanism list and the curve
+    /// probe say).
     pub fn missing_for(&self, kind: super::BackingKind) -> Vec<&'static str> {
         use super::{BackingKind, PairKind, PrivateUsage};
         let m = &self.asymmetric;
@@ -201,10 +212,34 @@ impl Capabilities {
                 need
             }
         };
-        need.into_iter()
+        let mut missing: Vec<&'static str> = need
+            .into_iter()
             .filter(|(_, ok)| !ok)
             .map(|(m, _)| m.name)
-            .collect()
+            .collect();
+        if let BackingKind::Private { pair, .. } = kind {
+            missing.extend(self.missing_curve(pair));
+        }
+        missing
+    }
+
+    /// `CKM_EC_KEY_PAIR_GEN on <curve>` where the token lists the mechanism but the probe
+    /// found it cannot generate on the pair's curve.
+    fn missing_curve(&self, pair: super::PairKind) -> Option<&'static str> {
+        match pair {
+            super::PairKind::Ec(c)
+                if self.asymmetric.ec_key_pair_gen.generate_key_pair
+                    && !self.ec_curves.contains(&curve_name(c)) =>
+            {
+                Some(match c {
+                    Curve::P256 => "CKM_EC_KEY_PAIR_GEN on P-256",
+                    Curve::P384 => "CKM_EC_KEY_PAIR_GEN on P-384",
+                    Curve::P521 => "CKM_EC_KEY_PAIR_GEN on P-521",
+                    Curve::Secp256k1 => "CKM_EC_KEY_PAIR_GEN on secp256k1",
+                })
+            }
+            _ => None,
+        }
     }
 
     /// What a data key pair of `pair` needs that the token lacks (it is generated and read,
@@ -218,7 +253,7 @@ impl Capabilities {
             PairKind::Ed25519 => &m.ec_edwards_key_pair_gen,
         };
         if generate.generate_key_pair {
-            vec![]
+            self.missing_curve(pair).into_iter().collect()
         } else {
             vec![generate.name]
         }
@@ -300,6 +335,13 @@ pub struct Capabilities {
     /// Data key pairs can be sealed inside the token (`C_WrapKey` of a private key with
     /// AES-GCM; probed at open): their private keys never enter this process.
     pub private_key_gcm_wrap: bool,
+    /// `CKM_EDDSA` with the Ed25519ph flag makes Ed25519ph signatures (probed at open: the
+    /// signature differs from the pure one of the same bytes). SoftHSM 2.6 ignores the flag
+    /// and signs the bytes as pure Ed25519, which must not pass as ED25519_PH_SHA_512.
+    pub ed25519ph: bool,
+    /// The curves `CKM_EC_KEY_PAIR_GEN` generates key pairs on, by [`curve_name`] (probed at
+    /// open: the mechanism list cannot say).
+    pub ec_curves: Vec<&'static str>,
     /// Measured at open: how long (µs, median) data-key bytes drawn from the RNG stay in host
     /// memory on the host path before they are sealed and wiped (one `C_Encrypt` of 32 bytes
     /// under a session key). `None` if it could not be measured.
@@ -417,6 +459,8 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
         gcm_caller_iv: true,
         asymmetric: AsymmetricMechanisms::ask(ctx, slot),
         private_key_gcm_wrap: false,
+        ed25519ph: false,
+        ec_curves: Vec::new(),
         host_seal_micros: None,
     })
 }

@@ -373,12 +373,19 @@ pub struct CmkCustody {
     pub never_extractable: bool,
     /// `CKA_ENCRYPT`.
     pub encrypt: bool,
+    /// `CKA_DECRYPT`.
+    pub decrypt: bool,
     /// `CKA_SIGN`.
     pub sign: bool,
+    /// `CKA_VERIFY`.
+    pub verify: bool,
     /// `CKA_DERIVE`.
     pub derive: bool,
     /// Whether reading `CKA_VALUE` returned bytes (it must not).
     pub value_readable: bool,
+    /// Whether reading any private part of an RSA key (`CKA_PRIVATE_EXPONENT`, the primes,
+    /// the CRT exponents or coefficient) returned bytes (it must not).
+    pub private_parts_readable: bool,
 }
 
 /// The object classes a backing key can have.
@@ -546,8 +553,9 @@ impl Token {
         }
     }
 
-    /// Reads the attributes that prove custody of a CMK: (sensitive, extractable,
-    /// always_sensitive, never_extractable), and whether `CKA_VALUE` can be read (it must not).
+    /// Reads the attributes that prove custody of a backing key (a CMK, an HMAC key or a
+    /// private key): sensitive, extractable, always_sensitive, never_extractable, its usages,
+    /// and whether `CKA_VALUE` or an RSA private part can be read (none must).
     pub fn cmk_custody(&self, cmk: CmkHandle) -> Result<CmkCustody> {
         let attrs = self.handle_call(|s| {
             s.get_attributes(
@@ -558,7 +566,9 @@ impl Token {
                     AttributeType::AlwaysSensitive,
                     AttributeType::NeverExtractable,
                     AttributeType::Encrypt,
+                    AttributeType::Decrypt,
                     AttributeType::Sign,
+                    AttributeType::Verify,
                     AttributeType::Derive,
                 ],
             )
@@ -571,16 +581,49 @@ impl Token {
                 Attribute::AlwaysSensitive(v) => c.always_sensitive = v,
                 Attribute::NeverExtractable(v) => c.never_extractable = v,
                 Attribute::Encrypt(v) => c.encrypt = v,
+                Attribute::Decrypt(v) => c.decrypt = v,
                 Attribute::Sign(v) => c.sign = v,
+                Attribute::Verify(v) => c.verify = v,
                 Attribute::Derive(v) => c.derive = v,
                 _ => {}
             }
         }
-        // Asked on its own: an error here (CKR_ATTRIBUTE_SENSITIVE) is the expected answer.
-        c.value_readable = self
-            .handle_call(|s| s.get_attributes(cmk.0, &[AttributeType::Value]))
-            .is_ok_and(|attrs| attrs.iter().any(|a| matches!(a, Attribute::Value(_))));
+        c.value_readable = self.secret_readable(cmk, AttributeType::Value);
+        c.private_parts_readable = [
+            AttributeType::PrivateExponent,
+            AttributeType::Prime1,
+            AttributeType::Prime2,
+            AttributeType::Exponent1,
+            AttributeType::Exponent2,
+            AttributeType::Coefficient,
+        ]
+        .into_iter()
+        .any(|t| self.secret_readable(cmk, t));
         Ok(c)
+    }
+
+    /// Whether the token returns the bytes of the secret attribute `t` of a key. Asked on its
+    /// own: an error (`CKR_ATTRIBUTE_SENSITIVE`, or invalid for an object that has no such
+    /// attribute) is the expected answer. Whatever comes back is wiped at once.
+    fn secret_readable(&self, cmk: CmkHandle, t: AttributeType) -> bool {
+        self.handle_call(|s| s.get_attributes(cmk.0, &[t]))
+            .is_ok_and(|attrs| {
+                let mut got = false;
+                for a in attrs {
+                    if let Attribute::Value(mut v)
+                    | Attribute::PrivateExponent(mut v)
+                    | Attribute::Prime1(mut v)
+                    | Attribute::Prime2(mut v)
+                    | Attribute::Exponent1(mut v)
+                    | Attribute::Exponent2(mut v)
+                    | Attribute::Coefficient(mut v) = a
+                    {
+                        got = true;
+                        zeroize::Zeroize::zeroize(&mut v);
+                    }
+                }
+                got
+            })
     }
 
     /// Asks the token for a *non-sensitive, extractable* key derived from `cmk` (what someone

@@ -282,6 +282,19 @@ impl HsmError {
     pub fn is_transient(&self) -> bool {
         self.call().is_some_and(CallError::is_transient)
     }
+
+    /// A code tokens answer both for an input they refuse and for their own failures
+    /// (SoftHSM: `CKR_GENERAL_ERROR` for an off-curve ECDH point; Kryoptic:
+    /// `CKR_DEVICE_ERROR` for an off-curve point and for an RSA-OAEP ciphertext that does
+    /// not decode): the input's fault only if the token and the key still answer.
+    pub fn may_be_refused_input(&self) -> bool {
+        self.call().is_some_and(|c| {
+            matches!(
+                c.rv,
+                Some(RvError::GeneralError | RvError::DeviceError | RvError::FunctionFailed)
+            )
+        })
+    }
 }
 
 /// What a failed AES-GCM open means (see [`CallError::gcm_open_failure`]).

@@ -51,6 +51,9 @@ pub enum SignScheme {
     Ecdsa,
     /// Pure Ed25519 over the message.
     Ed25519,
+    /// Ed25519ph over a SHA-512 digest (only where the token really makes Ed25519ph
+    /// signatures: [`super::Capabilities::ed25519ph`]).
+    Ed25519Ph,
 }
 
 /// What a signature was checked to be.
@@ -108,6 +111,9 @@ fn with_sign_mechanism<T>(scheme: SignScheme, f: impl FnOnce(&Mechanism) -> T) -
         SignScheme::Ecdsa => f(&Mechanism::Ecdsa),
         SignScheme::Ed25519 => f(&Mechanism::Eddsa(EddsaParams::new(
             EddsaSignatureScheme::Pure,
+        ))),
+        SignScheme::Ed25519Ph => f(&Mechanism::Eddsa(EddsaParams::new(
+            EddsaSignatureScheme::Ed25519ph(&[]),
         ))),
     }
 }
@@ -214,10 +220,10 @@ fn private_template(
         Attribute::Decrypt(usage == PrivateUsage::Decrypt),
         Attribute::Derive(usage == PrivateUsage::Derive),
         Attribute::Unwrap(false),
+        // Every pair, Ed25519 too: SoftHSM defaults it to true, and binding refuses a key
+        // with a usage beyond its one.
+        Attribute::SignRecover(false),
     ];
-    if !matches!(pair, PairKind::Ed25519) {
-        t.push(Attribute::SignRecover(false));
-    }
     if backing {
         t.push(Attribute::Modifiable(true));
     }
@@ -436,43 +442,6 @@ fn public_object(key: &PublicKey, usage: PrivateUsage) -> Result<Vec<Attribute>>
 }
 
 impl Token {
-    /// Whether the token generates key pairs of `pair`: for a curve, found by generating a
-    /// throwaway session pair once per process (a token lists `CKM_EC_KEY_PAIR_GEN` whatever
-    /// curves it knows, and Kryoptic answers an unknown one with `CKR_GENERAL_ERROR`). RSA
-    /// is taken from the mechanism list (a throwaway RSA key would cost too much).
-    pub fn offers_pair(&self, pair: PairKind) -> bool {
-        let m = &self.inner.caps.asymmetric;
-        let listed = match pair {
-            PairKind::Rsa { bits } => {
-                return m.rsa_key_pair_gen.generate_key_pair
-                    && (m.rsa_key_pair_gen.max_key_size == 0
-                        || m.rsa_key_pair_gen.max_key_size >= bits)
-            }
-            PairKind::Ec(_) => m.ec_key_pair_gen.generate_key_pair,
-            PairKind::Ed25519 => m.ec_edwards_key_pair_gen.generate_key_pair,
-        };
-        if !listed {
-            return false;
-        }
-        if let Some(known) = crate::sync::lock(&self.inner.pairs_offered).get(&pair) {
-            return *known;
-        }
-        // Tried with no lock held; two threads trying at once only cost one extra pair.
-        let offered = self
-            .call(|s| {
-                with_session_pair(
-                    s,
-                    pair,
-                    PrivateUsage::Sign,
-                    Keeping::Readable,
-                    |_, _| Ok(()),
-                )
-            })
-            .is_ok();
-        crate::sync::lock(&self.inner.pairs_offered).insert(pair, offered);
-        offered
-    }
-
     /// Generates a KMS key's key pair in the token. The private half is a token object
     /// labelled `label` with `CKA_ID = id`: sensitive, never extractable, with only `usage`
     /// (and `CKA_ALLOWED_MECHANISMS` for it where the token accepts that). The public half is
@@ -895,4 +864,71 @@ pub(crate) fn probe_private_key_wrap(s: &Session, caps: &mut super::Capabilities
         Ok(opened.first() == Some(&0x30))
     };
     caps.private_key_gcm_wrap = try_it().unwrap_or(false);
+}
+
+/// Fills `caps.ed25519ph`: does `CKM_EDDSA` with the Ed25519ph flag make an Ed25519ph
+/// signature? Ed25519 is deterministic, so a token that ignores the flag (SoftHSM 2.6) gives
+/// the pure signature of the same bytes: served as ED25519_PH_SHA_512, it would be a wrong
+/// signature, and Verify would take pure signatures of a digest for prehashed ones. Tried
+/// on a throwaway session key pair.
+pub(crate) fn probe_ed25519ph(s: &Session, caps: &mut super::Capabilities) {
+    let m = &caps.asymmetric;
+    if !(m.ec_edwards_key_pair_gen.generate_key_pair && m.eddsa.sign) {
+        return;
+    }
+    let try_it = || -> Result<bool> {
+        let pair = PairKind::Ed25519;
+        let (public, private) = s.generate_key_pair(
+            &generation_mechanism(pair),
+            &public_template(pair, PrivateUsage::Sign),
+            &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
+        )?;
+        let _public = Transient {
+            session: s,
+            handle: public,
+        };
+        let private = Transient {
+            session: s,
+            handle: private,
+        };
+        let data = [0x5a; 64];
+        let pure = with_sign_mechanism(SignScheme::Ed25519, |m| s.sign(m, private.handle, &data))?;
+        let ph = with_sign_mechanism(SignScheme::Ed25519Ph, |m| s.sign(m, private.handle, &data))?;
+        Ok(ph.len() == 64 && ph != pure)
+    };
+    caps.ed25519ph = try_it().unwrap_or(false);
+}
+
+/// Fills `caps.ec_curves`: the curves `CKM_EC_KEY_PAIR_GEN` makes key pairs on, tried on
+/// throwaway session key pairs. The mechanism list cannot say: Kryoptic 1.5 lists the
+/// mechanism, has no secp256k1, and answers `CKR_GENERAL_ERROR` for it. A failure this token
+/// may retry is tried again, so that a busy token does not lose a curve for the process's life.
+pub(crate) fn probe_ec_curves(s: &Session, quirks: super::Quirks, caps: &mut super::Capabilities) {
+    if !caps.asymmetric.ec_key_pair_gen.generate_key_pair {
+        return;
+    }
+    let generates = |pair: PairKind| {
+        for _ in 0..3 {
+            match s.generate_key_pair(
+                &generation_mechanism(pair),
+                &public_template(pair, PrivateUsage::Sign),
+                &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
+            ) {
+                Ok((public, private)) => {
+                    for handle in [public, private] {
+                        drop(Transient { session: s, handle });
+                    }
+                    return true;
+                }
+                Err(e) if CallError::from(&e).read_with(quirks, false).is_transient() => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    caps.ec_curves = Curve::ALL
+        .into_iter()
+        .filter(|c| generates(PairKind::Ec(*c)))
+        .map(super::caps::curve_name)
+        .collect();
 }

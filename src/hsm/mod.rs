@@ -103,8 +103,6 @@ pub(crate) struct TokenInner {
     graveyard: Mutex<Vec<cryptoki::object::ObjectHandle>>,
     /// The OAEP hashes (bits, see `keypair`) this token's `CKM_RSA_PKCS_OAEP` refused.
     oaep_refused: std::sync::atomic::AtomicU8,
-    /// Which key pairs the token generates, once tried ([`Token::offers_pair`]).
-    pairs_offered: Mutex<std::collections::HashMap<PairKind, bool>>,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -298,6 +296,8 @@ impl Token {
         caps.require()?;
         probe::probe_in_token_sealing(&keeper, &mut caps);
         keypair::probe_private_key_wrap(&keeper, &mut caps);
+        keypair::probe_ed25519ph(&keeper, &mut caps);
+        keypair::probe_ec_curves(&keeper, quirks, &mut caps);
         probe::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
         probe::probe_gcm_encrypt(&keeper, &mut caps);
         if !caps.gcm_caller_iv {
@@ -322,7 +322,6 @@ impl Token {
                 raw,
                 graveyard: Mutex::new(Vec::new()),
                 oaep_refused: std::sync::atomic::AtomicU8::new(0),
-                pairs_offered: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }

@@ -171,10 +171,10 @@ pub(crate) fn signing(alg: SigningAlgorithm) -> Option<(Hash, SignScheme)> {
         EcdsaSha384 => (Hash::Sha384, SignScheme::Ecdsa),
         EcdsaSha512 => (Hash::Sha512, SignScheme::Ecdsa),
         Ed25519Sha512 => (Hash::Sha512, SignScheme::Ed25519),
-        // SoftHSM 2.6 ignores CKM_EDDSA's Ed25519ph parameters and signs the digest as a
-        // pure Ed25519 message (measured: ed25519-dalek's verify_prehashed rejects it);
-        // Kryoptic has no EdDSA. No token here makes a correct Ed25519ph signature.
-        Ed25519PhSha512 | Sm2dsa | MlDsaShake256 => return None,
+        // Only where the token's Ed25519ph is real (`Capabilities::ed25519ph`, probed at
+        // open: SoftHSM 2.6 ignores the flag and signs the digest as a pure message).
+        Ed25519PhSha512 => (Hash::Sha512, SignScheme::Ed25519Ph),
+        Sm2dsa | MlDsaShake256 => return None,
     })
 }
 

@@ -96,6 +96,9 @@ fn to_be_signed(
             "{alg} signs the message itself: MessageType must be RAW"
         ))),
         (SignScheme::Ed25519, MessageType::Raw) => Ok((scheme, message.to_vec())),
+        (SignScheme::Ed25519Ph, MessageType::Raw) => Err(KmsError::validation(format!(
+            "{alg} signs a SHA-512 digest: MessageType must be DIGEST"
+        ))),
         (_, MessageType::Raw) => Ok((scheme, digest(hash, message))),
         (_, MessageType::Digest) => {
             if message.len() != hash.len() {
@@ -339,6 +342,7 @@ impl Kms {
         let (entry, arn) = self.key_for(m.key_id, KeyUsage::SignVerify, op)?;
         self.check_signing_algorithm(&entry, alg, &arn)?;
         let (scheme, input) = to_be_signed(alg, mtype, message)?;
+        self.check_scheme(scheme, alg)?;
         Ok((entry, arn, alg, scheme, input))
     }
 
@@ -427,8 +431,18 @@ impl Kms {
         }
     }
 
-    /// A token that refuses a mechanism's parameters (Ed25519ph on SoftHSM over OpenSSL
-    /// 3.0) cannot do the algorithm: UnsupportedOperationException, naming it.
+    /// Ed25519ph only where the token makes Ed25519ph signatures (the start-up probe).
+    fn check_scheme(&self, scheme: SignScheme, alg: SigningAlgorithm) -> Result<()> {
+        if scheme == SignScheme::Ed25519Ph && !self.token.capabilities().ed25519ph {
+            return Err(KmsError::unsupported(format!(
+                "this token cannot do {alg}: its CKM_EDDSA ignores or refuses the Ed25519ph flag"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A token that refuses a mechanism's parameters cannot do the algorithm:
+    /// UnsupportedOperationException, naming it.
     fn unsupported_or(&self, e: HsmError, alg: impl std::fmt::Display) -> KmsError {
         if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
             KmsError::unsupported(format!("this token cannot do {alg}")).caused_by(e)
@@ -580,7 +594,10 @@ impl Kms {
             &entry,
             |h| self.token.ecdh(h, &point, curve.field_len()),
             |e| {
-                if e.call().is_some_and(|c| c.is_unsupported_parameter()) {
+                let refused = e.call().is_some_and(|c| c.is_unsupported_parameter())
+                    || backing_handle(&entry, &arn)
+                        .is_ok_and(|h| self.input_refused(&e, h, &entry));
+                if refused {
                     KmsError::validation("The public key is not a valid point on the key's curve")
                 } else {
                     e.into()
@@ -639,6 +656,17 @@ impl Kms {
                 e => e.into(),
             },
         )
+    }
+
+    /// Whether the token refused the request's input rather than failed: it answered a code
+    /// it also uses for its own failures ([`HsmError::may_be_refused_input`]), and the key
+    /// still answers.
+    fn input_refused(&self, e: &HsmError, h: CmkHandle, entry: &KeyEntry) -> bool {
+        e.may_be_refused_input()
+            && entry
+                .record
+                .backing_kind()
+                .is_ok_and(|k| self.token.cmk_usable(h, k).is_ok())
     }
 
     /// The modulus size and OAEP hash of an RSA encryption key and algorithm, or the usage

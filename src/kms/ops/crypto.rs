@@ -339,12 +339,6 @@ impl Kms {
                 missing.join(", ")
             )));
         }
-        if !self.token.offers_pair(pair) {
-            return Err(KmsError::unsupported(format!(
-                "KeyPairSpec {spec} is not available on this token: it does not generate such \
-                 key pairs"
-            )));
-        }
         Ok(())
     }
 

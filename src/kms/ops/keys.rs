@@ -111,14 +111,6 @@ impl Kms {
                 missing.join(", ")
             )));
         }
-        if let BackingKind::Private { pair, .. } = kind {
-            if !self.token.offers_pair(pair) {
-                return Err(KmsError::unsupported(format!(
-                    "KeySpec {spec} is not available on this token: it does not generate \
-                     such key pairs"
-                )));
-            }
-        }
         Ok(())
     }
 
