@@ -22,9 +22,16 @@ impl Kms {
     /// Brings token attributes in line with the records (after a crash between the two writes).
     /// Uses the `CKA_DERIVE` values the store's first load read along with the labels, so
     /// start-up costs no extra token call per key.
+    ///
+    /// A key whose token state disagrees may be one another process is changing right now
+    /// (its record written, its token state not yet, or the other way round as seen from
+    /// here): the records are re-read first, and the change is decided from the fresh record
+    /// and the token's attribute read again, with this process's writes held off, so an
+    /// opening service never switches a just-disabled key back on.
     pub(super) fn reconcile_token_state(&self) -> Result<()> {
         let known = self.store.take_initial_derive();
         let entries: Vec<KeyEntry> = self.store.read().keys.values().cloned().collect();
+        let mut refreshed = false;
         for e in entries {
             // A record this version cannot read (a newer writer's): its token state is not
             // ours to change.
@@ -40,9 +47,23 @@ impl Kms {
                     Some(d) => *d,
                     None => self.token.cmk_usable(*h, kind)?,
                 };
-                if current != usable {
-                    self.token.set_cmk_usable(*h, kind, usable)?;
+                if current == usable {
+                    continue;
                 }
+                if !refreshed {
+                    self.refresh()?;
+                    refreshed = true;
+                }
+                self.store.with_key(&e.record.id, |now| {
+                    let Some(now) = now.filter(|n| n.record.state != KeyState::Unknown) else {
+                        return Ok(());
+                    };
+                    let want = now.record.state == KeyState::Enabled;
+                    if self.token.cmk_usable(*h, kind)? != want {
+                        self.token.set_cmk_usable(*h, kind, want)?;
+                    }
+                    Ok::<(), crate::error::KmsError>(())
+                })?;
             }
         }
         Ok(())
