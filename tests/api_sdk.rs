@@ -808,6 +808,7 @@ async fn generate_random() {
 async fn create_key_limits() {
     let c = client();
     use aws_sdk_kms::types::{KeySpec, KeyUsageType, OriginType};
+    // A usage the (default) symmetric spec does not have, and a pair AWS does not offer.
     assert_eq!(
         code(
             c.create_key()
@@ -821,13 +822,37 @@ async fn create_key_limits() {
     assert_eq!(
         code(
             c.create_key()
-                .key_spec(KeySpec::Sm2)
-                .key_usage(KeyUsageType::SignVerify)
+                .key_spec(KeySpec::Hmac256)
+                .key_usage(KeyUsageType::EncryptDecrypt)
                 .send()
                 .await
         ),
-        "UnsupportedOperationException"
+        "ValidationException"
     );
+    assert_eq!(
+        code(
+            c.create_key()
+                .key_spec(KeySpec::EccNistP256)
+                .key_usage(KeyUsageType::EncryptDecrypt)
+                .send()
+                .await
+        ),
+        "ValidationException"
+    );
+    // Real AWS specs no PKCS#11 token offers.
+    for spec in [KeySpec::Sm2, KeySpec::MlDsa65] {
+        assert_eq!(
+            code(
+                c.create_key()
+                    .key_spec(spec.clone())
+                    .key_usage(KeyUsageType::SignVerify)
+                    .send()
+                    .await
+            ),
+            "UnsupportedOperationException",
+            "{spec:?}"
+        );
+    }
     assert_eq!(
         code(c.create_key().origin(OriginType::External).send().await),
         "UnsupportedOperationException"
