@@ -66,6 +66,18 @@ pub(crate) fn hmac(spec: KeySpec) -> Option<(MacAlgorithm, usize)> {
     })
 }
 
+/// The deprecated `CustomerMasterKeySpec` of a key: its spec, where that enum has it. The
+/// enum stopped growing when KeySpec replaced it: it has no ECC_NIST_EDWARDS25519 and no
+/// ML-DSA, so SDKs parse those values as unknown; such keys carry no CustomerMasterKeySpec.
+pub(crate) fn customer_master_key_spec(spec: KeySpec) -> Option<KeySpec> {
+    match spec {
+        KeySpec::EccNistEdwards25519 | KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
+            None
+        }
+        s => Some(s),
+    }
+}
+
 /// The usages AWS allows a key spec (empty: a spec p11kms does not serve).
 pub(crate) fn usages(spec: KeySpec) -> &'static [KeyUsage] {
     use KeyUsage::*;

@@ -127,8 +127,10 @@ pub struct KeyMetadata {
     pub pending_deletion_window_in_days: Option<u32>,
     pub origin: Origin,
     pub key_manager: KeyManager,
-    /// The deprecated mirror of `KeySpec`, still sent by AWS.
-    pub customer_master_key_spec: KeySpec,
+    /// The deprecated mirror of `KeySpec`, still sent by AWS; absent for the specs its
+    /// enum does not have (`kms::specs::customer_master_key_spec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_master_key_spec: Option<KeySpec>,
     pub key_spec: KeySpec,
     /// Encryption keys only (absent on the wire otherwise, as AWS omits it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -379,7 +381,7 @@ mod tests {
             pending_deletion_window_in_days: None,
             origin: Origin::AwsKms,
             key_manager: KeyManager::Customer,
-            customer_master_key_spec: KeySpec::SymmetricDefault,
+            customer_master_key_spec: Some(KeySpec::SymmetricDefault),
             key_spec: KeySpec::SymmetricDefault,
             encryption_algorithms: Some(vec![EncryptionAlgorithm::SymmetricDefault]),
             signing_algorithms: None,
@@ -455,7 +457,8 @@ pub struct VerifyResponse {
 pub struct GetPublicKeyResponse {
     pub key_id: String,
     pub public_key: Bytes,
-    pub customer_master_key_spec: KeySpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_master_key_spec: Option<KeySpec>,
     pub key_spec: KeySpec,
     pub key_usage: KeyUsage,
     #[serde(skip_serializing_if = "Option::is_none")]

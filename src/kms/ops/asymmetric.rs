@@ -486,7 +486,7 @@ impl Kms {
         Ok(GetPublicKeyResponse {
             key_id: arn,
             public_key: Bytes(spki),
-            customer_master_key_spec: r.spec,
+            customer_master_key_spec: specs::customer_master_key_spec(r.spec),
             key_spec: r.spec,
             key_usage: r.usage,
             encryption_algorithms: specs::listed(a.encryption),

@@ -148,7 +148,7 @@ impl Kms {
             pending_deletion_window_in_days: r.pending_window_days,
             origin: Origin::AwsKms,
             key_manager: KeyManager::Customer,
-            customer_master_key_spec: r.spec,
+            customer_master_key_spec: specs::customer_master_key_spec(r.spec),
             key_spec: r.spec,
             encryption_algorithms: specs::listed(algorithms.encryption),
             signing_algorithms: specs::listed(algorithms.signing),
