@@ -722,14 +722,28 @@ def test_every_data_key_pair_matches_its_public_key(server, spec):
         kms.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"])
     if spec == "RSA_4096":
         return  # one 4096-bit key is enough
-    bare = kms.generate_data_key_pair_without_plaintext(
-        KeyId=symmetric["KeyId"], KeyPairSpec=spec, EncryptionContext=context
-    )
-    assert "PrivateKeyPlaintext" not in bare
-    assert bare["KeyPairSpec"] == spec
-    assert bare["PublicKey"] != pair["PublicKey"]
-    opened = kms.decrypt(CiphertextBlob=bare["PrivateKeyCiphertextBlob"], EncryptionContext=context)
-    check(opened["Plaintext"], bare["PublicKey"])
+    # Half of all P-521 private scalars have a leading zero byte, which RFC 5915 keeps (the
+    # octet string is as long as the order): eight pairs catch an encoder that drops it
+    # 255 times in 256. One pair of the other specs.
+    rounds = 8 if spec == "ECC_NIST_P521" else 1
+    seen = {pair["PublicKey"]}
+    for n in range(rounds):
+        if n:
+            pair = kms.generate_data_key_pair(
+                KeyId=symmetric["KeyId"], KeyPairSpec=spec, EncryptionContext=context
+            )
+            check(pair["PrivateKeyPlaintext"], pair["PublicKey"])
+        bare = kms.generate_data_key_pair_without_plaintext(
+            KeyId=symmetric["KeyId"], KeyPairSpec=spec, EncryptionContext=context
+        )
+        assert "PrivateKeyPlaintext" not in bare
+        assert bare["KeyPairSpec"] == spec
+        assert bare["PublicKey"] not in seen
+        seen |= {pair["PublicKey"], bare["PublicKey"]}
+        opened = kms.decrypt(
+            CiphertextBlob=bare["PrivateKeyCiphertextBlob"], EncryptionContext=context
+        )
+        check(opened["Plaintext"], bare["PublicKey"])
 
 
 @pytest.mark.parametrize("spec", ["ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521"])
