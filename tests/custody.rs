@@ -177,7 +177,9 @@ fn without_plaintext_private_keys_never_enter_the_host_where_the_token_can_wrap(
     if in_token {
         assert_eq!(d.private_value_reads, 0, "{d:?}");
         assert_eq!(d.encrypt_calls, 0, "{d:?}");
-        assert_eq!(d.wrap_calls, n, "{d:?}");
+        // One wrap per pair, and one more for each pair dropped because the token wrote
+        // its scalar short (1 in 256 on P-256).
+        assert!((n..=2 * n).contains(&d.wrap_calls), "{d:?}");
         assert_eq!(d.random_bytes, n * GCM_IV, "IV bytes only: {d:?}");
     } else {
         assert_eq!(d.private_value_reads, n, "{d:?}");

@@ -39,6 +39,9 @@ fn oaep_bit(hash: Hash) -> u8 {
 
 /// RSA public exponent of every key pair: 65537.
 const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+/// Pairs tried in [`Token::seal_new_key_pair`] before a token that keeps writing short EC
+/// scalars is given up on (a canonical P-521 scalar has a leading zero byte half the time).
+const SHORT_SCALAR_TRIES: usize = 24;
 
 /// How a signature is made (or checked) over what the caller passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -799,30 +802,53 @@ impl Token {
         aad: &[u8],
         pair: PairKind,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
-        let used = std::cell::RefCell::new(*iv);
-        let (sealed, spki) = self.call(|s| {
-            let mut u = used.borrow_mut();
-            *u = *iv;
-            let params = super::aead::gcm_params(&mut u, aad)?;
-            self.count(|c| &c.generate_key_calls);
-            with_session_pair(
-                s,
-                pair,
-                PrivateUsage::Sign,
-                Keeping::Wrappable,
-                |public, private| {
-                    self.count(|c| &c.wrap_calls);
-                    let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private)?;
-                    Ok((sealed, read_public(s, public, pair)))
-                },
-            )
-        })?;
-        if used.into_inner() != *iv {
-            return Err(HsmError::Misbehaved(
-                "the token replaced the AES-GCM IV p11kms supplied; refusing the output".into(),
-            ));
+        // Kryoptic 1.5 writes a wrapped EC key's scalar without its leading zero bytes (half
+        // of all P-521 keys, 1 in 256 on the other curves); RFC 5915 fixes its length and
+        // OpenSSL 3 refuses such a key. The sealed length shows it without the plaintext:
+        // shorter than the smallest well-formed PKCS#8 (no optional fields). Such a pair is
+        // dropped (session objects; its ciphertext is never returned) and another one made.
+        let shortest = match pair {
+            PairKind::Ec(curve) => Some(
+                der::pkcs8_ec(curve, &[1], None)
+                    .map_err(|e| HsmError::Misbehaved(format!("PKCS#8 length: {e}")))?
+                    .len()
+                    + super::aead::GCM_TAG_LEN,
+            ),
+            _ => None,
+        };
+        for _ in 0..SHORT_SCALAR_TRIES {
+            let used = std::cell::RefCell::new(*iv);
+            let (sealed, spki) = self.call(|s| {
+                let mut u = used.borrow_mut();
+                *u = *iv;
+                let params = super::aead::gcm_params(&mut u, aad)?;
+                self.count(|c| &c.generate_key_calls);
+                with_session_pair(
+                    s,
+                    pair,
+                    PrivateUsage::Sign,
+                    Keeping::Wrappable,
+                    |public, private| {
+                        self.count(|c| &c.wrap_calls);
+                        let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private)?;
+                        Ok((sealed, read_public(s, public, pair)))
+                    },
+                )
+            })?;
+            if used.into_inner() != *iv {
+                return Err(HsmError::Misbehaved(
+                    "the token replaced the AES-GCM IV p11kms supplied; refusing the output".into(),
+                ));
+            }
+            if shortest.is_some_and(|min| sealed.len() < min) {
+                continue;
+            }
+            return Ok((sealed, spki?));
         }
-        Ok((sealed, spki?))
+        Err(HsmError::Misbehaved(format!(
+            "the token's wrapped {pair:?} private keys were {SHORT_SCALAR_TRIES} times in a row \
+             shorter than a well-formed PKCS#8"
+        )))
     }
 }
 
