@@ -400,7 +400,8 @@ impl Kms {
             (blob, spki)
         } else if self.require_in_token {
             return Err(KmsError::unsupported(
-                "this token cannot wrap a private key with AES-GCM, and in-token sealing is                  required",
+                "this token cannot wrap a private key with AES-GCM, and in-token sealing is \
+                 required",
             ));
         } else {
             let (pkcs8, spki) = self.token.data_key_pair(pair)?;
