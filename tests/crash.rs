@@ -27,7 +27,18 @@ struct Outcomes {
 fn command(i: u64, alias: &str, base: &str, spare: &str) -> Vec<String> {
     let target = if i % 2 == 0 { spare } else { base };
     match i % 3 {
-        0 => vec!["key".into(), "create".into()],
+        0 if i % 2 == 0 => vec!["key".into(), "create".into()],
+        // A key pair: the private key first, then the record with the public key.
+        0 => [
+            "key",
+            "create",
+            "--spec",
+            "ECC_NIST_P256",
+            "--usage",
+            "SIGN_VERIFY",
+        ]
+        .map(String::from)
+        .to_vec(),
         1 => vec!["alias".into(), "update".into(), alias.into(), target.into()],
         _ => vec![
             "alias".into(),
@@ -55,7 +66,7 @@ fn killed_writers_leave_a_consistent_store() {
 
     // How long a command takes here, uninterrupted (the slowest kind): the kills are spread
     // over twice that, whatever the speed of the machine.
-    let took: Vec<Duration> = (0..3u64)
+    let took: Vec<Duration> = (0..6u64)
         .map(|kind| {
             let args = command(kind + 300, &alias, &base, &spare);
             let t0 = Instant::now();
@@ -122,7 +133,25 @@ fn killed_writers_leave_a_consistent_store() {
     assert!(keys.contains(&base) && keys.contains(&spare));
     for k in &keys {
         let m = fresh.describe_key(common::key_req(k)).unwrap().key_metadata;
-        if m.key_state == "Enabled" {
+        if m.key_state == "Enabled" && m.key_spec == "ECC_NIST_P256" {
+            let s = fresh
+                .sign(SignRequest {
+                    key_id: Some(k.clone().into()),
+                    message: Some(SecretBytes(b"after the crash".to_vec().into())),
+                    signing_algorithm: Some("ECDSA_SHA_256".into()),
+                    ..Default::default()
+                })
+                .unwrap();
+            fresh
+                .verify(VerifyRequest {
+                    key_id: Some(k.clone().into()),
+                    message: Some(SecretBytes(b"after the crash".to_vec().into())),
+                    signature: Some(s.signature),
+                    signing_algorithm: Some("ECDSA_SHA_256".into()),
+                    ..Default::default()
+                })
+                .unwrap();
+        } else if m.key_state == "Enabled" {
             let r = fresh
                 .generate_data_key(GenerateDataKeyRequest {
                     key_id: Some(k.clone().into()),
