@@ -66,6 +66,12 @@ pub struct BenchArgs {
     /// server builds with --server-bin. Ratios to the ceiling are then not shown.
     #[arg(long)]
     pub http_only: bool,
+    /// The operations of the main run (comma-separated): `all`, `symmetric` (the data-key,
+    /// Decrypt and Encrypt rows), `asymmetric` (Sign, Verify, GenerateMac, data key pairs),
+    /// or some of data-key-without-plaintext, data-key, decrypt, encrypt, sign-rsa,
+    /// sign-ecc, verify-ecc, verify-rsa, mac, data-key-pair.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub ops: Vec<String>,
 }
 
 /// Runs the benchmark (or the scale run) and writes the report.
