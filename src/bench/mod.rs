@@ -66,6 +66,13 @@ pub struct BenchArgs {
     /// server builds with --server-bin. Ratios to the ceiling are then not shown.
     #[arg(long)]
     pub http_only: bool,
+    /// The operations of the main run (comma-separated): `all`, `symmetric` (the data-key,
+    /// Decrypt and Encrypt rows), `asymmetric` (Sign, Verify, GenerateMac, data key pairs),
+    /// or some of data-key-without-plaintext, data-key, decrypt, encrypt, sign-rsa,
+    /// sign-ecc, verify-ecc, verify-rsa, mac, data-key-pair. A selection writes its own
+    /// section of the output file (`p11kms-bench-<ops>` markers), not the full table's.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub ops: Vec<String>,
 }
 
 /// Runs the benchmark (or the scale run) and writes the report.
@@ -85,14 +92,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{report}");
     if !args.no_write {
         let marker = if args.scale.is_some() {
-            "p11kms-bench-scale"
+            "p11kms-bench-scale".to_owned()
         } else {
-            "p11kms-bench"
+            section_name(&args.ops)
         };
-        report::write_section(&args.out, marker, &report)?;
+        report::write_section(&args.out, &marker, &report)?;
         eprintln!("p11kms bench: results written to {}", args.out.display());
     }
     Ok(())
+}
+
+/// The section of the output file a main run writes: `p11kms-bench` for every operation,
+/// `p11kms-bench-<ops>` for a selection (`--ops asymmetric`: `p11kms-bench-asymmetric`), so
+/// that a partial run never replaces the full table.
+fn section_name(ops: &[String]) -> String {
+    let ops: Vec<&str> = ops.iter().map(|o| o.trim()).collect();
+    if ops == ["all"] {
+        "p11kms-bench".to_owned()
+    } else {
+        format!("p11kms-bench-{}", ops.join("-"))
+    }
 }
 
 /// A temporary (or given) folder for the token; a temporary one is removed at the end.
@@ -128,5 +147,18 @@ impl Drop for Scratch {
         if self.remove {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::section_name;
+
+    #[test]
+    fn a_selection_has_its_own_section() {
+        let s = |v: &[&str]| section_name(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["all"]), "p11kms-bench");
+        assert_eq!(s(&["asymmetric"]), "p11kms-bench-asymmetric");
+        assert_eq!(s(&["sign-ecc", " mac"]), "p11kms-bench-sign-ecc-mac");
     }
 }

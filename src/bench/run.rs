@@ -7,21 +7,23 @@ use std::time::Duration;
 
 use super::load::{self, CellResult};
 use super::measure::{per_op_us, threaded_cell, warmup, Lat, Row};
-use super::ops::{ceiling_op, context_map, library_call, wire_bodies, Ceiling, Op};
+use super::ops::{ceiling_op, library_call, wire_bodies, Ceiling, Fixtures, Op};
 use super::progress::Progress;
 use super::report::{render_main, RunInfo};
 use super::server::{signer, Server};
 use super::{procfs, BenchArgs};
 use crate::config::Config;
 use crate::error::Result;
-use crate::kms::types::GenerateDataKeyRequest;
 
 pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Result<String> {
     let load_before = procfs::loadavg();
     let busy_before = procfs::machine_busy(Duration::from_secs(1));
+    let ops = Op::select(&args.ops)?;
+    let ceilings = Ceiling::of(&ops);
     let kms = crate::app::open(config)?;
     let sessions = kms.token().pool_size();
-    let key = kms.create_key(Default::default())?.key_metadata.key_id;
+    // The keys, and the inputs of Decrypt and Verify, made through the library.
+    let fx = Fixtures::create(&kms, &ops)?;
     let measure = Duration::from_secs_f64(args.seconds);
     let warm = warmup(args.seconds);
     let ceiling_threads: Vec<usize> = if sessions > 1 {
@@ -37,14 +39,14 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     let cells = if args.http_only {
         0
     } else {
-        Ceiling::ALL.len() * ceiling_threads.len() + Op::ALL.len() * lib_conc.len()
-    } + (Op::ALL.len() + 1) * args.concurrency.len();
+        ceilings.len() * ceiling_threads.len() + ops.len() * lib_conc.len()
+    } + (ops.len() + 1) * args.concurrency.len();
     let progress = Progress::new(cells as u64);
     let mut rows = Vec::new();
 
     // 1. The ceiling.
-    for c in Ceiling::ALL.into_iter().filter(|_| !args.http_only) {
-        let op = ceiling_op(c)?;
+    for &c in ceilings.iter().filter(|_| !args.http_only) {
+        let op = ceiling_op(c, &kms, &fx)?;
         for &t in &ceiling_threads {
             progress.start(&format!("ceiling {} x{t}", c.label()));
             let _ = kms.token().bench_ceiling(&op, t, warm, &progress.count)?;
@@ -70,25 +72,12 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
         }
     }
 
-    // Blobs to decrypt: data keys sealed through the library, with the bench context.
-    let blobs: Vec<Vec<u8>> = (0..64)
-        .map(|_| {
-            kms.generate_data_key_without_plaintext(GenerateDataKeyRequest {
-                key_id: Some(key.clone().into()),
-                encryption_context: Some(context_map()),
-                key_spec: Some("AES_256".into()),
-                ..Default::default()
-            })
-            .map(|r| r.ciphertext_blob.0)
-        })
-        .collect::<Result<_>>()?;
-
     // 2. The library.
-    for op in Op::ALL.into_iter().filter(|_| !args.http_only) {
+    for &op in ops.iter().filter(|_| !args.http_only) {
         for &t in &lib_conc {
-            progress.start(&format!("library {} c={t}", op.name()));
+            progress.start(&format!("library {} c={t}", op.label()));
             let r = threaded_cell(t, warm, measure, &progress.count, |n| {
-                library_call(&kms, op, &key, &blobs, n)
+                library_call(&kms, op, &fx, n)
             });
             let row = cell_row("library", op, t, r);
             progress.done(&row);
@@ -108,13 +97,10 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     ));
     let signer = signer(config, state, server.addr)?;
     let mut first_errors = Vec::new();
-    for op in Op::ALL {
-        let work = Arc::new(load::Workload::new(
-            op.name(),
-            wire_bodies(op, &key, &blobs),
-        ));
+    for &op in &ops {
+        let work = Arc::new(load::Workload::new(op.name(), wire_bodies(op, &fx)));
         for &c in &args.concurrency {
-            progress.start(&format!("http {} c={c}", op.name()));
+            progress.start(&format!("http {} c={c}", op.label()));
             let r = load::run_cell(
                 &server.target(&signer, &progress.count),
                 &work,
@@ -123,7 +109,7 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
                 measure,
             );
             if let Some(e) = &r.first_error {
-                first_errors.push(format!("{} c={c}: {e}", op.name()));
+                first_errors.push(format!("{} c={c}: {e}", op.label()));
             }
             let row = cell_row("http", op, c, r);
             progress.done(&row);
@@ -141,7 +127,7 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     let floor = Server::start(state, &floor_log, None, &["--http-floor"])?;
     let floor_work = Arc::new(load::Workload::new(
         Op::DataKeyWithoutPlaintext.name(),
-        wire_bodies(Op::DataKeyWithoutPlaintext, &key, &blobs),
+        wire_bodies(Op::DataKeyWithoutPlaintext, &fx),
     ));
     for &c in &args.concurrency {
         progress.start(&format!("http floor c={c}"));

@@ -6,22 +6,37 @@
 //! - data key (GenerateDataKey / ...WithoutPlaintext): `C_GenerateRandom(key ‖ IV)` then
 //!   `C_Encrypt(CKM_AES_GCM)` of the key under a derived session key, with the blob's AAD;
 //! - Encrypt: `C_GenerateRandom(IV)` then `C_Encrypt(CKM_AES_GCM)` of the plaintext;
-//! - Decrypt: `C_Decrypt(CKM_AES_GCM)` of a sealed data key.
+//! - Decrypt: `C_Decrypt(CKM_AES_GCM)` of a sealed data key;
+//! - Sign: `C_Sign` with the KMS key's own private key (a token object) over a digest
+//!   (`CKM_RSA_PKCS_PSS`, `CKM_ECDSA`);
+//! - Verify: `C_Verify` with the key's public key imported once as a session object (as
+//!   p11kms keeps it), of a signature made once before the loop;
+//! - GenerateMac: `C_Sign(CKM_SHA256_HMAC...)` with the KMS key's own HMAC key;
+//! - GenerateDataKeyPairWithoutPlaintext on the host path (a token that cannot wrap private
+//!   keys with AES-GCM, such as SoftHSM): `C_GenerateKeyPair` as session objects, the private
+//!   value and the public point read (`C_GetAttributeValue`), both objects destroyed, then
+//!   `C_GenerateRandom(IV)` and `C_Encrypt(CKM_AES_GCM)` of the PKCS #8 under a derived key.
 //!
 //! The derived key is made the way p11kms makes epoch keys (`CKM_AES_CBC_ENCRYPT_DATA` from a
 //! derive-only AES-256 base key), once, outside the timed loop, as p11kms does once per epoch.
+//! The mechanisms and key-pair templates are written out here rather than borrowed from
+//! `keypair.rs`, the same as there (the ceiling is plain `cryptoki`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::ObjectHandle;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use cryptoki::types::Ulong;
 
 use super::aead::gcm_params;
+use super::derived::Transient;
 use super::templates::{KeyTemplate, Usages};
-use super::{HsmError, Result, Token, GCM_IV_LEN};
+use super::{CmkHandle, HsmError, PrivateUsage, Result, SessionKey, SignScheme, Token, GCM_IV_LEN};
+use crate::der::{self, Curve, Hash, PublicKey};
 
 /// One kind of request, as token calls.
 #[derive(Debug, Clone)]
@@ -32,6 +47,56 @@ pub enum CeilingOp {
     Encrypt { plaintext_len: usize, aad: Vec<u8> },
     /// GCM open of a sealed `plaintext_len`-byte value with this AAD.
     Decrypt { plaintext_len: usize, aad: Vec<u8> },
+    /// `C_Sign` of `digest` with the private key `key` (a token object).
+    Sign {
+        key: CmkHandle,
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    },
+    /// `C_Verify` with `public` as a session object (imported once) of a signature of
+    /// `digest` made once with `private`.
+    Verify {
+        private: CmkHandle,
+        public: PublicKey,
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    },
+    /// `C_Sign` HMAC over `hash` of `message` with the secret key `key` (a token object).
+    Hmac {
+        key: CmkHandle,
+        hash: Hash,
+        message: Vec<u8>,
+    },
+    /// A P-256 (or other curve's) data key pair on the host path: `C_GenerateKeyPair` as
+    /// session objects, private value and public point read, both destroyed, then RNG(12)
+    /// and a GCM seal of the PKCS #8 with this AAD.
+    DataKeyPair { curve: Curve, aad: Vec<u8> },
+}
+
+impl CeilingOp {
+    fn aad(&self) -> &[u8] {
+        match self {
+            CeilingOp::DataKey { aad, .. }
+            | CeilingOp::Encrypt { aad, .. }
+            | CeilingOp::Decrypt { aad, .. }
+            | CeilingOp::DataKeyPair { aad, .. } => aad,
+            CeilingOp::Sign { .. } | CeilingOp::Verify { .. } | CeilingOp::Hmac { .. } => &[],
+        }
+    }
+
+    /// Bytes of the value sealed (or opened) under the derived key, if any.
+    fn plaintext_len(&self) -> usize {
+        match self {
+            CeilingOp::DataKey { key_len, .. } => *key_len,
+            CeilingOp::Encrypt { plaintext_len, .. } | CeilingOp::Decrypt { plaintext_len, .. } => {
+                *plaintext_len
+            }
+            CeilingOp::Sign { .. }
+            | CeilingOp::Verify { .. }
+            | CeilingOp::Hmac { .. }
+            | CeilingOp::DataKeyPair { .. } => 0,
+        }
+    }
 }
 
 /// What one ceiling run measured.
@@ -78,14 +143,128 @@ fn open(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], ct: &[u8]) -> Res
     Ok(s.decrypt(&Mechanism::AesGcm(params), key, ct)?)
 }
 
-/// One iteration of `op` on `s`. `sealed` is the input of a Decrypt.
-fn once(
+/// The signature mechanism of `scheme` (as `keypair.rs` makes it), for the schemes the
+/// bench measures: PSS with MGF1 of the same hash and a digest-long salt, and ECDSA.
+fn with_sign_mechanism<T>(
+    scheme: SignScheme,
+    f: impl FnOnce(&Mechanism) -> cryptoki::error::Result<T>,
+) -> Result<T> {
+    let pss = |h: Hash| match h {
+        Hash::Sha256 => Some((MechanismType::SHA256, PkcsMgfType::MGF1_SHA256)),
+        Hash::Sha384 => Some((MechanismType::SHA384, PkcsMgfType::MGF1_SHA384)),
+        Hash::Sha512 => Some((MechanismType::SHA512, PkcsMgfType::MGF1_SHA512)),
+        Hash::Sha1 | Hash::Sha224 => None,
+    };
+    let r = match scheme {
+        SignScheme::RsaPss(h) => {
+            let (hash_alg, mgf) = pss(h)
+                .ok_or_else(|| HsmError::Misbehaved("no PSS ceiling for this hash".into()))?;
+            f(&Mechanism::RsaPkcsPss(PkcsPssParams {
+                hash_alg,
+                mgf,
+                s_len: Ulong::new(h.len() as _),
+            }))
+        }
+        SignScheme::Ecdsa => f(&Mechanism::Ecdsa),
+        _ => return Err(HsmError::Misbehaved("no ceiling for this scheme".into())),
+    };
+    Ok(r?)
+}
+
+fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
+    match h {
+        Hash::Sha1 => Mechanism::Sha1Hmac,
+        Hash::Sha224 => Mechanism::Sha224Hmac,
+        Hash::Sha256 => Mechanism::Sha256Hmac,
+        Hash::Sha384 => Mechanism::Sha384Hmac,
+        Hash::Sha512 => Mechanism::Sha512Hmac,
+    }
+}
+
+/// A data key pair's templates on the host path, as `keypair.rs` writes them: session
+/// objects, the private half readable and sign-only, the public half verify-only.
+fn data_pair_templates(curve: Curve) -> (Vec<Attribute>, Vec<Attribute>) {
+    let public = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::EcParams(curve.oid_der().to_vec()),
+    ];
+    let private = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
+        Attribute::SignRecover(false),
+    ];
+    (public, private)
+}
+
+/// One data key pair on the host path: its PKCS #8, the objects destroyed.
+fn data_key_pair(
     s: &Session,
+    curve: Curve,
+    templates: &(Vec<Attribute>, Vec<Attribute>),
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let (public, private) =
+        s.generate_key_pair(&Mechanism::EccKeyPairGen, &templates.0, &templates.1)?;
+    let public = Transient {
+        session: s,
+        handle: public,
+    };
+    let private = Transient {
+        session: s,
+        handle: private,
+    };
+    let value = s.get_attributes(private.handle, &[AttributeType::Value])?;
+    let point = s.get_attributes(public.handle, &[AttributeType::EcPoint])?;
+    let bad = || HsmError::Misbehaved("the token did not return the key pair".into());
+    let value = zeroize::Zeroizing::new(
+        value
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })
+            .ok_or_else(bad)?,
+    );
+    let point = point
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(bad)?;
+    let point = der::ec_point_from_pkcs11(&point, Some(curve.field_len()))
+        .map_err(|e| HsmError::Misbehaved(format!("CKA_EC_POINT: {e}")))?;
+    der::pkcs8_ec(curve, &value, Some(&point))
+        .map_err(|e| HsmError::Misbehaved(format!("PKCS #8: {e}")))
+}
+
+/// What the loop needs besides the op: the derived key, a Decrypt's input, a Verify's
+/// public key object and signature, the data key pair templates.
+struct Prepared {
     key: ObjectHandle,
-    op: &CeilingOp,
-    buf: &mut [u8],
-    sealed: &[u8],
-) -> Result<()> {
+    sealed: Vec<u8>,
+    public: Option<SessionKey>,
+    signature: Vec<u8>,
+    templates: Option<(Vec<Attribute>, Vec<Attribute>)>,
+}
+
+/// One iteration of `op` on `s`.
+fn once(s: &Session, op: &CeilingOp, p: &Prepared, buf: &mut [u8]) -> Result<()> {
+    let (key, sealed) = (p.key, &p.sealed);
     match op {
         CeilingOp::DataKey { key_len, aad } => {
             s.generate_random_slice(&mut buf[..key_len + GCM_IV_LEN])?;
@@ -101,11 +280,100 @@ fn once(
             let (iv, ct) = sealed.split_at(GCM_IV_LEN);
             open(s, key, iv, aad, ct)?;
         }
+        CeilingOp::Sign {
+            key: private,
+            scheme,
+            digest,
+        } => {
+            with_sign_mechanism(*scheme, |m| s.sign(m, private.0, digest))?;
+        }
+        CeilingOp::Verify { scheme, digest, .. } => {
+            let public = p
+                .public
+                .as_ref()
+                .ok_or_else(|| HsmError::Misbehaved("no public key object".into()))?;
+            with_sign_mechanism(*scheme, |m| {
+                s.verify(m, public.handle, digest, &p.signature)
+            })?;
+        }
+        CeilingOp::Hmac {
+            key: secret,
+            hash,
+            message,
+        } => {
+            s.sign(&hmac_mechanism(*hash), secret.0, message)?;
+        }
+        CeilingOp::DataKeyPair { curve, aad } => {
+            let templates = p
+                .templates
+                .as_ref()
+                .ok_or_else(|| HsmError::Misbehaved("no templates".into()))?;
+            let pkcs8 = data_key_pair(s, *curve, templates)?;
+            let iv = &mut buf[..GCM_IV_LEN];
+            s.generate_random_slice(iv)?;
+            seal(s, key, iv, aad, &pkcs8)?;
+        }
     }
     Ok(())
 }
 
+/// The derived key and its derive-only base: session objects, destroyed when dropped.
+struct Derived<'t> {
+    token: &'t Token,
+    base: ObjectHandle,
+    key: ObjectHandle,
+}
+
+impl Drop for Derived<'_> {
+    fn drop(&mut self) {
+        if let Ok(s) = self.token.inner.pool.get() {
+            let _ = s.destroy_object(self.key);
+            let _ = s.destroy_object(self.base);
+        }
+    }
+}
+
 impl Token {
+    /// Sets up what `op`'s loop needs, outside the timed loop.
+    fn prepare(&self, key: ObjectHandle, op: &CeilingOp) -> Result<Prepared> {
+        let s = self.inner.pool.get()?;
+        // A Decrypt's input: IV ‖ ciphertext ‖ tag, sealed once.
+        let mut iv = [0u8; GCM_IV_LEN];
+        s.generate_random_slice(&mut iv)?;
+        let mut sealed = iv.to_vec();
+        let pt = vec![0x5a; op.plaintext_len().max(1)];
+        sealed.extend(seal(&s, key, &iv, op.aad(), &pt)?);
+        let mut p = Prepared {
+            key,
+            sealed,
+            public: None,
+            signature: Vec::new(),
+            templates: None,
+        };
+        match op {
+            CeilingOp::Sign { key, .. } | CeilingOp::Hmac { key, .. } => {
+                // The key must be there: a wrong handle would measure an error path.
+                s.get_attributes(key.0, &[AttributeType::Class])?;
+            }
+            CeilingOp::Verify {
+                private,
+                public,
+                scheme,
+                digest,
+            } => {
+                p.signature = with_sign_mechanism(*scheme, |m| s.sign(m, private.0, digest))?;
+                drop(s);
+                // As p11kms keeps it: a session object, imported once.
+                p.public = Some(self.import_public_key(public, PrivateUsage::Sign)?);
+            }
+            CeilingOp::DataKeyPair { curve, .. } => {
+                p.templates = Some(data_pair_templates(*curve));
+            }
+            CeilingOp::DataKey { .. } | CeilingOp::Encrypt { .. } | CeilingOp::Decrypt { .. } => {}
+        }
+        Ok(p)
+    }
+
     /// Runs `op` on `threads` threads, each holding one pooled session for the whole run, for
     /// `duration`. `progress` is bumped once per completed operation (for a live display).
     pub fn bench_ceiling(
@@ -117,34 +385,21 @@ impl Token {
     ) -> Result<CeilingResult> {
         let threads = threads.clamp(1, self.pool_size());
         // Session objects are visible to every session of this process.
-        let (base, key) = {
+        let derived = {
             let s = self.inner.pool.get()?;
-            derived_key(&s)?
-        };
-        let plaintext_len = match op {
-            CeilingOp::DataKey { key_len, .. } => *key_len,
-            CeilingOp::Encrypt { plaintext_len, .. } | CeilingOp::Decrypt { plaintext_len, .. } => {
-                *plaintext_len
+            let (base, key) = derived_key(&s)?;
+            Derived {
+                token: self,
+                base,
+                key,
             }
         };
-        // A Decrypt's input: IV ‖ ciphertext ‖ tag, sealed once.
-        let sealed = {
-            let s = self.inner.pool.get()?;
-            let mut iv = [0u8; GCM_IV_LEN];
-            s.generate_random_slice(&mut iv)?;
-            let aad = match op {
-                CeilingOp::DataKey { aad, .. }
-                | CeilingOp::Encrypt { aad, .. }
-                | CeilingOp::Decrypt { aad, .. } => aad,
-            };
-            let mut out = iv.to_vec();
-            out.extend(seal(&s, key, &iv, aad, &vec![0x5a; plaintext_len])?);
-            out
-        };
+        let prepared = self.prepare(derived.key, op)?;
+        let plaintext_len = op.plaintext_len();
         let result = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
-                    let sealed = &sealed;
+                    let prepared = &prepared;
                     scope.spawn(move || -> Result<(u64, Vec<u64>)> {
                         let s = self.inner.pool.get()?;
                         let mut buf = vec![0u8; GCM_IV_LEN + plaintext_len.max(32) + 64];
@@ -153,7 +408,7 @@ impl Token {
                         let mut n = 0u64;
                         while start.elapsed() < duration {
                             let t0 = Instant::now();
-                            once(&s, key, op, &mut buf, sealed)?;
+                            once(&s, op, prepared, &mut buf)?;
                             lat.push(t0.elapsed().as_nanos() as u64);
                             n += 1;
                             progress.fetch_add(1, Ordering::Relaxed);
@@ -178,10 +433,8 @@ impl Token {
                 latencies_ns,
             })
         });
-        if let Ok(s) = self.inner.pool.get() {
-            let _ = s.destroy_object(key);
-            let _ = s.destroy_object(base);
-        }
+        drop(prepared);
+        drop(derived);
         result
     }
 }
