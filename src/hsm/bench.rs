@@ -26,17 +26,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
-use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{AttributeType, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki::types::Ulong;
 
 use super::aead::gcm_params;
-use super::derived::Transient;
+use super::keypair::{
+    hmac_mechanism, read_private_pkcs8, with_session_pair, with_sign_mechanism, Keeping,
+};
 use super::templates::{KeyTemplate, Usages};
-use super::{CmkHandle, HsmError, PrivateUsage, Result, SessionKey, SignScheme, Token, GCM_IV_LEN};
-use crate::der::{self, Curve, Hash, PublicKey};
+use super::{
+    CmkHandle, HsmError, PairKind, PrivateUsage, Result, SessionKey, SignScheme, Token, GCM_IV_LEN,
+};
+use crate::der::{Curve, Hash, PublicKey};
 
 /// One kind of request, as token calls.
 #[derive(Debug, Clone)]
@@ -143,113 +145,17 @@ fn open(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], ct: &[u8]) -> Res
     Ok(s.decrypt(&Mechanism::AesGcm(params), key, ct)?)
 }
 
-/// The signature mechanism of `scheme` (as `keypair.rs` makes it), for the schemes the
-/// bench measures: PSS with MGF1 of the same hash and a digest-long salt, and ECDSA.
-fn with_sign_mechanism<T>(
-    scheme: SignScheme,
-    f: impl FnOnce(&Mechanism) -> cryptoki::error::Result<T>,
-) -> Result<T> {
-    let pss = |h: Hash| match h {
-        Hash::Sha256 => Some((MechanismType::SHA256, PkcsMgfType::MGF1_SHA256)),
-        Hash::Sha384 => Some((MechanismType::SHA384, PkcsMgfType::MGF1_SHA384)),
-        Hash::Sha512 => Some((MechanismType::SHA512, PkcsMgfType::MGF1_SHA512)),
-        Hash::Sha1 | Hash::Sha224 => None,
-    };
-    let r = match scheme {
-        SignScheme::RsaPss(h) => {
-            let (hash_alg, mgf) = pss(h)
-                .ok_or_else(|| HsmError::Misbehaved("no PSS ceiling for this hash".into()))?;
-            f(&Mechanism::RsaPkcsPss(PkcsPssParams {
-                hash_alg,
-                mgf,
-                s_len: Ulong::new(h.len() as _),
-            }))
-        }
-        SignScheme::Ecdsa => f(&Mechanism::Ecdsa),
-        _ => return Err(HsmError::Misbehaved("no ceiling for this scheme".into())),
-    };
-    Ok(r?)
-}
-
-fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
-    match h {
-        Hash::Sha1 => Mechanism::Sha1Hmac,
-        Hash::Sha224 => Mechanism::Sha224Hmac,
-        Hash::Sha256 => Mechanism::Sha256Hmac,
-        Hash::Sha384 => Mechanism::Sha384Hmac,
-        Hash::Sha512 => Mechanism::Sha512Hmac,
-    }
-}
-
-/// A data key pair's templates on the host path, as `keypair.rs` writes them: session
-/// objects, the private half readable and sign-only, the public half verify-only.
-fn data_pair_templates(curve: Curve) -> (Vec<Attribute>, Vec<Attribute>) {
-    let public = vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::Token(false),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Derive(false),
-        Attribute::EcParams(curve.oid_der().to_vec()),
-    ];
-    let private = vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Unwrap(false),
-        Attribute::SignRecover(false),
-    ];
-    (public, private)
-}
-
-/// One data key pair on the host path: its PKCS #8, the objects destroyed.
-fn data_key_pair(
-    s: &Session,
-    curve: Curve,
-    templates: &(Vec<Attribute>, Vec<Attribute>),
-) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let (public, private) =
-        s.generate_key_pair(&Mechanism::EccKeyPairGen, &templates.0, &templates.1)?;
-    let public = Transient {
-        session: s,
-        handle: public,
-    };
-    let private = Transient {
-        session: s,
-        handle: private,
-    };
-    let value = s.get_attributes(private.handle, &[AttributeType::Value])?;
-    let point = s.get_attributes(public.handle, &[AttributeType::EcPoint])?;
-    let bad = || HsmError::Misbehaved("the token did not return the key pair".into());
-    let value = zeroize::Zeroizing::new(
-        value
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            })
-            .ok_or_else(bad)?,
-    );
-    let point = point
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::EcPoint(p) => Some(p),
-            _ => None,
-        })
-        .ok_or_else(bad)?;
-    let point = der::ec_point_from_pkcs11(&point, Some(curve.field_len()))
-        .map_err(|e| HsmError::Misbehaved(format!("CKA_EC_POINT: {e}")))?;
-    der::pkcs8_ec(curve, &value, Some(&point))
-        .map_err(|e| HsmError::Misbehaved(format!("PKCS #8: {e}")))
+/// One data key pair on the host path, as `keypair.rs` makes it: its PKCS #8, the objects
+/// destroyed.
+fn data_key_pair(s: &Session, curve: Curve) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let pair = PairKind::Ec(curve);
+    with_session_pair(
+        s,
+        pair,
+        PrivateUsage::Sign,
+        Keeping::Readable,
+        |public, private| Ok(read_private_pkcs8(s, private, public, pair)),
+    )?
 }
 
 /// What the loop needs besides the op: the derived key, a Decrypt's input, a Verify's
@@ -259,7 +165,6 @@ struct Prepared {
     sealed: Vec<u8>,
     public: Option<SessionKey>,
     signature: Vec<u8>,
-    templates: Option<(Vec<Attribute>, Vec<Attribute>)>,
 }
 
 /// One iteration of `op` on `s`.
@@ -304,11 +209,7 @@ fn once(s: &Session, op: &CeilingOp, p: &Prepared, buf: &mut [u8]) -> Result<()>
             s.sign(&hmac_mechanism(*hash), secret.0, message)?;
         }
         CeilingOp::DataKeyPair { curve, aad } => {
-            let templates = p
-                .templates
-                .as_ref()
-                .ok_or_else(|| HsmError::Misbehaved("no templates".into()))?;
-            let pkcs8 = data_key_pair(s, *curve, templates)?;
+            let pkcs8 = data_key_pair(s, *curve)?;
             let iv = &mut buf[..GCM_IV_LEN];
             s.generate_random_slice(iv)?;
             seal(s, key, iv, aad, &pkcs8)?;
@@ -348,7 +249,6 @@ impl Token {
             sealed,
             public: None,
             signature: Vec::new(),
-            templates: None,
         };
         match op {
             CeilingOp::Sign { key, .. } | CeilingOp::Hmac { key, .. } => {
@@ -366,10 +266,10 @@ impl Token {
                 // As p11kms keeps it: a session object, imported once.
                 p.public = Some(self.import_public_key(public, PrivateUsage::Sign)?);
             }
-            CeilingOp::DataKeyPair { curve, .. } => {
-                p.templates = Some(data_pair_templates(*curve));
-            }
-            CeilingOp::DataKey { .. } | CeilingOp::Encrypt { .. } | CeilingOp::Decrypt { .. } => {}
+            CeilingOp::DataKeyPair { .. }
+            | CeilingOp::DataKey { .. }
+            | CeilingOp::Encrypt { .. }
+            | CeilingOp::Decrypt { .. } => {}
         }
         Ok(p)
     }

@@ -79,7 +79,7 @@ fn hash_mechanism(h: Hash) -> (MechanismType, PkcsMgfType) {
 }
 
 /// The HMAC mechanism over `h`.
-fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
+pub(super) fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
     match h {
         Hash::Sha1 => Mechanism::Sha1Hmac,
         Hash::Sha224 => Mechanism::Sha224Hmac,
@@ -100,7 +100,7 @@ fn hmac_mechanism_type(h: Hash) -> MechanismType {
 }
 
 /// Calls `f` with the mechanism of `scheme` (its parameters borrow locals of this frame).
-fn with_sign_mechanism<T>(scheme: SignScheme, f: impl FnOnce(&Mechanism) -> T) -> T {
+pub(super) fn with_sign_mechanism<T>(scheme: SignScheme, f: impl FnOnce(&Mechanism) -> T) -> T {
     match scheme {
         SignScheme::RsaPkcs1(_) => f(&Mechanism::RsaPkcs),
         SignScheme::RsaPss(h) => {
@@ -192,7 +192,7 @@ fn public_template(pair: PairKind, usage: PrivateUsage) -> Vec<Attribute> {
 
 /// How a private half is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keeping {
+pub(super) enum Keeping {
     /// A KMS key: token object, sensitive, never extractable, modifiable (disabling a key
     /// switches its usage off).
     Backing,
@@ -243,7 +243,7 @@ fn private_template(
 /// Generates a throwaway key pair of `pair` as session objects on `s`, limited to `usage` and
 /// kept as `keeping` says, and calls `f` with (public, private); both are destroyed after,
 /// also on failure.
-fn with_session_pair<T>(
+pub(super) fn with_session_pair<T>(
     s: &Session,
     pair: PairKind,
     usage: PrivateUsage,
@@ -317,7 +317,7 @@ fn ec_point(s: &Session, public: ObjectHandle, field_len: Option<usize>) -> Resu
 }
 
 /// Reads a readable private key's value as PKCS#8, wiping what the token returned.
-fn read_private_pkcs8(
+pub(super) fn read_private_pkcs8(
     s: &Session,
     private: ObjectHandle,
     public: ObjectHandle,
@@ -903,23 +903,18 @@ pub(crate) fn probe_ed25519ph(s: &Session, caps: &mut super::Capabilities) {
         return;
     }
     let try_it = || -> Result<bool> {
-        let pair = PairKind::Ed25519;
-        let (public, private) = s.generate_key_pair(
-            &generation_mechanism(pair),
-            &public_template(pair, PrivateUsage::Sign),
-            &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
-        )?;
-        let _public = Transient {
-            session: s,
-            handle: public,
-        };
-        let private = Transient {
-            session: s,
-            handle: private,
-        };
         let data = [0x5a; 64];
-        let pure = with_sign_mechanism(SignScheme::Ed25519, |m| s.sign(m, private.handle, &data))?;
-        let ph = with_sign_mechanism(SignScheme::Ed25519Ph, |m| s.sign(m, private.handle, &data))?;
+        let (pure, ph) = with_session_pair(
+            s,
+            PairKind::Ed25519,
+            PrivateUsage::Sign,
+            Keeping::Wrappable,
+            |_, private| {
+                let pure = with_sign_mechanism(SignScheme::Ed25519, |m| s.sign(m, private, &data))?;
+                let ph = with_sign_mechanism(SignScheme::Ed25519Ph, |m| s.sign(m, private, &data))?;
+                Ok((pure, ph))
+            },
+        )?;
         Ok(ph.len() == 64 && ph != pure)
     };
     caps.ed25519ph = try_it().unwrap_or(false);
@@ -935,17 +930,10 @@ pub(crate) fn probe_ec_curves(s: &Session, quirks: super::Quirks, caps: &mut sup
     }
     let generates = |pair: PairKind| {
         for _ in 0..3 {
-            match s.generate_key_pair(
-                &generation_mechanism(pair),
-                &public_template(pair, PrivateUsage::Sign),
-                &private_template(pair, PrivateUsage::Sign, Keeping::Wrappable, None, false),
-            ) {
-                Ok((public, private)) => {
-                    for handle in [public, private] {
-                        drop(Transient { session: s, handle });
-                    }
-                    return true;
-                }
+            match with_session_pair(s, pair, PrivateUsage::Sign, Keeping::Wrappable, |_, _| {
+                Ok(())
+            }) {
+                Ok(()) => return true,
                 Err(e) if CallError::from(&e).read_with(quirks, false).is_transient() => {}
                 Err(_) => return false,
             }
