@@ -94,6 +94,11 @@ macro_rules! ops {
         impl Op {
             pub const ALL: &'static [Op] = &[$(Op::$name),*];
 
+            /// The operation's place in [`Op::ALL`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
             /// The AWS operation name (`X-Amz-Target` suffix).
             pub fn name(self) -> &'static str {
                 match self { $(Op::$name => stringify!($name)),* }

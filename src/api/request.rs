@@ -58,8 +58,10 @@ pub(super) struct State {
     /// The main runtime's last heartbeat, in ms since `epoch`.
     heartbeat: AtomicU64,
     epoch: Instant,
-    /// Moving average (ns) of how long the fast operations take, wherever they ran.
-    fast_op_ns: AtomicU64,
+    /// Moving average (ns) of how long each fast operation takes, wherever it ran (one per
+    /// operation: RSA signing at ~0.5 ms must not push Encrypt off the inline path, nor the
+    /// other way round).
+    fast_op_ns: Vec<AtomicU64>,
     /// Open connections (the accept loop admits, each connection marks its requests).
     pub(super) conns: Arc<Conns>,
     /// The last `/readyz` token ping's outcome.
@@ -84,7 +86,7 @@ impl State {
             sessions: Arc::new(Semaphore::new(permits)),
             heartbeat: AtomicU64::new(0),
             epoch: Instant::now(),
-            fast_op_ns: AtomicU64::new(0),
+            fast_op_ns: Op::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             conns: Arc::new(Conns::new(
                 settings.max_connections,
                 settings.max_connections_per_source,
@@ -109,11 +111,20 @@ impl State {
     }
 
     /// Records how long a fast operation took (exponential moving average, 1/16 weight).
-    fn observe(&self, took: Duration) {
+    fn observe(&self, op: Op, took: Duration) {
+        let Some(avg) = self.fast_op_ns.get(op.index()) else {
+            return;
+        };
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.fast_op_ns.load(Ordering::Relaxed);
-        let new = old - old / 16 + ns / 16;
-        self.fast_op_ns.store(new, Ordering::Relaxed);
+        let old = avg.load(Ordering::Relaxed);
+        avg.store(old - old / 16 + ns / 16, Ordering::Relaxed);
+    }
+
+    /// Whether `op` has been fast enough lately to run inline.
+    fn inline_worthy(&self, op: Op) -> bool {
+        self.fast_op_ns
+            .get(op.index())
+            .is_some_and(|a| a.load(Ordering::Relaxed) < INLINE_MAX_NS)
     }
 }
 
@@ -129,8 +140,10 @@ fn fast_op(op: Op) -> bool {
             | Op::GenerateDataKey
             | Op::GenerateDataKeyWithoutPlaintext
             | Op::GenerateRandom
+            | Op::Sign
             | Op::Verify
             | Op::GenerateMac
+            | Op::GenerateDataKeyPairWithoutPlaintext
             | Op::VerifyMac
             | Op::GetPublicKey
             | Op::DescribeKey
@@ -391,7 +404,7 @@ async fn kms_request(
         })
     };
     let fast = fast_op(op) && !state.refresh_every_request;
-    let inline = inline && fast && state.fast_op_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
+    let inline = inline && fast && state.inline_worthy(op);
     let outcome = if inline {
         // The wait for a permit is async (it holds no worker) and bounded; the token work then
         // runs right here.
@@ -402,7 +415,7 @@ async fn kms_request(
         let t0 = Instant::now();
         let r = work();
         drop(session);
-        state.observe(t0.elapsed());
+        state.observe(op, t0.elapsed());
         r
     } else {
         let st = Arc::clone(state);
@@ -410,7 +423,7 @@ async fn kms_request(
             let t0 = Instant::now();
             let r = work();
             if fast {
-                st.observe(t0.elapsed());
+                st.observe(op, t0.elapsed());
             }
             r
         })
