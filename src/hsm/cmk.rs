@@ -453,12 +453,29 @@ impl Token {
         expected_id: &[u8],
         kind: BackingKind,
     ) -> Result<CmkLookup> {
+        // A search that finds nothing is asked again on a token whose reads can be torn by a
+        // concurrent writer (SoftHSM re-reads its object files, and a search made while
+        // another thread creates objects can miss one that exists): "missing" makes a key
+        // unusable until the next re-list, so it must be what the token holds.
+        let tries = if self.inner.quirks.general_error_transient {
+            5
+        } else {
+            1
+        };
         let mut found = Vec::new();
-        for h in self.find_cmks(label)? {
-            match self.handle_call(|s| s.get_attributes(h.0, &CmkAttributes::TYPES)) {
-                Ok(a) => found.push((h, CmkAttributes::from_attributes(a))),
-                Err(e) if e.is_stale_handle() => {}
-                Err(e) => return Err(e),
+        for attempt in 0..tries {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2 << attempt));
+            }
+            for h in self.find_cmks(label)? {
+                match self.handle_call(|s| s.get_attributes(h.0, &CmkAttributes::TYPES)) {
+                    Ok(a) => found.push((h, CmkAttributes::from_attributes(a))),
+                    Err(e) if e.is_stale_handle() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !found.is_empty() {
+                break;
             }
         }
         Ok(CmkLookup::judge(label, &found, expected_id, kind))

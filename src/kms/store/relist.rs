@@ -182,9 +182,17 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 let label = cmk_label(&id, v.version);
                 let expected = cmk_id(&id, v.version);
                 let lookup = match &listed_cmks {
-                    Some(map) => {
-                        lookup_listed(map.get(&label).map(Vec::as_slice), &label, &expected, kind)
-                    }
+                    // A listing taken while another writer creates objects can miss one on
+                    // some tokens: a key found missing in it is searched for once more.
+                    Some(map) => match lookup_listed(
+                        map.get(&label).map(Vec::as_slice),
+                        &label,
+                        &expected,
+                        kind,
+                    ) {
+                        Lookup::Missing => self.keys.find(&label, &expected, kind)?,
+                        found => found,
+                    },
                     None => self.keys.find(&label, &expected, kind)?,
                 };
                 match lookup {
