@@ -12,50 +12,73 @@ use super::ops::check_usable;
 use super::store::KeyEntry;
 use super::{EncryptionContext, Forms, KeyId, KeySelector, Kms, SealingPath};
 use crate::error::{KmsError, Result};
-use crate::hsm::{BackingKind, CmkHandle, CmkLookup, SessionKey, GCM_IV_LEN};
+use crate::hsm::{BackingKind, CmkHandle, CmkLookup, HsmError, SessionKey, GCM_IV_LEN};
 
 impl Kms {
     /// Derives the epoch key of `entry`'s backing `version` for `nonce`. Runs with no lock
-    /// held (the sealing cache calls it while only this key's derivation turn is taken). When
-    /// the token refuses, the records say why: they are re-read first (another process may
-    /// have disabled or deleted the key: then that is the answer); for a key still Enabled, a
-    /// stale handle is bound again, or a backing key that refuses derivation gets its token
-    /// state healed, once.
+    /// held (the sealing cache calls it while only this key's derivation turn is taken).
     pub(super) fn derive(
         &self,
         entry: &KeyEntry,
         version: u32,
         nonce: &[u8; NONCE_LEN],
     ) -> Result<SessionKey> {
-        let id = entry.record.id;
         let kdf = entry.record.kdf;
-        let arn = self.scope.key_arn(&id);
         // Epoch keys wrap only where data keys are sealed in the token.
         let wrap = self.sealing == SealingPath::Token;
-        let Some(h) = entry.cmks.get(&version).copied() else {
-            // Known unusable: answered without touching the token.
-            return Err(KmsError::key_unavailable(
-                entry.unbound.get(&version).cloned().unwrap_or_else(|| {
-                    format!("the backing key of {arn} (version {version}) is not in the token")
-                }),
-            ));
+        self.with_backing(
+            entry,
+            version,
+            |h| self.token.derive_key(h, kdf, nonce, wrap),
+            KmsError::from,
+        )
+    }
+
+    /// `entry`'s backing key of `version`, or why it is known unusable (answered without
+    /// touching the token).
+    pub(super) fn backing_key(&self, entry: &KeyEntry, version: u32) -> Result<CmkHandle> {
+        entry.cmks.get(&version).copied().ok_or_else(|| {
+            KmsError::key_unavailable(entry.unbound.get(&version).cloned().unwrap_or_else(|| {
+                format!(
+                    "the backing key of {} (version {version}) is not in the token",
+                    self.scope.key_arn(&entry.record.id)
+                )
+            }))
+        })
+    }
+
+    /// Runs `f` on `entry`'s backing key of `version`, for every key family; a token error
+    /// becomes the answer through `map`. When the token refuses (a stale handle: another
+    /// process re-created the object or the token was re-opened; or the usage is off:
+    /// another process disabled the key), the records say why: they are re-read first, and
+    /// a key no longer usable is that answer; for a key still Enabled, a stale handle is
+    /// bound again, or a backing key whose usage is off gets its token state healed, and
+    /// `f` is tried once more.
+    pub(super) fn with_backing<T>(
+        &self,
+        entry: &KeyEntry,
+        version: u32,
+        f: impl Fn(CmkHandle) -> std::result::Result<T, HsmError>,
+        map: impl Fn(HsmError) -> KmsError,
+    ) -> Result<T> {
+        let id = entry.record.id;
+        let h = self.backing_key(entry, version)?;
+        let first = match f(h) {
+            Err(e) if e.is_stale_handle() || e.is_not_permitted() => e,
+            r => return r.map_err(map),
         };
-        let first = match self.token.derive_key(h, kdf, nonce, wrap) {
-            Ok(k) => return Ok(k),
-            Err(e) => e,
-        };
+        let arn = self.scope.key_arn(&id);
         self.refresh()?;
         let now = self
             .store
             .key(&id)
             .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
         check_usable(&now, &arn)?;
+        let kind = now.record.backing_kind()?;
         match self.store.relocate_cmk(&id, version)? {
-            CmkLookup::Found(n) if n != h => Ok(self.token.derive_key(n, kdf, nonce, wrap)?),
-            CmkLookup::Found(n) if self.heal_token_state(&id, n)? => {
-                Ok(self.token.derive_key(n, kdf, nonce, wrap)?)
-            }
-            CmkLookup::Found(_) => Err(first.into()),
+            CmkLookup::Found(n) if n != h => f(n).map_err(map),
+            CmkLookup::Found(n) if self.heal_token_state(&id, n, kind)? => f(n).map_err(map),
+            CmkLookup::Found(_) => Err(map(first)),
             CmkLookup::Missing => Err(KmsError::key_unavailable(format!(
                 "the backing key of {arn} (version {version}) is not in the token"
             ))),
@@ -63,16 +86,16 @@ impl Kms {
         }
     }
 
-    /// The token refuses to derive from a CMK whose record says Enabled: another process may
-    /// have reconciled from a record that was just superseded. If the key is still Enabled
-    /// (the records were just re-read), make the token agree; serialised with this process's
+    /// The token refuses a backing key whose record says Enabled: another process may have
+    /// reconciled from a record that was just superseded. If the key is still Enabled (the
+    /// records were just re-read), make the token agree; serialised with this process's
     /// state changes, so a concurrent DisableKey is never undone here.
-    fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle) -> Result<bool> {
+    fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle, kind: BackingKind) -> Result<bool> {
         self.store.with_key(id, |entry| {
             if entry.is_some_and(|e| e.record.state == KeyState::Enabled)
-                && !self.token.cmk_usable(cmk, BackingKind::Derive)?
+                && !self.token.cmk_usable(cmk, kind)?
             {
-                self.token.set_cmk_usable(cmk, BackingKind::Derive, true)?;
+                self.token.set_cmk_usable(cmk, kind, true)?;
                 return Ok(true);
             }
             Ok(false)

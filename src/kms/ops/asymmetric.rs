@@ -7,7 +7,6 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use zeroize::Zeroizing;
 
-use super::super::domain::KeyState;
 use super::super::domain::{
     AwsEnum, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, SigningAlgorithm,
@@ -19,7 +18,7 @@ use super::super::{Forms, Kms};
 use super::{check_grant_tokens, check_usable, dry_run, refuse_recipient, required};
 use crate::der::{self, Hash, PublicKey};
 use crate::error::{KmsError, Result};
-use crate::hsm::{BackingKind, Checked, CmkHandle, CmkLookup, PairKind, PrivateUsage, SessionKey};
+use crate::hsm::{BackingKind, Checked, CmkHandle, PairKind, PrivateUsage, SessionKey};
 use crate::hsm::{HsmError, SignScheme};
 
 /// Message of Sign, Verify, GenerateMac and VerifyMac: 1..4096 bytes.
@@ -129,16 +128,6 @@ fn message_type(t: &Option<String>) -> Result<MessageType> {
     })
 }
 
-/// The key's current backing key (token handle), or why it cannot be used.
-fn backing_handle(entry: &KeyEntry, arn: &str) -> Result<CmkHandle> {
-    let v = entry.record.current_version;
-    entry.cmks.get(&v).copied().ok_or_else(|| {
-        KmsError::key_unavailable(entry.unbound.get(&v).cloned().unwrap_or_else(|| {
-            format!("the key material of {arn} (version {v}) is not in the token")
-        }))
-    })
-}
-
 impl Kms {
     /// Resolves a key for an asymmetric or HMAC operation, checks its state and that its
     /// usage is `usage`; returns the entry and the key ARN.
@@ -194,58 +183,6 @@ impl Kms {
         Ok(key)
     }
 
-    /// Runs `f` on the key's current backing key; a token error is turned into the answer by
-    /// `map`. When the token refuses (a stale handle: another process re-created the object
-    /// or the token was re-opened; or the usage is off: another process disabled the key),
-    /// the records are re-read first, and that is the answer if the key is no longer usable;
-    /// a key still Enabled gets its handle bound again or its token state healed, and one
-    /// more try. As [`Kms::derive`] does for CMKs.
-    fn with_backing<T>(
-        &self,
-        entry: &KeyEntry,
-        f: impl Fn(CmkHandle) -> std::result::Result<T, HsmError>,
-        map: impl Fn(HsmError) -> KmsError,
-    ) -> Result<T> {
-        let id = entry.record.id;
-        let arn = self.scope.key_arn(&id);
-        let h = backing_handle(entry, &arn)?;
-        let first = match f(h) {
-            Err(e) if e.is_stale_handle() || e.is_not_permitted() => e,
-            r => return r.map_err(map),
-        };
-        self.refresh()?;
-        let now = self
-            .store
-            .key(&id)
-            .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
-        check_usable(&now, &arn)?;
-        let version = now.record.current_version;
-        let kind = now.record.backing_kind()?;
-        match self.store.relocate_cmk(&id, version)? {
-            CmkLookup::Found(n) if n != h => f(n).map_err(map),
-            CmkLookup::Found(n) => {
-                let healed = self.store.with_key(&id, |e| {
-                    if e.is_some_and(|e| e.record.state == KeyState::Enabled)
-                        && !self.token.cmk_usable(n, kind)?
-                    {
-                        self.token.set_cmk_usable(n, kind, true)?;
-                        return Ok::<bool, KmsError>(true);
-                    }
-                    Ok(false)
-                })?;
-                if healed {
-                    f(n).map_err(map)
-                } else {
-                    Err(map(first))
-                }
-            }
-            CmkLookup::Missing => Err(KmsError::key_unavailable(format!(
-                "the key material of {arn} (version {version}) is not in the token"
-            ))),
-            CmkLookup::Refused(why) => Err(KmsError::key_unavailable(why)),
-        }
-    }
-
     /// Checks that `public` is the public half of the key's private key in the token: a
     /// signature of a fixed digest verifies, or an encryption to it decrypts.
     fn prove_public_key(
@@ -255,7 +192,7 @@ impl Kms {
         usage: PrivateUsage,
     ) -> Result<()> {
         let arn = self.scope.key_arn(&entry.record.id);
-        let private = backing_handle(entry, &arn)?;
+        let private = self.backing_key(entry, entry.record.current_version)?;
         let pair = specs::pair_kind(entry.record.spec);
         let proven = match (usage, pair) {
             (PrivateUsage::Sign, Some(pair)) => {
@@ -305,10 +242,11 @@ impl Kms {
                 "a key agreement key without an EC public key",
             ));
         };
-        if !self
-            .token
-            .ecdh_public_matches(backing_handle(entry, &arn)?, curve, &point)?
-        {
+        if !self.token.ecdh_public_matches(
+            self.backing_key(entry, entry.record.current_version)?,
+            curve,
+            &point,
+        )? {
             let why = format!(
                 "the public key in the record of {arn} does not belong to its private key in \
                  the token: refusing to use it (someone holding the token PIN changed the record)"
@@ -361,6 +299,7 @@ impl Kms {
         dry_run(req.dry_run)?;
         let raw = self.with_backing(
             &entry,
+            entry.record.current_version,
             |h| self.token.sign(h, scheme, &input),
             |e| self.unsupported_or(e, alg),
         )?;
@@ -520,6 +459,7 @@ impl Kms {
         dry_run(req.dry_run)?;
         let mac = self.with_backing(
             &entry,
+            entry.record.current_version,
             |h| self.token.hmac(h, specs::mac_hash(alg), message),
             KmsError::from,
         )?;
@@ -540,6 +480,7 @@ impl Kms {
         dry_run(req.dry_run)?;
         match self.with_backing(
             &entry,
+            entry.record.current_version,
             |h| {
                 self.token
                     .hmac_verify(h, specs::mac_hash(alg), message, mac)
@@ -592,10 +533,12 @@ impl Kms {
         dry_run(req.dry_run)?;
         let secret = self.with_backing(
             &entry,
+            entry.record.current_version,
             |h| self.token.ecdh(h, &point, curve.field_len()),
             |e| {
                 let refused = e.call().is_some_and(|c| c.is_unsupported_parameter())
-                    || backing_handle(&entry, &arn)
+                    || self
+                        .backing_key(&entry, entry.record.current_version)
                         .is_ok_and(|h| self.input_refused(&e, h, &entry));
                 if refused {
                     KmsError::validation("The public key is not a valid point on the key's curve")
@@ -648,6 +591,7 @@ impl Kms {
         }
         self.with_backing(
             entry,
+            entry.record.current_version,
             |h| self.token.rsa_decrypt(h, hash, ciphertext),
             |e| match e {
                 HsmError::AuthenticationFailed => KmsError::invalid_ciphertext_with(
