@@ -49,7 +49,7 @@ fn health_endpoints() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
     r.request_id();
     let r = raw(addr, &request_bytes(addr, "GET", "/readyz", &[], b""));
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.request_id();
     let r = raw(addr, &request_bytes(addr, "POST", "/healthz", &[], b""));
     r.assert_error(405, "UnknownOperationException");

@@ -36,6 +36,8 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A token ping's outcome answers every `/readyz` for this long (see [`ReadyCache`]).
 const READY_CACHE_FOR: Duration = Duration::from_secs(1);
+/// Caches held this long mean a stuck writer: not ready.
+const CACHES_HELD_FOR: Duration = Duration::from_millis(250);
 /// A token call running longer than this means the token has stopped answering: not ready.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// Fast operations run on the runtime thread while they take less than this on average
@@ -243,7 +245,7 @@ async fn readiness(state: &Arc<State>) -> Response<Body> {
     if !state.main_runtime_alive() {
         return unavailable("not ready: the server's workers are stuck\n".into());
     }
-    if !state.kms.responsive() {
+    if !caches_free(&state.kms).await {
         return unavailable("not ready: the metadata caches are held\n".into());
     }
     let ping = || async {
@@ -258,6 +260,22 @@ async fn readiness(state: &Arc<State>) -> Response<Body> {
         text(StatusCode::OK, "ready\n")
     } else {
         unavailable("not ready: the token does not answer\n".into())
+    }
+}
+
+/// Whether the metadata caches can be read within [`CACHES_HELD_FOR`]. A writer holds them
+/// for microseconds (and a waiting writer blocks new readers), so one look could find them
+/// held on a healthy server; only caches held across all the looks mean not ready.
+async fn caches_free(kms: &Kms) -> bool {
+    let deadline = Instant::now() + CACHES_HELD_FOR;
+    loop {
+        if kms.responsive() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -22,6 +22,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::cmk::{BackingKind, PairKind, PrivateUsage};
 use super::derived::Transient;
 use super::error::CallError;
+use super::pool::expecting_slow;
 use super::templates::{KeyTemplate, Usages};
 use super::{CmkHandle, HsmError, Result, SessionKey, Token};
 use crate::der::{self, Curve, Hash, PublicKey};
@@ -469,19 +470,24 @@ impl Token {
                 }
                 Ok(None)
             };
-            let made = self.create(
-                |s| {
-                    self.count(|c| &c.generate_key_calls);
-                    let (public, private) =
-                        s.generate_key_pair(&generation_mechanism(pair), &public_t, &private_t)?;
-                    let public = Transient {
-                        session: s,
-                        handle: public,
-                    };
-                    Ok((private, read_public(s, public.handle, pair)))
-                },
-                clean,
-            );
+            let made = expecting_slow(|| {
+                self.create(
+                    |s| {
+                        self.count(|c| &c.generate_key_calls);
+                        let (public, private) = s.generate_key_pair(
+                            &generation_mechanism(pair),
+                            &public_t,
+                            &private_t,
+                        )?;
+                        let public = Transient {
+                            session: s,
+                            handle: public,
+                        };
+                        Ok((private, read_public(s, public.handle, pair)))
+                    },
+                    clean,
+                )
+            });
             match made {
                 Ok((private, Ok(spki))) => return Ok((CmkHandle(private), spki)),
                 Ok((private, Err(e))) => {
@@ -771,21 +777,23 @@ impl Token {
     /// private key read once as PKCS#8 (wiped when dropped), both destroyed. Returns
     /// (PKCS#8, DER SubjectPublicKeyInfo).
     pub fn data_key_pair(&self, pair: PairKind) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
-        self.call(|s| {
-            self.count(|c| &c.generate_key_calls);
-            with_session_pair(
-                s,
-                pair,
-                PrivateUsage::Sign,
-                Keeping::Readable,
-                |public, private| {
-                    self.count(|c| &c.private_value_reads);
-                    Ok((
-                        read_private_pkcs8(s, private, public, pair),
-                        read_public(s, public, pair),
-                    ))
-                },
-            )
+        expecting_slow(|| {
+            self.call(|s| {
+                self.count(|c| &c.generate_key_calls);
+                with_session_pair(
+                    s,
+                    pair,
+                    PrivateUsage::Sign,
+                    Keeping::Readable,
+                    |public, private| {
+                        self.count(|c| &c.private_value_reads);
+                        Ok((
+                            read_private_pkcs8(s, private, public, pair),
+                            read_public(s, public, pair),
+                        ))
+                    },
+                )
+            })
         })
         .and_then(|(pkcs8, spki)| Ok((pkcs8?, spki?)))
     }
@@ -818,22 +826,25 @@ impl Token {
         };
         for _ in 0..SHORT_SCALAR_TRIES {
             let used = std::cell::RefCell::new(*iv);
-            let (sealed, spki) = self.call(|s| {
-                let mut u = used.borrow_mut();
-                *u = *iv;
-                let params = super::aead::gcm_params(&mut u, aad)?;
-                self.count(|c| &c.generate_key_calls);
-                with_session_pair(
-                    s,
-                    pair,
-                    PrivateUsage::Sign,
-                    Keeping::Wrappable,
-                    |public, private| {
-                        self.count(|c| &c.wrap_calls);
-                        let sealed = s.wrap_key(&Mechanism::AesGcm(params), key.handle, private)?;
-                        Ok((sealed, read_public(s, public, pair)))
-                    },
-                )
+            let (sealed, spki) = expecting_slow(|| {
+                self.call(|s| {
+                    let mut u = used.borrow_mut();
+                    *u = *iv;
+                    let params = super::aead::gcm_params(&mut u, aad)?;
+                    self.count(|c| &c.generate_key_calls);
+                    with_session_pair(
+                        s,
+                        pair,
+                        PrivateUsage::Sign,
+                        Keeping::Wrappable,
+                        |public, private| {
+                            self.count(|c| &c.wrap_calls);
+                            let sealed =
+                                s.wrap_key(&Mechanism::AesGcm(params), key.handle, private)?;
+                            Ok((sealed, read_public(s, public, pair)))
+                        },
+                    )
+                })
             })?;
             if used.into_inner() != *iv {
                 return Err(HsmError::Misbehaved(

@@ -8,7 +8,9 @@
 //! session wakes a sleeper only if there is one.
 //!
 //! Each slot also records since when its session has been on loan, so that a readiness check
-//! can tell a busy token from a stalled one ([`SessionPool::longest_loan`]).
+//! can tell a busy token from a stalled one ([`SessionPool::longest_loan`]). Calls known to
+//! take seconds on a healthy token (RSA key pair generation) run inside [`expecting_slow`]:
+//! their loans count as stalled only after [`SLOW_ALLOWANCE`].
 
 use std::cell::Cell;
 use std::ops::Deref;
@@ -25,6 +27,40 @@ use super::{HsmError, Result};
 thread_local! {
     /// The slot this thread took last: where its next scan starts.
     static HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Set while this thread runs a call that may take seconds (see [`expecting_slow`]).
+    static SLOW: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks a loan made inside [`expecting_slow`] (stored in `loaned_at`'s top bit).
+const SLOW_BIT: u64 = 1 << 63;
+/// A loan inside [`expecting_slow`] is taken for stalled only after this long: an RSA-4096
+/// key pair takes seconds in a software token, and must not make the server "not ready".
+pub(crate) const SLOW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// How long a loan stored as `t` in `loaned_at` counts as held at `now` (µs since the
+/// pool's epoch, +1): `None` if not on loan, or on a slow call still within its allowance.
+fn loan_age(now: u64, t: u64) -> Option<Duration> {
+    if t == 0 {
+        return None;
+    }
+    let held = Duration::from_micros(now.saturating_sub(t & !SLOW_BIT));
+    if t & SLOW_BIT == 0 {
+        Some(held)
+    } else {
+        held.checked_sub(SLOW_ALLOWANCE)
+    }
+}
+
+/// Runs `f` with every session this thread takes meanwhile marked as on a slow call.
+pub(crate) fn expecting_slow<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SLOW.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(SLOW.with(|c| c.replace(true)));
+    f()
 }
 
 /// Spreads threads that have no hint yet over the slots.
@@ -66,15 +102,15 @@ impl SessionPool {
     }
 
     /// How long the session on loan longest has been out (`None`: none is on loan). A call
-    /// that has held a session for seconds means the token has stopped answering.
+    /// that has held a session for seconds means the token has stopped answering. A loan
+    /// made in [`expecting_slow`] counts only by how far it runs past [`SLOW_ALLOWANCE`].
     pub(crate) fn longest_loan(&self) -> Option<Duration> {
         let now = self.micros();
         self.loaned_at
             .iter()
             .map(|t| t.load(Ordering::Relaxed))
-            .filter(|t| *t != 0)
-            .min()
-            .map(|t| Duration::from_micros(now.saturating_sub(t)))
+            .filter_map(|t| loan_age(now, t))
+            .max()
     }
 
     fn micros(&self) -> u64 {
@@ -83,7 +119,8 @@ impl SessionPool {
     }
 
     fn lend<'a>(&'a self, idx: usize, guard: MutexGuard<'a, Session>) -> PooledSession<'a> {
-        self.loaned_at[idx].store(self.micros(), Ordering::Relaxed);
+        let slow = if SLOW.with(Cell::get) { SLOW_BIT } else { 0 };
+        self.loaned_at[idx].store(self.micros() | slow, Ordering::Relaxed);
         PooledSession {
             pool: self,
             idx,
@@ -185,5 +222,36 @@ impl Drop for PooledSession<'_> {
         self.pool.loaned_at[self.idx].store(0, Ordering::Relaxed);
         drop(self.guard.take());
         self.pool.returned();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_loans_count_only_past_their_allowance() {
+        let s = 1_000_000u64;
+        assert_eq!(loan_age(5 * s, 0), None, "not on loan");
+        assert_eq!(loan_age(5 * s, s), Some(Duration::from_secs(4)));
+        assert_eq!(
+            loan_age(5 * s, s | SLOW_BIT),
+            None,
+            "a slow call within 60 s"
+        );
+        assert_eq!(
+            loan_age(70 * s, s | SLOW_BIT),
+            Some(Duration::from_secs(9)),
+            "a slow call 9 s past its allowance"
+        );
+    }
+
+    #[test]
+    fn expecting_slow_is_scoped() {
+        assert!(!SLOW.with(Cell::get));
+        let inner = expecting_slow(|| expecting_slow(|| SLOW.with(Cell::get)));
+        assert!(inner && !SLOW.with(Cell::get));
+        let _ = std::panic::catch_unwind(|| expecting_slow(|| panic!("unwinds")));
+        assert!(!SLOW.with(Cell::get), "reset on unwind too");
     }
 }
