@@ -13,6 +13,7 @@ pub(crate) mod domain;
 pub(crate) mod epoch;
 pub(crate) mod keyref;
 mod ops;
+pub(crate) mod policy;
 pub(crate) mod records;
 pub(crate) mod specs;
 pub(crate) mod store;
@@ -30,6 +31,9 @@ pub use domain::{
 };
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
+pub use policy::{
+    ConditionContext, ConditionMap, Outcome, PolicyDocument, PolicyError, PolicyKind, Request,
+};
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
 

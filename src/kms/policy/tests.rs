@@ -1,0 +1,1 @@
+//! Document-level tests of the policy engine.
