@@ -371,7 +371,7 @@ pub struct Outcome {
     /// An applicable `Deny` statement matched.
     pub deny: bool,
     /// An `Allow` statement matched the principal itself: its ARN (or its session's role),
-    /// `*`, a `NotPrincipal` that excludes it not, or — identity policies — any `Allow`.
+    /// `*`, a `NotPrincipal` that does not list it, or — identity policies — any `Allow`.
     pub allow_direct: bool,
     /// An `Allow` statement (key policy) matched only through the principal's account
     /// (`arn:aws:iam::<acct>:root` or `<acct>`): permission delegated to the account's
