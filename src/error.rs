@@ -70,6 +70,8 @@ kinds! {
     InvalidMac, invalid_mac, "KMSInvalidMacException", true;
     /// The caller's credential does not allow the operation on this resource.
     AccessDenied, access_denied, "AccessDeniedException", true;
+    /// A key or identity policy that does not parse, or would lock its writer out.
+    MalformedPolicyDocument, malformed_policy, "MalformedPolicyDocumentException", true;
     /// An AWS operation or parameter this service does not support.
     UnsupportedOperation, unsupported, "UnsupportedOperationException", true;
     /// A tag key or value is malformed, or there are too many.

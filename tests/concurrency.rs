@@ -22,6 +22,7 @@ fn all_keys(kms: &Kms) -> HashSet<String> {
                 limit: Some(100),
                 marker: marker.clone(),
                 key_id: None,
+                ..Default::default()
             })
             .expect("list keys");
         keys.extend(page.keys.into_iter().map(|k| k.key_id));

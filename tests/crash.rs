@@ -122,6 +122,7 @@ fn killed_writers_leave_a_consistent_store() {
                 limit: Some(100),
                 marker: marker.clone(),
                 key_id: None,
+                ..Default::default()
             })
             .unwrap();
         keys.extend(page.keys.into_iter().map(|k| k.key_id));

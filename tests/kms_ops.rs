@@ -680,6 +680,7 @@ fn list_keys_pages() {
                     limit: Some(2),
                     marker: marker.clone(),
                     key_id: None,
+                    ..Default::default()
                 })
                 .unwrap();
             assert!(page.keys.len() <= 2);

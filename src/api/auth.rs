@@ -1,8 +1,17 @@
 //! Who is calling (credentials from the config, checked by SigV4) and what they may do.
 //!
-//! Authorization is behind the [`Authorizer`] trait so that key policies and grants can be
-//! added later as another implementation (or a chain) without touching the wire layer. Today
-//! [`ConfigAuthorizer`] applies each credential's `allow_actions` / `allow_keys`.
+//! Every request is authorized in one place, [`PolicyAuthorizer`], behind the [`Authorizer`]
+//! seam, the way AWS KMS does it (docs/authorization.md): an explicit Deny in the identity
+//! policy or the key policy wins; otherwise the key policy must allow the principal itself,
+//! or allow its account (the account's `root`) while the principal's identity policy allows
+//! too, or a grant must allow. A principal of another account than the key's always needs
+//! both: the key policy naming it or its account, and its own identity policy. Operations
+//! without a key (CreateKey, ListKeys, GenerateRandom...) and aliases themselves are governed
+//! by the identity policy alone.
+//!
+//! A credential's identity policy is its `identity_policy` document, further limited by the
+//! `allow_actions` / `allow_keys` shorthand where given; a credential with neither acts as
+//! an administrator of its account (every action), as before policies existed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -11,15 +20,25 @@ use std::sync::{Arc, OnceLock};
 use super::sigv4::SecretStore;
 use crate::config::{Credential, Secret};
 use crate::error::{KmsError, Result};
-use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector, Kms};
+use crate::kms::records::KeyRecord;
+use crate::kms::{
+    AliasName, ArnScope, Forms, KeyId, KeyRef, Kms, Outcome, PolicyDocument, PolicyKind,
+    PolicyRequest,
+};
+
+use super::facts::Facts;
 
 /// The identity a verified request acts as, with its configured limits.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// IAM-style ARN, e.g. `arn:aws:iam::111122223333:user/dev`.
     pub arn: String,
+    /// The account in the ARN (`None`: the ARN names none; the service's account is used).
+    account: Option<String>,
     /// The AWS access key id the caller signs with.
     pub access_key_id: String,
+    /// The identity (IAM) policy, compiled once.
+    identity_policy: Option<PolicyDocument>,
     /// `None`: every action.
     pub allow_actions: Option<Vec<String>>,
     /// `None`: every key. Entries are key ids, key ARNs, alias names or alias ARNs.
@@ -37,12 +56,30 @@ impl Principal {
         allow_keys: Option<Vec<String>>,
     ) -> Principal {
         Principal {
+            account: account_of_arn(&arn).map(str::to_owned),
             arn,
             access_key_id,
+            identity_policy: None,
             allow_actions,
             allow_keys,
             parsed_keys: OnceLock::new(),
         }
+    }
+
+    /// The same principal with an identity policy document.
+    pub fn with_identity_policy(mut self, policy: PolicyDocument) -> Principal {
+        self.identity_policy = Some(policy);
+        self
+    }
+
+    /// The principal's account: the one in its ARN, else the service's.
+    pub fn account<'a>(&'a self, kms: &'a Kms) -> &'a str {
+        self.account.as_deref().unwrap_or(&kms.scope().account)
+    }
+
+    /// Whether anything limits this principal (else it administers its own account).
+    fn is_limited(&self) -> bool {
+        self.identity_policy.is_some() || self.allow_actions.is_some() || self.allow_keys.is_some()
     }
 
     /// The keys and aliases `allow_keys` names in `scope` (`None`: every key). Parsed once
@@ -115,12 +152,21 @@ impl Credentials {
         let mut by_id = HashMap::new();
         for c in credentials {
             let secret = c.secret.read()?;
-            let principal = Principal::new(
+            let mut principal = Principal::new(
                 c.principal.clone(),
                 c.access_key_id.clone(),
                 c.allow_actions.clone(),
                 c.allow_keys.clone(),
             );
+            if let Some(text) = &c.identity_policy {
+                let doc = PolicyDocument::parse(text, PolicyKind::Identity).map_err(|e| {
+                    KmsError::config(format!(
+                        "the identity policy of access key id {} is not a valid policy: {e}",
+                        c.access_key_id
+                    ))
+                })?;
+                principal = principal.with_identity_policy(doc);
+            }
             if by_id
                 .insert(c.access_key_id.clone(), (secret, Arc::new(principal)))
                 .is_some()
@@ -168,98 +214,207 @@ impl SecretStore for Credentials {
     }
 }
 
-/// Decides whether a principal may perform an action, and on which keys.
-///
-/// Called wherever the request's token work runs (see `api/request.rs`): inline on a runtime
-/// worker for the fast operations, else on the blocking pool. Implementations may read key
-/// metadata through `kms` (an in-memory snapshot), but should not block: on a worker, a slow
-/// call holds up every connection that worker serves.
-pub trait Authorizer: Send + Sync {
-    /// May `principal` perform `action` (`kms:Encrypt`...) at all?
-    fn allows_action(&self, principal: &Principal, action: &str) -> bool;
-
-    /// Whether key checks apply to this principal; `false` skips resolving keys entirely.
-    fn limits_keys(&self, principal: &Principal) -> bool;
-
-    /// May `principal` perform `action` on `key`?
-    fn allows_key(
-        &self,
-        principal: &Principal,
-        action: &str,
-        key: KeyId,
-        kms: &Kms,
-    ) -> Result<bool>;
-
-    /// May `principal` perform `action` (CreateAlias, UpdateAlias, DeleteAlias) on the alias
-    /// `alias` itself? Asked as well as [`Authorizer::allows_key`] for the key(s) involved:
-    /// otherwise a principal limited to its own key could create an alias that another
-    /// principal trusts.
-    fn allows_alias(
-        &self,
-        principal: &Principal,
-        action: &str,
-        alias: &AliasName,
-        kms: &Kms,
-    ) -> bool;
+/// What one authorization asks: may `principal` do `action` on `resource`, with `facts`
+/// giving the condition keys of the request.
+pub struct Query<'a> {
+    /// Who asks.
+    pub principal: &'a Principal,
+    /// The IAM action, e.g. `kms:Decrypt`.
+    pub action: &'a str,
+    /// What it acts on.
+    pub resource: Resource<'a>,
+    /// The request's condition keys.
+    pub facts: &'a Facts<'a>,
 }
 
-/// The per-credential `allow_actions` / `allow_keys` lists of the config.
+/// The resource an action is on.
+#[derive(Clone, Copy)]
+pub enum Resource<'a> {
+    /// None in particular (CreateKey, ListKeys, GenerateRandom...): the identity policy with
+    /// `Resource: "*"`.
+    Any,
+    /// A key: its key policy, the identity policy and the key's grants.
+    Key(&'a KeyRecord),
+    /// An alias itself (CreateAlias, UpdateAlias, DeleteAlias): the identity policy only.
+    Alias(&'a AliasName),
+}
+
+/// Decides whether a request may proceed.
+///
+/// Called wherever the request's token work runs (see `api/request.rs`): inline on a runtime
+/// worker for the fast operations, else on the blocking pool. Implementations read key
+/// metadata through `kms` (an in-memory snapshot) and must not block.
+pub trait Authorizer: Send + Sync {
+    /// `Ok` if allowed, else the `AccessDeniedException` AWS would send.
+    fn authorize(&self, q: &Query<'_>, kms: &Kms) -> Result<()>;
+
+    /// Whether the principal's identity policy alone allows `q` (for the lockout safety
+    /// check of a key policy that delegates to the account).
+    fn identity_allows(&self, q: &Query<'_>, kms: &Kms) -> bool;
+}
+
+/// AWS KMS's evaluation over identity policies, key policies and grants (module docs).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ConfigAuthorizer;
+pub struct PolicyAuthorizer;
 
-impl Authorizer for ConfigAuthorizer {
-    fn allows_action(&self, principal: &Principal, action: &str) -> bool {
-        principal
-            .allow_actions
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| action_matches(p, action)))
-    }
+/// Why a request was denied, for the message AWS would send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denial {
+    ExplicitIdentity,
+    ExplicitResource,
+    NoIdentity,
+    NoResource,
+}
 
-    fn limits_keys(&self, principal: &Principal) -> bool {
-        principal.allow_keys.is_some()
-    }
-
-    fn allows_key(
-        &self,
-        principal: &Principal,
-        _action: &str,
-        key: KeyId,
-        kms: &Kms,
-    ) -> Result<bool> {
-        let Some(allowed) = principal.allowed_keys(kms.scope()) else {
-            return Ok(true);
+impl PolicyAuthorizer {
+    /// What the principal's identity policy says about the request.
+    fn identity(&self, q: &Query<'_>, kms: &Kms, resource_arn: &str) -> Outcome {
+        let p = q.principal;
+        if !p.is_limited() {
+            return Outcome {
+                allow_direct: true,
+                ..Outcome::default()
+            };
+        }
+        let mut out = match &p.identity_policy {
+            Some(doc) => doc.evaluate(&PolicyRequest {
+                principal_arn: &p.arn,
+                principal_account: p.account(kms),
+                action: q.action,
+                resource: resource_arn,
+                context: q.facts,
+            }),
+            None => Outcome {
+                allow_direct: true,
+                ..Outcome::default()
+            },
         };
-        // Aliases are resolved now, so an allowed alias follows its current target. Entries
-        // that name nothing (yet) simply allow nothing.
-        let named = allowed.ids.binary_search(&key).is_ok()
-            || allowed.aliases.iter().any(|a| {
-                kms.alias_target_of(a.as_str())
-                    .is_ok_and(|t| t == Some(key))
+        if out.allow_direct && !shorthand_allows(p, q, kms) {
+            out.allow_direct = false;
+        }
+        out
+    }
+
+    fn decide(&self, q: &Query<'_>, kms: &Kms) -> Result<std::result::Result<(), Denial>> {
+        let p = q.principal;
+        let resource_arn = match q.resource {
+            Resource::Any => Cow::Borrowed("*"),
+            Resource::Key(r) => Cow::Owned(kms.key_arn(r)),
+            Resource::Alias(a) => Cow::Owned(kms.scope().alias_arn(a)),
+        };
+        let identity = self.identity(q, kms, &resource_arn);
+        if identity.deny {
+            return Ok(Err(Denial::ExplicitIdentity));
+        }
+        let Resource::Key(record) = q.resource else {
+            return Ok(if identity.allow_direct {
+                Ok(())
+            } else {
+                Err(Denial::NoIdentity)
             });
-        // And an entry allows a key only while the key exists.
-        Ok(named
-            && kms
-                .resolve_key_id(&KeySelector::Resolved(key), Forms::Any)
-                .is_ok())
+        };
+        let key_policy = kms.key_policy(record)?.evaluate(&PolicyRequest {
+            principal_arn: &p.arn,
+            principal_account: p.account(kms),
+            action: q.action,
+            resource: &resource_arn,
+            context: q.facts,
+        });
+        if key_policy.deny {
+            return Ok(Err(Denial::ExplicitResource));
+        }
+        let same_account = kms.account_of(record) == p.account(kms);
+        let by_policy = if same_account {
+            key_policy.allow_direct || (key_policy.allow_account && identity.allow_direct)
+        } else {
+            (key_policy.allow_direct || key_policy.allow_account) && identity.allow_direct
+        };
+        if by_policy || q.facts.granted(kms, record.id, &p.arn) {
+            return Ok(Ok(()));
+        }
+        Ok(Err(
+            if key_policy.allow_direct || key_policy.allow_account {
+                Denial::NoIdentity
+            } else {
+                Denial::NoResource
+            },
+        ))
+    }
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn identity_allows(&self, q: &Query<'_>, kms: &Kms) -> bool {
+        let out = self.identity(q, kms, "*");
+        !out.deny && out.allow_direct
     }
 
-    /// An alias is allowed when an `allow_keys` entry names it: its name or alias ARN,
-    /// exactly or as a pattern with `*` and `?` (`alias/team-*`). Key ids never allow an alias.
-    fn allows_alias(
-        &self,
-        principal: &Principal,
-        _action: &str,
-        alias: &AliasName,
-        kms: &Kms,
-    ) -> bool {
-        let Some(entries) = &principal.allow_keys else {
-            return true;
-        };
-        let arn = kms.scope().alias_arn(alias);
-        entries
-            .iter()
-            .any(|e| wildcard_match(e, alias.as_str()) || wildcard_match(e, &arn))
+    fn authorize(&self, q: &Query<'_>, kms: &Kms) -> Result<()> {
+        match self.decide(q, kms)? {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                let resource = match q.resource {
+                    Resource::Any => None,
+                    Resource::Key(r) => Some(kms.key_arn(r)),
+                    Resource::Alias(a) => Some(kms.scope().alias_arn(a)),
+                };
+                Err(denied_because(
+                    q.principal,
+                    q.action,
+                    resource.as_deref(),
+                    why,
+                ))
+            }
+        }
     }
+}
+
+/// The `allow_actions` / `allow_keys` shorthand: the action must be listed, and a key (or
+/// alias) must be named by an entry. Keys named through an alias follow its current target;
+/// entries that name nothing allow nothing.
+fn shorthand_allows(p: &Principal, q: &Query<'_>, kms: &Kms) -> bool {
+    if let Some(actions) = &p.allow_actions {
+        if !actions.iter().any(|a| action_matches(a, q.action)) {
+            return false;
+        }
+    }
+    let Some(entries) = &p.allow_keys else {
+        return true;
+    };
+    match q.resource {
+        Resource::Any => true,
+        Resource::Key(r) => {
+            let Some(allowed) = p.allowed_keys(kms.scope()) else {
+                return true;
+            };
+            let key = r.id;
+            allowed.ids.binary_search(&key).is_ok()
+                || allowed.aliases.iter().any(|a| {
+                    kms.alias_target_of(a.as_str())
+                        .is_ok_and(|t| t == Some(key))
+                })
+        }
+        Resource::Alias(alias) => {
+            let arn = kms.scope().alias_arn(alias);
+            entries
+                .iter()
+                .any(|e| wildcard_match(e, alias.as_str()) || wildcard_match(e, &arn))
+        }
+    }
+}
+
+/// The account id in an IAM or STS ARN (`arn:aws:iam::<account>:...`), if it has one.
+pub fn account_of_arn(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(_), Some(_), Some(_), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
 }
 
 /// IAM-style resource match: `*` matches any run of characters, `?` any one character,
@@ -293,10 +448,28 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
 
 /// The AccessDeniedException AWS would send, naming principal, action and resource.
 pub fn denied(principal: &Principal, action: &str, resource: Option<&str>) -> KmsError {
+    denied_because(principal, action, resource, Denial::NoIdentity)
+}
+
+fn denied_because(
+    principal: &Principal,
+    action: &str,
+    resource: Option<&str>,
+    why: Denial,
+) -> KmsError {
     let on = resource.map_or(String::new(), |r| format!(" on resource: {r}"));
+    let because = match why {
+        Denial::ExplicitIdentity => "with an explicit deny in an identity-based policy".into(),
+        Denial::ExplicitResource => "with an explicit deny in a resource-based policy".into(),
+        Denial::NoIdentity => {
+            format!("because no identity-based policy allows the {action} action")
+        }
+        Denial::NoResource => {
+            format!("because no resource-based policy allows the {action} action")
+        }
+    };
     KmsError::access_denied(format!(
-        "User: {} is not authorized to perform: {action}{on} because no identity-based policy \
-         allows the {action} action",
+        "User: {} is not authorized to perform: {action}{on} {because}",
         principal.arn
     ))
 }
@@ -361,16 +534,37 @@ mod tests {
 
     #[test]
     fn actions() {
-        let a = ConfigAuthorizer;
-        assert!(a.allows_action(&principal(None), "kms:Decrypt"));
-        let p = principal(Some(&["kms:Encrypt", "kms:generatedatakey"]));
-        assert!(a.allows_action(&p, "kms:Encrypt"));
-        assert!(a.allows_action(&p, "kms:GenerateDataKey"));
-        assert!(!a.allows_action(&p, "kms:Decrypt"));
-        assert!(!a.allows_action(&p, "kms:GenerateDataKeyWithoutPlaintext"));
-        assert!(a.allows_action(&principal(Some(&["kms:*"])), "kms:Decrypt"));
-        assert!(a.allows_action(&principal(Some(&["*"])), "kms:Decrypt"));
-        assert!(!a.limits_keys(&p));
+        assert!(action_matches("kms:Encrypt", "kms:Encrypt"));
+        assert!(action_matches("kms:generatedatakey", "kms:GenerateDataKey"));
+        assert!(!action_matches("kms:Encrypt", "kms:Decrypt"));
+        assert!(!action_matches(
+            "kms:GenerateDataKey",
+            "kms:GenerateDataKeyWithoutPlaintext"
+        ));
+        assert!(action_matches("kms:*", "kms:Decrypt"));
+        assert!(action_matches("*", "kms:Decrypt"));
+        let p = principal(Some(&["kms:Encrypt"]));
+        assert!(p.is_limited() && !principal(None).is_limited());
+    }
+
+    #[test]
+    fn accounts_come_from_the_principal_arn() {
+        assert_eq!(
+            account_of_arn("arn:aws:iam::111122223333:user/app"),
+            Some("111122223333")
+        );
+        assert_eq!(
+            account_of_arn("arn:aws:sts::444455556666:assumed-role/r/s"),
+            Some("444455556666")
+        );
+        for none in [
+            "arn:aws:iam::dev:user/x",
+            "arn:aws:iam:::user/x",
+            "nonsense",
+            "",
+        ] {
+            assert_eq!(account_of_arn(none), None, "{none}");
+        }
     }
 
     #[test]
@@ -417,6 +611,7 @@ mod tests {
             principal: "arn:aws:iam::111122223333:user/app".into(),
             allow_actions: None,
             allow_keys: None,
+            identity_policy: None,
         };
         let creds = Credentials::from_config(std::slice::from_ref(&c)).unwrap();
         std::env::remove_var(name);

@@ -31,6 +31,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// The address the connection comes from.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
     /// Marks a request in progress until the guard is dropped.
     pub(crate) fn request(self: &Arc<Self>, conns: &Conns) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,7 @@ pub mod auth;
 mod body;
 mod conns;
 pub(crate) mod error;
+pub mod facts;
 mod floor;
 pub(crate) mod operations;
 mod request;
@@ -30,7 +31,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ConfigSource};
 use crate::error::{KmsError, Result};
 use crate::kms::Kms;
-use auth::{Authorizer, ConfigAuthorizer, Credentials};
+use auth::{Authorizer, Credentials, PolicyAuthorizer};
 
 pub use floor::serve_http_floor;
 pub use response::AMZ_JSON;
@@ -85,7 +86,7 @@ impl ServerSettings {
         Ok(ServerSettings {
             region: config.region.clone(),
             credentials: Credentials::from_config(&s.credentials)?,
-            authorizer: Arc::new(ConfigAuthorizer),
+            authorizer: Arc::new(PolicyAuthorizer),
             max_body_bytes: s.max_body_bytes,
             max_connections: s.max_connections,
             max_connections_per_source: s.max_connections_per_source,

@@ -6,15 +6,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::auth::{denied, Authorizer, Principal};
+use super::auth::{Authorizer, Principal, Query, Resource};
 use super::error::ApiError;
+use super::facts::{Asked, Facts, Peer};
 use crate::error::Result;
+use crate::kms::records::KeyRecord;
 use crate::kms::types::{
-    AliasRequest, Bytes, DecryptRequest, DeriveSharedSecretRequest, EncryptRequest,
-    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, KeyIdRequest,
+    AliasRequest, Bytes, CreateKeyRequest, DecryptRequest, DeriveSharedSecretRequest,
+    EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest,
+    GetKeyPolicyRequest, KeyIdRequest, ListKeyPoliciesRequest, ListRequest, PutKeyPolicyRequest,
     ReEncryptRequest, ScheduleKeyDeletionRequest, SignRequest, VerifyMacRequest, VerifyRequest,
 };
-use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
+use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
 /// The `X-Amz-Target` prefix of AWS KMS (its internal service name).
 pub const TARGET_PREFIX: &str = "TrentService.";
@@ -138,6 +141,9 @@ ops!(
     DeriveSharedSecret,
     GenerateDataKeyPair,
     GenerateDataKeyPairWithoutPlaintext,
+    GetKeyPolicy,
+    PutKeyPolicy,
+    ListKeyPolicies,
 );
 
 impl Op {
@@ -182,86 +188,127 @@ pub struct Caller<'a> {
     pub kms: &'a Kms,
     pub authorizer: &'a dyn Authorizer,
     pub principal: &'a Principal,
+    pub peer: Peer,
+}
+
+/// The alias a `KeyId` member names as written (`kms:RequestAlias`), if it names one.
+fn request_alias(key_id: &Option<KeySelector>) -> Option<&str> {
+    match key_id {
+        Some(KeySelector::Named(s)) => {
+            if s.starts_with(AliasName::PREFIX) {
+                Some(s.as_str())
+            } else if s.starts_with("arn:") {
+                s.find(":alias/").map(|i| &s[i + 1..])
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 impl Caller<'_> {
-    fn action(&self, action: &str) -> Result<()> {
-        if self.authorizer.allows_action(self.principal, action) {
-            Ok(())
-        } else {
-            Err(denied(self.principal, action, None))
-        }
+    fn account(&self) -> &str {
+        self.principal.account(self.kms)
     }
 
-    fn check_key(&self, action: &str, key: KeyId) -> Result<()> {
-        if self
-            .authorizer
-            .allows_key(self.principal, action, key, self.kms)?
-        {
-            Ok(())
-        } else {
-            Err(denied(
-                self.principal,
-                action,
-                Some(&self.kms.scope().key_arn(&key)),
-            ))
-        }
-    }
-
-    /// A `KeyId` member, in the forms the operation takes. When keys are limited, the key is
-    /// resolved once, authorized, and passed on resolved: an alias moved meanwhile cannot
-    /// switch keys under us, and nothing parses the member again.
-    fn key(&self, action: &str, key_id: &mut Option<KeySelector>, forms: Forms) -> Result<()> {
-        self.action(action)?;
-        let Some(k) = key_id.as_ref() else {
-            return Ok(()); // the operation reports the missing member
+    /// Authorizes `action` on `resource` (`key`: the key record behind it, for conditions).
+    fn ask(
+        &self,
+        action: &str,
+        resource: Resource<'_>,
+        key: Option<&KeyRecord>,
+        asked: Asked<'_>,
+    ) -> Result<()> {
+        let facts = Facts {
+            kms: self.kms,
+            principal: self.principal,
+            peer: self.peer,
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+            key,
+            asked,
         };
-        if !self.authorizer.limits_keys(self.principal) {
-            return Ok(());
-        }
-        let id = self.kms.resolve_key_id(k, forms)?;
-        self.check_key(action, id)?;
+        self.authorizer.authorize(
+            &Query {
+                principal: self.principal,
+                action,
+                resource,
+                facts: &facts,
+            },
+            self.kms,
+        )
+    }
+
+    /// An action on no key in particular (identity policy, `Resource: "*"`).
+    fn action(&self, action: &str, asked: Asked<'_>) -> Result<()> {
+        self.ask(action, Resource::Any, None, asked)
+    }
+
+    /// An action on the key `id` (already resolved).
+    fn on_key(&self, action: &str, id: KeyId, asked: Asked<'_>) -> Result<KeyRecord> {
+        let record = self.kms.key_record(id)?;
+        self.ask(action, Resource::Key(&record), Some(&record), asked)?;
+        Ok(record)
+    }
+
+    /// A `KeyId` member, in the forms the operation takes: resolved in the caller's account
+    /// (a key of another account only by its ARN), authorized, and passed on resolved, so an
+    /// alias moved meanwhile cannot switch keys under us and nothing parses the member again.
+    fn key(
+        &self,
+        action: &str,
+        key_id: &mut Option<KeySelector>,
+        forms: Forms,
+        asked: Asked<'_>,
+    ) -> Result<()> {
+        let Some(k) = key_id.as_ref() else {
+            // The operation reports the missing member, once the caller may call it at all.
+            return self.action(action, asked);
+        };
+        let id = self.kms.resolve_key_for(k, forms, self.account())?;
+        let alias = request_alias(key_id).map(str::to_owned);
+        let asked = Asked {
+            request_alias: alias.as_deref(),
+            ..asked
+        };
+        self.on_key(action, id, asked)?;
         *key_id = Some(KeySelector::Resolved(id));
         Ok(())
     }
 
-    /// The alias itself (CreateAlias, UpdateAlias, DeleteAlias), when keys are limited: the
-    /// principal must be allowed on the alias name, whatever it points at. Fails closed.
+    /// The alias itself (CreateAlias, UpdateAlias, DeleteAlias): the principal must be
+    /// allowed on the alias ARN, whatever it points at.
     fn alias_name(&self, action: &str, alias: Option<&str>) -> Result<()> {
-        self.action(action)?;
-        let Some(a) = alias else { return Ok(()) };
-        if !self.authorizer.limits_keys(self.principal) {
-            return Ok(());
-        }
+        let Some(a) = alias else {
+            return self.action(action, Asked::default());
+        };
         let name = AliasName::parse(a)?;
-        if self
-            .authorizer
-            .allows_alias(self.principal, action, &name, self.kms)
-        {
-            Ok(())
-        } else {
-            Err(denied(
-                self.principal,
-                action,
-                Some(&self.kms.scope().alias_arn(&name)),
-            ))
-        }
+        self.ask(action, Resource::Alias(&name), None, Asked::default())
     }
 
     /// The alias itself and the key it points at now (UpdateAlias, DeleteAlias). Returns that
-    /// key when keys are limited, so the change can be made only if the alias still points
-    /// there ([`Kms::update_alias_expecting`]); `None` when there is nothing to hold it to.
+    /// key, so the change can be made only if the alias still points there
+    /// ([`Kms::update_alias_expecting`]); `None` when there is nothing to hold it to.
     fn alias_and_target(&self, action: &str, alias: Option<&str>) -> Result<Option<KeyId>> {
         self.alias_name(action, alias)?;
         let Some(a) = alias else { return Ok(None) };
-        if !self.authorizer.limits_keys(self.principal) {
-            return Ok(None);
-        }
         // A missing alias is the operation's NotFoundException (the name was authorized).
         let Some(current) = self.kms.alias_target_of(a)? else {
             return Ok(None);
         };
-        self.check_key(action, current)?;
+        // A target that does not exist (a crash's leftover) is asked about as a key of the
+        // service's account under the default policy: administrators may clean it up, a
+        // principal limited to other keys may not.
+        let record = self
+            .kms
+            .key_record(current)
+            .unwrap_or_else(|_| KeyRecord::missing(current));
+        self.ask(
+            action,
+            Resource::Key(&record),
+            Some(&record),
+            Asked::default(),
+        )?;
         Ok(Some(current))
     }
 
@@ -272,43 +319,120 @@ impl Caller<'_> {
         action: &str,
         blob: Option<&Bytes>,
         key_id: &mut Option<KeySelector>,
+        asked: Asked<'_>,
     ) -> Result<()> {
-        self.action(action)?;
-        let Some(b) = blob else { return Ok(()) };
-        if !self.authorizer.limits_keys(self.principal) {
-            return Ok(());
-        }
+        let Some(b) = blob else {
+            return self.action(action, asked);
+        };
         match Kms::blob_key_id(&b.0) {
-            Ok(id) => self.check_key(action, id),
-            Err(e) if key_id.is_none() => Err(e),
-            Err(_) => self.key(action, key_id, Forms::Any),
+            // A blob naming a key that does not exist is the operation's to answer.
+            Ok(id) => match self.kms.key_record(id) {
+                Ok(record) => self.ask(action, Resource::Key(&record), Some(&record), asked),
+                Err(_) => self.action(action, asked),
+            },
+            // No key to authorize on: the operation answers (a foreign or damaged ciphertext,
+            // or an RSA ciphertext without its KeyId), and nothing is opened.
+            Err(_) if key_id.is_none() => self.action(action, asked),
+            Err(_) => self.key(action, key_id, Forms::Any, asked),
         }
     }
+
+    /// Whether the caller may still call PutKeyPolicy on a key under `policy` (the lockout
+    /// safety check). The key itself does not exist yet for CreateKey: asked as for a key of
+    /// the caller's account.
+    fn may_put_policy(&self, policy: &PolicyDocument, key_arn: &str) -> bool {
+        let facts = Facts {
+            kms: self.kms,
+            principal: self.principal,
+            peer: self.peer,
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+            key: None,
+            asked: Asked::default(),
+        };
+        let out = policy.evaluate(&crate::kms::PolicyRequest {
+            principal_arn: &self.principal.arn,
+            principal_account: self.account(),
+            action: "kms:PutKeyPolicy",
+            resource: key_arn,
+            context: &facts,
+        });
+        !out.deny
+            && (out.allow_direct
+                || (out.allow_account
+                    && self.authorizer.identity_allows(
+                        &Query {
+                            principal: self.principal,
+                            action: "kms:PutKeyPolicy",
+                            resource: Resource::Any,
+                            facts: &facts,
+                        },
+                        self.kms,
+                    )))
+    }
+}
+
+fn ctx(c: &Option<crate::kms::types::ContextMap>) -> Option<&crate::kms::types::ContextMap> {
+    c.as_ref()
 }
 
 /// Parses the body, authorizes, runs the operation, serializes the answer.
 pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
     let kms = c.kms;
     let action = op.action();
+    let grant_op = Some(op.name());
     match op {
         Op::CreateKey => {
-            let req = parse(body)?;
-            c.action(action)?;
-            json(kms.create_key(req))
+            let mut req: CreateKeyRequest = parse(body)?;
+            let tags: Option<Vec<(String, String)>> = req.tags.as_ref().map(|t| {
+                t.iter()
+                    .map(|t| (t.tag_key.clone(), t.tag_value.clone()))
+                    .collect()
+            });
+            let spec = req
+                .key_spec
+                .as_deref()
+                .or(req.customer_master_key_spec.as_deref())
+                .unwrap_or("SYMMETRIC_DEFAULT");
+            c.action(
+                action,
+                Asked {
+                    key_spec: Some(spec),
+                    key_usage: Some(req.key_usage.as_deref().unwrap_or("ENCRYPT_DECRYPT")),
+                    key_origin: Some(req.origin.as_deref().unwrap_or("AWS_KMS")),
+                    request_tags: tags.as_deref(),
+                    ..Asked::default()
+                },
+            )?;
+            let account = c.account().to_owned();
+            let arn_of_new = crate::kms::ArnScope::new(&kms.scope().region, &account)
+                .key_arn(&KeyId::new_random());
+            req.account = Some(account);
+            let check = |p: &PolicyDocument| c.may_put_policy(p, &arn_of_new);
+            json(kms.create_key_checked(req, Some(&check)))
         }
         Op::DescribeKey => {
             let mut req: KeyIdRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.describe_key(req))
         }
         Op::ListKeys => {
-            let req = parse(body)?;
-            c.action(action)?;
+            let mut req: ListRequest = parse(body)?;
+            c.action(action, Asked::default())?;
+            req.account = Some(c.account().to_owned());
             json(kms.list_keys(req))
         }
         Op::EnableKey | Op::DisableKey => {
             let mut req: KeyIdRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::KeyOnly, Asked::default())?;
+            req.key_id = key;
             if op == Op::EnableKey {
                 kms.enable_key(req)?;
             } else {
@@ -318,19 +442,27 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::ScheduleKeyDeletion => {
             let mut req: ScheduleKeyDeletionRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             json(kms.schedule_key_deletion(req))
         }
         Op::CancelKeyDeletion => {
             let mut req: KeyIdRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::KeyOnly, Asked::default())?;
+            req.key_id = key;
             json(kms.cancel_key_deletion(req))
         }
         Op::CreateAlias => {
             let mut req: AliasRequest = parse(body)?;
             // As in AWS: rights on the alias and on the key.
             c.alias_name(action, req.alias_name.as_deref())?;
-            c.key(action, &mut req.target_key_id, Forms::KeyOnly)?;
+            c.key(
+                action,
+                &mut req.target_key_id,
+                Forms::KeyOnly,
+                Asked::default(),
+            )?;
+            check_alias_account(c)?;
             kms.create_alias(req)?;
             Ok(Reply::Empty)
         }
@@ -340,7 +472,13 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             // change is made only if the alias still points where it did when authorized.
             for _ in 0..ALIAS_RACE_RETRIES {
                 let current = c.alias_and_target(action, req.alias_name.as_deref())?;
-                c.key(action, &mut req.target_key_id, Forms::KeyOnly)?;
+                c.key(
+                    action,
+                    &mut req.target_key_id,
+                    Forms::KeyOnly,
+                    Asked::default(),
+                )?;
+                check_alias_account(c)?;
                 if kms.update_alias_expecting(req.clone(), current)? {
                     return Ok(Reply::Empty);
                 }
@@ -351,6 +489,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             let req: AliasRequest = parse(body)?;
             for _ in 0..ALIAS_RACE_RETRIES {
                 let current = c.alias_and_target(action, req.alias_name.as_deref())?;
+                check_alias_account(c)?;
                 if kms.delete_alias_expecting(req.clone(), current)? {
                     return Ok(Reply::Empty);
                 }
@@ -358,85 +497,245 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             Err(alias_kept_moving().into())
         }
         Op::ListAliases => {
-            let req = parse(body)?;
-            c.action(action)?;
+            let mut req: ListRequest = parse(body)?;
+            c.action(action, Asked::default())?;
+            if c.account() != kms.scope().account {
+                // Aliases live in the service's account only (docs/authorization.md).
+                return json(Ok(crate::kms::types::ListAliasesResponse::empty()));
+            }
+            if let Some(k) = &req.key_id {
+                req.key_id = Some(KeySelector::Resolved(kms.resolve_key_for(
+                    k,
+                    Forms::KeyOnly,
+                    c.account(),
+                )?));
+            }
             json(kms.list_aliases(req))
         }
         Op::Encrypt => {
             let mut req: EncryptRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                encryption_context: ctx(&req.encryption_context),
+                encryption_algorithm: Some(
+                    req.encryption_algorithm
+                        .as_deref()
+                        .unwrap_or("SYMMETRIC_DEFAULT"),
+                ),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.encrypt(req))
         }
         Op::Decrypt => {
             let mut req: DecryptRequest = parse(body)?;
-            c.blob(action, req.ciphertext_blob.as_ref(), &mut req.key_id)?;
+            let asked = Asked {
+                encryption_context: ctx(&req.encryption_context),
+                encryption_algorithm: Some(
+                    req.encryption_algorithm
+                        .as_deref()
+                        .unwrap_or("SYMMETRIC_DEFAULT"),
+                ),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.blob(action, req.ciphertext_blob.as_ref(), &mut key, asked)?;
+            req.key_id = key;
             json(kms.decrypt(req))
         }
         Op::ReEncrypt => {
             let mut req: ReEncryptRequest = parse(body)?;
+            let tokens = req.grant_tokens.clone();
+            let from = Asked {
+                encryption_context: ctx(&req.source_encryption_context),
+                encryption_algorithm: Some(
+                    req.source_encryption_algorithm
+                        .as_deref()
+                        .unwrap_or("SYMMETRIC_DEFAULT"),
+                ),
+                grant_tokens: tokens.as_deref(),
+                grant_operation: Some("ReEncryptFrom"),
+                ..Asked::default()
+            };
+            let mut source = req.source_key_id.take();
             c.blob(
                 "kms:ReEncryptFrom",
                 req.ciphertext_blob.as_ref(),
-                &mut req.source_key_id,
+                &mut source,
+                from,
             )?;
-            c.key("kms:ReEncryptTo", &mut req.destination_key_id, Forms::Any)?;
+            req.source_key_id = source;
+            let to = Asked {
+                encryption_context: ctx(&req.destination_encryption_context),
+                encryption_algorithm: Some(
+                    req.destination_encryption_algorithm
+                        .as_deref()
+                        .unwrap_or("SYMMETRIC_DEFAULT"),
+                ),
+                grant_tokens: tokens.as_deref(),
+                grant_operation: Some("ReEncryptTo"),
+                ..Asked::default()
+            };
+            let mut dest = req.destination_key_id.take();
+            c.key("kms:ReEncryptTo", &mut dest, Forms::Any, to)?;
+            req.destination_key_id = dest;
             json(kms.re_encrypt(req))
         }
-        Op::GenerateDataKey => {
+        Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => {
             let mut req: GenerateDataKeyRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
-            json(kms.generate_data_key(req))
-        }
-        Op::GenerateDataKeyWithoutPlaintext => {
-            let mut req: GenerateDataKeyRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
-            json(kms.generate_data_key_without_plaintext(req))
+            let asked = Asked {
+                encryption_context: ctx(&req.encryption_context),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
+            if op == Op::GenerateDataKey {
+                json(kms.generate_data_key(req))
+            } else {
+                json(kms.generate_data_key_without_plaintext(req))
+            }
         }
         Op::GenerateRandom => {
             let req = parse(body)?;
-            c.action(action)?;
+            c.action(action, Asked::default())?;
             json(kms.generate_random(req))
         }
         Op::Sign => {
             let mut req: SignRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                signing_algorithm: req.signing_algorithm.as_deref(),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.sign(req))
         }
         Op::Verify => {
             let mut req: VerifyRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                signing_algorithm: req.signing_algorithm.as_deref(),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.verify(req))
         }
         Op::GetPublicKey => {
             let mut req: KeyIdRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.get_public_key(req))
         }
         Op::GenerateMac => {
             let mut req: GenerateMacRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                mac_algorithm: req.mac_algorithm.as_deref(),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.generate_mac(req))
         }
         Op::VerifyMac => {
             let mut req: VerifyMacRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                mac_algorithm: req.mac_algorithm.as_deref(),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.verify_mac(req))
         }
         Op::DeriveSharedSecret => {
             let mut req: DeriveSharedSecretRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
+            let asked = Asked {
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
             json(kms.derive_shared_secret(req))
         }
-        Op::GenerateDataKeyPair => {
+        Op::GenerateDataKeyPair | Op::GenerateDataKeyPairWithoutPlaintext => {
             let mut req: GenerateDataKeyPairRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
-            json(kms.generate_data_key_pair(req))
+            let asked = Asked {
+                encryption_context: ctx(&req.encryption_context),
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::Any, asked)?;
+            req.key_id = key;
+            if op == Op::GenerateDataKeyPair {
+                json(kms.generate_data_key_pair(req))
+            } else {
+                json(kms.generate_data_key_pair_without_plaintext(req))
+            }
         }
-        Op::GenerateDataKeyPairWithoutPlaintext => {
-            let mut req: GenerateDataKeyPairRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::Any)?;
-            json(kms.generate_data_key_pair_without_plaintext(req))
+        Op::GetKeyPolicy => {
+            let mut req: GetKeyPolicyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.get_key_policy(req))
         }
+        Op::ListKeyPolicies => {
+            let mut req: ListKeyPoliciesRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.list_key_policies(req))
+        }
+        Op::PutKeyPolicy => {
+            let mut req: PutKeyPolicyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            let arn = match &req.key_id {
+                Some(KeySelector::Resolved(id)) => kms.key_arn(&kms.key_record(*id)?),
+                _ => String::new(),
+            };
+            let check = |p: &PolicyDocument| c.may_put_policy(p, &arn);
+            kms.put_key_policy(req, Some(&check))?;
+            Ok(Reply::Empty)
+        }
+    }
+}
+
+/// Aliases live in the service's account only, for now (docs/authorization.md).
+fn check_alias_account(c: &Caller) -> Result<()> {
+    if c.account() == c.kms.scope().account {
+        Ok(())
+    } else {
+        Err(crate::error::KmsError::unsupported(format!(
+            "aliases are kept for account {} only; keys of account {} are named by key id or \
+             key ARN",
+            c.kms.scope().account,
+            c.account()
+        )))
     }
 }
 

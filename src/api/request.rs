@@ -24,6 +24,7 @@ use super::auth::{Authorizer, Credentials};
 use super::body::{check_content_type, declared_length, read_body};
 use super::conns::Conns;
 use super::error::ApiError;
+use super::facts::Peer;
 use super::operations::{execute, Caller, Op};
 use super::response::{error_response, reply_response, request_id, text, with_type, Body};
 use super::sigv4::{RequestParts, Verifier};
@@ -164,9 +165,10 @@ pub(super) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     inline: bool,
+    peer: Peer,
 ) -> Result<Response<Body>, Infallible> {
     let request_id = request_id();
-    let mut resp = match route(&state, req, &request_id, inline).await {
+    let mut resp = match route(&state, req, &request_id, inline, peer).await {
         Ok(r) => r,
         Err(e) => error_response(&e.for_client(&request_id)),
     };
@@ -181,10 +183,11 @@ async fn route(
     req: Request<Incoming>,
     request_id: &str,
     inline: bool,
+    peer: Peer,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::POST, "/") => kms_request(state, req, request_id, inline).await,
+        (&Method::POST, "/") => kms_request(state, req, request_id, inline, peer).await,
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readiness(state).await),
         (_, "/") => {
@@ -370,6 +373,7 @@ async fn kms_request(
     req: Request<Incoming>,
     request_id: &str,
     inline: bool,
+    peer: Peer,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, mut body) = req.into_parts();
     let declared = declared_length(&parts.headers, &mut body, state.max_body_bytes).await?;
@@ -413,6 +417,7 @@ async fn kms_request(
                 kms: &st.kms,
                 authorizer: st.authorizer.as_ref(),
                 principal: &principal,
+                peer,
             };
             execute(&caller, op, &body)
         }));

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+
+use super::facts::Peer;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -197,12 +199,12 @@ async fn accept_loop(
             };
             let conn = &admitted.conn;
             match tls {
-                None => serve_connection(stream, state, conn, watcher, on_main).await,
+                None => serve_connection(stream, state, conn, watcher, on_main, false).await,
                 Some(acceptor) => {
                     if let Ok(Ok(s)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        serve_connection(s, state, conn, watcher, on_main).await;
+                        serve_connection(s, state, conn, watcher, on_main, true).await;
                     }
                 }
             }
@@ -244,15 +246,20 @@ async fn serve_connection<I>(
     conn: &Arc<Conn>,
     watcher: Watcher,
     inline: bool,
+    tls: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let c = Arc::clone(conn);
+    let peer = Peer {
+        ip: Some(conn.peer()),
+        tls,
+    };
     let svc = service_fn(move |req| {
         let busy = c.request(&state.conns);
         let state = Arc::clone(&state);
         async move {
-            let r = handle(state, req, inline).await;
+            let r = handle(state, req, inline, peer).await;
             drop(busy);
             r
         }

@@ -15,7 +15,7 @@ use crate::kms::types::{
     GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, KeyIdRequest,
     SecretBytes, SignRequest, VerifyRequest,
 };
-use crate::kms::{EncryptionContext, KeyId, Kms};
+use crate::kms::{EncryptionContext, KeyId, KeySelector, Kms};
 
 /// The operations of the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +30,15 @@ pub(super) enum Op {
     VerifyRsaPss,
     Mac,
     DataKeyPair,
+    /// GenerateDataKeyWithoutPlaintext on a key whose policy has encryption-context
+    /// conditions (issue 11: the policy's cost, as a ratio to the row without it).
+    DataKeyUnderPolicy,
 }
 
 impl Op {
-    pub(super) const ALL: [Op; 10] = [
+    pub(super) const ALL: [Op; 11] = [
         Op::DataKeyWithoutPlaintext,
+        Op::DataKeyUnderPolicy,
         Op::DataKey,
         Op::Decrypt,
         Op::Encrypt1k,
@@ -51,14 +55,20 @@ impl Op {
     pub(super) fn token_dominated(self) -> bool {
         !matches!(
             self,
-            Op::DataKeyWithoutPlaintext | Op::DataKey | Op::Decrypt | Op::Encrypt1k
+            Op::DataKeyWithoutPlaintext
+                | Op::DataKeyUnderPolicy
+                | Op::DataKey
+                | Op::Decrypt
+                | Op::Encrypt1k
         )
     }
 
     /// The operation's name on the wire (`X-Amz-Target`).
     pub(super) fn name(self) -> &'static str {
         match self {
-            Op::DataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            Op::DataKeyWithoutPlaintext | Op::DataKeyUnderPolicy => {
+                "GenerateDataKeyWithoutPlaintext"
+            }
             Op::DataKey => "GenerateDataKey",
             Op::Decrypt => "Decrypt",
             Op::Encrypt1k => "Encrypt",
@@ -73,6 +83,7 @@ impl Op {
     pub(super) fn key(self) -> &'static str {
         match self {
             Op::DataKeyWithoutPlaintext => "data-key-without-plaintext",
+            Op::DataKeyUnderPolicy => "data-key-under-policy",
             Op::DataKey => "data-key",
             Op::Decrypt => "decrypt",
             Op::Encrypt1k => "encrypt",
@@ -88,6 +99,9 @@ impl Op {
     pub(super) fn label(self) -> &'static str {
         match self {
             Op::DataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext (32 B, context)",
+            Op::DataKeyUnderPolicy => {
+                "GenerateDataKeyWithoutPlaintext under a key policy (context conditions)"
+            }
             Op::DataKey => "GenerateDataKey (32 B, context)",
             Op::Decrypt => "Decrypt (data key blob, context)",
             Op::Encrypt1k => "Encrypt (1 KiB, context)",
@@ -103,7 +117,7 @@ impl Op {
     /// Which ceiling this operation is compared with.
     pub(super) fn ceiling(self) -> Ceiling {
         match self {
-            Op::DataKeyWithoutPlaintext | Op::DataKey => Ceiling::DataKey,
+            Op::DataKeyWithoutPlaintext | Op::DataKeyUnderPolicy | Op::DataKey => Ceiling::DataKey,
             Op::Decrypt => Ceiling::Decrypt,
             Op::Encrypt1k => Ceiling::Encrypt,
             Op::SignRsaPss => Ceiling::SignRsaPss,
@@ -221,6 +235,8 @@ pub(super) fn aad() -> Result<Vec<u8>> {
 /// message by each), an HMAC_256 key.
 pub(super) struct Fixtures {
     pub(super) symmetric: String,
+    /// A symmetric key under [`bench_policy`].
+    pub(super) policed: String,
     pub(super) rsa: String,
     pub(super) ec: String,
     pub(super) hmac: String,
@@ -257,8 +273,19 @@ impl Fixtures {
                 .map(|r| r.ciphertext_blob.0)
             })
             .collect::<Result<_>>()?;
+        let policed = if needs(&[Op::DataKeyUnderPolicy]) {
+            kms.create_key(CreateKeyRequest {
+                policy: Some(bench_policy(&kms.scope().account)),
+                ..Default::default()
+            })?
+            .key_metadata
+            .key_id
+        } else {
+            String::new()
+        };
         let mut f = Fixtures {
             symmetric,
+            policed,
             rsa: String::new(),
             ec: String::new(),
             hmac: String::new(),
@@ -278,6 +305,41 @@ impl Fixtures {
             f.hmac = create("HMAC_256", "GENERATE_VERIFY_MAC")?;
         }
         Ok(f)
+    }
+}
+
+/// A typical key policy with encryption-context conditions: administrators through the
+/// account, the dev principal's use only with `purpose=bench`, and a Deny for contexts of
+/// another tenant shape.
+pub(super) fn bench_policy(account: &str) -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Id":"bench","Statement":[
+  {{"Sid":"Administrators","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:root"}},
+    "Action":["kms:Create*","kms:Describe*","kms:Enable*","kms:List*","kms:Put*","kms:Update*",
+      "kms:Revoke*","kms:Disable*","kms:Get*","kms:Delete*","kms:ScheduleKeyDeletion",
+      "kms:CancelKeyDeletion"],"Resource":"*"}},
+  {{"Sid":"Use","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:user/dev"}},
+    "Action":["kms:Encrypt","kms:Decrypt","kms:ReEncrypt*","kms:GenerateDataKey*","kms:DescribeKey"],
+    "Resource":"*","Condition":{{"StringEquals":{{"kms:EncryptionContext:purpose":"bench"}}}}}},
+  {{"Sid":"Tenants","Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKey*",
+    "Resource":"*","Condition":{{"StringNotLike":{{"kms:EncryptionContext:tenant":"t-*"}}}}}}
+]}}"#
+    )
+}
+
+/// The bench's condition keys in the library: the request's encryption context.
+struct BenchFacts<'a>(&'a ContextMap);
+
+impl crate::kms::ConditionContext for BenchFacts<'_> {
+    fn values(&self, key: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
+        const PREFIX: &str = "kms:encryptioncontext:";
+        if !key.get(..PREFIX.len())?.eq_ignore_ascii_case(PREFIX) {
+            return None;
+        }
+        let k = &key[PREFIX.len()..];
+        self.0
+            .get(k)
+            .map(|v| vec![std::borrow::Cow::Borrowed(v.as_str())])
     }
 }
 
@@ -401,6 +463,37 @@ pub(super) fn library_call(kms: &Kms, op: Op, fx: &Fixtures, n: usize) -> Result
     };
     match op {
         Op::DataKeyWithoutPlaintext => kms.generate_data_key_without_plaintext(gdk()).map(drop),
+        Op::DataKeyUnderPolicy => {
+            // What the wire layer adds: the key's compiled policy, evaluated.
+            let id: KeyId = fx
+                .policed
+                .parse()
+                .map_err(|_| KmsError::internal("the bench's key id"))?;
+            let record = kms.key_record(id)?;
+            let arn = kms.key_arn(&record);
+            let ctx = context_map();
+            let account = kms.scope().account.clone();
+            let principal = format!("arn:aws:iam::{account}:user/dev");
+            let out = kms
+                .key_policy(&record)?
+                .evaluate(&crate::kms::PolicyRequest {
+                    principal_arn: &principal,
+                    principal_account: &account,
+                    action: "kms:GenerateDataKeyWithoutPlaintext",
+                    resource: &arn,
+                    context: &BenchFacts(&ctx),
+                });
+            if !out.allows_directly() {
+                return Err(KmsError::access_denied("the bench policy denied"));
+            }
+            kms.generate_data_key_without_plaintext(GenerateDataKeyRequest {
+                key_id: Some(KeySelector::Resolved(id)),
+                encryption_context: Some(ctx),
+                key_spec: Some("AES_256".into()),
+                ..Default::default()
+            })
+            .map(drop)
+        }
         Op::DataKey => kms.generate_data_key(gdk()).map(drop),
         Op::Decrypt => kms
             .decrypt(DecryptRequest {
@@ -465,6 +558,9 @@ pub(super) fn wire_bodies(op: Op, fx: &Fixtures) -> Vec<Vec<u8>> {
         Op::DataKeyWithoutPlaintext | Op::DataKey => one(serde_json::json!({
             "KeyId": key, "KeySpec": "AES_256", "EncryptionContext": ctx,
         })),
+        Op::DataKeyUnderPolicy => one(serde_json::json!({
+            "KeyId": fx.policed, "KeySpec": "AES_256", "EncryptionContext": ctx,
+        })),
         Op::Encrypt1k => one(serde_json::json!({
             "KeyId": key,
             "Plaintext": B64.encode(vec![0x42u8; PLAINTEXT_1K]),
@@ -506,7 +602,7 @@ mod tests {
     fn ops_are_selected_by_name_and_group() {
         let s = |v: &[&str]| Op::select(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(s(&["all"]).unwrap(), Op::ALL.to_vec());
-        assert_eq!(s(&["symmetric"]).unwrap().len(), 4);
+        assert_eq!(s(&["symmetric"]).unwrap().len(), 5);
         assert!(s(&["asymmetric"])
             .unwrap()
             .iter()

@@ -52,6 +52,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
         KeyCmd::List { limit, marker } => {
             let r = match limit {
                 Some(_) => kms.list_keys(ListRequest {
+                    account: None,
                     limit,
                     marker,
                     key_id: None,
@@ -133,6 +134,7 @@ pub(super) fn alias(kms: &Kms, out: &Out, cmd: AliasCmd) -> Result<()> {
         AliasCmd::List { key, limit, marker } => {
             let r = match limit {
                 Some(_) => kms.list_aliases(ListRequest {
+                    account: None,
                     limit,
                     marker,
                     key_id: key.map(Into::into),

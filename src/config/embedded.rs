@@ -91,6 +91,7 @@ fn embedded_dev_credential(state: &Path) -> Result<Option<Credential>> {
         principal: format!("arn:aws:iam::{DEFAULT_ACCOUNT}:user/dev"),
         allow_actions: None,
         allow_keys: None,
+        identity_policy: None,
     }))
 }
 

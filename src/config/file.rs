@@ -66,6 +66,8 @@ pub(super) struct RawCredential {
     pub(super) principal: Option<String>,
     pub(super) allow_actions: Option<Vec<String>>,
     pub(super) allow_keys: Option<Vec<String>>,
+    pub(super) identity_policy: Option<String>,
+    pub(super) identity_policy_file: Option<String>,
 }
 
 /// Parses the TOML text of the file at `path` (named in errors) into its raw structs.

@@ -120,6 +120,9 @@ pub struct Credential {
     pub allow_actions: Option<Vec<String>>,
     /// Allowed key ids, ARNs or aliases; `None` allows all.
     pub allow_keys: Option<Vec<String>>,
+    /// The principal's identity (IAM) policy document, JSON text (inline, or read from
+    /// `identity_policy_file` at load); checked by the server when it starts.
+    pub identity_policy: Option<String>,
 }
 
 /// The HTTP endpoint.

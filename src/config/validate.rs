@@ -360,13 +360,50 @@ impl Validator<'_> {
                 Ok(keys)
             })
             .transpose()?;
+        let identity_policy = match (raw.identity_policy, raw.identity_policy_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    &field("identity_policy/identity_policy_file"),
+                    "set at most one, not both",
+                ))
+            }
+            (Some(text), None) => Some(text),
+            (None, Some(file)) => {
+                let path = self.path_field(&field("identity_policy_file"), &file)?;
+                Some(self.read_policy_file(&field("identity_policy_file"), &path)?)
+            }
+            (None, None) => None,
+        };
+        if identity_policy
+            .as_ref()
+            .is_some_and(|p| p.trim().is_empty() || p.len() > MAX_IDENTITY_POLICY)
+        {
+            return Err(self.err(
+                &field("identity_policy"),
+                format!("must be a JSON policy document of 1 to {MAX_IDENTITY_POLICY} bytes"),
+            ));
+        }
         Ok(Credential {
             access_key_id,
             secret,
             principal,
             allow_actions,
             allow_keys,
+            identity_policy,
         })
+    }
+
+    fn read_policy_file(&self, field: &str, path: &std::path::Path) -> Result<String> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| self.err(field, format!("cannot read {}: {e}", path.display())))?;
+        if meta.len() > MAX_IDENTITY_POLICY as u64 {
+            return Err(self.err(
+                field,
+                format!("{} is over {MAX_IDENTITY_POLICY} bytes", path.display()),
+            ));
+        }
+        std::fs::read_to_string(path)
+            .map_err(|e| self.err(field, format!("cannot read {}: {e}", path.display())))
     }
 
     fn non_empty_list(&self, field: &str, list: &[String]) -> Result<()> {
@@ -435,6 +472,10 @@ pub(super) fn valid_access_key_id(id: &str) -> bool {
 }
 
 /// `arn:partition:service:region:account:resource` with partition, service and resource set.
+/// The largest identity policy accepted (the size of a key policy; IAM's own limits are
+/// smaller).
+const MAX_IDENTITY_POLICY: usize = 32 * 1024;
+
 fn valid_arn(arn: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     parts.len() == 6

@@ -31,8 +31,10 @@ pub use domain::{
 };
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
+pub use ops::{LockoutCheck, DEFAULT_POLICY_NAME};
 pub use policy::{
-    ConditionContext, ConditionMap, Outcome, PolicyDocument, PolicyError, PolicyKind, Request,
+    ConditionContext, ConditionMap, Outcome, PolicyDocument, PolicyError, PolicyKind,
+    Request as PolicyRequest,
 };
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
@@ -91,6 +93,8 @@ pub struct Kms {
     public_keys: std::sync::Mutex<std::collections::HashMap<KeyId, Arc<crate::hsm::SessionKey>>>,
     /// Key agreement keys whose record's public key was proven to be the token's.
     proven_agreement_keys: std::sync::Mutex<std::collections::HashSet<KeyId>>,
+    /// Compiled key policies (see `ops/policies.rs`).
+    policies: ops::PolicyCache,
 }
 
 impl Kms {
@@ -120,6 +124,7 @@ impl Kms {
                 || settings.require_in_token_sealing,
             public_keys: Default::default(),
             proven_agreement_keys: Default::default(),
+            policies: Default::default(),
         };
         kms.reconcile_token_state()?;
         Ok(kms)
@@ -138,6 +143,27 @@ impl Kms {
     /// The region and account of the ARNs this service hands out.
     pub fn scope(&self) -> &ArnScope {
         &self.scope
+    }
+
+    /// The account a key belongs to.
+    pub fn account_of(&self, record: &records::KeyRecord) -> String {
+        record
+            .account
+            .clone()
+            .unwrap_or_else(|| self.scope.account.clone())
+    }
+
+    /// Whether a key belongs to `account`.
+    pub fn in_account(&self, record: &records::KeyRecord, account: &str) -> bool {
+        record.account.as_deref().unwrap_or(&self.scope.account) == account
+    }
+
+    /// A key's ARN, in its own account.
+    pub fn key_arn(&self, record: &records::KeyRecord) -> String {
+        match &record.account {
+            None => self.scope.key_arn(&record.id),
+            Some(a) => ArnScope::new(&self.scope.region, a).key_arn(&record.id),
+        }
     }
 
     /// Number of derived keys this process holds for opening blobs.

@@ -65,6 +65,10 @@ pub struct KeyRecord {
     /// DER SubjectPublicKeyInfo of an asymmetric key (public: kept with the metadata).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
     pub public_key: Option<Vec<u8>>,
+    /// The AWS account the key belongs to; absent: the service's own account (so records of
+    /// that account read the same to earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 fn symmetric_default() -> KeySpec {
@@ -105,6 +109,30 @@ impl KeyRecord {
             spec: KeySpec::SymmetricDefault,
             usage: KeyUsage::EncryptDecrypt,
             public_key: None,
+            account: None,
+        }
+    }
+
+    /// A stand-in for a key that does not exist (an alias left pointing at it by a crash),
+    /// so that authorization can still ask about it: the service's account, the default
+    /// policy, no tags. Never stored.
+    pub(crate) fn missing(id: KeyId) -> KeyRecord {
+        KeyRecord {
+            id,
+            created_ms: 0,
+            description: String::new(),
+            state: KeyState::Unknown,
+            deletion_ms: None,
+            pending_window_days: None,
+            kdf: Kdf::AesCbcEncryptData,
+            current_version: 0,
+            versions: Vec::new(),
+            tags: Vec::new(),
+            policy: None,
+            spec: KeySpec::SymmetricDefault,
+            usage: KeyUsage::EncryptDecrypt,
+            public_key: None,
+            account: None,
         }
     }
 
@@ -257,6 +285,10 @@ impl Record {
                 .and_then(|x| serde_json::from_value(x.clone()).ok())
                 .unwrap_or(KeyUsage::EncryptDecrypt),
             public_key: None,
+            account: v
+                .get("account")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
         }))
     }
 }

@@ -107,6 +107,10 @@ pub struct CreateKeyRequest {
     pub bypass_policy_lockout_safety_check: Option<bool>,
     pub custom_key_store_id: Option<String>,
     pub xks_key_id: Option<String>,
+    /// The account the new key belongs to: the caller's, set by the layer that knows the
+    /// caller (never read from the request body); `None`: the service's account.
+    #[serde(skip)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +171,10 @@ pub struct ListRequest {
     pub marker: Option<String>,
     /// ListAliases only: restrict to one key.
     pub key_id: Option<KeySelector>,
+    /// ListKeys: the caller's account, set by the layer that knows the caller (never read
+    /// from the request body); `None`: the service's account.
+    #[serde(skip)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +210,17 @@ pub struct ListAliasesResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<String>,
     pub truncated: bool,
+}
+
+impl ListAliasesResponse {
+    /// No aliases.
+    pub fn empty() -> ListAliasesResponse {
+        ListAliasesResponse {
+            aliases: Vec::new(),
+            next_marker: None,
+            truncated: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -548,4 +567,48 @@ pub struct GenerateDataKeyPairResponse {
     pub public_key: Bytes,
     pub key_id: String,
     pub key_pair_spec: DataKeyPairSpec,
+}
+
+/// GetKeyPolicy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetKeyPolicyRequest {
+    pub key_id: Option<KeySelector>,
+    /// Only `default` exists (and is assumed when absent).
+    pub policy_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetKeyPolicyResponse {
+    pub policy: String,
+    pub policy_name: String,
+}
+
+/// PutKeyPolicy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutKeyPolicyRequest {
+    pub key_id: Option<KeySelector>,
+    pub policy_name: Option<String>,
+    pub policy: Option<String>,
+    pub bypass_policy_lockout_safety_check: Option<bool>,
+}
+
+/// ListKeyPolicies.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeyPoliciesRequest {
+    pub key_id: Option<KeySelector>,
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeyPoliciesResponse {
+    pub policy_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use p11kms::api::auth::{ConfigAuthorizer, Credentials};
+use p11kms::api::auth::{Credentials, PolicyAuthorizer};
 use p11kms::api::{self, ServerSettings};
 use p11kms::config::{Credential, Secret, SecretSource};
 
@@ -68,11 +68,12 @@ pub fn settings(tls: Option<Arc<rustls::ServerConfig>>) -> ServerSettings {
         principal: RESTRICTED_ARN.into(),
         allow_actions: Some(RESTRICTED_ACTIONS.iter().map(|s| s.to_string()).collect()),
         allow_keys: Some(vec![ALLOWED_ALIAS.into()]),
+        identity_policy: None,
     });
     ServerSettings {
         region: fx.config.region.clone(),
         credentials: Credentials::from_config(&creds).expect("credentials"),
-        authorizer: Arc::new(ConfigAuthorizer),
+        authorizer: Arc::new(PolicyAuthorizer),
         max_body_bytes: fx.config.server.max_body_bytes,
         max_connections: fx.config.server.max_connections,
         max_connections_per_source: None,

@@ -132,6 +132,15 @@ impl Kms {
         }
     }
 
+    /// The names of the aliases that point at `id` now (`kms:ResourceAliases`).
+    pub fn aliases_of_key(&self, id: KeyId) -> Vec<String> {
+        self.store
+            .read()
+            .aliases_of(id)
+            .map(|(n, _)| n.as_str().to_owned())
+            .collect()
+    }
+
     /// The key an alias points at now, if the alias exists.
     pub fn alias_target_of(&self, alias: &str) -> Result<Option<KeyId>> {
         let name = AliasName::parse(alias)?;

@@ -9,6 +9,7 @@ use super::super::records::{cmk_id, BackingVersion, KeyRecord};
 use super::super::store::Change;
 use super::super::types::*;
 use super::super::{Forms, KeyId, Kms};
+use super::policies::{checked_key_policy, LockoutCheck};
 use super::{check_grant_tokens, check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
 use crate::error::{KmsError, Result};
 use crate::hsm::{BackingKind, CmkHandle, HsmError};
@@ -56,15 +57,6 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, Backin
     if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
         return Err(KmsError::unsupported(
             "Custom key stores are not supported by p11kms",
-        ));
-    }
-    if req
-        .policy
-        .as_ref()
-        .is_some_and(|p| p.is_empty() || p.len() > 32768)
-    {
-        return Err(KmsError::validation(
-            "Policy must be between 1 and 32768 characters long",
         ));
     }
     if let Some(tags) = &req.tags {
@@ -136,9 +128,9 @@ impl Kms {
     pub(super) fn metadata(&self, r: &KeyRecord) -> KeyMetadata {
         let algorithms = specs::algorithms(r.spec, r.usage);
         KeyMetadata {
-            aws_account_id: self.scope.account.clone(),
+            aws_account_id: self.account_of(r),
             key_id: r.id.to_string(),
-            arn: self.scope.key_arn(&r.id),
+            arn: self.key_arn(r),
             creation_date: secs(r.created_ms),
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
@@ -162,7 +154,24 @@ impl Kms {
     /// CMK (derive-only) for symmetric keys, a key pair's private half limited to its usage
     /// for asymmetric keys, a sign/verify-only generic secret for HMAC keys.
     pub fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadataResponse> {
+        self.create_key_checked(req, None)
+    }
+
+    /// CreateKey with the lockout safety check of its `Policy` for the caller (see
+    /// [`LockoutCheck`]; skipped when the request bypasses it).
+    pub fn create_key_checked(
+        &self,
+        req: CreateKeyRequest,
+        lockout: Option<LockoutCheck<'_>>,
+    ) -> Result<KeyMetadataResponse> {
         let (spec, usage, kind) = check_create_key(&req)?;
+        if let Some(text) = &req.policy {
+            checked_key_policy(
+                text,
+                req.bypass_policy_lockout_safety_check == Some(true),
+                lockout,
+            )?;
+        }
         self.check_offered(spec, usage, kind)?;
         let kdf = self
             .token
@@ -194,6 +203,7 @@ impl Kms {
             spec,
             usage,
             public_key: None,
+            account: req.account.filter(|a| *a != self.scope.account),
         };
         // The key material first: a crash before the record leaves an invisible orphan,
         // never a record without a key.
@@ -248,14 +258,18 @@ impl Kms {
                     .map_err(|_| KmsError::invalid_marker(format!("Invalid marker {m}")))?,
             ),
         };
+        let account = req.account.unwrap_or_else(|| self.scope.account.clone());
         let snap = self.store.read();
-        let mut iter = snap.keys.range((start, Bound::Unbounded));
+        let mut iter = snap
+            .keys
+            .range((start, Bound::Unbounded))
+            .filter(|(_, e)| self.in_account(&e.record, &account));
         let keys: Vec<KeyListEntry> = iter
             .by_ref()
             .take(limit)
-            .map(|(id, _)| KeyListEntry {
+            .map(|(id, e)| KeyListEntry {
                 key_id: id.to_string(),
-                key_arn: self.scope.key_arn(id),
+                key_arn: self.key_arn(&e.record),
             })
             .collect();
         let truncated = iter.next().is_some();

@@ -6,6 +6,10 @@ mod aliases;
 mod asymmetric;
 mod crypto;
 mod keys;
+mod policies;
+
+pub(crate) use policies::PolicyCache;
+pub use policies::{LockoutCheck, DEFAULT_POLICY_NAME};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -116,6 +120,16 @@ pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
     }
 }
 
+/// The account of a KMS ARN in `region` (`arn:aws:kms:<region>:<account>:...`); `None` for
+/// anything else (an ARN of another region then fails to parse as a key reference).
+fn split_kms_arn<'a>(s: &'a str, region: &str) -> Option<&'a str> {
+    let rest = s.strip_prefix("arn:aws:kms:")?;
+    let (r, rest) = rest.split_once(':')?;
+    let (account, _) = rest.split_once(':')?;
+    (r == region && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(account)
+}
+
 /// A key whose record this version cannot fully read (see [`KeyState::Unknown`]).
 fn unavailable_state(arn: &str) -> KmsError {
     KmsError::invalid_state(format!(
@@ -150,6 +164,55 @@ impl Kms {
                 "Key '{}' does not exist",
                 self.scope.key_arn(&id)
             ))),
+        }
+    }
+
+    /// The record of the key `id` (NotFoundException if there is none).
+    pub fn key_record(&self, id: KeyId) -> Result<super::records::KeyRecord> {
+        self.store
+            .read()
+            .keys
+            .get(&id)
+            .map(|e| e.record.clone())
+            .ok_or_else(|| {
+                KmsError::not_found(format!("Key '{}' does not exist", self.scope.key_arn(&id)))
+            })
+    }
+
+    /// The key a `KeyId` parameter names for a caller of `account`: a key id or alias names
+    /// a key of that account only; a key ARN names the key of the ARN's account wherever the
+    /// caller is (cross-account use, which authorization then decides). Aliases are kept
+    /// for the service's account only. A key of another account than named is not found,
+    /// exactly like a key that does not exist.
+    pub fn resolve_key_for(&self, key: &KeySelector, forms: Forms, account: &str) -> Result<KeyId> {
+        let KeySelector::Named(s) = key else {
+            return self.resolve(key, forms).map(|(id, _)| id);
+        };
+        let named_account = split_kms_arn(s, &self.scope.region).unwrap_or(account);
+        let here = super::ArnScope::new(&self.scope.region, named_account);
+        let not_found = || KmsError::not_found(format!("Invalid keyId {s}"));
+        match KeyRef::parse(s, &here, forms)? {
+            KeyRef::Id(id) => {
+                let snap = self.store.read();
+                match snap.keys.get(&id) {
+                    Some(e) if self.in_account(&e.record, named_account) => Ok(id),
+                    Some(_) => Err(not_found()),
+                    None => Err(KmsError::not_found(format!(
+                        "Key '{}' does not exist",
+                        here.key_arn(&id)
+                    ))),
+                }
+            }
+            KeyRef::Alias(a) => {
+                if named_account != self.scope.account {
+                    return Err(KmsError::not_found(format!(
+                        "Alias {} is not found.",
+                        here.alias_arn(&a)
+                    )));
+                }
+                self.resolve(&KeySelector::Named(a.as_str().to_owned()), forms)
+                    .map(|(id, _)| id)
+            }
         }
     }
 
