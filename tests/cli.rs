@@ -346,6 +346,46 @@ fn key_lifecycle() {
 }
 
 #[test]
+fn key_policies_from_files_and_the_operators_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locked = dir.path().join("locked.json");
+    // A policy that names nobody who could change it again.
+    let text = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/gone"},"Action":"kms:Decrypt","Resource":"*"}]}"#;
+    std::fs::write(&locked, text).expect("write");
+    let key = ok_json(&["key", "create", "--policy", locked.to_str().unwrap()])["KeyMetadata"]
+        ["KeyId"]
+        .as_str()
+        .expect("KeyId")
+        .to_owned();
+    assert_eq!(ok(&["key", "policy", &key]).trim_end(), text);
+    let v = ok_json(&["key", "policy", &key]);
+    assert_eq!(v["PolicyName"], "default");
+    // The operator puts a readable policy back (no lockout check for the token's operator).
+    let open = dir.path().join("default.json");
+    std::fs::write(
+        &open,
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#,
+    )
+    .expect("write");
+    ok(&["key", "put-policy", &key, open.to_str().unwrap()]);
+    assert!(ok(&["key", "policy", &key]).contains(":root"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").expect("write");
+    fails_with(
+        &["key", "put-policy", &key, bad.to_str().unwrap()],
+        b"",
+        "MalformedPolicyDocumentException",
+    );
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 33 * 1024]).expect("write");
+    fails_with(
+        &["key", "put-policy", &key, big.to_str().unwrap()],
+        b"",
+        "ValidationException",
+    );
+}
+
+#[test]
 fn aliases() {
     let (k1, k2) = (new_key(), new_key());
     let name = format!("alias/cli-{}", &k1[..8]);

@@ -133,6 +133,19 @@ pub(super) enum KeyCmd {
         /// A tag as KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
+        /// The key policy, a JSON file (default: AWS's default key policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Print a key's policy (GetKeyPolicy).
+    Policy { key: String },
+    /// Replace a key's policy (PutKeyPolicy) with a JSON file. As the token's operator, no
+    /// lockout safety check applies: this is how a key whose policy locks everyone out is
+    /// recovered.
+    PutPolicy {
+        key: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// List keys (ListKeys). Without --limit, all pages.
     List {

@@ -25,6 +25,20 @@ fn parse_tags(pairs: &[String]) -> Result<Option<Vec<Tag>>> {
         .map(Some)
 }
 
+/// A policy document from a file (bounded: a key policy is at most 32 KB).
+fn read_policy(path: &std::path::Path) -> Result<String> {
+    let max = crate::kms::PolicyDocument::MAX_BYTES;
+    let bytes = super::input::read_bounded(Some(path), max + 1)?;
+    if bytes.len() > max {
+        return Err(KmsError::validation(format!(
+            "{} is over {max} bytes: a key policy is at most 32 KB",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| KmsError::validation(format!("{} is not UTF-8 text", path.display())))
+}
+
 fn key_req(key: String) -> KeyIdRequest {
     KeyIdRequest {
         key_id: Some(key.into()),
@@ -39,15 +53,37 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
             spec,
             usage,
             tags,
+            policy,
         } => {
             let r = kms.create_key(CreateKeyRequest {
                 description,
                 key_spec: spec,
                 key_usage: usage,
                 tags: parse_tags(&tags)?,
+                policy: policy.as_deref().map(read_policy).transpose()?,
                 ..Default::default()
             })?;
             out.emit(&r, &metadata_text(&r.key_metadata))
+        }
+        KeyCmd::Policy { key } => {
+            let r = kms.get_key_policy(GetKeyPolicyRequest {
+                key_id: Some(key.into()),
+                policy_name: None,
+            })?;
+            let text = format!("{}\n", r.policy);
+            out.emit(&r, &text)
+        }
+        KeyCmd::PutPolicy { key, file } => {
+            kms.put_key_policy(
+                PutKeyPolicyRequest {
+                    key_id: Some(key.clone().into()),
+                    policy_name: None,
+                    policy: Some(read_policy(&file)?),
+                    bypass_policy_lockout_safety_check: None,
+                },
+                None,
+            )?;
+            out.emit(&Empty {}, &format!("Put the key policy of {key}."))
         }
         KeyCmd::List { limit, marker } => {
             let r = match limit {

@@ -254,6 +254,54 @@ def test_boto3_management_calls(server):
     assert len(kms.generate_random(NumberOfBytes=64)["Plaintext"]) == 64
 
 
+def test_boto3_key_policies(server):
+    kms = kms_client()
+    key = new_key("policies")
+    account = key["Arn"].split(":")[4]
+    default = json.loads(kms.get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"])
+    assert default["Statement"][0]["Principal"]["AWS"] == f"arn:aws:iam::{account}:root"
+    assert kms.list_key_policies(KeyId=key["KeyId"])["PolicyNames"] == ["default"]
+    me = f"arn:aws:iam::{account}:user/dev"
+    mine = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": me}, "Action": "kms:*", "Resource": "*"},
+                {
+                    "Effect": "Deny",
+                    "Principal": {"AWS": me},
+                    "Action": "kms:Encrypt",
+                    "Resource": "*",
+                    "Condition": {"StringNotEquals": {"kms:EncryptionContext:app": "compat"}},
+                },
+            ],
+        }
+    )
+    kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=mine)
+    assert kms.get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"] == mine
+    kms.encrypt(KeyId=key["KeyId"], Plaintext=b"x", EncryptionContext={"app": "compat"})
+    with pytest.raises(ClientError) as e:
+        kms.encrypt(KeyId=key["KeyId"], Plaintext=b"x", EncryptionContext={"app": "other"})
+    assert e.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(kms.exceptions.MalformedPolicyDocumentException):
+        kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy="{}")
+    locks_out = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{account}:user/someone-else"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                }
+            ],
+        }
+    )
+    with pytest.raises(kms.exceptions.MalformedPolicyDocumentException):
+        kms.create_key(Policy=locks_out)
+
+
 def test_boto3_wrong_credentials(server):
     bad = boto3.client(
         "kms", aws_access_key_id="AKIANOTCONFIGURED001", aws_secret_access_key="nope"
