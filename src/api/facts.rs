@@ -43,6 +43,8 @@ pub struct Asked<'a> {
     pub key_origin: Option<&'a str>,
     /// CreateKey / TagResource: the tags of the request.
     pub request_tags: Option<&'a [(String, String)]>,
+    /// UntagResource: the tag keys of the request (values unused).
+    pub tag_keys: Option<&'a [(String, String)]>,
     /// CreateGrant.
     pub grant_operations: Option<&'a [String]>,
     /// CreateGrant: `kms:GranteePrincipal`.
@@ -195,7 +197,8 @@ impl ConditionContext for Facts<'_> {
             "kms:grantisforawsresource" => self.asked.grant_operations.and_then(|_| one("false")),
             "aws:tagkeys" => Some(
                 self.asked
-                    .request_tags?
+                    .request_tags
+                    .or(self.asked.tag_keys)?
                     .iter()
                     .map(|(k, _)| Cow::Borrowed(k.as_str()))
                     .collect(),

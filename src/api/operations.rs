@@ -14,8 +14,10 @@ use crate::kms::records::KeyRecord;
 use crate::kms::types::{
     AliasRequest, Bytes, CreateKeyRequest, DecryptRequest, DeriveSharedSecretRequest,
     EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest,
-    GetKeyPolicyRequest, KeyIdRequest, ListKeyPoliciesRequest, ListRequest, PutKeyPolicyRequest,
-    ReEncryptRequest, ScheduleKeyDeletionRequest, SignRequest, VerifyMacRequest, VerifyRequest,
+    GetKeyPolicyRequest, KeyIdRequest, ListKeyPoliciesRequest, ListRequest,
+    ListResourceTagsRequest, PutKeyPolicyRequest, ReEncryptRequest, ScheduleKeyDeletionRequest,
+    SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
+    VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
@@ -144,6 +146,10 @@ ops!(
     GetKeyPolicy,
     PutKeyPolicy,
     ListKeyPolicies,
+    TagResource,
+    UntagResource,
+    ListResourceTags,
+    UpdateKeyDescription,
 );
 
 impl Op {
@@ -700,6 +706,46 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             } else {
                 json(kms.generate_data_key_pair_without_plaintext(req))
             }
+        }
+        Op::TagResource => {
+            let mut req: TagResourceRequest = parse(body)?;
+            let tags: Option<Vec<(String, String)>> = req.tags.as_ref().map(|t| {
+                t.iter()
+                    .map(|t| (t.tag_key.clone(), t.tag_value.clone()))
+                    .collect()
+            });
+            let asked = Asked {
+                request_tags: tags.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            kms.tag_resource(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::UntagResource => {
+            let mut req: UntagResourceRequest = parse(body)?;
+            let keys: Option<Vec<(String, String)>> = req
+                .tag_keys
+                .as_ref()
+                .map(|k| k.iter().map(|k| (k.clone(), String::new())).collect());
+            let asked = Asked {
+                tag_keys: keys.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            kms.untag_resource(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::ListResourceTags => {
+            let mut req: ListResourceTagsRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.list_resource_tags(req))
+        }
+        Op::UpdateKeyDescription => {
+            let mut req: UpdateKeyDescriptionRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            kms.update_key_description(req)?;
+            Ok(Reply::Empty)
         }
         Op::GetKeyPolicy => {
             let mut req: GetKeyPolicyRequest = parse(body)?;

@@ -612,3 +612,45 @@ pub struct ListKeyPoliciesResponse {
     pub next_marker: Option<String>,
     pub truncated: bool,
 }
+
+/// TagResource.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagResourceRequest {
+    pub key_id: Option<KeySelector>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+/// UntagResource.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UntagResourceRequest {
+    pub key_id: Option<KeySelector>,
+    pub tag_keys: Option<Vec<String>>,
+}
+
+/// ListResourceTags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListResourceTagsRequest {
+    pub key_id: Option<KeySelector>,
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListResourceTagsResponse {
+    pub tags: Vec<Tag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
+}
+
+/// UpdateKeyDescription.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateKeyDescriptionRequest {
+    pub key_id: Option<KeySelector>,
+    pub description: Option<String>,
+}

@@ -10,6 +10,7 @@ use super::super::store::Change;
 use super::super::types::*;
 use super::super::{Forms, KeyId, Kms};
 use super::policies::{checked_key_policy, LockoutCheck};
+use super::tags::{check_description, merged_tags};
 use super::{check_grant_tokens, check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
 use crate::error::{KmsError, Result};
 use crate::hsm::{BackingKind, CmkHandle, HsmError};
@@ -19,10 +20,8 @@ use crate::kms::specs;
 /// are `ValidationException`; real AWS values p11kms does not serve are
 /// `UnsupportedOperationException`.
 fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, BackingKind)> {
-    if req.description.as_ref().is_some_and(|d| d.len() > 8192) {
-        return Err(KmsError::validation(
-            "Description must be at most 8192 characters long",
-        ));
+    if let Some(d) = &req.description {
+        check_description(d)?;
     }
     let usage = match &req.key_usage {
         Some(u) => KeyUsage::parse(u, "keyUsage")?,
@@ -60,20 +59,7 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, Backin
         ));
     }
     if let Some(tags) = &req.tags {
-        if tags.len() > 50 {
-            return Err(KmsError::tag("A key can have at most 50 tags"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for t in tags {
-            if t.tag_key.is_empty() || t.tag_key.len() > 128 || t.tag_value.len() > 256 {
-                return Err(KmsError::tag(
-                    "Tag keys must be 1 to 128 and tag values 0 to 256 characters long",
-                ));
-            }
-            if !seen.insert(&t.tag_key) {
-                return Err(KmsError::tag(format!("Duplicate tag key {}", t.tag_key)));
-            }
-        }
+        merged_tags(&[], tags)?;
     }
     Ok((spec, usage, kind))
 }
@@ -193,12 +179,7 @@ impl Kms {
                 version: 1,
                 created: now / 1000,
             }],
-            tags: req
-                .tags
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| (t.tag_key, t.tag_value))
-                .collect(),
+            tags: merged_tags(&[], req.tags.as_deref().unwrap_or_default())?,
             policy: req.policy,
             spec,
             usage,

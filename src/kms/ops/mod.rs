@@ -7,6 +7,7 @@ mod asymmetric;
 mod crypto;
 mod keys;
 mod policies;
+mod tags;
 
 pub(crate) use policies::PolicyCache;
 pub use policies::{LockoutCheck, DEFAULT_POLICY_NAME};
