@@ -42,4 +42,4 @@ if [ -n "${P11KMS_CONFIG:-}" ]; then
 else
     "$bin" token init
 fi
-exec "$bin" serve
+exec "$bin" serve "$@"

@@ -85,7 +85,8 @@ fn server() -> &'static Server {
             });
         }
         let settings = ServerSettings {
-            region: fx.config.region.clone(),
+            regions: p11kms::api::Regions::List(vec![fx.config.region.clone()]),
+            ci_account: None,
             credentials: Credentials::from_config(&creds).expect("credentials"),
             authorizer: Arc::new(PolicyAuthorizer),
             max_body_bytes: fx.config.server.max_body_bytes,

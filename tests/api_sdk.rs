@@ -878,6 +878,22 @@ async fn create_key_limits() {
                 .send()
                 .await
         ),
+        "ValidationException",
+        "an empty tag key breaks the model's length constraint"
+    );
+    assert_eq!(
+        code(
+            c.create_key()
+                .tags(
+                    Tag::builder()
+                        .tag_key("aws:reserved")
+                        .tag_value("v")
+                        .build()
+                        .expect("tag")
+                )
+                .send()
+                .await
+        ),
         "TagException"
     );
     assert_eq!(

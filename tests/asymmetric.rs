@@ -1086,6 +1086,7 @@ fn sign_by_alias_and_arn() {
     let alias = format!("alias/asymmetric-{}", &key.key_id[..8]);
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(key.key_id.as_str().into()),
         })

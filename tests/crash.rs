@@ -59,6 +59,7 @@ fn killed_writers_leave_a_consistent_store() {
     let spare = common::new_key();
     let alias = format!("alias/crash-{}", &base[..8]);
     kms.create_alias(AliasRequest {
+        scope: None,
         alias_name: Some(alias.clone()),
         target_key_id: Some(base.clone().into()),
     })

@@ -430,6 +430,7 @@ fn handles_of_objects_another_process_destroyed_read_as_gone() {
     let key = common::new_key();
     let alias = format!("alias/stale-{}", &key[..8]);
     kms.create_alias(AliasRequest {
+        scope: None,
         alias_name: Some(alias.clone()),
         target_key_id: Some(key.into()),
     })

@@ -641,6 +641,7 @@ fn concurrent_writes_in_one_process_have_one_outcome() {
                     barrier.wait();
                     common::kms()
                         .create_alias(AliasRequest {
+                            scope: None,
                             alias_name: Some(name),
                             target_key_id: Some(target.into()),
                         })

@@ -261,6 +261,7 @@ fn decrypt_with_key_id_checks_the_key() {
     let alias = format!("alias/dk-{}", &a[..8]);
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(a.clone().into()),
         })
@@ -308,6 +309,7 @@ fn key_forms_and_describe() {
     let alias = format!("alias/forms-{}", &key[..8]);
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(scope.key_arn(&id).into()),
         })
@@ -363,6 +365,7 @@ fn a_resolved_key_is_used_as_resolved() {
     let scope = kms().scope();
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(a.clone().into()),
         })
@@ -373,6 +376,7 @@ fn a_resolved_key_is_used_as_resolved() {
     assert_eq!(resolved, id_a);
     kms()
         .update_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(b.clone().into()),
         })
@@ -535,6 +539,7 @@ fn deletion_sweeper_destroys_token_objects() {
     let alias = format!("alias/doomed-{}", &key[..8]);
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias.clone()),
             target_key_id: Some(key.clone().into()),
         })
@@ -573,12 +578,14 @@ fn aliases() {
     let name1 = format!("alias/app-{tag}");
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name1.clone()),
             target_key_id: Some(a.clone().into()),
         })
         .unwrap();
     let dup = kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name1.clone()),
             target_key_id: Some(b.clone().into()),
         })
@@ -592,6 +599,7 @@ fn aliases() {
     ] {
         let e = kms()
             .create_alias(AliasRequest {
+                scope: None,
                 alias_name: Some(bad.into()),
                 target_key_id: Some(a.clone().into()),
             })
@@ -601,6 +609,7 @@ fn aliases() {
     // Alias targets must be key ids or ARNs of existing keys.
     let e = kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(format!("alias/x-{tag}")),
             target_key_id: Some(name1.clone().into()),
         })
@@ -608,6 +617,7 @@ fn aliases() {
     assert_eq!(e.aws_name(), "NotFoundException");
     kms()
         .update_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name1.clone()),
             target_key_id: Some(b.clone().into()),
         })
@@ -625,6 +635,7 @@ fn aliases() {
     assert!(listed.aliases[0].alias_arn.ends_with(&name1));
     kms()
         .delete_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name1.clone()),
             target_key_id: None,
         })
@@ -634,6 +645,7 @@ fn aliases() {
         name(
             kms()
                 .delete_alias(AliasRequest {
+                    scope: None,
                     alias_name: Some(name1.clone()),
                     target_key_id: None,
                 })
@@ -645,6 +657,7 @@ fn aliases() {
         name(
             kms()
                 .update_alias(AliasRequest {
+                    scope: None,
                     alias_name: Some(name1.clone()),
                     target_key_id: Some(a.clone().into()),
                 })
@@ -658,6 +671,7 @@ fn aliases() {
     // And can be created again.
     kms()
         .create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name1.clone()),
             target_key_id: Some(a.clone().into()),
         })

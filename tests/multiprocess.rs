@@ -45,6 +45,7 @@ fn other_processes_see_keys_aliases_and_states() {
     let key = common::new_key();
     let alias = format!("alias/mp-{}", &key[..8]);
     kms.create_alias(AliasRequest {
+        scope: None,
         alias_name: Some(alias.clone()),
         target_key_id: Some(key.clone().into()),
     })

@@ -22,7 +22,7 @@ use crate::config::{Credential, Secret};
 use crate::error::{KmsError, Result};
 use crate::kms::records::KeyRecord;
 use crate::kms::{
-    AliasName, ArnScope, Forms, KeyId, KeyRef, Kms, Outcome, PolicyDocument, PolicyKind,
+    AliasKey, AliasName, ArnScope, Forms, KeyId, KeyRef, Kms, Outcome, PolicyDocument, PolicyKind,
     PolicyRequest,
 };
 
@@ -236,7 +236,7 @@ pub enum Resource<'a> {
     /// A key: its key policy, the identity policy and the key's grants.
     Key(&'a KeyRecord),
     /// An alias itself (CreateAlias, UpdateAlias, DeleteAlias): the identity policy only.
-    Alias(&'a AliasName),
+    Alias(&'a AliasKey),
 }
 
 /// Decides whether a request may proceed.
@@ -300,7 +300,7 @@ impl PolicyAuthorizer {
         let resource_arn = match q.resource {
             Resource::Any => Cow::Borrowed("*"),
             Resource::Key(r) => Cow::Owned(kms.key_arn(r)),
-            Resource::Alias(a) => Cow::Owned(kms.scope().alias_arn(a)),
+            Resource::Alias(a) => Cow::Owned(kms.alias_arn(a)),
         };
         let identity = self.identity(q, kms, &resource_arn);
         if identity.deny {
@@ -355,7 +355,7 @@ impl Authorizer for PolicyAuthorizer {
                 let resource = match q.resource {
                     Resource::Any => None,
                     Resource::Key(r) => Some(kms.key_arn(r)),
-                    Resource::Alias(a) => Some(kms.scope().alias_arn(a)),
+                    Resource::Alias(a) => Some(kms.alias_arn(a)),
                 };
                 Err(denied_because(
                     q.principal,
@@ -387,17 +387,18 @@ fn shorthand_allows(p: &Principal, q: &Query<'_>, kms: &Kms) -> bool {
                 return true;
             };
             let key = r.id;
+            let scope = ArnScope::new(kms.region_of(r), &kms.account_of(r));
             allowed.ids.binary_search(&key).is_ok()
                 || allowed.aliases.iter().any(|a| {
-                    kms.alias_target_of(a.as_str())
+                    kms.alias_target_in(Some(&scope), a.as_str())
                         .is_ok_and(|t| t == Some(key))
                 })
         }
         Resource::Alias(alias) => {
-            let arn = kms.scope().alias_arn(alias);
+            let arn = kms.alias_arn(alias);
             entries
                 .iter()
-                .any(|e| wildcard_match(e, alias.as_str()) || wildcard_match(e, &arn))
+                .any(|e| wildcard_match(e, alias.name.as_str()) || wildcard_match(e, &arn))
         }
     }
 }

@@ -35,11 +35,15 @@ use auth::{Authorizer, Credentials, PolicyAuthorizer};
 
 pub use floor::serve_http_floor;
 pub use response::AMZ_JSON;
+pub use sigv4::Regions;
 
 /// Everything the server needs besides the [`Kms`] and the listener.
 pub struct ServerSettings {
-    /// Region SigV4 scopes must name.
-    pub region: String,
+    /// Regions SigV4 scopes may name (each is served with its own keys and aliases).
+    pub regions: sigv4::Regions,
+    /// CI mode (`serve --ci`): the account every request acts in, as its root; any access
+    /// key id is accepted and no secret is verified. `None`: the configured credentials.
+    pub ci_account: Option<String>,
     /// Accepted access keys (secrets already read).
     pub credentials: Credentials,
     /// Decides which actions and keys each principal may use.
@@ -84,7 +88,11 @@ impl ServerSettings {
             }
         }
         Ok(ServerSettings {
-            region: config.region.clone(),
+            regions: match &config.regions {
+                crate::config::RegionSet::Any => sigv4::Regions::Any,
+                crate::config::RegionSet::Only(l) => sigv4::Regions::List(l.clone()),
+            },
+            ci_account: None,
             credentials: Credentials::from_config(&s.credentials)?,
             authorizer: Arc::new(PolicyAuthorizer),
             max_body_bytes: s.max_body_bytes,
@@ -128,12 +136,16 @@ where
 /// `p11kms serve`: opens the token, starts metadata upkeep, binds `listen_override` or
 /// `config.server.listen`, prints the paste-able environment and `listening on <addr>`, and
 /// serves until SIGTERM/SIGINT.
-pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
+pub fn serve(config: &Config, listen_override: Option<&str>, ci: bool) -> Result<()> {
     // Before any secret is in memory: no core dumps, not dumpable.
     let hardened = crate::process::harden();
     // Secrets and TLS files first: cheap failures before the token is opened.
     let mut settings = ServerSettings::from_config(config)?;
-    if settings.credentials.is_empty() {
+    if ci {
+        settings.ci_account = Some(ci_account(config)?);
+        settings.regions = sigv4::Regions::Any;
+    }
+    if settings.credentials.is_empty() && !ci {
         tracing::warn!(
             "no credentials are configured; every request will be refused (run `p11kms init` \
              for the embedded dev credential)"
@@ -174,12 +186,29 @@ pub fn serve(config: &Config, listen_override: Option<&str>) -> Result<()> {
     let listen = listen_override.unwrap_or(&config.server.listen);
     runtime.block_on(async {
         let (listener, addr) = bind(listen).await?;
+        if ci && !addr.ip().is_loopback() {
+            return Err(KmsError::config(format!(
+                "--ci accepts any credentials, so it serves only on a loopback address; \
+                 {addr} is not one (use --listen 127.0.0.1:4599)"
+            )));
+        }
         print_banner(config, &settings, addr);
         run(kms, settings, listener, shutdown_signal()).await
     })?;
     // Blocking tasks still finishing after the drain timeout are not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The account of CI mode: P11KMS_ACCOUNT, else `account` of the configuration.
+fn ci_account(config: &Config) -> Result<String> {
+    match std::env::var("P11KMS_ACCOUNT") {
+        Ok(a) if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) => Ok(a),
+        Ok(a) => Err(KmsError::config(format!(
+            "P11KMS_ACCOUNT must be 12 digits, not {a:?}"
+        ))),
+        Err(_) => Ok(config.account.clone()),
+    }
 }
 
 /// The async runtime `serve` (and the benchmark's floor server) runs on.
@@ -238,6 +267,22 @@ fn print_banner(config: &Config, settings: &ServerSettings, addr: SocketAddr) {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
+    }
+    if let Some(account) = &settings.ci_account {
+        let _ = writeln!(
+            std::io::stderr(),
+            "p11kms: *** CI MODE *** any access key id and secret are accepted and no secret is \
+             verified; every request acts as arn:aws:iam::{account}:root in any region. For \
+             tests only: this server listens on loopback ({addr}) and must not be exposed."
+        );
+        let _ = writeln!(out, "export AWS_ENDPOINT_URL={scheme}://{shown}");
+        let _ = writeln!(out, "export AWS_REGION={}", config.region);
+        let _ = writeln!(out, "export AWS_DEFAULT_REGION={}", config.region);
+        let _ = writeln!(out, "export AWS_ACCESS_KEY_ID=test");
+        let _ = writeln!(out, "export AWS_SECRET_ACCESS_KEY=test");
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+        return;
     }
     let _ = writeln!(out, "export AWS_ENDPOINT_URL={scheme}://{shown}");
     let _ = writeln!(out, "export AWS_REGION={}", config.region);

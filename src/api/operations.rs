@@ -19,7 +19,7 @@ use crate::kms::types::{
     SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
     VerifyMacRequest, VerifyRequest,
 };
-use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms, PolicyDocument};
+use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
 /// The `X-Amz-Target` prefix of AWS KMS (its internal service name).
 pub const TARGET_PREFIX: &str = "TrentService.";
@@ -195,6 +195,9 @@ pub struct Caller<'a> {
     pub authorizer: &'a dyn Authorizer,
     pub principal: &'a Principal,
     pub peer: Peer,
+    /// The region the request was signed for and the principal's account: where its key ids
+    /// and alias names resolve, and where the keys and aliases it creates belong.
+    pub scope: ArnScope,
 }
 
 /// The alias a `KeyId` member names as written (`kms:RequestAlias`), if it names one.
@@ -215,7 +218,7 @@ fn request_alias(key_id: &Option<KeySelector>) -> Option<&str> {
 
 impl Caller<'_> {
     fn account(&self) -> &str {
-        self.principal.account(self.kms)
+        &self.scope.account
     }
 
     /// Authorizes `action` on `resource` (`key`: the key record behind it, for conditions).
@@ -271,7 +274,7 @@ impl Caller<'_> {
             // The operation reports the missing member, once the caller may call it at all.
             return self.action(action, asked);
         };
-        let id = self.kms.resolve_key_for(k, forms, self.account())?;
+        let id = self.kms.resolve_key_for(k, forms, &self.scope)?;
         let alias = request_alias(key_id).map(str::to_owned);
         let asked = Asked {
             request_alias: alias.as_deref(),
@@ -288,8 +291,8 @@ impl Caller<'_> {
         let Some(a) = alias else {
             return self.action(action, Asked::default());
         };
-        let name = AliasName::parse(a)?;
-        self.ask(action, Resource::Alias(&name), None, Asked::default())
+        let alias = self.kms.alias_key(Some(&self.scope), AliasName::parse(a)?);
+        self.ask(action, Resource::Alias(&alias), None, Asked::default())
     }
 
     /// The alias itself and the key it points at now (UpdateAlias, DeleteAlias). Returns that
@@ -299,7 +302,7 @@ impl Caller<'_> {
         self.alias_name(action, alias)?;
         let Some(a) = alias else { return Ok(None) };
         // A missing alias is the operation's NotFoundException (the name was authorized).
-        let Some(current) = self.kms.alias_target_of(a)? else {
+        let Some(current) = self.kms.alias_target_in(Some(&self.scope), a)? else {
             return Ok(None);
         };
         // A target that does not exist (a crash's leftover) is asked about as a key of the
@@ -409,10 +412,8 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                     ..Asked::default()
                 },
             )?;
-            let account = c.account().to_owned();
-            let arn_of_new = crate::kms::ArnScope::new(&kms.scope().region, &account)
-                .key_arn(&KeyId::new_random());
-            req.account = Some(account);
+            let arn_of_new = c.scope.key_arn(&KeyId::new_random());
+            req.scope = Some(c.scope.clone());
             let check = |p: &PolicyDocument| c.may_put_policy(p, &arn_of_new);
             json(kms.create_key_checked(req, Some(&check)))
         }
@@ -431,7 +432,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         Op::ListKeys => {
             let mut req: ListRequest = parse(body)?;
             c.action(action, Asked::default())?;
-            req.account = Some(c.account().to_owned());
+            req.scope = Some(c.scope.clone());
             json(kms.list_keys(req))
         }
         Op::EnableKey | Op::DisableKey => {
@@ -468,7 +469,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                 Forms::KeyOnly,
                 Asked::default(),
             )?;
-            check_alias_account(c)?;
+            req.scope = Some(c.scope.clone());
             kms.create_alias(req)?;
             Ok(Reply::Empty)
         }
@@ -484,7 +485,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                     Forms::KeyOnly,
                     Asked::default(),
                 )?;
-                check_alias_account(c)?;
+                req.scope = Some(c.scope.clone());
                 if kms.update_alias_expecting(req.clone(), current)? {
                     return Ok(Reply::Empty);
                 }
@@ -492,10 +493,10 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             Err(alias_kept_moving().into())
         }
         Op::DeleteAlias => {
-            let req: AliasRequest = parse(body)?;
+            let mut req: AliasRequest = parse(body)?;
+            req.scope = Some(c.scope.clone());
             for _ in 0..ALIAS_RACE_RETRIES {
                 let current = c.alias_and_target(action, req.alias_name.as_deref())?;
-                check_alias_account(c)?;
                 if kms.delete_alias_expecting(req.clone(), current)? {
                     return Ok(Reply::Empty);
                 }
@@ -505,17 +506,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         Op::ListAliases => {
             let mut req: ListRequest = parse(body)?;
             c.action(action, Asked::default())?;
-            if c.account() != kms.scope().account {
-                // Aliases live in the service's account only (docs/authorization.md).
-                return json(Ok(crate::kms::types::ListAliasesResponse::empty()));
-            }
-            if let Some(k) = &req.key_id {
-                req.key_id = Some(KeySelector::Resolved(kms.resolve_key_for(
-                    k,
-                    Forms::KeyOnly,
-                    c.account(),
-                )?));
-            }
+            req.scope = Some(c.scope.clone());
             json(kms.list_aliases(req))
         }
         Op::Encrypt => {
@@ -768,20 +759,6 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             kms.put_key_policy(req, Some(&check))?;
             Ok(Reply::Empty)
         }
-    }
-}
-
-/// Aliases live in the service's account only, for now (docs/authorization.md).
-fn check_alias_account(c: &Caller) -> Result<()> {
-    if c.account() == c.kms.scope().account {
-        Ok(())
-    } else {
-        Err(crate::error::KmsError::unsupported(format!(
-            "aliases are kept for account {} only; keys of account {} are named by key id or \
-             key ARN",
-            c.kms.scope().account,
-            c.account()
-        )))
     }
 }
 

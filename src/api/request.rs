@@ -20,16 +20,16 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
-use super::auth::{Authorizer, Credentials};
+use super::auth::{Authorizer, Credentials, Principal};
 use super::body::{check_content_type, declared_length, read_body};
 use super::conns::Conns;
 use super::error::ApiError;
 use super::facts::Peer;
 use super::operations::{execute, Caller, Op};
 use super::response::{error_response, reply_response, request_id, text, with_type, Body};
-use super::sigv4::{RequestParts, Verifier};
+use super::sigv4::{RequestParts, Trust, Verifier};
 use super::ServerSettings;
-use crate::kms::Kms;
+use crate::kms::{ArnScope, Kms};
 
 /// How long a request may wait for a free token session before DependencyTimeoutException.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +51,8 @@ const STUCK_AFTER: Duration = Duration::from_millis(1000);
 pub(super) struct State {
     kms: Arc<Kms>,
     verifier: Verifier,
+    /// CI mode: the one principal every request acts as.
+    ci_principal: Option<Arc<Principal>>,
     credentials: Credentials,
     authorizer: Arc<dyn Authorizer>,
     max_body_bytes: usize,
@@ -81,7 +83,23 @@ impl State {
         settings.credentials.parse_allow_keys(kms.scope());
         State {
             kms,
-            verifier: Verifier::new(&settings.region, "kms"),
+            verifier: Verifier::serving(
+                settings.regions.clone(),
+                if settings.ci_account.is_some() {
+                    Trust::AnyCredentials
+                } else {
+                    Trust::Secrets
+                },
+                "kms",
+            ),
+            ci_principal: settings.ci_account.as_ref().map(|a| {
+                Arc::new(Principal::new(
+                    format!("arn:aws:iam::{a}:root"),
+                    String::new(),
+                    None,
+                    None,
+                ))
+            }),
             credentials: settings.credentials,
             authorizer: settings.authorizer,
             max_body_bytes: settings.max_body_bytes,
@@ -399,11 +417,15 @@ async fn kms_request(
     let body = read_body(body, declared, state.max_body_bytes).await?;
     let verified = checked.finish(&body)?;
     // Verified means the key id is in the store; a miss would be a race with nothing.
-    let principal = state
-        .credentials
-        .principal(&verified.access_key_id)
-        .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?;
+    let principal = match &state.ci_principal {
+        Some(p) => Arc::clone(p),
+        None => state
+            .credentials
+            .principal(&verified.access_key_id)
+            .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?,
+    };
 
+    let region = verified.region;
     let st = Arc::clone(state);
     let rid = request_id.to_owned();
     let work = move || {
@@ -418,6 +440,7 @@ async fn kms_request(
                 authorizer: st.authorizer.as_ref(),
                 principal: &principal,
                 peer,
+                scope: ArnScope::new(&region, principal.account(&st.kms)),
             };
             execute(&caller, op, &body)
         }));

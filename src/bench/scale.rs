@@ -111,6 +111,7 @@ fn populate(kms: &Kms, n: usize) -> Result<(usize, f64, usize, f64)> {
     let alias_secs = run("aliases", make_aliases, &|| {
         let i = next.fetch_add(1, Ordering::Relaxed);
         kms.create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias_name(i)),
             target_key_id: Some(keys[i % keys.len()].clone().into()),
         })
@@ -139,6 +140,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
     {
         let other = crate::app::open(config)?;
         other.update_alias(AliasRequest {
+            scope: None,
             alias_name: Some(alias_name(0)),
             target_key_id: Some(keys[0].clone().into()),
         })?;
@@ -226,6 +228,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
     for round in 0..3 {
         let name = format!("alias/scale-probe-{}-{round}", std::process::id());
         kms.create_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name.clone()),
             target_key_id: Some(keys[0].clone().into()),
         })?;
@@ -250,6 +253,7 @@ fn measure(args: &BenchArgs, config: &Config, state: &Path) -> Result<Figures> {
         }
         f.propagation.push(t0.elapsed());
         kms.delete_alias(AliasRequest {
+            scope: None,
             alias_name: Some(name),
             target_key_id: None,
         })?;

@@ -89,6 +89,11 @@ pub(super) struct ServeArgs {
     /// Address to listen on (overrides the config and P11KMS_LISTEN), e.g. 127.0.0.1:4599.
     #[arg(long)]
     pub(super) listen: Option<String>,
+    /// CI mode, for test suites written for moto or LocalStack: any access key id and secret
+    /// are accepted (the signature's shape and time are still checked), any region; the
+    /// account is `account` of the config or P11KMS_ACCOUNT. Only on a loopback address.
+    #[arg(long)]
+    pub(super) ci: bool,
     /// For `p11kms bench`: serve a fixed answer to every request (no SigV4, no token), with
     /// the same runtime and connection settings: the HTTP floor.
     #[arg(long, hide = true)]

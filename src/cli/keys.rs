@@ -88,7 +88,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
         KeyCmd::List { limit, marker } => {
             let r = match limit {
                 Some(_) => kms.list_keys(ListRequest {
-                    account: None,
+                    scope: None,
                     limit,
                     marker,
                     key_id: None,
@@ -148,6 +148,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
 
 fn alias_req(name: String, key: Option<String>) -> AliasRequest {
     AliasRequest {
+        scope: None,
         alias_name: Some(name),
         target_key_id: key.map(Into::into),
     }
@@ -170,7 +171,7 @@ pub(super) fn alias(kms: &Kms, out: &Out, cmd: AliasCmd) -> Result<()> {
         AliasCmd::List { key, limit, marker } => {
             let r = match limit {
                 Some(_) => kms.list_aliases(ListRequest {
-                    account: None,
+                    scope: None,
                     limit,
                     marker,
                     key_id: key.map(Into::into),

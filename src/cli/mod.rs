@@ -122,7 +122,7 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
         }
-        Configured::Serve(args) => crate::api::serve(&config, args.listen.as_deref()),
+        Configured::Serve(args) => crate::api::serve(&config, args.listen.as_deref(), args.ci),
     }
 }
 

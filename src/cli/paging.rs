@@ -30,7 +30,7 @@ fn every_page<T>(
 pub(crate) fn all_keys(kms: &Kms, marker: Option<String>) -> Result<ListKeysResponse> {
     let (keys, truncated) = every_page(marker, |marker| {
         let page = kms.list_keys(ListRequest {
-            account: None,
+            scope: None,
             limit: Some(PAGE),
             marker,
             key_id: None,
@@ -52,7 +52,7 @@ pub(crate) fn all_aliases(
 ) -> Result<ListAliasesResponse> {
     let (aliases, truncated) = every_page(marker, |marker| {
         let page = kms.list_aliases(ListRequest {
-            account: None,
+            scope: None,
             limit: Some(PAGE),
             marker,
             key_id: key.clone().map(Into::into),

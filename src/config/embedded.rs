@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use super::file::{publish_new_file, write_conf};
 use super::{
-    absolutize, non_empty_env, validate, Config, ConfigSource, Credential, SealingPolicy,
-    SecretSource, ServerConfig, TokenConfig, TokenSelector, DEFAULT_ACCOUNT,
+    absolutize, non_empty_env, validate, Config, ConfigSource, Credential, RegionSet,
+    SealingPolicy, SecretSource, ServerConfig, TokenConfig, TokenSelector, DEFAULT_ACCOUNT,
     DEFAULT_METADATA_REFRESH_MS, DEFAULT_REGION, DEFAULT_SESSIONS,
 };
 use crate::error::{KmsError, Result};
@@ -44,6 +44,7 @@ impl Config {
                 env: Vec::new(),
             },
             region: DEFAULT_REGION.to_owned(),
+            regions: RegionSet::Only(vec![DEFAULT_REGION.to_owned()]),
             account: DEFAULT_ACCOUNT.to_owned(),
             sessions: DEFAULT_SESSIONS,
             metadata_refresh: Duration::from_millis(DEFAULT_METADATA_REFRESH_MS),

@@ -18,6 +18,8 @@ use crate::error::{KmsError, Result};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) region: Option<String>,
+    /// A list of region names, or `"*"`.
+    pub(super) regions: Option<toml::Value>,
     // A Value so an unquoted number gets a helpful message rather than a type error.
     pub(super) account: Option<toml::Value>,
     // Signed so negative values reach our range check and its field-naming message.

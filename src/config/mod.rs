@@ -154,13 +154,25 @@ pub enum ConfigSource {
     Embedded(PathBuf),
 }
 
+/// The regions a server serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionSet {
+    /// These regions (the first is the default).
+    Only(Vec<String>),
+    /// Any region a client signs for (`regions = "*"`).
+    Any,
+}
+
 /// The whole validated configuration. All paths in it are absolute.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The PKCS#11 token holding the master keys.
     pub token: TokenConfig,
-    /// Region used in ARNs.
+    /// Region used in ARNs: the default one (the CLI's, and keys of records without one).
     pub region: String,
+    /// The regions the server serves (SigV4 scopes it accepts; keys and aliases are per
+    /// region): `regions` in the file, else just `region`.
+    pub regions: RegionSet,
     /// 12-digit account id used in ARNs.
     pub account: String,
     /// Session pool size, 1..=256.

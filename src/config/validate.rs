@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::file::{RawConfig, RawCredential, RawServer, RawToken};
 use super::{
-    find_softhsm_module, Config, ConfigSource, Credential, SealingPolicy, Secret, SecretSource,
-    ServerConfig, TokenConfig, TokenSelector, DEFAULT_ACCOUNT, DEFAULT_LISTEN,
+    find_softhsm_module, Config, ConfigSource, Credential, RegionSet, SealingPolicy, Secret,
+    SecretSource, ServerConfig, TokenConfig, TokenSelector, DEFAULT_ACCOUNT, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_METADATA_REFRESH_MS, DEFAULT_REGION,
     DEFAULT_SESSIONS,
 };
@@ -34,6 +34,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&self, raw: RawConfig, file_mode: Option<u32>) -> Result<Config> {
+        let raw_region_given = raw.region.is_some();
         let region = match raw.region {
             Some(r) if valid_region(&r) => r,
             Some(r) => {
@@ -44,6 +45,7 @@ impl Validator<'_> {
             }
             None => DEFAULT_REGION.to_owned(),
         };
+        let (region, regions) = self.regions(raw.regions, raw_region_given, region)?;
         let account = match raw.account {
             None => DEFAULT_ACCOUNT.to_owned(),
             Some(toml::Value::String(a)) if valid_account(&a) => a,
@@ -101,6 +103,7 @@ impl Validator<'_> {
         Ok(Config {
             token,
             region,
+            regions,
             account,
             sessions,
             metadata_refresh: Duration::from_millis(refresh_ms),
@@ -404,6 +407,50 @@ impl Validator<'_> {
         }
         std::fs::read_to_string(path)
             .map_err(|e| self.err(field, format!("cannot read {}: {e}", path.display())))
+    }
+
+    /// `regions`: a non-empty list of region names (the first is the default region unless
+    /// `region` names another one of them), or `"*"` for any.
+    fn regions(
+        &self,
+        raw: Option<toml::Value>,
+        region_given: bool,
+        region: String,
+    ) -> Result<(String, RegionSet)> {
+        let list =
+            match raw {
+                None => return Ok((region.clone(), RegionSet::Only(vec![region]))),
+                Some(toml::Value::String(s)) if s == "*" => return Ok((region, RegionSet::Any)),
+                Some(toml::Value::Array(a)) => a,
+                Some(_) => return Err(self.err(
+                    "regions",
+                    "must be a list of region names, e.g. [\"us-east-1\", \"eu-west-1\"], or \"*\"",
+                )),
+            };
+        let mut names = Vec::new();
+        for v in list {
+            match v {
+                toml::Value::String(r) if valid_region(&r) => {
+                    if !names.contains(&r) {
+                        names.push(r)
+                    }
+                }
+                other => {
+                    return Err(self.err(
+                        "regions",
+                        format!("`{other}` is not a region name like us-east-2"),
+                    ))
+                }
+            }
+        }
+        let Some(first) = names.first().cloned() else {
+            return Err(self.err("regions", "is empty; remove it to serve `region` only"));
+        };
+        if region_given && !names.contains(&region) {
+            return Err(self.err("regions", format!("does not include `region` ({region})")));
+        }
+        let default = if region_given { region } else { first };
+        Ok((default, RegionSet::Only(names)))
     }
 
     fn non_empty_list(&self, field: &str, list: &[String]) -> Result<()> {

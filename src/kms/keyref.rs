@@ -89,14 +89,23 @@ impl AliasName {
     }
 }
 
+impl AliasName {
+    /// A name that sorts before every valid alias name (a range's start).
+    pub(crate) fn lowest() -> AliasName {
+        AliasName(String::new())
+    }
+}
+
 impl fmt::Display for AliasName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// The region and account that ARNs are built in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The region and account that ARNs are built in (and that keys and aliases belong to).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ArnScope {
     /// The AWS region in ARNs.
     pub region: String,
@@ -125,6 +134,23 @@ impl ArnScope {
     /// `arn:aws:kms:<region>:<account>:alias/<name>`.
     pub fn alias_arn(&self, alias: &AliasName) -> String {
         format!("{}{alias}", self.prefix())
+    }
+}
+
+/// An alias as the store keeps it: its name within its region and account (`owner`;
+/// `None`: the service's own, whose records read the same to earlier versions).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AliasKey {
+    /// The alias's region and account (`None`: the service's own).
+    pub owner: Option<ArnScope>,
+    /// Its name, `alias/...`.
+    pub name: AliasName,
+}
+
+impl AliasKey {
+    /// The alias `name` of the service's own region and account.
+    pub fn own(name: AliasName) -> AliasKey {
+        AliasKey { owner: None, name }
     }
 }
 

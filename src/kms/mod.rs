@@ -30,7 +30,7 @@ pub use domain::{
     MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use epoch::EpochPolicy;
-pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
+pub use keyref::{AliasKey, AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 pub use ops::{LockoutCheck, DEFAULT_POLICY_NAME};
 pub use policy::{
     ConditionContext, ConditionMap, Outcome, PolicyDocument, PolicyError, PolicyKind,
@@ -153,16 +153,28 @@ impl Kms {
             .unwrap_or_else(|| self.scope.account.clone())
     }
 
-    /// Whether a key belongs to `account`.
+    /// The region a key belongs to.
+    pub fn region_of<'a>(&'a self, record: &'a records::KeyRecord) -> &'a str {
+        record.region.as_deref().unwrap_or(&self.scope.region)
+    }
+
+    /// Whether a key belongs to `account` (in any region).
     pub fn in_account(&self, record: &records::KeyRecord, account: &str) -> bool {
         record.account.as_deref().unwrap_or(&self.scope.account) == account
     }
 
-    /// A key's ARN, in its own account.
+    /// Whether a key belongs to the region and account of `scope`.
+    pub fn in_scope(&self, record: &records::KeyRecord, scope: &ArnScope) -> bool {
+        self.in_account(record, &scope.account) && self.region_of(record) == scope.region
+    }
+
+    /// A key's ARN, in its own region and account.
     pub fn key_arn(&self, record: &records::KeyRecord) -> String {
-        match &record.account {
-            None => self.scope.key_arn(&record.id),
-            Some(a) => ArnScope::new(&self.scope.region, a).key_arn(&record.id),
+        match (&record.region, &record.account) {
+            (None, None) => self.scope.key_arn(&record.id),
+            _ => {
+                ArnScope::new(self.region_of(record), &self.account_of(record)).key_arn(&record.id)
+            }
         }
     }
 

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hsm::Kdf;
-use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::keyref::{AliasKey, AliasName, ArnScope, KeyId};
 
 /// `CKA_APPLICATION` of every p11kms data object.
 pub const APPLICATION: &str = "p11kms";
@@ -69,6 +69,9 @@ pub struct KeyRecord {
     /// that account read the same to earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The region the key belongs to; absent: the service's default region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 fn symmetric_default() -> KeySpec {
@@ -110,6 +113,7 @@ impl KeyRecord {
             usage: KeyUsage::EncryptDecrypt,
             public_key: None,
             account: None,
+            region: None,
         }
     }
 
@@ -133,6 +137,7 @@ impl KeyRecord {
             usage: KeyUsage::EncryptDecrypt,
             public_key: None,
             account: None,
+            region: None,
         }
     }
 
@@ -172,13 +177,16 @@ pub struct AliasRecord {
     pub target: Option<KeyId>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// The region and account the alias belongs to; absent: the service's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ArnScope>,
 }
 
 /// What a record object's label says, before its value is read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
     Key(KeyId),
-    Alias(AliasName),
+    Alias(AliasKey),
 }
 
 /// A parsed record label.
@@ -193,7 +201,16 @@ impl RecordLabel {
     pub fn format(&self) -> String {
         match &self.subject {
             Subject::Key(id) => format!("p11kms:key:{id}:{:010}:{}", self.seq, self.writer),
-            Subject::Alias(a) => format!("p11kms:alias:{a}:{:010}:{}", self.seq, self.writer),
+            Subject::Alias(AliasKey { owner: None, name }) => {
+                format!("p11kms:alias:{name}:{:010}:{}", self.seq, self.writer)
+            }
+            Subject::Alias(AliasKey {
+                owner: Some(o),
+                name,
+            }) => format!(
+                "p11kms:alias:{}:{}:{name}:{:010}:{}",
+                o.region, o.account, self.seq, self.writer
+            ),
         }
     }
 
@@ -207,7 +224,7 @@ impl RecordLabel {
         let subject = if let Some(id) = rest.strip_prefix("p11kms:key:") {
             Subject::Key(id.parse().ok()?)
         } else if let Some(name) = rest.strip_prefix("p11kms:alias:") {
-            Subject::Alias(AliasName::parse(name).ok()?)
+            Subject::Alias(parse_alias_key(name)?)
         } else {
             return None;
         };
@@ -225,6 +242,25 @@ impl RecordLabel {
     pub fn rank(&self) -> (u64, &str) {
         (self.seq, &self.writer)
     }
+}
+
+/// `alias/<name>` (the service's own) or `<region>:<account>:alias/<name>`.
+fn parse_alias_key(s: &str) -> Option<AliasKey> {
+    if s.starts_with(AliasName::PREFIX) {
+        return Some(AliasKey::own(AliasName::parse(s).ok()?));
+    }
+    let (region, rest) = s.split_once(':')?;
+    let (account, name) = rest.split_once(':')?;
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    (region_ok && account_ok).then_some(())?;
+    Some(AliasKey {
+        owner: Some(ArnScope::new(region, account)),
+        name: AliasName::parse(name).ok()?,
+    })
 }
 
 /// A record's value as stored: versioned JSON so the format can grow.
@@ -287,6 +323,10 @@ impl Record {
             public_key: None,
             account: v
                 .get("account")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            region: v
+                .get("region")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),
         }))
@@ -392,7 +432,11 @@ mod tests {
         let id = KeyId::new_random();
         for subject in [
             Subject::Key(id),
-            Subject::Alias(AliasName::parse("alias/a:b/c").unwrap()),
+            Subject::Alias(AliasKey::own(AliasName::parse("alias/a:b/c").unwrap())),
+            Subject::Alias(AliasKey {
+                owner: Some(ArnScope::new("eu-west-1", "444455556666")),
+                name: AliasName::parse("alias/a:b/c").unwrap(),
+            }),
         ] {
             let l = RecordLabel {
                 subject,
@@ -457,6 +501,7 @@ mod tests {
             target: None,
             created_ms: 1,
             updated_ms: 2,
+            owner: None,
         });
         assert_eq!(Record::decode(&a.encode()), Some(a));
     }

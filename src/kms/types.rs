@@ -21,7 +21,7 @@ use super::domain::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyManager, KeySpec, KeyState,
     KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
 };
-pub use super::keyref::KeySelector;
+pub use super::keyref::{ArnScope, KeySelector};
 
 /// Bytes that travel as base64 in JSON (ciphertext blobs).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -107,10 +107,10 @@ pub struct CreateKeyRequest {
     pub bypass_policy_lockout_safety_check: Option<bool>,
     pub custom_key_store_id: Option<String>,
     pub xks_key_id: Option<String>,
-    /// The account the new key belongs to: the caller's, set by the layer that knows the
-    /// caller (never read from the request body); `None`: the service's account.
+    /// The region and account the new key belongs to: the caller's, set by the layer that
+    /// knows the caller (never read from the request body); `None`: the service's own.
     #[serde(skip)]
-    pub account: Option<String>,
+    pub scope: Option<ArnScope>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,10 +171,10 @@ pub struct ListRequest {
     pub marker: Option<String>,
     /// ListAliases only: restrict to one key.
     pub key_id: Option<KeySelector>,
-    /// ListKeys: the caller's account, set by the layer that knows the caller (never read
-    /// from the request body); `None`: the service's account.
+    /// The caller's region and account, set by the layer that knows the caller (never read
+    /// from the request body); `None`: the service's own.
     #[serde(skip)]
-    pub account: Option<String>,
+    pub scope: Option<ArnScope>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +228,9 @@ impl ListAliasesResponse {
 pub struct AliasRequest {
     pub alias_name: Option<String>,
     pub target_key_id: Option<KeySelector>,
+    /// The caller's region and account (see [`ListRequest::scope`]).
+    #[serde(skip)]
+    pub scope: Option<ArnScope>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

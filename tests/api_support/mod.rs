@@ -71,7 +71,8 @@ pub fn settings(tls: Option<Arc<rustls::ServerConfig>>) -> ServerSettings {
         identity_policy: None,
     });
     ServerSettings {
-        region: fx.config.region.clone(),
+        regions: p11kms::api::Regions::List(vec![fx.config.region.clone()]),
+        ci_account: None,
         credentials: Credentials::from_config(&creds).expect("credentials"),
         authorizer: Arc::new(PolicyAuthorizer),
         max_body_bytes: fx.config.server.max_body_bytes,

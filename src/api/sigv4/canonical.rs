@@ -378,7 +378,8 @@ mod tests {
             assert_eq!(
                 verifier.verify(&parts, k.body, &store, now),
                 Ok(Verified {
-                    access_key_id: "AKIDEXAMPLE".into()
+                    access_key_id: "AKIDEXAMPLE".into(),
+                    region: "us-east-1".into(),
                 }),
                 "{}",
                 k.name

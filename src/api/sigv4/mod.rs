@@ -118,26 +118,66 @@ impl std::error::Error for AuthError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub access_key_id: String,
+    /// The region of the signature's scope (one the verifier serves).
+    pub region: String,
+}
+
+/// The regions a verifier serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regions {
+    /// These (the first is the default).
+    List(Vec<String>),
+    /// Any region a client signs for.
+    Any,
+}
+
+impl Regions {
+    fn allows(&self, region: &str) -> bool {
+        match self {
+            Regions::Any => is_region_name(region),
+            Regions::List(l) => l.iter().any(|r| r == region),
+        }
+    }
+}
+
+/// What a region name looks like (`us-east-1`, `eu-central-2`, `local`): 1 to 32 lowercase
+/// letters, digits and dashes. A scope naming anything else is refused before it is used.
+pub fn is_region_name(r: &str) -> bool {
+    (1..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// What signatures prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The signature is checked with the access key's configured secret.
+    Secrets,
+    /// CI mode: any access key id is accepted and no secret is verified; the signature's
+    /// shape, scope and time are still checked (`serve --ci`, loopback only).
+    AnyCredentials,
 }
 
 /// What a cached signing key is for: SHA-256 over the access key id, the secret (so that
-/// rotating a secret never reuses a stale signing key) and the day, each length-prefixed. The
-/// region and service are the verifier's own. A fixed-size key: a lookup allocates nothing.
+/// rotating a secret never reuses a stale signing key), the day and the region, each
+/// length-prefixed. The service is the verifier's own. A fixed-size key: a lookup allocates
+/// nothing.
 type CacheKey = [u8; 32];
 
-fn cache_key(access_key_id: &str, secret: &str, date: &str) -> CacheKey {
+fn cache_key(access_key_id: &str, secret: &str, date: &str, region: &str) -> CacheKey {
     let mut h = Sha256::new();
     h.update(b"p11kms sigv4 signing-key cache\0");
-    for part in [access_key_id, secret, date] {
+    for part in [access_key_id, secret, date, region] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
     h.finalize().into()
 }
 
-/// Verifies SigV4 header signatures for one region and service.
+/// Verifies SigV4 header signatures for its regions and one service.
 pub struct Verifier {
-    region: String,
+    regions: Regions,
+    trust: Trust,
     service: String,
     /// Derived signing keys: saves the four chained HMACs on every request after the first.
     cache: Mutex<HashMap<CacheKey, [u8; 32]>>,
@@ -147,16 +187,29 @@ impl fmt::Debug for Verifier {
     // Hand-written so that cached signing keys never end up in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("region", &self.region)
+            .field("regions", &self.regions)
+            .field("trust", &self.trust)
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
+    /// A verifier of signatures for `region` only, with the configured secrets.
+    #[cfg(test)]
     pub fn new(region: &str, service: &str) -> Self {
+        Verifier::serving(
+            Regions::List(vec![region.to_owned()]),
+            Trust::Secrets,
+            service,
+        )
+    }
+
+    /// A verifier for `regions`, trusting signatures as `trust` says.
+    pub fn serving(regions: Regions, trust: Trust, service: &str) -> Self {
         Verifier {
-            region: region.to_owned(),
+            regions,
+            trust,
             service: service.to_owned(),
             cache: Mutex::new(HashMap::new()),
         }
@@ -221,15 +274,18 @@ impl Verifier {
         check_coverage(req, &auth.signed_headers)?;
         // A scope for another region/service is a signature error at AWS (the client signed
         // something this endpoint would never accept). The unit variant carries no detail.
-        if auth.region != self.region || auth.service != self.service {
+        if !self.regions.allows(auth.region) || auth.service != self.service {
             return Err(AuthError::BadSignature);
         }
 
         check_skew(request_time, now)?;
 
-        let secret = store
-            .secret_for(auth.access_key_id)
-            .ok_or(AuthError::UnknownAccessKey)?;
+        let secret = match self.trust {
+            Trust::Secrets => store
+                .secret_for(auth.access_key_id)
+                .ok_or(AuthError::UnknownAccessKey)?,
+            Trust::AnyCredentials => "",
+        };
         Ok(HeadChecked {
             verifier: self,
             head: *req,
@@ -239,13 +295,19 @@ impl Verifier {
         })
     }
 
-    fn signing_key(&self, access_key_id: &str, secret: &str, date: &str) -> Option<[u8; 32]> {
-        let key = cache_key(access_key_id, secret, date);
+    fn signing_key(
+        &self,
+        access_key_id: &str,
+        secret: &str,
+        date: &str,
+        region: &str,
+    ) -> Option<[u8; 32]> {
+        let key = cache_key(access_key_id, secret, date, region);
         if let Some(k) = sync::lock(&self.cache).get(&key) {
             return Some(*k);
         }
         // Derived outside the lock; a concurrent duplicate derivation is harmless.
-        let k_signing = derive_signing_key(secret, date, &self.region, &self.service)?;
+        let k_signing = derive_signing_key(secret, date, region, &self.service)?;
         let mut cache = sync::lock(&self.cache);
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
@@ -289,28 +351,33 @@ impl HeadChecked<'_> {
             }
         }
         let v = self.verifier;
+        // Anything but 64 hex digits is simply a wrong signature (the length is public).
+        let mut provided = [0u8; 32];
+        hex::decode_to_slice(self.auth.signature, &mut provided)
+            .map_err(|_| AuthError::BadSignature)?;
+        let verified = Verified {
+            access_key_id: self.auth.access_key_id.to_owned(),
+            region: self.auth.region.to_owned(),
+        };
+        if v.trust == Trust::AnyCredentials {
+            return Ok(verified);
+        }
         let canonical = canonical_request(&self.head, &self.auth.signed_headers, &payload_hash);
         let day = &self.amz_date[..8];
         let string_to_sign = format!(
             "{ALGORITHM}\n{}\n{day}/{}/{}/{TERMINATOR}\n{}",
             self.amz_date,
-            v.region,
+            self.auth.region,
             v.service,
             hex::encode(Sha256::digest(&canonical))
         );
         let signing_key = v
-            .signing_key(self.auth.access_key_id, self.secret, day)
+            .signing_key(self.auth.access_key_id, self.secret, day, self.auth.region)
             .ok_or(AuthError::BadSignature)?;
         let expected =
             hmac_sha256(&signing_key, string_to_sign.as_bytes()).ok_or(AuthError::BadSignature)?;
-        // Anything but 64 hex digits is simply a wrong signature (the length is public).
-        let mut provided = [0u8; 32];
-        hex::decode_to_slice(self.auth.signature, &mut provided)
-            .map_err(|_| AuthError::BadSignature)?;
         if bool::from(expected.ct_eq(&provided)) {
-            Ok(Verified {
-                access_key_id: self.auth.access_key_id.to_owned(),
-            })
+            Ok(verified)
         } else {
             Err(AuthError::BadSignature)
         }
@@ -518,6 +585,7 @@ mod tests {
     pub(super) fn ok() -> Result<Verified, AuthError> {
         Ok(Verified {
             access_key_id: AKID.to_owned(),
+            region: REGION.to_owned(),
         })
     }
 
@@ -695,7 +763,7 @@ mod tests {
     fn cache_stays_bounded() {
         let verifier = Verifier::new(REGION, "kms");
         for i in 0..(CACHE_CAPACITY + 10) {
-            verifier.signing_key(&format!("AKID{i}"), SECRET, "20240501");
+            verifier.signing_key(&format!("AKID{i}"), SECRET, "20240501", REGION);
         }
         assert!(sync::lock(&verifier.cache).len() <= CACHE_CAPACITY);
     }
@@ -740,7 +808,10 @@ mod tests {
             "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
         );
         let verifier = Verifier::new("us-east-1", "iam");
-        assert_eq!(verifier.signing_key("AKID", secret, "20120215"), Some(key));
+        assert_eq!(
+            verifier.signing_key("AKID", secret, "20120215", "us-east-1"),
+            Some(key)
+        );
     }
 
     mod properties {

@@ -7,58 +7,85 @@ use super::super::domain::KeyState;
 use super::super::records::AliasRecord;
 use super::super::store::Snapshot;
 use super::super::types::*;
-use super::super::{AliasName, Forms, KeyId, Kms};
+use super::super::{AliasKey, AliasName, ArnScope, Forms, KeyId, Kms};
 use super::{check_limit, now_ms, required, secs, unavailable_state};
 use crate::error::{KmsError, Result};
 
 impl Kms {
-    /// The target of CreateAlias/UpdateAlias: a key id or ARN (the key's state is checked
-    /// when the alias is written, see [`check_alias_target`]).
-    fn alias_target(&self, target: Option<KeySelector>) -> Result<KeyId> {
-        Ok(self
-            .resolve(&required(target, "targetKeyId")?, Forms::KeyOnly)?
-            .0)
+    /// The owner an alias of a caller in `scope` has: `None` for the service's own region
+    /// and account (records then read the same to earlier versions).
+    pub(crate) fn owner(&self, scope: Option<&ArnScope>) -> Option<ArnScope> {
+        scope.filter(|s| **s != self.scope).cloned()
     }
 
-    fn alias_not_found(&self, name: &AliasName) -> KmsError {
-        KmsError::not_found(format!(
-            "Alias {} is not found.",
-            self.scope.alias_arn(name)
-        ))
+    /// The alias `name` of a caller in `scope` (`None`: the service's own).
+    pub(crate) fn alias_key(&self, scope: Option<&ArnScope>, name: AliasName) -> AliasKey {
+        AliasKey {
+            owner: self.owner(scope),
+            name,
+        }
     }
 
-    /// An alias may point at a key that exists and is neither pending deletion nor unknown,
-    /// as the snapshot has it when the alias is written.
-    fn check_alias_target(&self, snap: &Snapshot, target: KeyId) -> Result<()> {
-        let arn = self.scope.key_arn(&target);
-        match snap.keys.get(&target).map(|e| e.record.state) {
+    /// `arn:aws:kms:<region>:<account>:alias/<name>` of an alias, in its own scope.
+    pub fn alias_arn(&self, alias: &AliasKey) -> String {
+        alias
+            .owner
+            .as_ref()
+            .unwrap_or(&self.scope)
+            .alias_arn(&alias.name)
+    }
+
+    /// The target of CreateAlias/UpdateAlias: a key id or ARN of the alias's own scope (the
+    /// key's state is checked when the alias is written, see [`check_alias_target`]).
+    fn alias_target(&self, target: Option<KeySelector>, alias: &AliasKey) -> Result<KeyId> {
+        let scope = alias.owner.as_ref().unwrap_or(&self.scope).clone();
+        self.resolve_key_for(&required(target, "targetKeyId")?, Forms::KeyOnly, &scope)
+    }
+
+    fn alias_not_found(&self, alias: &AliasKey) -> KmsError {
+        KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(alias)))
+    }
+
+    /// An alias may point at a key of its own region and account that exists and is neither
+    /// pending deletion nor unknown, as the snapshot has it when the alias is written.
+    fn check_alias_target(&self, snap: &Snapshot, target: KeyId, alias: &AliasKey) -> Result<()> {
+        let scope = alias.owner.as_ref().unwrap_or(&self.scope);
+        let arn = scope.key_arn(&target);
+        match snap.keys.get(&target) {
             None => Err(KmsError::not_found(format!("Key '{arn}' does not exist"))),
-            Some(KeyState::PendingDeletion) => Err(KmsError::invalid_state(format!(
-                "{arn} is pending deletion."
-            ))),
-            Some(KeyState::Unknown) => Err(unavailable_state(&arn)),
-            Some(KeyState::Enabled | KeyState::Disabled) => Ok(()),
+            Some(e) if !self.in_scope(&e.record, scope) => {
+                Err(KmsError::not_found(format!("Key '{arn}' does not exist")))
+            }
+            Some(e) => match e.record.state {
+                KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
+                    "{arn} is pending deletion."
+                ))),
+                KeyState::Unknown => Err(unavailable_state(&arn)),
+                KeyState::Enabled | KeyState::Disabled => Ok(()),
+            },
         }
     }
 
     /// CreateAlias.
     pub fn create_alias(&self, req: AliasRequest) -> Result<()> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
-        let target = self.alias_target(req.target_key_id)?;
+        let alias = self.alias_key(req.scope.as_ref(), name);
+        let target = self.alias_target(req.target_key_id, &alias)?;
         let now = now_ms();
-        self.store.put_alias(&name, |snap, current| {
+        self.store.put_alias(&alias, |snap, current| {
             if current.is_some() {
                 return Err(KmsError::already_exists(format!(
                     "An alias with the name {} already exists",
-                    self.scope.alias_arn(&name)
+                    self.alias_arn(&alias)
                 )));
             }
-            self.check_alias_target(snap, target)?;
+            self.check_alias_target(snap, target, &alias)?;
             Ok(AliasRecord {
-                name: name.to_string(),
+                name: alias.name.to_string(),
                 target: Some(target),
                 created_ms: now,
                 updated_ms: now,
+                owner: alias.owner.clone(),
             })
         })
     }
@@ -76,9 +103,10 @@ impl Kms {
         expected: Option<KeyId>,
     ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
-        let target = self.alias_target(req.target_key_id)?;
-        self.change_alias(&name, expected, |snap, current| {
-            self.check_alias_target(snap, target)?;
+        let alias = self.alias_key(req.scope.as_ref(), name);
+        let target = self.alias_target(req.target_key_id, &alias)?;
+        self.change_alias(&alias, expected, |snap, current| {
+            self.check_alias_target(snap, target, &alias)?;
             Ok(AliasRecord {
                 target: Some(target),
                 updated_ms: now_ms(),
@@ -100,7 +128,8 @@ impl Kms {
         expected: Option<KeyId>,
     ) -> Result<bool> {
         let name = AliasName::parse(&required(req.alias_name, "aliasName")?)?;
-        self.change_alias(&name, expected, |_, current| {
+        let alias = self.alias_key(req.scope.as_ref(), name);
+        self.change_alias(&alias, expected, |_, current| {
             Ok(AliasRecord {
                 target: None,
                 updated_ms: now_ms(),
@@ -113,7 +142,7 @@ impl Kms {
     /// given); `Ok(false)` when it has moved (nothing written).
     fn change_alias(
         &self,
-        name: &AliasName,
+        name: &AliasKey,
         expected: Option<KeyId>,
         make: impl FnOnce(&Snapshot, &AliasRecord) -> Result<AliasRecord>,
     ) -> Result<bool> {
@@ -137,42 +166,54 @@ impl Kms {
         self.store
             .read()
             .aliases_of(id)
-            .map(|(n, _)| n.as_str().to_owned())
+            .map(|(n, _)| n.name.as_str().to_owned())
             .collect()
     }
 
     /// The key an alias points at now, if the alias exists.
     pub fn alias_target_of(&self, alias: &str) -> Result<Option<KeyId>> {
-        let name = AliasName::parse(alias)?;
-        Ok(self.store.read().aliases.get(&name).and_then(|a| a.target))
+        self.alias_target_in(None, alias)
     }
 
-    /// ListAliases (of every key, or of `KeyId`).
+    /// The key the alias `alias` of a caller in `scope` points at now, if it exists.
+    pub fn alias_target_in(&self, scope: Option<&ArnScope>, alias: &str) -> Result<Option<KeyId>> {
+        let key = self.alias_key(scope, AliasName::parse(alias)?);
+        Ok(self.store.read().aliases.get(&key).and_then(|a| a.target))
+    }
+
+    /// ListAliases of the caller's region and account (of every key, or of `KeyId`).
     pub fn list_aliases(&self, req: ListRequest) -> Result<ListAliasesResponse> {
         let limit = check_limit(req.limit, 100)?;
+        let owner = self.owner(req.scope.as_ref());
+        let scope = owner.clone().unwrap_or_else(|| self.scope.clone());
         let key = match req.key_id {
-            Some(k) => Some(self.resolve(&k, Forms::KeyOnly)?.0),
+            Some(k) => Some(self.resolve_key_for(&k, Forms::KeyOnly, &scope)?),
             None => None,
         };
         let start = match &req.marker {
-            None => Bound::Unbounded,
-            Some(m) => Bound::Excluded(
-                AliasName::parse(m)
+            None => Bound::Included(AliasKey {
+                owner: owner.clone(),
+                name: AliasName::lowest(),
+            }),
+            Some(m) => Bound::Excluded(AliasKey {
+                owner: owner.clone(),
+                name: AliasName::parse(m)
                     .map_err(|_| KmsError::invalid_marker(format!("Invalid marker {m}")))?,
-            ),
+            }),
         };
         let snap = self.store.read();
         let mut iter = snap
             .aliases
             .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.owner == owner)
             .filter(|(_, a)| key.is_none() || a.target == key)
             .filter_map(|(n, a)| a.target.map(|t| (n, a, t)));
         let aliases: Vec<AliasListEntry> = iter
             .by_ref()
             .take(limit)
             .map(|(n, a, t)| AliasListEntry {
-                alias_name: n.to_string(),
-                alias_arn: self.scope.alias_arn(n),
+                alias_name: n.name.to_string(),
+                alias_arn: scope.alias_arn(&n.name),
                 target_key_id: t.to_string(),
                 creation_date: secs(a.created_ms),
                 last_updated_date: secs(a.updated_ms),

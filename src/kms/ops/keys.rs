@@ -184,7 +184,16 @@ impl Kms {
             spec,
             usage,
             public_key: None,
-            account: req.account.filter(|a| *a != self.scope.account),
+            account: req
+                .scope
+                .as_ref()
+                .map(|s| s.account.clone())
+                .filter(|a| *a != self.scope.account),
+            region: req
+                .scope
+                .as_ref()
+                .map(|s| s.region.clone())
+                .filter(|r| *r != self.scope.region),
         };
         // The key material first: a crash before the record leaves an invisible orphan,
         // never a record without a key.
@@ -239,12 +248,12 @@ impl Kms {
                     .map_err(|_| KmsError::invalid_marker(format!("Invalid marker {m}")))?,
             ),
         };
-        let account = req.account.unwrap_or_else(|| self.scope.account.clone());
+        let scope = req.scope.unwrap_or_else(|| self.scope.clone());
         let snap = self.store.read();
         let mut iter = snap
             .keys
             .range((start, Bound::Unbounded))
-            .filter(|(_, e)| self.in_account(&e.record, &account));
+            .filter(|(_, e)| self.in_scope(&e.record, &scope));
         let keys: Vec<KeyListEntry> = iter
             .by_ref()
             .take(limit)
@@ -451,7 +460,10 @@ mod tests {
             ),
             (
                 CreateKeyRequest {
-                    tags: Some(vec![Tag::default()]),
+                    tags: Some(vec![Tag {
+                        tag_key: "aws:x".into(),
+                        tag_value: String::new(),
+                    }]),
                     ..Default::default()
                 },
                 "TagException",

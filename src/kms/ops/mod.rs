@@ -149,7 +149,11 @@ impl Kms {
         let snap = self.store.read();
         let id = match named {
             KeyRef::Id(id) => id,
-            KeyRef::Alias(a) => match snap.aliases.get(&a).and_then(|r| r.target) {
+            KeyRef::Alias(a) => match snap
+                .aliases
+                .get(&super::AliasKey::own(a.clone()))
+                .and_then(|r| r.target)
+            {
                 Some(id) => id,
                 None => {
                     return Err(KmsError::not_found(format!(
@@ -180,39 +184,47 @@ impl Kms {
             })
     }
 
-    /// The key a `KeyId` parameter names for a caller of `account`: a key id or alias names
-    /// a key of that account only; a key ARN names the key of the ARN's account wherever the
-    /// caller is (cross-account use, which authorization then decides). Aliases are kept
-    /// for the service's account only. A key of another account than named is not found,
-    /// exactly like a key that does not exist.
-    pub fn resolve_key_for(&self, key: &KeySelector, forms: Forms, account: &str) -> Result<KeyId> {
+    /// The key a `KeyId` parameter names for a caller in `caller` (its region and account):
+    /// a key id or alias names a key of that region and account only; a key or alias ARN
+    /// names the key of the ARN's account (in the caller's region) wherever the caller is
+    /// (cross-account use, which authorization then decides). A key of another account or
+    /// region than named is not found, exactly like a key that does not exist.
+    pub fn resolve_key_for(
+        &self,
+        key: &KeySelector,
+        forms: Forms,
+        caller: &super::ArnScope,
+    ) -> Result<KeyId> {
         let KeySelector::Named(s) = key else {
             return self.resolve(key, forms).map(|(id, _)| id);
         };
-        let named_account = split_kms_arn(s, &self.scope.region).unwrap_or(account);
-        let here = super::ArnScope::new(&self.scope.region, named_account);
-        let not_found = || KmsError::not_found(format!("Invalid keyId {s}"));
+        let account = split_kms_arn(s, &caller.region).unwrap_or(&caller.account);
+        let here = super::ArnScope::new(&caller.region, account);
         match KeyRef::parse(s, &here, forms)? {
             KeyRef::Id(id) => {
                 let snap = self.store.read();
                 match snap.keys.get(&id) {
-                    Some(e) if self.in_account(&e.record, named_account) => Ok(id),
-                    Some(_) => Err(not_found()),
-                    None => Err(KmsError::not_found(format!(
+                    Some(e) if self.in_scope(&e.record, &here) => Ok(id),
+                    _ => Err(KmsError::not_found(format!(
                         "Key '{}' does not exist",
                         here.key_arn(&id)
                     ))),
                 }
             }
             KeyRef::Alias(a) => {
-                if named_account != self.scope.account {
-                    return Err(KmsError::not_found(format!(
+                let alias = self.alias_key(Some(&here), a);
+                let snap = self.store.read();
+                match snap.aliases.get(&alias).and_then(|r| r.target) {
+                    Some(id) if snap.keys.contains_key(&id) => Ok(id),
+                    Some(id) => Err(KmsError::not_found(format!(
+                        "Key '{}' does not exist",
+                        here.key_arn(&id)
+                    ))),
+                    None => Err(KmsError::not_found(format!(
                         "Alias {} is not found.",
-                        here.alias_arn(&a)
-                    )));
+                        self.alias_arn(&alias)
+                    ))),
                 }
-                self.resolve(&KeySelector::Named(a.as_str().to_owned()), forms)
-                    .map(|(id, _)| id)
             }
         }
     }

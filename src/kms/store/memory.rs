@@ -12,7 +12,7 @@ use super::backend::{BackingKeys, RecordBackend, Stored};
 use super::{Change, Store};
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
-use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::keyref::{AliasKey, AliasName, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION,
 };
@@ -376,13 +376,14 @@ fn a_due_key_goes_with_its_aliases_and_backing_keys_only_if_the_records_still_sa
     let m = Arc::new(Memory::default());
     let s = open(&m);
     let id = create_key(&m, &s, "doomed");
-    let name = AliasName::parse("alias/doomed").unwrap();
+    let name = AliasKey::own(AliasName::parse("alias/doomed").unwrap());
     s.put_alias(&name, |_, _| {
         Ok(AliasRecord {
-            name: name.as_str().to_owned(),
+            name: name.name.as_str().to_owned(),
             target: Some(id),
             created_ms: 1,
             updated_ms: 1,
+            owner: None,
         })
     })
     .unwrap();

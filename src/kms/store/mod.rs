@@ -58,7 +58,7 @@ use generation::Stamp;
 
 use crate::error::{KmsError, Result};
 use crate::hsm::{CmkHandle, DataHandle, Token};
-use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::keyref::{AliasKey, KeyId};
 use crate::kms::records::{AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION};
 use crate::sync;
 
@@ -84,9 +84,9 @@ pub struct KeyEntry<H = CmkHandle> {
 #[derive(Debug)]
 pub struct Snapshot<O = DataHandle, H = CmkHandle> {
     pub keys: BTreeMap<KeyId, KeyEntry<H>>,
-    pub aliases: BTreeMap<AliasName, AliasRecord>,
+    pub aliases: BTreeMap<AliasKey, AliasRecord>,
     key_meta: HashMap<KeyId, (RecordLabel, Vec<O>)>,
-    alias_meta: HashMap<AliasName, (RecordLabel, Vec<O>, bool)>,
+    alias_meta: HashMap<AliasKey, (RecordLabel, Vec<O>, bool)>,
     /// Every key id with at least one record object in the token, readable or not: its
     /// backing keys are never orphans.
     claimed: HashSet<KeyId>,
@@ -106,7 +106,7 @@ impl<O, H> Default for Snapshot<O, H> {
 
 impl<O, H> Snapshot<O, H> {
     /// Aliases that point at `id`, in name order.
-    pub fn aliases_of(&self, id: KeyId) -> impl Iterator<Item = (&AliasName, &AliasRecord)> {
+    pub fn aliases_of(&self, id: KeyId) -> impl Iterator<Item = (&AliasKey, &AliasRecord)> {
         self.aliases
             .iter()
             .filter(move |(_, a)| a.target == Some(id))
@@ -166,7 +166,9 @@ impl<O> Default for WriterState<O> {
     }
 }
 
-/// What a record rule decided (see [`Store::update_key`]).
+/// What a record rule decided (see [`Store::update_key`]). Made once per write and moved
+/// straight into it: the size of the record is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     /// Write this record.
     Write(KeyRecord),
@@ -327,7 +329,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     fn write_alias(
         &self,
         w: &mut WriterState<R::Object>,
-        name: &AliasName,
+        name: &AliasKey,
         record: AliasRecord,
     ) -> Result<()> {
         let prev = self.read().alias_meta.get(name).cloned();
@@ -365,7 +367,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// succeeds. `rule` must be quick and must not call into the store.
     pub fn put_alias(
         &self,
-        name: &AliasName,
+        name: &AliasKey,
         rule: impl FnOnce(&Snapshot<R::Object, K::Key>, Option<&AliasRecord>) -> Result<AliasRecord>,
     ) -> Result<()> {
         let mut w = self.lock_writer();

@@ -8,7 +8,7 @@ use super::backend::Stored;
 use super::{BackingKeys, KeyEntry, RecordBackend, Snapshot, Store, WriterState};
 use crate::error::Result;
 use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
-use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::keyref::{AliasKey, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
     APPLICATION, CMK_LABEL_PREFIX,
@@ -68,7 +68,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut live_labels = HashSet::new();
         let mut claimed = HashSet::new();
         let mut keys: HashMap<KeyId, Versions<KeyRecord, R::Object>> = HashMap::new();
-        let mut aliases: HashMap<AliasName, Versions<AliasRecord, R::Object>> = HashMap::new();
+        let mut aliases: HashMap<AliasKey, Versions<AliasRecord, R::Object>> = HashMap::new();
         for Stored {
             object: handle,
             label: obj_label,
@@ -105,7 +105,9 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 (Subject::Key(id), Record::KeyV1(r)) if r.id == *id => {
                     Versions::offer(keys.entry(*id), label, r, handle);
                 }
-                (Subject::Alias(name), Record::AliasV1(r)) if r.name == name.as_str() => {
+                (Subject::Alias(name), Record::AliasV1(r))
+                    if r.name == name.name.as_str() && r.owner == name.owner =>
+                {
                     Versions::offer(aliases.entry(name.clone()), label, r, handle);
                 }
                 _ => {}

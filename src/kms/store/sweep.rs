@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{BackingKeys, RecordBackend, Store, WriterState, SAFETY_NET_FACTOR};
 use crate::error::Result;
 use crate::hsm::Lookup;
-use crate::kms::keyref::{AliasName, KeyId};
+use crate::kms::keyref::{AliasKey, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
     APPLICATION, CMK_LABEL_PREFIX,
@@ -70,7 +70,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         };
         let (aliases, cmks) = {
             let snap = self.read();
-            let aliases: Vec<(AliasName, AliasRecord)> = snap
+            let aliases: Vec<(AliasKey, AliasRecord)> = snap
                 .aliases_of(*id)
                 .map(|(n, a)| (n.clone(), a.clone()))
                 .collect();
