@@ -11,6 +11,7 @@ pub(crate) mod context;
 pub(crate) mod custody;
 pub(crate) mod domain;
 pub(crate) mod epoch;
+pub mod grant;
 pub(crate) mod keyref;
 mod ops;
 pub(crate) mod records;
@@ -25,10 +26,11 @@ use std::sync::Arc;
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
 pub use domain::{
-    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage,
-    MacAlgorithm, Origin, SigningAlgorithm,
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, GrantOperation, KeyManager, KeySpec, KeyState,
+    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use epoch::EpochPolicy;
+pub use grant::{GrantConstraint, GrantId, GrantView, MAX_GRANTS_PER_KEY};
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
@@ -87,6 +89,8 @@ pub struct Kms {
     public_keys: std::sync::Mutex<std::collections::HashMap<KeyId, Arc<crate::hsm::SessionKey>>>,
     /// Key agreement keys whose record's public key was proven to be the token's.
     proven_agreement_keys: std::sync::Mutex<std::collections::HashSet<KeyId>>,
+    /// Live grants a key may have ([`MAX_GRANTS_PER_KEY`] unless set otherwise).
+    grant_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl Kms {
@@ -116,6 +120,7 @@ impl Kms {
                 || settings.require_in_token_sealing,
             public_keys: Default::default(),
             proven_agreement_keys: Default::default(),
+            grant_limit: std::sync::atomic::AtomicUsize::new(MAX_GRANTS_PER_KEY),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

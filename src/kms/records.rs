@@ -7,6 +7,7 @@
 //! ```text
 //! key record     p11kms:key:<key id>:<seq>:<writer>
 //! alias record   p11kms:alias:<alias name>:<seq>:<writer>
+//! grant record   p11kms:grant:<grant id>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
 //! ```
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
@@ -15,6 +16,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hsm::Kdf;
+use crate::kms::domain::GrantOperation;
+use crate::kms::grant::{GrantConstraint, GrantId, GrantSecret, GrantView};
 use crate::kms::keyref::{AliasName, KeyId};
 
 /// `CKA_APPLICATION` of every p11kms data object.
@@ -146,11 +149,55 @@ pub struct AliasRecord {
     pub updated_ms: i64,
 }
 
+/// A grant on a key. Written once when created; retiring or revoking it writes a tombstone
+/// (`deleted_ms` set) that supersedes it, then both are destroyed (as for aliases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub grant_id: GrantId,
+    #[serde(with = "key_id_str")]
+    pub key_id: KeyId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub grantee_principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_principal: Option<String>,
+    /// Sorted, without duplicates.
+    pub operations: Vec<GrantOperation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<GrantConstraint>,
+    /// The account id of the principal that created the grant.
+    pub issuing_account: String,
+    pub created_ms: i64,
+    /// What the grant's tokens are made and checked with (`kms::grant`).
+    pub token_secret: GrantSecret,
+    /// Set on a tombstone: the grant was retired or revoked then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_ms: Option<i64>,
+}
+
+impl GrantRecord {
+    /// The grant without its secret, for the authorization layer.
+    pub fn view(&self) -> GrantView {
+        GrantView {
+            key_id: self.key_id,
+            grant_id: self.grant_id,
+            name: self.name.clone(),
+            grantee_principal: self.grantee_principal.clone(),
+            retiring_principal: self.retiring_principal.clone(),
+            operations: self.operations.clone(),
+            constraint: self.constraint.clone(),
+            issuing_account: self.issuing_account.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
 /// What a record object's label says, before its value is read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
     Key(KeyId),
     Alias(AliasName),
+    Grant(GrantId),
 }
 
 /// A parsed record label.
@@ -166,6 +213,7 @@ impl RecordLabel {
         match &self.subject {
             Subject::Key(id) => format!("p11kms:key:{id}:{:010}:{}", self.seq, self.writer),
             Subject::Alias(a) => format!("p11kms:alias:{a}:{:010}:{}", self.seq, self.writer),
+            Subject::Grant(g) => format!("p11kms:grant:{g}:{:010}:{}", self.seq, self.writer),
         }
     }
 
@@ -180,6 +228,8 @@ impl RecordLabel {
             Subject::Key(id.parse().ok()?)
         } else if let Some(name) = rest.strip_prefix("p11kms:alias:") {
             Subject::Alias(AliasName::parse(name).ok()?)
+        } else if let Some(id) = rest.strip_prefix("p11kms:grant:") {
+            Subject::Grant(GrantId::parse(id)?)
         } else {
             return None;
         };
@@ -205,6 +255,7 @@ impl RecordLabel {
 pub enum Record {
     KeyV1(KeyRecord),
     AliasV1(AliasRecord),
+    GrantV1(GrantRecord),
 }
 
 impl Record {
@@ -361,6 +412,7 @@ mod tests {
         for subject in [
             Subject::Key(id),
             Subject::Alias(AliasName::parse("alias/a:b/c").unwrap()),
+            Subject::Grant(GrantId::from_bytes([0x5a; 32])),
         ] {
             let l = RecordLabel {
                 subject,
@@ -372,6 +424,73 @@ mod tests {
         assert_eq!(RecordLabel::parse("p11kms:key:nope:1:aa"), None);
         assert_eq!(RecordLabel::parse("other:thing"), None);
         assert_eq!(RecordLabel::parse(&format!("p11kms:key:{id}:x:aa")), None);
+        let g = GrantId::from_bytes([0x5a; 32]);
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:grant:{g}:0000000001:ab")).map(|l| l.subject),
+            Some(Subject::Grant(g))
+        );
+        let upper = g.to_string().to_uppercase();
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:grant:{upper}:0000000001:ab")),
+            None
+        );
+        assert_eq!(RecordLabel::parse("p11kms:grant:abc:0000000001:ab"), None);
+    }
+
+    /// An older p11kms knows only key and alias labels: everything else (grants) must fail
+    /// its parse and be left alone. Its parser is the one above minus the grant branch.
+    #[test]
+    fn grant_labels_are_not_key_or_alias_labels() {
+        let g = GrantId::from_bytes([1; 32]);
+        let label = RecordLabel {
+            subject: Subject::Grant(g),
+            seq: 3,
+            writer: "0a1b2c3d".into(),
+        }
+        .format();
+        let mut right = label.rsplitn(3, ':');
+        let _ = (right.next(), right.next());
+        let rest = right.next().unwrap();
+        assert!(!rest.starts_with("p11kms:key:") && !rest.starts_with("p11kms:alias:"));
+    }
+
+    #[test]
+    fn grant_records_round_trip_and_hide_their_secret() {
+        let g = GrantRecord {
+            grant_id: GrantId::from_bytes([3; 32]),
+            key_id: KeyId::new_random(),
+            name: Some("n".into()),
+            grantee_principal: "arn:aws:iam::111122223333:user/a".into(),
+            retiring_principal: None,
+            operations: vec![GrantOperation::Decrypt, GrantOperation::Encrypt],
+            constraint: Some(GrantConstraint::EncryptionContextEquals(
+                [("k".to_string(), "v".to_string())].into(),
+            )),
+            issuing_account: "111122223333".into(),
+            created_ms: 5,
+            token_secret: GrantSecret(vec![7u8; 32].into()),
+            deleted_ms: None,
+        };
+        let r = Record::GrantV1(g.clone());
+        let enc = r.encode();
+        let text = String::from_utf8_lossy(&enc).into_owned();
+        assert!(text.contains("\"record\":\"grant_v1\""), "{text}");
+        assert!(
+            text.contains("\"encryption_context_equals\":{\"k\":\"v\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("deleted_ms") && !text.contains("retiring"),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(r));
+        assert!(
+            !format!("{g:?}").contains("7, 7"),
+            "the secret is not printed"
+        );
+        // A grant record this version cannot read (an operation it does not know) is ignored.
+        let newer = text.replace("\"Decrypt\"", "\"Frobnicate\"");
+        assert_eq!(Record::decode(newer.as_bytes()), None);
     }
 
     #[test]
@@ -442,6 +561,7 @@ mod tests {
                 let _ = RecordLabel::parse(&label);
                 let _ = RecordLabel::parse(&format!("p11kms:key:{label}"));
                 let _ = RecordLabel::parse(&format!("p11kms:alias:alias/{label}:0000000001:ab"));
+                let _ = RecordLabel::parse(&format!("p11kms:grant:{label}:0000000001:ab"));
                 let _ = Record::decode(&value);
                 let _ = parse_cmk_label(&format!("{CMK_LABEL_PREFIX}{label}"));
             }

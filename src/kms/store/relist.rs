@@ -8,10 +8,11 @@ use super::backend::Stored;
 use super::{BackingKeys, KeyEntry, RecordBackend, Snapshot, Store, WriterState};
 use crate::error::Result;
 use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
+use crate::kms::grant::GrantId;
 use crate::kms::keyref::{AliasName, KeyId};
 use crate::kms::records::{
-    cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
-    APPLICATION, CMK_LABEL_PREFIX,
+    cmk_id, cmk_label, parse_cmk_label, AliasRecord, GrantRecord, KeyRecord, Record, RecordLabel,
+    Subject, APPLICATION, CMK_LABEL_PREFIX,
 };
 
 /// Re-listing looks CMKs up one search each up to this many new ones, else lists them all.
@@ -69,6 +70,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut claimed = HashSet::new();
         let mut keys: HashMap<KeyId, Versions<KeyRecord, R::Object>> = HashMap::new();
         let mut aliases: HashMap<AliasName, Versions<AliasRecord, R::Object>> = HashMap::new();
+        let mut grants: HashMap<GrantId, Versions<GrantRecord, R::Object>> = HashMap::new();
         for Stored {
             object: handle,
             label: obj_label,
@@ -107,6 +109,9 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 }
                 (Subject::Alias(name), Record::AliasV1(r)) if r.name == name.as_str() => {
                     Versions::offer(aliases.entry(name.clone()), label, r, handle);
+                }
+                (Subject::Grant(id), Record::GrantV1(r)) if r.grant_id == *id => {
+                    Versions::offer(grants.entry(*id), label, r, handle);
                 }
                 _ => {}
             }
@@ -229,6 +234,16 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             next.alias_meta.insert(name.clone(), (best, handles, live));
             if live {
                 next.aliases.insert(name, record);
+            }
+        }
+        for (id, Versions { best, record, objs }) in grants {
+            superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
+            let handles = objs.into_iter().map(|(_, h)| h).collect();
+            next.grant_meta.insert(id, (best, handles));
+            // A lone tombstone is kept: destroying it on the strength of a listing that may
+            // have missed the grant's own object could bring a revoked grant back.
+            if record.deleted_ms.is_none() {
+                next.index_grant(record);
             }
         }
         let old = {
