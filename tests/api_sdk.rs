@@ -954,7 +954,7 @@ async fn unsupported_operations_answer_by_name() {
         "UnsupportedOperationException"
     );
     assert_eq!(
-        code(c.list_grants().key_id(&id).send().await),
+        code(c.list_key_rotations().key_id(&id).send().await),
         "UnsupportedOperationException"
     );
 }

@@ -9,10 +9,12 @@ use zeroize::Zeroizing;
 use super::auth::{denied, Authorizer, Principal};
 use super::error::ApiError;
 use crate::error::Result;
+use crate::kms::grant::principal_account;
 use crate::kms::types::{
-    AliasRequest, Bytes, DecryptRequest, DeriveSharedSecretRequest, EncryptRequest,
-    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, KeyIdRequest,
-    ReEncryptRequest, ScheduleKeyDeletionRequest, SignRequest, VerifyMacRequest, VerifyRequest,
+    AliasRequest, Bytes, CreateGrantRequest, DecryptRequest, DeriveSharedSecretRequest,
+    EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest,
+    KeyIdRequest, ListGrantsRequest, ReEncryptRequest, RetireGrantRequest, RevokeGrantRequest,
+    ScheduleKeyDeletionRequest, SignRequest, VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, Forms, KeyId, KeySelector, Kms};
 
@@ -138,6 +140,11 @@ ops!(
     DeriveSharedSecret,
     GenerateDataKeyPair,
     GenerateDataKeyPairWithoutPlaintext,
+    CreateGrant,
+    ListGrants,
+    ListRetirableGrants,
+    RetireGrant,
+    RevokeGrant,
 );
 
 impl Op {
@@ -263,6 +270,11 @@ impl Caller<'_> {
         };
         self.check_key(action, current)?;
         Ok(Some(current))
+    }
+
+    /// The account the caller acts in: its principal ARN's, else the service's.
+    fn account(&self) -> &str {
+        principal_account(&self.principal.arn).unwrap_or(&self.kms.scope().account)
     }
 
     /// The key a ciphertext names; for a ciphertext that names none (raw RSA output), the
@@ -437,6 +449,52 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::Any)?;
             json(kms.generate_data_key_pair_without_plaintext(req))
         }
+        Op::CreateGrant => {
+            let mut req: CreateGrantRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            // The grant is issued by the caller's account.
+            json(kms.create_grant(req, c.account()))
+        }
+        Op::ListGrants => {
+            let mut req: ListGrantsRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            json(kms.list_grants(req))
+        }
+        Op::ListRetirableGrants => {
+            let req = parse(body)?;
+            c.action(action)?;
+            json(kms.list_retirable_grants(req))
+        }
+        Op::RetireGrant => {
+            let req: RetireGrantRequest = parse(body)?;
+            // As AWS: the grant decides who may retire it (its retiring principal, its
+            // grantee if it lists RetireGrant); else the account that created it, with
+            // permission for kms:RetireGrant on the key.
+            let grant = kms.grant_to_retire(&req)?;
+            if !grant.retirable_by(&c.principal.arn) {
+                if c.account() != grant.issuing_account {
+                    return Err(denied(
+                        c.principal,
+                        action,
+                        Some(&kms.scope().key_arn(&grant.key_id)),
+                    )
+                    .into());
+                }
+                c.key(
+                    action,
+                    &mut Some(KeySelector::Resolved(grant.key_id)),
+                    Forms::KeyOnly,
+                )?;
+            }
+            kms.retire_grant(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::RevokeGrant => {
+            let mut req: RevokeGrantRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly)?;
+            kms.revoke_grant(req)?;
+            Ok(Reply::Empty)
+        }
     }
 }
 
@@ -504,7 +562,7 @@ mod tests {
             );
         }
         assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
-        let unsupported = Op::from_target(Some("TrentService.CreateGrant")).unwrap_err();
+        let unsupported = Op::from_target(Some("TrentService.ReplicateKey")).unwrap_err();
         assert_eq!(unsupported.name, "UnsupportedOperationException");
         for bad in [
             None,
@@ -600,6 +658,9 @@ mod tests {
                             Just("GrantTokens".to_string()),
                             Just("Tags".to_string()),
                             Just("Limit".to_string()),
+                            Just("Operations".to_string()),
+                            Just("Constraints".to_string()),
+                            Just("GrantToken".to_string()),
                             "\\PC{0,12}",
                         ],
                         inner,
@@ -622,6 +683,11 @@ mod tests {
                 parse::<GenerateDataKeyRequest>(body).map(|_| ()),
                 parse::<GenerateRandomRequest>(body).map(|_| ()),
                 parse::<ScheduleKeyDeletionRequest>(body).map(|_| ()),
+                parse::<CreateGrantRequest>(body).map(|_| ()),
+                parse::<ListGrantsRequest>(body).map(|_| ()),
+                parse::<ListRetirableGrantsRequest>(body).map(|_| ()),
+                parse::<RetireGrantRequest>(body).map(|_| ()),
+                parse::<RevokeGrantRequest>(body).map(|_| ()),
             ]
         }
 
