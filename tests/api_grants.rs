@@ -104,7 +104,7 @@ async fn every_grant_operation_through_the_sdk() {
     let second = c
         .create_grant()
         .key_id(&id)
-        .grantee_principal(&user("sdk-other"))
+        .grantee_principal(user("sdk-other"))
         .retiring_principal(&retirer)
         .operations(GrantOperation::Encrypt)
         .send()
@@ -113,7 +113,7 @@ async fn every_grant_operation_through_the_sdk() {
     let third = c
         .create_grant()
         .key_id(&id)
-        .grantee_principal(&user("sdk-other"))
+        .grantee_principal(user("sdk-other"))
         .operations(GrantOperation::DescribeKey)
         .send()
         .await

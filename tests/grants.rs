@@ -868,8 +868,20 @@ fn a_grant_token_takes_effect_at_once_in_another_service() {
     assert!(other.grant_allows(k, &grantee, G::Encrypt, None, &tokens));
     // Known there now, with or without its token; still only for its grantee and operation.
     assert!(other.grant_allows(k, &grantee, G::Encrypt, None, &[]));
-    assert!(!other.grant_allows(k, &grantee, G::Decrypt, None, &[g.grant_token.clone()]));
-    assert!(!other.grant_allows(k, &user("x"), G::Encrypt, None, &[g.grant_token.clone()]));
+    assert!(!other.grant_allows(
+        k,
+        &grantee,
+        G::Decrypt,
+        None,
+        std::slice::from_ref(&g.grant_token)
+    ));
+    assert!(!other.grant_allows(
+        k,
+        &user("x"),
+        G::Encrypt,
+        None,
+        std::slice::from_ref(&g.grant_token)
+    ));
     // Retired there by its token: gone here after a refresh.
     other
         .retire_grant(RetireGrantRequest {

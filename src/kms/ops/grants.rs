@@ -376,7 +376,7 @@ impl Kms {
 
     fn delete_grant(&self, key: KeyId, gid: &GrantId, dry: Option<bool>) -> Result<()> {
         self.store.delete_grant(gid, now_ms(), |current| {
-            if !current.is_some_and(|g| g.key_id == key) {
+            if current.is_none_or(|g| g.key_id != key) {
                 return Err(grant_not_found(gid));
             }
             dry_run(dry)
