@@ -1029,3 +1029,92 @@ fn another_process_honours_a_grant_token_before_its_refresh() {
     kms().refresh().unwrap();
     assert!(list(&key).is_empty(), "seen here");
 }
+
+/// `p11kms grant create|list|retire|revoke`, in another process over the same token.
+#[test]
+fn the_grant_commands_of_the_cli() {
+    let key = common::new_key();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = common::p11kms_cmd()
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run p11kms");
+        assert!(
+            out.status.success(),
+            "p11kms {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let grantee = user("cli");
+    let a = run(&[
+        "grant",
+        "create",
+        &key,
+        "--grantee",
+        &grantee,
+        "--operation",
+        "Decrypt",
+        "--operation",
+        "Encrypt",
+        "--context-subset",
+        "purpose=cli",
+        "--name",
+        "cli-grant",
+    ]);
+    let b = run(&[
+        "grant",
+        "create",
+        &key,
+        "--grantee",
+        &grantee,
+        "--operation",
+        "DescribeKey",
+    ]);
+    let listed = run(&["grant", "list", &key]);
+    assert_eq!(
+        listed["Grants"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    let one = run(&[
+        "grant",
+        "list",
+        &key,
+        "--grant-id",
+        a["GrantId"].as_str().unwrap(),
+    ]);
+    assert_eq!(one["Grants"][0]["Name"], "cli-grant");
+    assert_eq!(
+        one["Grants"][0]["Constraints"]["EncryptionContextSubset"]["purpose"],
+        "cli"
+    );
+    // Seen here after a refresh; the CLI's token works here at once.
+    assert!(kms().grant_allows(
+        id(&key),
+        &grantee,
+        GrantOperation::Encrypt,
+        Some(&EncryptionContext::new(ctx(&[("purpose", "cli")])).unwrap()),
+        &[a["GrantToken"].as_str().unwrap().to_owned()]
+    ));
+    run(&[
+        "grant",
+        "retire",
+        "--token",
+        a["GrantToken"].as_str().unwrap(),
+    ]);
+    run(&["grant", "revoke", &key, b["GrantId"].as_str().unwrap()]);
+    assert_eq!(
+        run(&["grant", "list", &key])["Grants"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let out = common::p11kms_cmd()
+        .args(["grant", "retire", "--token", "junk"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidGrantTokenException"));
+}
