@@ -482,6 +482,10 @@ pub fn parse_token(token: &str) -> Option<ParsedToken> {
 impl ParsedToken {
     /// Whether the token was made with this grant's `secret` (compared in constant time).
     pub fn verify(&self, secret: &[u8]) -> bool {
+        // An unreadable grant's empty secret verifies nothing.
+        if secret.len() != SECRET_LEN {
+            return false;
+        }
         token_tag(secret, &self.grant_id, &self.salt)
             .ct_eq(&self.tag)
             .into()
@@ -598,6 +602,7 @@ mod tests {
             assert_eq!(p.grant_id, id);
             assert!(p.verify(&secret));
             assert!(!p.verify(&[8u8; SECRET_LEN]), "another grant's secret");
+            assert!(!p.verify(&[]), "an unreadable grant's");
         }
     }
 

@@ -151,7 +151,13 @@ pub struct AliasRecord {
 
 /// A grant on a key. Written once when created; retiring or revoking it writes a tombstone
 /// (`deleted_ms` set) that supersedes it, then both are destroyed (as for aliases).
+///
+/// A grant record this version cannot fully read (a field or value it does not know: a newer
+/// writer's) is never taken for less than it says: it decodes, if its ids and `deleted_ms`
+/// can be read, to a grant that allows nothing ([`GrantRecord::unreadable`]), so that it
+/// still counts, and a newer version's tombstone still deletes its grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantRecord {
     pub grant_id: GrantId,
     #[serde(with = "key_id_str")]
@@ -176,6 +182,12 @@ pub struct GrantRecord {
 }
 
 impl GrantRecord {
+    /// Whether this is the stand-in for a record this version could not fully read: it
+    /// lists no operation, so it allows nothing and is not listed.
+    pub fn unreadable(&self) -> bool {
+        self.operations.is_empty()
+    }
+
     /// The grant without its secret, for the authorization layer.
     pub fn view(&self) -> GrantView {
         GrantView {
@@ -274,7 +286,11 @@ impl Record {
             return Some(r);
         }
         let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        if !v.get("record")?.as_str()?.starts_with("key_v") {
+        let kind = v.get("record")?.as_str()?;
+        if kind.starts_with("grant_v") {
+            return Self::unreadable_grant(&v);
+        }
+        if !kind.starts_with("key_v") {
             return None;
         }
         let id: KeyId = v.get("id")?.as_str()?.parse().ok()?;
@@ -308,6 +324,33 @@ impl Record {
                 .and_then(|x| serde_json::from_value(x.clone()).ok())
                 .unwrap_or(KeyUsage::EncryptDecrypt),
             public_key: None,
+        }))
+    }
+}
+
+impl Record {
+    /// A grant record that does not fully parse: what can be read of it, allowing nothing
+    /// (no operations, no grantee, a token secret no token verifies against).
+    fn unreadable_grant(v: &serde_json::Value) -> Option<Record> {
+        let grant_id = GrantId::parse(v.get("grant_id")?.as_str()?)?;
+        let key_id: KeyId = v.get("key_id")?.as_str()?.parse().ok()?;
+        let int = |field: &str| v.get(field).and_then(serde_json::Value::as_i64);
+        Some(Record::GrantV1(GrantRecord {
+            grant_id,
+            key_id,
+            name: None,
+            grantee_principal: String::new(),
+            retiring_principal: None,
+            operations: Vec::new(),
+            constraint: None,
+            issuing_account: String::new(),
+            created_ms: int("created_ms").unwrap_or(0),
+            token_secret: GrantSecret(Vec::new().into()),
+            // Anything there but a number still marks a tombstone.
+            deleted_ms: v
+                .get("deleted_ms")
+                .filter(|d| !d.is_null())
+                .map(|d| d.as_i64().unwrap_or(1)),
         }))
     }
 }
@@ -393,6 +436,7 @@ mod tests {
         }
         // Not a key record, or no usable id: not ours.
         assert_eq!(Record::decode(br#"{"record":"grant_v1","id":"x"}"#), None);
+        assert_eq!(Record::decode(br#"{"record":"alias_v9","id":"x"}"#), None);
         assert_eq!(Record::decode(br#"{"record":"key_v3","id":"nope"}"#), None);
     }
 
@@ -488,9 +532,30 @@ mod tests {
             !format!("{g:?}").contains("7, 7"),
             "the secret is not printed"
         );
-        // A grant record this version cannot read (an operation it does not know) is ignored.
-        let newer = text.replace("\"Decrypt\"", "\"Frobnicate\"");
-        assert_eq!(Record::decode(newer.as_bytes()), None);
+        // A grant record this version cannot fully read (an operation or a field it does
+        // not know) allows nothing, but still counts; a newer tombstone is still a tombstone.
+        for newer in [
+            text.replace("\"Decrypt\"", "\"Frobnicate\""),
+            text.replace("\"created_ms\"", "\"source_arn\":\"x\",\"created_ms\""),
+        ] {
+            let Some(Record::GrantV1(u)) = Record::decode(newer.as_bytes()) else {
+                panic!("{newer} did not decode");
+            };
+            assert!(u.unreadable() && u.grantee_principal.is_empty(), "{u:?}");
+            assert_eq!(
+                (u.grant_id, u.key_id, u.deleted_ms),
+                (g.grant_id, g.key_id, None)
+            );
+        }
+        let tomb = text.replace("\"created_ms\"", "\"deleted_ms\":{\"at\":1},\"created_ms\"");
+        let Some(Record::GrantV1(u)) = Record::decode(tomb.as_bytes()) else {
+            panic!("{tomb}");
+        };
+        assert!(u.deleted_ms.is_some());
+        assert_eq!(
+            Record::decode(br#"{"record":"grant_v2","grant_id":"x","key_id":"y"}"#),
+            None
+        );
     }
 
     #[test]

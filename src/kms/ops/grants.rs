@@ -245,6 +245,7 @@ impl Kms {
             .range((start, Bound::Unbounded))
             .filter(|g| only.is_none_or(|o| o == **g))
             .filter_map(|g| snap.grants.get(g))
+            .filter(|g| !g.unreadable())
             .filter(|g| {
                 req.grantee_principal
                     .as_ref()
