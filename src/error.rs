@@ -78,6 +78,14 @@ kinds! {
     Tag, tag, "TagException", true;
     /// A `DryRun` request that would have succeeded.
     DryRunOperation, dry_run_succeeded, "DryRunOperationException", true;
+    /// A principal named in a request is not an ARN this service understands.
+    InvalidArn, invalid_arn, "InvalidArnException", true;
+    /// A grant id that is malformed (or names no grant where AWS says so).
+    InvalidGrantId, invalid_grant_id, "InvalidGrantIdException", true;
+    /// A grant token that is malformed, or does not belong to its grant.
+    InvalidGrantToken, invalid_grant_token, "InvalidGrantTokenException", true;
+    /// A quota was exceeded (e.g. grants per key).
+    LimitExceeded, limit_exceeded, "LimitExceededException", true;
     /// The token failed in a way that is not the caller's fault.
     Internal, internal, "KMSInternalException", false;
     /// The token (or the key inside it) cannot be used right now.

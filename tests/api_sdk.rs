@@ -971,6 +971,10 @@ async fn unsupported_operations_answer_by_name() {
         code(c.enable_key_rotation().key_id(&id).send().await),
         "UnsupportedOperationException"
     );
+    assert_eq!(
+        code(c.list_key_rotations().key_id(&id).send().await),
+        "UnsupportedOperationException"
+    );
 }
 
 #[tokio::test]

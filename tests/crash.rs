@@ -1,6 +1,6 @@
 //! A process killed in the middle of a write leaves a store every process can still use.
-//! Alone in its test binary: its zero-grace orphan sweep must not race another test's
-//! CreateKey.
+//! Alone in its test binary, its tests one at a time: the zero-grace orphan sweep must not
+//! race another test's CreateKey.
 
 mod common;
 
@@ -8,9 +8,16 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use p11kms::kms::types::*;
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// How one killed child ended.
 #[derive(Debug, Default)]
@@ -54,6 +61,7 @@ fn command(i: u64, alias: &str, base: &str, spare: &str) -> Vec<String> {
 /// pointing at a key, and every CMK object either referenced or swept as an orphan.
 #[test]
 fn killed_writers_leave_a_consistent_store() {
+    let _g = serial();
     let kms = common::kms();
     let base = common::new_key();
     let spare = common::new_key();
@@ -208,4 +216,180 @@ fn killed_writers_leave_a_consistent_store() {
         );
     }
     assert_eq!(cmks.len(), keys.len(), "one backing key per key");
+}
+
+/// Runs `args`, killed after `after`: whether it printed its answer (finished) and whether the
+/// SIGKILL interrupted it.
+fn run_killed(args: &[String], after: Duration) -> (bool, bool) {
+    let mut child = common::p11kms_cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut printed = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut printed);
+    (
+        !printed.is_empty(),
+        printed.is_empty() && status.signal() == Some(libc::SIGKILL),
+    )
+}
+
+/// Kills `p11kms grant create` and `p11kms grant retire` at spread-out moments, then checks
+/// from a freshly opened service: every grant a finished create made is there, every grant a
+/// finished retire retired is gone (and stays gone), every grant left is complete and can be
+/// revoked, and what is left in the token of the key's grants afterwards is tombstones only.
+#[test]
+fn killed_grant_writers_leave_consistent_grants() {
+    let _g = serial();
+    let kms = common::kms();
+    let key = common::new_key();
+    let grantee = "arn:aws:iam::111122223333:user/crash";
+    let create_args = |i: u64| -> Vec<String> {
+        [
+            "grant",
+            "create",
+            &key,
+            "--grantee",
+            grantee,
+            "--operation",
+            "Decrypt",
+            "--name",
+            &format!("crash-{i}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let retire_args = |token: &str| -> Vec<String> {
+        ["grant", "retire", "--token", token]
+            .map(String::from)
+            .to_vec()
+    };
+    // Grants to retire, made here.
+    let mut to_retire: Vec<(String, String)> = (0..20)
+        .map(|_| {
+            let r = kms
+                .create_grant(
+                    CreateGrantRequest {
+                        key_id: Some(key.clone().into()),
+                        grantee_principal: Some(grantee.into()),
+                        operations: Some(vec!["Encrypt".into()]),
+                        ..Default::default()
+                    },
+                    "111122223333",
+                )
+                .unwrap();
+            (r.grant_id, r.grant_token)
+        })
+        .collect();
+    let took: Vec<Duration> = [create_args(900), retire_args(&to_retire.pop().unwrap().1)]
+        .iter()
+        .map(|args| {
+            let t0 = Instant::now();
+            let o = common::p11kms_cmd().args(args).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            t0.elapsed()
+        })
+        .collect();
+    let spread = took.iter().max().copied().unwrap_or_default() * 2;
+
+    let (mut created, mut retired, mut interrupted) = (Vec::new(), Vec::new(), 0);
+    let mut retire_attempts = Vec::new();
+    for i in 0..36u64 {
+        let after = spread.mul_f64(((i * 37) % 250) as f64 / 250.0);
+        let (done, killed) = if i % 2 == 0 {
+            let (done, killed) = run_killed(&create_args(i), after);
+            if done {
+                created.push(format!("crash-{i}"));
+            }
+            (done, killed)
+        } else {
+            let Some((id, token)) = to_retire.pop() else {
+                continue;
+            };
+            let (done, killed) = run_killed(&retire_args(&token), after);
+            if done {
+                retired.push(id.clone());
+            }
+            retire_attempts.push(id);
+            (done, killed)
+        };
+        if killed && !done {
+            interrupted += 1;
+        }
+    }
+    eprintln!(
+        "grant crash: uninterrupted runs took {took:?}; {} creates and {} retires finished, \
+         {interrupted} children interrupted",
+        created.len(),
+        retired.len()
+    );
+    assert!(
+        interrupted > 0 && !(created.is_empty() && retired.is_empty()),
+        "the kills must land while children run"
+    );
+
+    let fresh = p11kms::app::open(&common::fixture().config).unwrap();
+    let list = |k: &p11kms::kms::Kms| {
+        k.list_grants(ListGrantsRequest {
+            key_id: Some(key.clone().into()),
+            limit: Some(100),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let grants = list(&fresh);
+    assert!(!grants.truncated);
+    let names: HashSet<String> = grants
+        .grants
+        .iter()
+        .filter_map(|g| g.name.clone())
+        .collect();
+    for n in &created {
+        assert!(names.contains(n), "finished create {n} lost");
+    }
+    let ids: HashSet<String> = grants.grants.iter().map(|g| g.grant_id.clone()).collect();
+    for id in &retired {
+        assert!(!ids.contains(id), "finished retire of {id} undone");
+    }
+    for (id, _) in &to_retire {
+        assert!(ids.contains(id), "grant {id} that nobody retired is gone");
+    }
+    // Every grant left is whole: it is listed with its operations and can be revoked.
+    for g in &grants.grants {
+        assert_eq!(g.grantee_principal, grantee);
+        assert_eq!(g.operations.len(), 1);
+        fresh
+            .revoke_grant(RevokeGrantRequest {
+                key_id: Some(key.clone().into()),
+                grant_id: Some(g.grant_id.clone()),
+                dry_run: None,
+            })
+            .unwrap();
+    }
+    let again = p11kms::app::open(&common::fixture().config).unwrap();
+    assert!(list(&again).grants.is_empty(), "revoked grants came back");
+    // What is left of the key's grants in the token: tombstones of interrupted retires only.
+    for (o, value) in again
+        .token()
+        .list_data_values(p11kms::kms::APPLICATION)
+        .unwrap()
+    {
+        if !o.label.starts_with("p11kms:grant:") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
+            continue;
+        };
+        if v["key_id"] == key.as_str() {
+            assert!(
+                v.get("deleted_ms").is_some(),
+                "a live grant object left: {}",
+                o.label
+            );
+        }
+    }
 }

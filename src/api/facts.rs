@@ -9,9 +9,10 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use super::auth::Principal;
+use crate::kms::domain::GrantOperation;
 use crate::kms::records::KeyRecord;
 use crate::kms::types::ContextMap;
-use crate::kms::{AwsEnum, ConditionContext, KeyId, Kms};
+use crate::kms::{AwsEnum, ConditionContext, EncryptionContext, KeyId, Kms};
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
@@ -79,12 +80,25 @@ impl Facts<'_> {
     /// Whether one of the key's grants allows this request's grant operation (never for a
     /// request that performs none).
     pub fn granted(&self, kms: &Kms, key: KeyId, grantee: &str) -> bool {
-        let Some(_op) = self.asked.grant_operation else {
+        let Some(op) = self
+            .asked
+            .grant_operation
+            .and_then(|name| GrantOperation::ALL.iter().find(|o| o.as_str() == name))
+        else {
             return false;
         };
-        // GRANTS-MERGE: replaced by the grant lookup when the grants branch lands.
-        let _ = (kms, key, grantee);
-        false
+        // A context the operation would refuse anyway allows nothing constrained.
+        let ctx = self
+            .asked
+            .encryption_context
+            .and_then(|m| EncryptionContext::new(m.clone()).ok());
+        kms.grant_allows(
+            key,
+            grantee,
+            *op,
+            ctx.as_ref(),
+            self.asked.grant_tokens.unwrap_or(&[]),
+        )
     }
 }
 

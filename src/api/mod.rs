@@ -401,10 +401,12 @@ mod tests {
             "kms:Encrypt",
             "kms:reencryptfrom",
             "kms:ListAliases",
+            "kms:CreateGrant",
+            "kms:RetireGrant",
         ] {
             assert!(known_action(a), "{a}");
         }
-        for a in ["kms:CreateGrant", "kms:ReEncrypt", "kms:Encrpyt"] {
+        for a in ["kms:ReplicateKey", "kms:ReEncrypt", "kms:Encrpyt"] {
             assert!(!known_action(a), "{a}");
         }
     }

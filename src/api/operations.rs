@@ -6,16 +6,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::auth::{Authorizer, Principal, Query, Resource};
+use super::auth::{denied, Authorizer, Principal, Query, Resource};
 use super::error::ApiError;
 use super::facts::{Asked, Facts, Peer};
 use crate::error::Result;
 use crate::kms::records::KeyRecord;
 use crate::kms::types::{
-    AliasRequest, Bytes, CreateKeyRequest, DecryptRequest, DeriveSharedSecretRequest,
-    EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest,
-    GetKeyPolicyRequest, KeyIdRequest, ListKeyPoliciesRequest, ListRequest,
-    ListResourceTagsRequest, PutKeyPolicyRequest, ReEncryptRequest, ScheduleKeyDeletionRequest,
+    AliasRequest, Bytes, CreateGrantRequest, CreateKeyRequest, DecryptRequest,
+    DeriveSharedSecretRequest, EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest,
+    GenerateMacRequest, GetKeyPolicyRequest, KeyIdRequest, ListGrantsRequest,
+    ListKeyPoliciesRequest, ListRequest, ListResourceTagsRequest, PutKeyPolicyRequest,
+    ReEncryptRequest, RetireGrantRequest, RevokeGrantRequest, ScheduleKeyDeletionRequest,
     SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
     VerifyMacRequest, VerifyRequest,
 };
@@ -150,6 +151,11 @@ ops!(
     UntagResource,
     ListResourceTags,
     UpdateKeyDescription,
+    CreateGrant,
+    ListGrants,
+    ListRetirableGrants,
+    RetireGrant,
+    RevokeGrant,
 );
 
 impl Op {
@@ -759,6 +765,68 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             kms.put_key_policy(req, Some(&check))?;
             Ok(Reply::Empty)
         }
+        Op::CreateGrant => {
+            let mut req: CreateGrantRequest = parse(body)?;
+            let constraint_type = req.constraints.as_ref().and_then(|c| {
+                if c.encryption_context_equals.is_some() {
+                    Some("EncryptionContextEquals")
+                } else if c.encryption_context_subset.is_some() {
+                    Some("EncryptionContextSubset")
+                } else {
+                    None
+                }
+            });
+            let asked = Asked {
+                grant_operations: req.operations.as_deref(),
+                grantee_principal: req.grantee_principal.as_deref(),
+                retiring_principal: req.retiring_principal.as_deref(),
+                grant_constraint_type: constraint_type,
+                grant_tokens: req.grant_tokens.as_deref(),
+                grant_operation: grant_op,
+                ..Asked::default()
+            };
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::KeyOnly, asked)?;
+            req.key_id = key;
+            // The grant is issued by the caller's account.
+            json(kms.create_grant(req, c.account()))
+        }
+        Op::ListGrants => {
+            let mut req: ListGrantsRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.list_grants(req))
+        }
+        Op::ListRetirableGrants => {
+            let req = parse(body)?;
+            c.action(action, Asked::default())?;
+            json(kms.list_retirable_grants(req))
+        }
+        Op::RetireGrant => {
+            let req: RetireGrantRequest = parse(body)?;
+            // As AWS: the grant decides who may retire it (its retiring principal, its
+            // grantee if it lists RetireGrant); else the account that created it, with
+            // permission for kms:RetireGrant on the key.
+            let grant = kms.grant_to_retire(&req)?;
+            if !grant.retirable_by(&c.principal.arn) {
+                if c.account() != grant.issuing_account {
+                    return Err(denied(
+                        c.principal,
+                        action,
+                        Some(&kms.key_arn(&kms.key_record(grant.key_id)?)),
+                    )
+                    .into());
+                }
+                c.on_key(action, grant.key_id, Asked::default())?;
+            }
+            kms.retire_grant(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::RevokeGrant => {
+            let mut req: RevokeGrantRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            kms.revoke_grant(req)?;
+            Ok(Reply::Empty)
+        }
     }
 }
 
@@ -826,7 +894,7 @@ mod tests {
             );
         }
         assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
-        let unsupported = Op::from_target(Some("TrentService.CreateGrant")).unwrap_err();
+        let unsupported = Op::from_target(Some("TrentService.ReplicateKey")).unwrap_err();
         assert_eq!(unsupported.name, "UnsupportedOperationException");
         for bad in [
             None,
@@ -922,6 +990,9 @@ mod tests {
                             Just("GrantTokens".to_string()),
                             Just("Tags".to_string()),
                             Just("Limit".to_string()),
+                            Just("Operations".to_string()),
+                            Just("Constraints".to_string()),
+                            Just("GrantToken".to_string()),
                             "\\PC{0,12}",
                         ],
                         inner,
@@ -944,6 +1015,11 @@ mod tests {
                 parse::<GenerateDataKeyRequest>(body).map(|_| ()),
                 parse::<GenerateRandomRequest>(body).map(|_| ()),
                 parse::<ScheduleKeyDeletionRequest>(body).map(|_| ()),
+                parse::<CreateGrantRequest>(body).map(|_| ()),
+                parse::<ListGrantsRequest>(body).map(|_| ()),
+                parse::<ListRetirableGrantsRequest>(body).map(|_| ()),
+                parse::<RetireGrantRequest>(body).map(|_| ()),
+                parse::<RevokeGrantRequest>(body).map(|_| ()),
             ]
         }
 

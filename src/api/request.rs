@@ -170,6 +170,8 @@ fn fast_op(op: Op) -> bool {
             | Op::DescribeKey
             | Op::ListKeys
             | Op::ListAliases
+            | Op::ListGrants
+            | Op::ListRetirableGrants
     )
 }
 

@@ -49,6 +49,9 @@ pub(super) enum Configured {
     /// Manage aliases (CreateAlias, UpdateAlias, DeleteAlias, ListAliases).
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Manage grants (CreateGrant, ListGrants, RetireGrant, RevokeGrant).
+    #[command(subcommand)]
+    Grant(GrantCmd),
     /// Data keys (GenerateDataKey, GenerateDataKeyWithoutPlaintext).
     #[command(subcommand)]
     Datakey(DatakeyCmd),
@@ -197,6 +200,70 @@ pub(super) enum AliasCmd {
         /// Start after this alias (NextMarker of the previous page).
         #[arg(long)]
         marker: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum GrantCmd {
+    /// Create a grant (CreateGrant), issued by the configured account; prints its id and a
+    /// grant token.
+    Create {
+        /// The KMS key (key id or key ARN).
+        key: String,
+        /// Who the grant is for (an IAM or STS principal ARN).
+        #[arg(long)]
+        grantee: String,
+        /// An operation the grant allows (AWS names, e.g. Decrypt); repeat for several.
+        #[arg(long = "operation", required = true)]
+        operations: Vec<String>,
+        /// Who may retire the grant (a principal ARN).
+        #[arg(long)]
+        retiring: Option<String>,
+        /// A name: a retry with the same name and parameters returns the same grant.
+        #[arg(long)]
+        name: Option<String>,
+        /// EncryptionContextEquals constraint pair KEY=VALUE; repeat for several.
+        #[arg(long = "context-equals", value_name = "KEY=VALUE")]
+        context_equals: Vec<String>,
+        /// EncryptionContextSubset constraint pair KEY=VALUE; repeat for several.
+        #[arg(long = "context-subset", value_name = "KEY=VALUE")]
+        context_subset: Vec<String>,
+    },
+    /// List a key's grants (ListGrants). Without --limit, all pages.
+    List {
+        /// The KMS key (key id or key ARN).
+        key: String,
+        /// Only grants for this grantee principal.
+        #[arg(long)]
+        grantee: Option<String>,
+        /// Only the grant with this id.
+        #[arg(long)]
+        grant_id: Option<String>,
+        /// One page of at most this many grants (1 to 100).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Start after this grant (NextMarker of the previous page).
+        #[arg(long)]
+        marker: Option<String>,
+    },
+    /// Retire a grant (RetireGrant): by --token, or by --key and --grant-id.
+    Retire {
+        /// A grant token of the grant.
+        #[arg(long, conflicts_with_all = ["key", "grant_id"])]
+        token: Option<String>,
+        /// The KMS key of the grant (key id or key ARN).
+        #[arg(long, requires = "grant_id")]
+        key: Option<String>,
+        /// The grant's id.
+        #[arg(long, requires = "key")]
+        grant_id: Option<String>,
+    },
+    /// Revoke a grant (RevokeGrant).
+    Revoke {
+        /// The KMS key (key id or key ARN).
+        key: String,
+        /// The grant's id.
+        grant_id: String,
     },
 }
 

@@ -11,13 +11,14 @@
 //! on the way.
 //!
 //! Rooms: `args` is the command line's shape, `output` and `input` what commands print and
-//! read, `token`, `keys`, `crypto`, `asymmetric` (signatures, public keys, MACs) and
-//! `envelope` the commands themselves, and [`paging`] every page of the list operations.
+//! read, `token`, `keys`, `grants`, `crypto`, `asymmetric` (signatures, public keys, MACs)
+//! and `envelope` the commands themselves, and [`paging`] every page of the list operations.
 
 mod args;
 mod asymmetric;
 mod crypto;
 mod envelope;
+mod grants;
 mod input;
 mod keys;
 mod output;
@@ -106,6 +107,7 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Token(TokenCmd::Sweep) => token::token_sweep(&open(&config)?, &out),
         Configured::Key(cmd) => keys::key(&open(&config)?, &out, cmd),
         Configured::Alias(cmd) => keys::alias(&open(&config)?, &out, cmd),
+        Configured::Grant(cmd) => grants::grant(&open(&config)?, &out, cmd),
         Configured::Datakey(DatakeyCmd::Generate(args)) => {
             crypto::datakey(&open(&config)?, &out, args)
         }

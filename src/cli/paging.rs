@@ -1,8 +1,11 @@
-//! Every page of ListKeys and ListAliases, following NextMarker: `key list` and `alias list`
-//! without --limit, `token info`/`sweep`, and the bench's scale run.
+//! Every page of ListKeys, ListAliases and ListGrants, following NextMarker: `key list`,
+//! `alias list` and `grant list` without --limit, `token info`/`sweep`, and the bench's
+//! scale run.
 
 use crate::error::Result;
-use crate::kms::types::{ListAliasesResponse, ListKeysResponse, ListRequest};
+use crate::kms::types::{
+    ListAliasesResponse, ListGrantsRequest, ListGrantsResponse, ListKeysResponse, ListRequest,
+};
 use crate::kms::Kms;
 
 /// The largest page the list operations serve.
@@ -61,6 +64,24 @@ pub(crate) fn all_aliases(
     })?;
     Ok(ListAliasesResponse {
         aliases,
+        next_marker: None,
+        truncated,
+    })
+}
+
+/// ListGrants of `req`'s key (with its filters) from after its marker to the end, as one
+/// response.
+pub(crate) fn all_grants(kms: &Kms, req: ListGrantsRequest) -> Result<ListGrantsResponse> {
+    let (grants, truncated) = every_page(req.marker.clone(), |marker| {
+        let page = kms.list_grants(ListGrantsRequest {
+            limit: Some(100),
+            marker,
+            ..req.clone()
+        })?;
+        Ok((page.grants, page.truncated, page.next_marker))
+    })?;
+    Ok(ListGrantsResponse {
+        grants,
         next_marker: None,
         truncated,
     })

@@ -35,7 +35,7 @@ pub trait AwsEnum: Sized + Copy + 'static {
 macro_rules! aws_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $aws:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum $name {
             $($(#[$vdoc])* #[doc = concat!("`", $aws, "`")] #[serde(rename = $aws)] $variant),*
         }
@@ -202,6 +202,33 @@ impl DataKeySpec {
     }
 }
 
+aws_enum!(
+    /// `GrantOperation`: what a grant may allow (CreateGrant's `Operations`). Every value AWS
+    /// lists; which of them a key can take depends on its spec and usage
+    /// (`kms::grant::operations_for`).
+    GrantOperation {
+        Decrypt = "Decrypt",
+        Encrypt = "Encrypt",
+        GenerateDataKey = "GenerateDataKey",
+        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
+        ReEncryptFrom = "ReEncryptFrom",
+        ReEncryptTo = "ReEncryptTo",
+        Sign = "Sign",
+        Verify = "Verify",
+        GetPublicKey = "GetPublicKey",
+        CreateGrant = "CreateGrant",
+        RetireGrant = "RetireGrant",
+        DescribeKey = "DescribeKey",
+        GenerateDataKeyPair = "GenerateDataKeyPair",
+        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
+        GenerateMac = "GenerateMac",
+        VerifyMac = "VerifyMac",
+        DeriveSharedSecret = "DeriveSharedSecret",
+        Decapsulate = "Decapsulate",
+        Encapsulate = "Encapsulate",
+    }
+);
+
 /// The lifecycle state of a KMS key, named as AWS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum KeyState {
@@ -283,6 +310,7 @@ mod tests {
         round_trip::<KeyAgreementAlgorithm>();
         round_trip::<MessageType>();
         round_trip::<DataKeyPairSpec>();
+        round_trip::<GrantOperation>();
         for s in [
             KeyState::Enabled,
             KeyState::Disabled,

@@ -11,6 +11,7 @@ pub(crate) mod context;
 pub(crate) mod custody;
 pub(crate) mod domain;
 pub(crate) mod epoch;
+pub mod grant;
 pub(crate) mod keyref;
 mod ops;
 pub(crate) mod policy;
@@ -26,10 +27,11 @@ use std::sync::Arc;
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
 pub use domain::{
-    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage,
-    MacAlgorithm, Origin, SigningAlgorithm,
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, GrantOperation, KeyManager, KeySpec, KeyState,
+    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use epoch::EpochPolicy;
+pub use grant::{GrantConstraint, GrantId, GrantView, MAX_GRANTS_PER_KEY};
 pub use keyref::{AliasKey, AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 pub use ops::{LockoutCheck, DEFAULT_POLICY_NAME};
 pub use policy::{
@@ -95,6 +97,8 @@ pub struct Kms {
     proven_agreement_keys: std::sync::Mutex<std::collections::HashSet<KeyId>>,
     /// Compiled key policies (see `ops/policies.rs`).
     policies: ops::PolicyCache,
+    /// Live grants a key may have ([`MAX_GRANTS_PER_KEY`] unless set otherwise).
+    grant_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl Kms {
@@ -125,6 +129,7 @@ impl Kms {
             public_keys: Default::default(),
             proven_agreement_keys: Default::default(),
             policies: Default::default(),
+            grant_limit: std::sync::atomic::AtomicUsize::new(MAX_GRANTS_PER_KEY),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

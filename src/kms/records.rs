@@ -7,6 +7,7 @@
 //! ```text
 //! key record     p11kms:key:<key id>:<seq>:<writer>
 //! alias record   p11kms:alias:<alias name>:<seq>:<writer>
+//! grant record   p11kms:grant:<grant id>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
 //! ```
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
@@ -15,6 +16,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hsm::Kdf;
+use crate::kms::domain::GrantOperation;
+use crate::kms::grant::{GrantConstraint, GrantId, GrantSecret, GrantView};
 use crate::kms::keyref::{AliasKey, AliasName, ArnScope, KeyId};
 
 /// `CKA_APPLICATION` of every p11kms data object.
@@ -182,11 +185,67 @@ pub struct AliasRecord {
     pub owner: Option<ArnScope>,
 }
 
+/// A grant on a key. Written once when created; retiring or revoking it writes a tombstone
+/// (`deleted_ms` set) that supersedes it, then both are destroyed (as for aliases).
+///
+/// A grant record this version cannot fully read (a field or value it does not know: a newer
+/// writer's) is never taken for less than it says: it decodes, if its ids and `deleted_ms`
+/// can be read, to a grant that allows nothing ([`GrantRecord::unreadable`]), so that it
+/// still counts, and a newer version's tombstone still deletes its grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRecord {
+    pub grant_id: GrantId,
+    #[serde(with = "key_id_str")]
+    pub key_id: KeyId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub grantee_principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_principal: Option<String>,
+    /// Sorted, without duplicates.
+    pub operations: Vec<GrantOperation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<GrantConstraint>,
+    /// The account id of the principal that created the grant.
+    pub issuing_account: String,
+    pub created_ms: i64,
+    /// What the grant's tokens are made and checked with (`kms::grant`).
+    pub token_secret: GrantSecret,
+    /// Set on a tombstone: the grant was retired or revoked then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_ms: Option<i64>,
+}
+
+impl GrantRecord {
+    /// Whether this is the stand-in for a record this version could not fully read: it
+    /// lists no operation, so it allows nothing and is not listed.
+    pub fn unreadable(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// The grant without its secret, for the authorization layer.
+    pub fn view(&self) -> GrantView {
+        GrantView {
+            key_id: self.key_id,
+            grant_id: self.grant_id,
+            name: self.name.clone(),
+            grantee_principal: self.grantee_principal.clone(),
+            retiring_principal: self.retiring_principal.clone(),
+            operations: self.operations.clone(),
+            constraint: self.constraint.clone(),
+            issuing_account: self.issuing_account.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
 /// What a record object's label says, before its value is read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
     Key(KeyId),
     Alias(AliasKey),
+    Grant(GrantId),
 }
 
 /// A parsed record label.
@@ -211,6 +270,7 @@ impl RecordLabel {
                 "p11kms:alias:{}:{}:{name}:{:010}:{}",
                 o.region, o.account, self.seq, self.writer
             ),
+            Subject::Grant(g) => format!("p11kms:grant:{g}:{:010}:{}", self.seq, self.writer),
         }
     }
 
@@ -225,6 +285,8 @@ impl RecordLabel {
             Subject::Key(id.parse().ok()?)
         } else if let Some(name) = rest.strip_prefix("p11kms:alias:") {
             Subject::Alias(parse_alias_key(name)?)
+        } else if let Some(id) = rest.strip_prefix("p11kms:grant:") {
+            Subject::Grant(GrantId::parse(id)?)
         } else {
             return None;
         };
@@ -269,6 +331,7 @@ fn parse_alias_key(s: &str) -> Option<AliasKey> {
 pub enum Record {
     KeyV1(KeyRecord),
     AliasV1(AliasRecord),
+    GrantV1(GrantRecord),
 }
 
 impl Record {
@@ -287,7 +350,11 @@ impl Record {
             return Some(r);
         }
         let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        if !v.get("record")?.as_str()?.starts_with("key_v") {
+        let kind = v.get("record")?.as_str()?;
+        if kind.starts_with("grant_v") {
+            return Self::unreadable_grant(&v);
+        }
+        if !kind.starts_with("key_v") {
             return None;
         }
         let id: KeyId = v.get("id")?.as_str()?.parse().ok()?;
@@ -329,6 +396,33 @@ impl Record {
                 .get("region")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),
+        }))
+    }
+}
+
+impl Record {
+    /// A grant record that does not fully parse: what can be read of it, allowing nothing
+    /// (no operations, no grantee, a token secret no token verifies against).
+    fn unreadable_grant(v: &serde_json::Value) -> Option<Record> {
+        let grant_id = GrantId::parse(v.get("grant_id")?.as_str()?)?;
+        let key_id: KeyId = v.get("key_id")?.as_str()?.parse().ok()?;
+        let int = |field: &str| v.get(field).and_then(serde_json::Value::as_i64);
+        Some(Record::GrantV1(GrantRecord {
+            grant_id,
+            key_id,
+            name: None,
+            grantee_principal: String::new(),
+            retiring_principal: None,
+            operations: Vec::new(),
+            constraint: None,
+            issuing_account: String::new(),
+            created_ms: int("created_ms").unwrap_or(0),
+            token_secret: GrantSecret(Vec::new().into()),
+            // Anything there but a number still marks a tombstone.
+            deleted_ms: v
+                .get("deleted_ms")
+                .filter(|d| !d.is_null())
+                .map(|d| d.as_i64().unwrap_or(1)),
         }))
     }
 }
@@ -414,6 +508,7 @@ mod tests {
         }
         // Not a key record, or no usable id: not ours.
         assert_eq!(Record::decode(br#"{"record":"grant_v1","id":"x"}"#), None);
+        assert_eq!(Record::decode(br#"{"record":"alias_v9","id":"x"}"#), None);
         assert_eq!(Record::decode(br#"{"record":"key_v3","id":"nope"}"#), None);
     }
 
@@ -437,6 +532,7 @@ mod tests {
                 owner: Some(ArnScope::new("eu-west-1", "444455556666")),
                 name: AliasName::parse("alias/a:b/c").unwrap(),
             }),
+            Subject::Grant(GrantId::from_bytes([0x5a; 32])),
         ] {
             let l = RecordLabel {
                 subject,
@@ -448,6 +544,94 @@ mod tests {
         assert_eq!(RecordLabel::parse("p11kms:key:nope:1:aa"), None);
         assert_eq!(RecordLabel::parse("other:thing"), None);
         assert_eq!(RecordLabel::parse(&format!("p11kms:key:{id}:x:aa")), None);
+        let g = GrantId::from_bytes([0x5a; 32]);
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:grant:{g}:0000000001:ab")).map(|l| l.subject),
+            Some(Subject::Grant(g))
+        );
+        let upper = g.to_string().to_uppercase();
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:grant:{upper}:0000000001:ab")),
+            None
+        );
+        assert_eq!(RecordLabel::parse("p11kms:grant:abc:0000000001:ab"), None);
+    }
+
+    /// An older p11kms knows only key and alias labels: everything else (grants) must fail
+    /// its parse and be left alone. Its parser is the one above minus the grant branch.
+    #[test]
+    fn grant_labels_are_not_key_or_alias_labels() {
+        let g = GrantId::from_bytes([1; 32]);
+        let label = RecordLabel {
+            subject: Subject::Grant(g),
+            seq: 3,
+            writer: "0a1b2c3d".into(),
+        }
+        .format();
+        let mut right = label.rsplitn(3, ':');
+        let _ = (right.next(), right.next());
+        let rest = right.next().unwrap();
+        assert!(!rest.starts_with("p11kms:key:") && !rest.starts_with("p11kms:alias:"));
+    }
+
+    #[test]
+    fn grant_records_round_trip_and_hide_their_secret() {
+        let g = GrantRecord {
+            grant_id: GrantId::from_bytes([3; 32]),
+            key_id: KeyId::new_random(),
+            name: Some("n".into()),
+            grantee_principal: "arn:aws:iam::111122223333:user/a".into(),
+            retiring_principal: None,
+            operations: vec![GrantOperation::Decrypt, GrantOperation::Encrypt],
+            constraint: Some(GrantConstraint::EncryptionContextEquals(
+                [("k".to_string(), "v".to_string())].into(),
+            )),
+            issuing_account: "111122223333".into(),
+            created_ms: 5,
+            token_secret: GrantSecret(vec![7u8; 32].into()),
+            deleted_ms: None,
+        };
+        let r = Record::GrantV1(g.clone());
+        let enc = r.encode();
+        let text = String::from_utf8_lossy(&enc).into_owned();
+        assert!(text.contains("\"record\":\"grant_v1\""), "{text}");
+        assert!(
+            text.contains("\"encryption_context_equals\":{\"k\":\"v\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("deleted_ms") && !text.contains("retiring"),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(r));
+        assert!(
+            !format!("{g:?}").contains("7, 7"),
+            "the secret is not printed"
+        );
+        // A grant record this version cannot fully read (an operation or a field it does
+        // not know) allows nothing, but still counts; a newer tombstone is still a tombstone.
+        for newer in [
+            text.replace("\"Decrypt\"", "\"Frobnicate\""),
+            text.replace("\"created_ms\"", "\"source_arn\":\"x\",\"created_ms\""),
+        ] {
+            let Some(Record::GrantV1(u)) = Record::decode(newer.as_bytes()) else {
+                panic!("{newer} did not decode");
+            };
+            assert!(u.unreadable() && u.grantee_principal.is_empty(), "{u:?}");
+            assert_eq!(
+                (u.grant_id, u.key_id, u.deleted_ms),
+                (g.grant_id, g.key_id, None)
+            );
+        }
+        let tomb = text.replace("\"created_ms\"", "\"deleted_ms\":{\"at\":1},\"created_ms\"");
+        let Some(Record::GrantV1(u)) = Record::decode(tomb.as_bytes()) else {
+            panic!("{tomb}");
+        };
+        assert!(u.deleted_ms.is_some());
+        assert_eq!(
+            Record::decode(br#"{"record":"grant_v2","grant_id":"x","key_id":"y"}"#),
+            None
+        );
     }
 
     #[test]
@@ -519,6 +703,7 @@ mod tests {
                 let _ = RecordLabel::parse(&label);
                 let _ = RecordLabel::parse(&format!("p11kms:key:{label}"));
                 let _ = RecordLabel::parse(&format!("p11kms:alias:alias/{label}:0000000001:ab"));
+                let _ = RecordLabel::parse(&format!("p11kms:grant:{label}:0000000001:ab"));
                 let _ = Record::decode(&value);
                 let _ = parse_cmk_label(&format!("{CMK_LABEL_PREFIX}{label}"));
             }

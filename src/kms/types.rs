@@ -657,3 +657,104 @@ pub struct UpdateKeyDescriptionRequest {
     pub key_id: Option<KeySelector>,
     pub description: Option<String>,
 }
+
+/// `GrantConstraints`: at most one of the two encryption context members is kept (see
+/// `kms::grant::check_constraints`). `SourceArn` (AWS service principals) is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GrantConstraints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_subset: Option<ContextMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_equals: Option<ContextMap>,
+    #[serde(default, skip_serializing)]
+    pub source_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateGrantRequest {
+    pub key_id: Option<KeySelector>,
+    pub grantee_principal: Option<String>,
+    pub retiring_principal: Option<String>,
+    pub operations: Option<Vec<String>>,
+    pub constraints: Option<GrantConstraints>,
+    pub grant_tokens: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub dry_run: Option<bool>,
+    /// AWS service principals: refused (there are no AWS services here).
+    pub grantee_service_principal: Option<String>,
+    pub retiring_service_principal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateGrantResponse {
+    pub grant_token: String,
+    pub grant_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListGrantsRequest {
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+    pub key_id: Option<KeySelector>,
+    pub grant_id: Option<String>,
+    pub grantee_principal: Option<String>,
+    pub grantee_service_principal: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListRetirableGrantsRequest {
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+    pub retiring_principal: Option<String>,
+    pub retiring_service_principal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GrantListEntry {
+    /// The key ARN.
+    pub key_id: String,
+    pub grant_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub creation_date: f64,
+    pub grantee_principal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retiring_principal: Option<String>,
+    /// `arn:aws:iam::<account>:root` of the account that created the grant.
+    pub issuing_account: String,
+    pub operations: Vec<super::domain::GrantOperation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<GrantConstraints>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListGrantsResponse {
+    pub grants: Vec<GrantListEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RetireGrantRequest {
+    pub grant_token: Option<String>,
+    pub key_id: Option<KeySelector>,
+    pub grant_id: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RevokeGrantRequest {
+    pub key_id: Option<KeySelector>,
+    pub grant_id: Option<String>,
+    pub dry_run: Option<bool>,
+}

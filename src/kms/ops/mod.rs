@@ -1,10 +1,11 @@
 //! The operations, as in the AWS KMS API Reference: validation first (a bad request changes
 //! nothing), then the state rules, then the token. One file per family: keys, aliases,
-//! cryptography; the shared rules are here.
+//! cryptography, grants; the shared rules are here.
 
 mod aliases;
 mod asymmetric;
 mod crypto;
+mod grants;
 mod keys;
 mod policies;
 mod tags;

@@ -9,12 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::backend::{BackingKeys, RecordBackend, Stored};
+use super::GrantWrite;
 use super::{Change, Store};
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
+use crate::kms::domain::GrantOperation;
+use crate::kms::grant::{GrantId, GrantSecret};
 use crate::kms::keyref::{AliasKey, AliasName, KeyId};
 use crate::kms::records::{
-    cmk_id, cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION,
+    cmk_id, cmk_label, AliasRecord, GrantRecord, KeyRecord, Record, RecordLabel, Subject,
+    APPLICATION,
 };
 
 #[derive(Default)]
@@ -25,6 +29,8 @@ struct State {
     /// Backing keys: (label, attributes).
     keys: BTreeMap<u64, (String, CmkAttributes)>,
     refuse_relabel: bool,
+    /// Objects whose destruction fails (a token that refuses one call).
+    refuse_destroy: std::collections::HashSet<u64>,
 }
 
 /// A token's object store, in memory.
@@ -121,7 +127,11 @@ impl RecordBackend for Arc<Memory> {
     }
 
     fn destroy(&self, o: u64) -> Result<()> {
-        self.state().objects.remove(&o);
+        let mut s = self.state();
+        if s.refuse_destroy.contains(&o) {
+            return Err(KmsError::internal("CKR_DEVICE_ERROR"));
+        }
+        s.objects.remove(&o);
         Ok(())
     }
 }
@@ -463,4 +473,153 @@ fn without_a_relabelable_generation_object_every_refresh_relists() {
         m.records_of("p11kms-probe").is_empty(),
         "probes are cleaned up"
     );
+}
+
+fn grant_on(key: KeyId, n: u8) -> GrantRecord {
+    GrantRecord {
+        grant_id: GrantId::from_bytes([n; 32]),
+        key_id: key,
+        name: None,
+        grantee_principal: "arn:aws:iam::111122223333:user/g".into(),
+        retiring_principal: None,
+        operations: vec![GrantOperation::Decrypt],
+        constraint: None,
+        issuing_account: "111122223333".into(),
+        created_ms: 1,
+        token_secret: GrantSecret(vec![n; 32].into()),
+        deleted_ms: None,
+    }
+}
+
+fn put_grant(s: &MemStore, g: GrantRecord) {
+    let w = s.put_grant(|_| Ok(GrantWrite::New(g))).unwrap();
+    assert!(matches!(w, GrantWrite::New(_)));
+}
+
+fn grant_labels(m: &Memory) -> Vec<String> {
+    m.records_of(APPLICATION)
+        .into_iter()
+        .map(|r| r.1)
+        .filter(|l| l.starts_with("p11kms:grant:"))
+        .collect()
+}
+
+#[test]
+fn grants_are_indexed_seen_by_other_processes_and_deleted_through_a_tombstone() {
+    let m = Arc::new(Memory::default());
+    let a = open(&m);
+    let b = open(&m);
+    let k1 = create_key(&m, &a, "one");
+    let k2 = create_key(&m, &a, "two");
+    put_grant(&a, grant_on(k1, 1));
+    put_grant(&a, grant_on(k1, 2));
+    put_grant(&a, grant_on(k2, 3));
+    {
+        let snap = a.read();
+        assert_eq!(snap.grants.len(), 3);
+        let ids: Vec<GrantId> = snap.grants_of(k1).map(|g| g.grant_id).collect();
+        assert_eq!(
+            ids,
+            vec![GrantId::from_bytes([1; 32]), GrantId::from_bytes([2; 32])]
+        );
+    }
+    assert_eq!(grant_labels(&m).len(), 3);
+    // Another process: only after its refresh.
+    assert!(b.read().grants.is_empty());
+    b.refresh().unwrap();
+    assert_eq!(b.read().grants_of(k2).count(), 1);
+
+    // A rule's refusal writes nothing; a deletion leaves no object behind.
+    let gid = GrantId::from_bytes([1; 32]);
+    let refused = b.delete_grant(&gid, 5, |_| Err(KmsError::dry_run_succeeded("dry")));
+    assert_eq!(refused.unwrap_err().aws_name(), "DryRunOperationException");
+    assert_eq!(grant_labels(&m).len(), 3);
+    let gone = b.delete_grant(&gid, 5, |g| {
+        assert!(g.is_some());
+        Ok(())
+    });
+    assert_eq!(gone.unwrap().grant_id, gid);
+    assert_eq!(
+        grant_labels(&m).len(),
+        2,
+        "the grant and its tombstone are destroyed"
+    );
+    assert!(!b.read().grants.contains_key(&gid));
+    assert_eq!(b.read().grants_of(k1).count(), 1);
+    a.refresh().unwrap();
+    assert!(!a.read().grants.contains_key(&gid));
+    assert_eq!(a.read().grants_by_key.get(&k1).map(|s| s.len()), Some(1));
+}
+
+#[test]
+fn a_tombstone_beats_its_grant_after_a_crash_and_stays_while_the_grant_may_remain() {
+    let m = Arc::new(Memory::default());
+    let s = open(&m);
+    let key = create_key(&m, &s, "k");
+    let g = grant_on(key, 7);
+    put_grant(&s, g.clone());
+    // A writer that died after its tombstone, before destroying anything.
+    let tomb = RecordLabel {
+        subject: Subject::Grant(g.grant_id),
+        seq: 2,
+        writer: "ffffffff".into(),
+    };
+    m.create(
+        APPLICATION,
+        &tomb.format(),
+        &Record::GrantV1(GrantRecord {
+            deleted_ms: Some(9),
+            ..g.clone()
+        })
+        .encode(),
+    )
+    .unwrap();
+    let fresh = open(&m);
+    assert!(fresh.read().grants.is_empty(), "the tombstone wins");
+    assert_eq!(
+        grant_labels(&m),
+        vec![tomb.format()],
+        "the grant's object is swept"
+    );
+
+    // A deletion whose older object cannot be destroyed keeps its tombstone.
+    let g2 = grant_on(key, 8);
+    put_grant(&fresh, g2.clone());
+    let old = m
+        .records_of(APPLICATION)
+        .into_iter()
+        .find(|(_, l)| l.contains(&g2.grant_id.to_string()))
+        .map(|(h, _)| h)
+        .unwrap();
+    m.state().refuse_destroy.insert(old);
+    fresh.delete_grant(&g2.grant_id, 9, |_| Ok(())).unwrap();
+    let left: Vec<String> = grant_labels(&m)
+        .into_iter()
+        .filter(|l| l.contains(&g2.grant_id.to_string()))
+        .collect();
+    assert_eq!(left.len(), 2, "grant and tombstone: {left:?}");
+    m.state().refuse_destroy.clear();
+    let other = open(&m);
+    assert!(!other.read().grants.contains_key(&g2.grant_id));
+}
+
+#[test]
+fn a_destroyed_key_takes_its_grants_even_those_this_process_has_not_seen() {
+    let m = Arc::new(Memory::default());
+    let s = open(&m);
+    let other = open(&m);
+    let key = create_key(&m, &s, "doomed");
+    let kept = create_key(&m, &s, "kept");
+    put_grant(&s, grant_on(key, 1));
+    put_grant(&s, grant_on(kept, 2));
+    other.refresh().unwrap();
+    // Made elsewhere, never seen here.
+    put_grant(&other, grant_on(key, 3));
+    assert!(s.destroy_key_if(&key, |_| true).unwrap());
+    let left = grant_labels(&m);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains(&GrantId::from_bytes([2; 32]).to_string()));
+    assert!(s.read().grants_of(key).next().is_none());
+    other.refresh().unwrap();
+    assert_eq!(other.read().grants.len(), 1);
 }

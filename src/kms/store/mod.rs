@@ -44,22 +44,27 @@
 
 mod backend;
 mod generation;
+mod grants;
 #[cfg(test)]
 mod memory;
 mod relist;
 mod sweep;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub use backend::{BackingKeys, RecordBackend};
 use generation::Stamp;
+pub use grants::GrantWrite;
 
 use crate::error::{KmsError, Result};
 use crate::hsm::{CmkHandle, DataHandle, Token};
+use crate::kms::grant::GrantId;
 use crate::kms::keyref::{AliasKey, KeyId};
-use crate::kms::records::{AliasRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION};
+use crate::kms::records::{
+    AliasRecord, GrantRecord, KeyRecord, Record, RecordLabel, Subject, APPLICATION,
+};
 use crate::sync;
 
 /// A full re-list happens at least this often even when the stamp says nothing changed, or
@@ -85,8 +90,14 @@ pub struct KeyEntry<H = CmkHandle> {
 pub struct Snapshot<O = DataHandle, H = CmkHandle> {
     pub keys: BTreeMap<KeyId, KeyEntry<H>>,
     pub aliases: BTreeMap<AliasKey, AliasRecord>,
+    /// Live grants (no tombstone) by grant id.
+    pub grants: BTreeMap<GrantId, GrantRecord>,
+    /// The ids of each key's live grants.
+    pub grants_by_key: BTreeMap<KeyId, BTreeSet<GrantId>>,
     key_meta: HashMap<KeyId, (RecordLabel, Vec<O>)>,
     alias_meta: HashMap<AliasKey, (RecordLabel, Vec<O>, bool)>,
+    /// Every grant with a record object (live or tombstone): its newest label and objects.
+    grant_meta: HashMap<GrantId, (RecordLabel, Vec<O>)>,
     /// Every key id with at least one record object in the token, readable or not: its
     /// backing keys are never orphans.
     claimed: HashSet<KeyId>,
@@ -97,8 +108,11 @@ impl<O, H> Default for Snapshot<O, H> {
         Snapshot {
             keys: BTreeMap::new(),
             aliases: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            grants_by_key: BTreeMap::new(),
             key_meta: HashMap::new(),
             alias_meta: HashMap::new(),
+            grant_meta: HashMap::new(),
             claimed: HashSet::new(),
         }
     }
@@ -110,6 +124,36 @@ impl<O, H> Snapshot<O, H> {
         self.aliases
             .iter()
             .filter(move |(_, a)| a.target == Some(id))
+    }
+
+    /// The live grants of key `id`, in grant id order.
+    pub fn grants_of(&self, id: KeyId) -> impl Iterator<Item = &GrantRecord> {
+        self.grants_by_key
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.grants.get(g))
+    }
+
+    /// Puts a live grant into both indexes.
+    fn index_grant(&mut self, g: GrantRecord) {
+        self.grants_by_key
+            .entry(g.key_id)
+            .or_default()
+            .insert(g.grant_id);
+        self.grants.insert(g.grant_id, g);
+    }
+
+    /// Takes a grant out of both indexes.
+    fn unindex_grant(&mut self, id: &GrantId) {
+        if let Some(g) = self.grants.remove(id) {
+            if let Some(set) = self.grants_by_key.get_mut(&g.key_id) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.grants_by_key.remove(&g.key_id);
+                }
+            }
+        }
     }
 }
 

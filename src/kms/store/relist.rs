@@ -8,10 +8,11 @@ use super::backend::Stored;
 use super::{BackingKeys, KeyEntry, RecordBackend, Snapshot, Store, WriterState};
 use crate::error::Result;
 use crate::hsm::{BackingKind, CmkAttributes, Listed, Lookup};
+use crate::kms::grant::GrantId;
 use crate::kms::keyref::{AliasKey, KeyId};
 use crate::kms::records::{
-    cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
-    APPLICATION, CMK_LABEL_PREFIX,
+    cmk_id, cmk_label, parse_cmk_label, AliasRecord, GrantRecord, KeyRecord, Record, RecordLabel,
+    Subject, APPLICATION, CMK_LABEL_PREFIX,
 };
 
 /// Re-listing looks CMKs up one search each up to this many new ones, else lists them all.
@@ -69,6 +70,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut claimed = HashSet::new();
         let mut keys: HashMap<KeyId, Versions<KeyRecord, R::Object>> = HashMap::new();
         let mut aliases: HashMap<AliasKey, Versions<AliasRecord, R::Object>> = HashMap::new();
+        let mut grants: HashMap<GrantId, Versions<GrantRecord, R::Object>> = HashMap::new();
         for Stored {
             object: handle,
             label: obj_label,
@@ -109,6 +111,9 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                     if r.name == name.name.as_str() && r.owner == name.owner =>
                 {
                     Versions::offer(aliases.entry(name.clone()), label, r, handle);
+                }
+                (Subject::Grant(id), Record::GrantV1(r)) if r.grant_id == *id => {
+                    Versions::offer(grants.entry(*id), label, r, handle);
                 }
                 _ => {}
             }
@@ -231,6 +236,16 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             next.alias_meta.insert(name.clone(), (best, handles, live));
             if live {
                 next.aliases.insert(name, record);
+            }
+        }
+        for (id, Versions { best, record, objs }) in grants {
+            superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
+            let handles = objs.into_iter().map(|(_, h)| h).collect();
+            next.grant_meta.insert(id, (best, handles));
+            // A lone tombstone is kept: destroying it on the strength of a listing that may
+            // have missed the grant's own object could bring a revoked grant back.
+            if record.deleted_ms.is_none() {
+                next.index_grant(record);
             }
         }
         let old = {

@@ -7,11 +7,20 @@ use std::time::{Duration, Instant};
 use super::{BackingKeys, RecordBackend, Store, WriterState, SAFETY_NET_FACTOR};
 use crate::error::Result;
 use crate::hsm::Lookup;
+use crate::kms::grant::GrantId;
 use crate::kms::keyref::{AliasKey, KeyId};
 use crate::kms::records::{
     cmk_id, cmk_label, parse_cmk_label, AliasRecord, KeyRecord, Record, RecordLabel, Subject,
     APPLICATION, CMK_LABEL_PREFIX,
 };
+
+/// The record objects of one key found in the token: its own, and its grants'.
+struct TokenRecords<O> {
+    records: Vec<O>,
+    newest: Option<KeyRecord>,
+    /// Every object of the key's grants (live or tombstones), oldest version first.
+    grants: Vec<(GrantId, RecordLabel, O)>,
+}
 
 /// An unreferenced CMK is destroyed only after it has stayed unreferenced this long, so a
 /// CreateKey in progress in another process is never swept.
@@ -32,15 +41,35 @@ pub(super) fn schedule_first_scan<O>(w: &mut WriterState<O>) {
 
 impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// Every record object of key `id` in the token now, read afresh (not from the snapshot
-    /// or the value cache), and the newest readable record among them.
-    fn token_records_of(&self, id: &KeyId) -> Result<(Vec<R::Object>, Option<KeyRecord>)> {
+    /// or the value cache), the newest readable record among them, and the objects of the
+    /// key's grants (a grant's label names the grant, not its key: its value says which key,
+    /// read once per label as on every re-list).
+    fn token_records_of(
+        &self,
+        w: &mut WriterState<R::Object>,
+        id: &KeyId,
+    ) -> Result<TokenRecords<R::Object>> {
         let mut handles = Vec::new();
         let mut best: Option<(RecordLabel, KeyRecord)> = None;
+        let mut grants = Vec::new();
         for stored in self.records.list(APPLICATION, false)? {
             let handle = stored.object;
             let Some(label) = RecordLabel::parse(&stored.label) else {
                 continue;
             };
+            if let Subject::Grant(g) = &label.subject {
+                let record = match w.seen.get(&stored.label) {
+                    Some(r) => Some(r.clone()),
+                    None => self.records.read(handle)?.and_then(|v| Record::decode(&v)),
+                };
+                if let Some(Record::GrantV1(r)) = record {
+                    if r.key_id == *id && r.grant_id == *g {
+                        w.seen.insert(stored.label.clone(), Record::GrantV1(r));
+                        grants.push((*g, label, handle));
+                    }
+                }
+                continue;
+            }
             if label.subject != Subject::Key(*id) {
                 continue;
             }
@@ -54,17 +83,27 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 }
             }
         }
-        Ok((handles, best.map(|(_, r)| r)))
+        grants.sort_by(|a, b| a.1.rank().cmp(&b.1.rank()));
+        Ok(TokenRecords {
+            records: handles,
+            newest: best.map(|(_, r)| r),
+            grants,
+        })
     }
 
     /// Destroys a key for good, if the token still says it is due: its records are read
     /// again from the token first (another process may have cancelled the deletion since this
-    /// snapshot was made), and `due` decides on what they say now. Then its aliases, backing
-    /// keys and records go, in that order, so a crash half-way leaves a record that the next
-    /// sweep finishes. Returns whether the key was destroyed. Every destruction is logged.
+    /// snapshot was made), and `due` decides on what they say now. Then its aliases, grants,
+    /// backing keys and records go, in that order, so a crash half-way leaves a record that
+    /// the next sweep finishes. Returns whether the key was destroyed. Every destruction is
+    /// logged.
     pub fn destroy_key_if(&self, id: &KeyId, due: impl FnOnce(&KeyRecord) -> bool) -> Result<bool> {
         let mut w = self.lock_writer();
-        let (record_objects, newest) = self.token_records_of(id)?;
+        let TokenRecords {
+            records: record_objects,
+            newest,
+            grants,
+        } = self.token_records_of(&mut w, id)?;
         let Some(record) = newest.filter(|r| due(r)) else {
             return Ok(false);
         };
@@ -85,6 +124,28 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                     ..alias
                 },
             )?;
+        }
+        // Its grants, each grant's oldest object first, so that a crash half-way leaves at
+        // worst a tombstone (or the key record, and the next sweep finishes).
+        let mut gone_grants = HashSet::new();
+        for (g, _, h) in &grants {
+            self.records.destroy(*h)?;
+            gone_grants.insert(*g);
+        }
+        {
+            let mut snap = self.write_snapshot(&mut w);
+            let indexed: Vec<GrantId> = snap.grants_of(*id).map(|g| g.grant_id).collect();
+            for g in indexed.iter().chain(gone_grants.iter()) {
+                snap.unindex_grant(g);
+                snap.grant_meta.remove(g);
+            }
+        }
+        if !gone_grants.is_empty() {
+            tracing::info!(
+                key_id = %id,
+                grants = gone_grants.len(),
+                "destroyed the grants of a key past its deletion date"
+            );
         }
         for v in &record.versions {
             let label = cmk_label(id, v.version);
@@ -213,7 +274,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 .iter()
                 .filter_map(|s| match RecordLabel::parse(&s.label)?.subject {
                     Subject::Key(id) => Some(id),
-                    Subject::Alias(_) => None,
+                    Subject::Alias(_) | Subject::Grant(_) => None,
                 })
                 .collect();
             for (id, label, handle) in due {
