@@ -6,6 +6,7 @@
 mod api_support;
 mod common;
 mod sdk;
+mod server_process;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -614,4 +615,159 @@ async fn another_account_uses_a_key_by_arn_when_both_policies_allow() {
         code(admin().describe_key().key_id(&own.key_id).send().await),
         "NotFoundException"
     );
+}
+
+/// A key only the admin may use, for the grant tests.
+fn admin_only_policy() -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{}"}},"Action":"kms:*","Resource":"*"}}]}}"#,
+        dev_arn()
+    )
+}
+
+#[tokio::test]
+async fn a_grant_allows_its_grantee_within_its_constraint_until_revoked() {
+    let (id, _) = key_with(Some(&admin_only_policy())).await;
+    let reader = as_(&READER);
+    let encrypt = |ctx: Option<HashMap<String, String>>, tokens: Option<Vec<String>>| {
+        let reader = reader.clone();
+        let id = id.clone();
+        async move {
+            reader
+                .encrypt()
+                .key_id(&id)
+                .plaintext(aws_sdk_kms::primitives::Blob::new(b"granted".to_vec()))
+                .set_encryption_context(ctx)
+                .set_grant_tokens(tokens)
+                .send()
+                .await
+        }
+    };
+    let purpose = ctx(&[("purpose", "containers"), ("extra", "x")]);
+    assert_eq!(
+        code(encrypt(Some(purpose.clone()), None).await),
+        "AccessDeniedException",
+        "no policy names the reader"
+    );
+    let grant = admin()
+        .create_grant()
+        .key_id(&id)
+        .grantee_principal(READER.arn)
+        .operations(aws_sdk_kms::types::GrantOperation::Encrypt)
+        .operations(aws_sdk_kms::types::GrantOperation::Decrypt)
+        .constraints(
+            aws_sdk_kms::types::GrantConstraints::builder()
+                .encryption_context_subset("purpose", "containers")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create grant");
+    let token = grant.grant_token().expect("token").to_owned();
+    let blob = encrypt(Some(purpose.clone()), Some(vec![token.clone()]))
+        .await
+        .expect("the grant allows Encrypt with the constrained context")
+        .ciphertext_blob
+        .expect("blob");
+    assert_eq!(
+        code(encrypt(Some(ctx(&[("purpose", "other")])), None).await),
+        "AccessDeniedException",
+        "outside the grant's constraint"
+    );
+    assert_eq!(
+        code(encrypt(None, None).await),
+        "AccessDeniedException",
+        "no context at all"
+    );
+    assert_eq!(
+        code(
+            reader
+                .generate_data_key()
+                .key_id(&id)
+                .key_spec(DataKeySpec::Aes256)
+                .set_encryption_context(Some(purpose.clone()))
+                .send()
+                .await
+        ),
+        "AccessDeniedException",
+        "an operation the grant does not list"
+    );
+    let plain = reader
+        .decrypt()
+        .ciphertext_blob(blob.clone())
+        .set_encryption_context(Some(purpose.clone()))
+        .send()
+        .await
+        .expect("Decrypt under the grant");
+    assert_eq!(plain.plaintext.expect("pt").as_ref(), b"granted");
+    admin()
+        .revoke_grant()
+        .key_id(&id)
+        .grant_id(grant.grant_id().expect("id"))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(
+        code(
+            reader
+                .decrypt()
+                .ciphertext_blob(blob)
+                .set_encryption_context(Some(purpose))
+                .set_grant_tokens(Some(vec![token]))
+                .send()
+                .await
+        ),
+        "AccessDeniedException",
+        "a revoked grant allows nothing, its token neither"
+    );
+}
+
+/// A real second process that will not refresh by itself for 10 minutes honours a grant
+/// made here at once, through its grant token; without the token it does not know it yet.
+#[test]
+fn another_process_honours_a_grant_token_at_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The key exists before the other process starts, so it knows the key; the grant is
+    // made after.
+    let (id, _) = rt.block_on(key_with(Some(&admin_only_policy())));
+    let reader_cred = server_process::Cred::new(READER.id, SECRET, "reader");
+    let srv = server_process::start(&server_process::Options {
+        credentials: vec![server_process::Cred::dev(), reader_cred.clone()],
+        top: "metadata_refresh_ms = 600000".into(),
+        ..Default::default()
+    });
+    let reader = srv.client(&reader_cred);
+    let grant = rt
+        .block_on(
+            admin()
+                .create_grant()
+                .key_id(&id)
+                .grantee_principal(READER.arn)
+                .operations(aws_sdk_kms::types::GrantOperation::GenerateDataKeyWithoutPlaintext)
+                .send(),
+        )
+        .expect("grant made through this process");
+    let gdk = |tokens: Option<Vec<String>>| {
+        rt.block_on(
+            reader
+                .generate_data_key_without_plaintext()
+                .key_id(&id)
+                .key_spec(DataKeySpec::Aes256)
+                .set_grant_tokens(tokens)
+                .send(),
+        )
+    };
+    assert_eq!(
+        code(gdk(None)),
+        "AccessDeniedException",
+        "without its token the other process has not seen the grant"
+    );
+    gdk(Some(vec![grant.grant_token().expect("token").to_owned()]))
+        .expect("with the grant token it is in force at once");
+    gdk(None).expect("and once seen, it stays in force without the token");
+    drop(srv);
 }
