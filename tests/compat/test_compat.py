@@ -873,3 +873,63 @@ def test_aws_cli_sign_verify_and_get_public_key(server, tmp_path):
     public = serialization.load_der_public_key(base64.b64decode(out["PublicKey"]))
     # What the CLI signed verifies with what the CLI fetched, in `cryptography`.
     public.verify(signature.read_bytes(), MESSAGE, ec.ECDSA(hashes.SHA256()))
+
+
+def _start_ci_server(tmp_path, listen="127.0.0.1:0"):
+    """`p11kms serve --ci` on a fresh embedded token; returns (proc, endpoint, exports)."""
+    state = tmp_path / "ci-state"
+    env = _clean_env({"P11KMS_STATE_DIR": str(state), "P11KMS_ACCOUNT": "000000000000"})
+    subprocess.run([BIN, "token", "init"], env=env, check=True, capture_output=True, timeout=120)
+    log = open(tmp_path / "ci-server.log", "wb")
+    proc = subprocess.Popen(
+        [BIN, "serve", "--ci", "--listen", listen],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    exports = {}
+    for line in proc.stdout:
+        line = line.strip()
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            exports[name] = shlex.split(value)[0]
+        elif line.startswith("listening on "):
+            return proc, exports["AWS_ENDPOINT_URL"], exports
+    proc.wait(timeout=30)
+    return proc, None, (tmp_path / "ci-server.log").read_text(errors="replace")
+
+
+def test_ci_mode_boto3_with_dummy_credentials_in_three_regions(tmp_path):
+    proc, endpoint, exports = _start_ci_server(tmp_path)
+    try:
+        assert endpoint, exports
+        assert exports["AWS_ACCESS_KEY_ID"] == "test"
+        log = (tmp_path / "ci-server.log").read_text(errors="replace")
+        assert "CI MODE" in log, log
+        for region in ["us-east-1", "eu-west-1", "ap-northeast-1"]:
+            # As a moto/LocalStack test suite configures its clients.
+            kms = boto3.client(
+                "kms",
+                region_name=region,
+                endpoint_url=endpoint,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )
+            key = kms.create_key(Description=f"ci {region}")["KeyMetadata"]
+            assert key["Arn"].startswith(f"arn:aws:kms:{region}:000000000000:key/")
+            kms.create_alias(AliasName="alias/ci-app", TargetKeyId=key["KeyId"])
+            blob = kms.encrypt(KeyId="alias/ci-app", Plaintext=b"moto-style")["CiphertextBlob"]
+            assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"moto-style"
+            ids = [k["KeyId"] for k in kms.list_keys()["Keys"]]
+            assert ids == [key["KeyId"]], "each region lists its own keys"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=40)
+
+
+def test_ci_mode_refuses_a_non_loopback_address(tmp_path):
+    proc, endpoint, log = _start_ci_server(tmp_path, listen="0.0.0.0:0")
+    assert endpoint is None
+    assert proc.returncode != 0
+    assert "loopback" in log, log
