@@ -37,6 +37,7 @@ pub mod error;
 pub mod hsm;
 pub mod kms;
 pub(crate) mod process;
+pub mod seed;
 pub mod setup;
 mod sync;
 

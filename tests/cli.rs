@@ -386,6 +386,48 @@ fn key_policies_from_files_and_the_operators_recovery() {
 }
 
 #[test]
+fn seeding_keys_with_fixed_ids_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = dir.path().join("seed.toml");
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let tag = &a.to_string()[..8];
+    std::fs::write(
+        &seed,
+        format!(
+            r#"
+[[key]]
+id = "{a}"
+description = "seeded app key"
+aliases = ["alias/seed-{tag}-app", "alias/seed-{tag}-app2"]
+tags = {{ team = "payments" }}
+
+[[key]]
+id = "{b}"
+spec = "ECC_NIST_P256"
+usage = "SIGN_VERIFY"
+"#
+        ),
+    )
+    .expect("write seed");
+    let first = ok_json(&["seed", seed.to_str().unwrap()]);
+    assert_eq!(first["Created"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["Aliases"].as_array().unwrap().len(), 2, "{first}");
+    let again = ok_json(&["seed", seed.to_str().unwrap()]);
+    assert_eq!(again["Created"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["Existing"].as_array().unwrap().len(), 2, "{again}");
+    let m = &ok_json(&["key", "describe", &format!("alias/seed-{tag}-app")])["KeyMetadata"];
+    assert_eq!(m["KeyId"], a.to_string());
+    assert_eq!(m["Description"], "seeded app key");
+    let m = &ok_json(&["key", "describe", &b.to_string()])["KeyMetadata"];
+    assert_eq!(m["KeySpec"], "ECC_NIST_P256");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[key]]\nid = \"not-an-id\"\n").expect("write");
+    let o = run(&["seed", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not-an-id"), "{}", stderr(&o));
+}
+
+#[test]
 fn aliases() {
     let (k1, k2) = (new_key(), new_key());
     let name = format!("alias/cli-{}", &k1[..8]);

@@ -136,7 +136,12 @@ where
 /// `p11kms serve`: opens the token, starts metadata upkeep, binds `listen_override` or
 /// `config.server.listen`, prints the paste-able environment and `listening on <addr>`, and
 /// serves until SIGTERM/SIGINT.
-pub fn serve(config: &Config, listen_override: Option<&str>, ci: bool) -> Result<()> {
+pub fn serve(
+    config: &Config,
+    listen_override: Option<&str>,
+    ci: bool,
+    seed: Option<&std::path::Path>,
+) -> Result<()> {
     // Before any secret is in memory: no core dumps, not dumpable.
     let hardened = crate::process::harden();
     // Secrets and TLS files first: cheap failures before the token is opened.
@@ -175,6 +180,21 @@ pub fn serve(config: &Config, listen_override: Option<&str>, ci: bool) -> Result
         );
     }
     log_custody(&kms);
+    if let Some(file) = seed {
+        let account = settings
+            .ci_account
+            .clone()
+            .unwrap_or_else(|| config.account.clone());
+        let r = crate::seed::seed_file(&kms, file, &account, &config.region)?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "p11kms: seeded from {}: {} keys created, {} existed, {} aliases created",
+            file.display(),
+            r.created.len(),
+            r.existing.len(),
+            r.aliases.len()
+        );
+    }
     // With refresh on every request, upkeep still has deletions and orphans to sweep.
     let upkeep = if config.metadata_refresh.is_zero() {
         Duration::from_secs(1)
@@ -201,7 +221,7 @@ pub fn serve(config: &Config, listen_override: Option<&str>, ci: bool) -> Result
 }
 
 /// The account of CI mode: P11KMS_ACCOUNT, else `account` of the configuration.
-fn ci_account(config: &Config) -> Result<String> {
+pub fn ci_account(config: &Config) -> Result<String> {
     match std::env::var("P11KMS_ACCOUNT") {
         Ok(a) if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) => Ok(a),
         Ok(a) => Err(KmsError::config(format!(

@@ -85,6 +85,14 @@ pub(super) enum Configured {
     Envelope(EnvelopeCmd),
     /// Serve the AWS KMS JSON API over HTTP (or HTTPS when a certificate is configured).
     Serve(ServeArgs),
+    /// Create keys and aliases with fixed ids from a TOML seed file (`[[key]]` tables: id,
+    /// spec, usage, description, aliases, tags, region); existing ones are left alone.
+    Seed {
+        file: PathBuf,
+        /// The account of the keys (default: the configuration's, or P11KMS_ACCOUNT).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -97,6 +105,10 @@ pub(super) struct ServeArgs {
     /// account is `account` of the config or P11KMS_ACCOUNT. Only on a loopback address.
     #[arg(long)]
     pub(super) ci: bool,
+    /// Before serving, create the keys and aliases of this seed file that do not exist yet
+    /// (fixed ids; see `p11kms seed`).
+    #[arg(long, value_name = "FILE")]
+    pub(super) seed: Option<PathBuf>,
     /// For `p11kms bench`: serve a fixed answer to every request (no SigV4, no token), with
     /// the same runtime and connection settings: the HTTP floor.
     #[arg(long, hide = true)]

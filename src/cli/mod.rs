@@ -124,7 +124,41 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
         }
-        Configured::Serve(args) => crate::api::serve(&config, args.listen.as_deref(), args.ci),
+        Configured::Serve(args) => crate::api::serve(
+            &config,
+            args.listen.as_deref(),
+            args.ci,
+            args.seed.as_deref(),
+        ),
+        Configured::Seed { file, account } => {
+            let account = match account {
+                Some(a) => a,
+                None => crate::api::ci_account(&config)?,
+            };
+            let kms = open(&config)?;
+            let r = crate::seed::seed_file(&kms, &file, &account, &config.region)?;
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct SeedOut {
+                created: Vec<String>,
+                existing: Vec<String>,
+                aliases: Vec<String>,
+            }
+            let text = format!(
+                "Created {} keys and {} aliases; {} keys existed already.\n",
+                r.created.len(),
+                r.aliases.len(),
+                r.existing.len()
+            );
+            out.emit(
+                &SeedOut {
+                    created: r.created.iter().map(|k| k.to_string()).collect(),
+                    existing: r.existing.iter().map(|k| k.to_string()).collect(),
+                    aliases: r.aliases,
+                },
+                &text,
+            )
+        }
     }
 }
 

@@ -111,6 +111,10 @@ pub struct CreateKeyRequest {
     /// knows the caller (never read from the request body); `None`: the service's own.
     #[serde(skip)]
     pub scope: Option<ArnScope>,
+    /// A fixed key id (seeding, `p11kms seed`; never read from the request body); `None`: a
+    /// random one. A key with this id already → `AlreadyExistsException`.
+    #[serde(skip)]
+    pub key_id: Option<super::KeyId>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -164,7 +164,15 @@ impl Kms {
             .capabilities()
             .kdf
             .ok_or_else(|| KmsError::internal("the token offers no key derivation"))?;
-        let id = KeyId::new_random();
+        let id = match req.key_id {
+            None => KeyId::new_random(),
+            Some(id) if self.store.key(&id).is_some() => {
+                return Err(KmsError::already_exists(format!(
+                    "A key with the id {id} already exists"
+                )))
+            }
+            Some(id) => id,
+        };
         let now = now_ms();
         let mut record = KeyRecord {
             id,
