@@ -26,8 +26,8 @@ use std::sync::Arc;
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
 pub use domain::{
-    AwsEnum, DataKeySpec, EncryptionAlgorithm, KeyManager, KeySpec, KeyState, KeyUsage,
-    MacAlgorithm, Origin, SigningAlgorithm,
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, ExpirationModel, KeyManager, KeySpec, KeyState,
+    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm, WrappingAlgorithm, WrappingKeySpec,
 };
 pub use epoch::EpochPolicy;
 pub use keyref::{AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
@@ -95,6 +95,8 @@ pub struct Kms {
     proven_agreement_keys: std::sync::Mutex<std::collections::HashSet<KeyId>>,
     /// Compiled key policies (see `ops/policies.rs`).
     policies: ops::PolicyCache,
+    /// When upkeep last looked for expired wrapping keys of key import (`upkeep.rs`).
+    wrapping_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Kms {
@@ -125,6 +127,7 @@ impl Kms {
             public_keys: Default::default(),
             proven_agreement_keys: Default::default(),
             policies: Default::default(),
+            wrapping_sweep: Default::default(),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

@@ -23,7 +23,7 @@ pub const APPLICATION: &str = "p11kms";
 pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
 
 pub use super::domain::KeyState;
-use super::domain::{KeySpec, KeyUsage};
+use super::domain::{ExpirationModel, KeySpec, KeyUsage, Origin};
 
 /// One backing key of a CMK. Version 1 is created with the key; rotation adds more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,26 @@ pub struct KeyRecord {
     /// that account read the same to earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Present exactly for keys whose material is imported (`Origin=EXTERNAL`); absent for
+    /// keys generated in the token, whose records read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportedMaterial>,
+}
+
+/// What the record of a key with imported material (`Origin=EXTERNAL`) keeps about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedMaterial {
+    /// Whether the material in the token now expires (`None` while the key has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// When it expires (Unix milliseconds), for `KEY_MATERIAL_EXPIRES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_to_ms: Option<i64>,
+    /// The check value of the first material imported (`hsm::Token::check_value`): kept
+    /// after that material is deleted or expires, so that only the same material can be
+    /// imported again, compared without extracting anything.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    pub check: Option<Vec<u8>>,
 }
 
 fn symmetric_default() -> KeySpec {
@@ -110,6 +130,7 @@ impl KeyRecord {
             usage: KeyUsage::EncryptDecrypt,
             public_key: None,
             account: None,
+            import: None,
         }
     }
 
@@ -133,12 +154,35 @@ impl KeyRecord {
             usage: KeyUsage::EncryptDecrypt,
             public_key: None,
             account: None,
+            import: None,
         }
     }
 
-    /// What backs this key in the token (from its spec and usage).
+    /// What backs this key in the token (from its spec and usage, and whether its record
+    /// says its material is imported: only then may the backing key be one the token did not
+    /// generate).
     pub fn backing_kind(&self) -> crate::error::Result<crate::hsm::BackingKind> {
-        super::specs::backing_kind(self.spec, self.usage)
+        match super::specs::backing_kind(self.spec, self.usage)? {
+            crate::hsm::BackingKind::Derive if self.import.is_some() => {
+                Ok(crate::hsm::BackingKind::Imported)
+            }
+            kind => Ok(kind),
+        }
+    }
+
+    /// Where the key material came from.
+    pub fn origin(&self) -> Origin {
+        if self.import.is_some() {
+            Origin::External
+        } else {
+            Origin::AwsKms
+        }
+    }
+
+    /// Whether the key has imported key material in the token now (an imported key whose
+    /// record lists a backing version).
+    pub fn has_imported_material(&self) -> bool {
+        self.import.is_some() && !self.versions.is_empty()
     }
 
     pub fn cmk_label(&self, version: u32) -> String {
@@ -289,6 +333,9 @@ impl Record {
                 .get("account")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),
+            import: v
+                .get("import")
+                .and_then(|x| serde_json::from_value(x.clone()).ok()),
         }))
     }
 }
@@ -360,7 +407,7 @@ mod tests {
         let good = Record::KeyV1(KeyRecord::for_tests(id, "d")).encode();
         let text = String::from_utf8(good).unwrap();
         for newer in [
-            text.replace("\"Enabled\"", "\"PendingImport\""),
+            text.replace("\"Enabled\"", "\"SomeFutureState\""),
             text.replace("\"AES_CBC_ENCRYPT_DATA\"", "\"HKDF_SHA256\""),
             text.replace("\"key_v1\"", "\"key_v2\""),
             text.replace("\"current_version\":1", "\"current_version\":\"one\""),
@@ -427,6 +474,37 @@ mod tests {
         assert!(text.contains("\"usage\":\"SIGN_VERIFY\""), "{text}");
         assert!(text.contains("\"public_key\":\"MFn/\""), "{text}");
         assert_eq!(Record::decode(&enc), Some(asym));
+    }
+
+    #[test]
+    fn imported_records_round_trip_and_say_so() {
+        let plain = KeyRecord::for_tests(KeyId::new_random(), "p");
+        assert_eq!(plain.origin(), Origin::AwsKms);
+        assert_eq!(
+            plain.backing_kind().unwrap(),
+            crate::hsm::BackingKind::Derive
+        );
+        let r = KeyRecord {
+            import: Some(ImportedMaterial {
+                expiration_model: Some(ExpirationModel::KeyMaterialExpires),
+                valid_to_ms: Some(1_700_000_000_000),
+                check: Some(vec![1, 2, 3]),
+            }),
+            ..plain.clone()
+        };
+        assert_eq!(r.origin(), Origin::External);
+        assert!(r.has_imported_material());
+        assert_eq!(r.backing_kind().unwrap(), crate::hsm::BackingKind::Imported);
+        let enc = Record::KeyV1(r.clone()).encode();
+        let text = String::from_utf8_lossy(&enc);
+        assert!(
+            text.contains(r#""import":{"expiration_model":"KEY_MATERIAL_EXPIRES","valid_to_ms":1700000000000,"check":"AQID"}"#),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(Record::KeyV1(r)));
+        // Records of generated keys carry nothing new.
+        let enc = Record::KeyV1(plain).encode();
+        assert!(!String::from_utf8_lossy(&enc).contains("import"));
     }
 
     #[test]

@@ -383,7 +383,7 @@ def test_aws_cli_data_key_then_decrypt(server, tmp_path):
 def test_start_up_log_states_custody(server):
     log = (server.state_dir / "server.log").read_text(errors="replace")
     lines = [l for l in log.splitlines() if l.startswith("p11kms: custody: ")]
-    assert len(lines) == 15, log
+    assert len(lines) == 16, log
     (without,) = [l for l in lines if "GenerateDataKeyWithoutPlaintext: " in l]
     (pair,) = [l for l in lines if "GenerateDataKeyPairWithoutPlaintext: " in l]
     if TOKEN == "kryoptic":

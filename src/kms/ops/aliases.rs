@@ -37,7 +37,7 @@ impl Kms {
                 "{arn} is pending deletion."
             ))),
             Some(KeyState::Unknown) => Err(unavailable_state(&arn)),
-            Some(KeyState::Enabled | KeyState::Disabled) => Ok(()),
+            Some(KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport) => Ok(()),
         }
     }
 
