@@ -12,7 +12,6 @@ mod api_support;
 mod common;
 mod sdk;
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes::cipher::{BlockEncrypt, KeyInit};
@@ -28,7 +27,7 @@ use rand::RngCore;
 use rsa::pkcs8::DecodePublicKey as _;
 
 /// Every test here takes this: they share a token and sweep it.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A bound for every SDK call (a hung server fails the test instead of hanging it).
 const CALL: Duration = Duration::from_secs(120);
@@ -363,7 +362,7 @@ async fn decrypt(c: &Client, blob: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn every_wrapping_algorithm_the_token_has_imports_the_very_material() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let mut imported = Vec::new();
     for algorithm in ALGORITHMS {
@@ -431,7 +430,7 @@ async fn every_wrapping_algorithm_the_token_has_imports_the_very_material() {
 
 #[tokio::test]
 async fn larger_wrapping_keys_are_generated_as_asked() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let key = external_key(&c).await;
     for (spec, bits) in [
@@ -465,7 +464,7 @@ async fn larger_wrapping_keys_are_generated_as_asked() {
 
 #[tokio::test]
 async fn bad_tokens_ciphertexts_and_requests_get_aws_errors() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let alg = "RSAES_OAEP_SHA_1";
     let key = external_key(&c).await;
@@ -612,7 +611,7 @@ async fn bad_tokens_ciphertexts_and_requests_get_aws_errors() {
 
 #[tokio::test]
 async fn deleted_material_makes_the_key_pending_import_until_the_same_material_returns() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let alg = "RSAES_OAEP_SHA_1";
     let key = external_key(&c).await;
@@ -706,7 +705,7 @@ async fn deleted_material_makes_the_key_pending_import_until_the_same_material_r
 
 #[tokio::test]
 async fn expired_material_and_wrapping_keys_are_swept_by_the_upkeep() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let alg = "RSAES_OAEP_SHA_1";
     let kms = common::kms();
@@ -778,7 +777,7 @@ async fn expired_material_and_wrapping_keys_are_swept_by_the_upkeep() {
 async fn imported_keys_are_held_by_the_token_and_unwrapped_objects_do_not_pass_as_generated() {
     use p11kms::hsm::{BackingKind, CmkLookup, KeyWrapScheme, Offered};
     use p11kms::kms::{cmk_id, cmk_label};
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = SERIAL.lock().await;
     let c = client();
     let alg = "RSAES_OAEP_SHA_1";
     let token = common::kms().token();

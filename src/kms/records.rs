@@ -72,7 +72,7 @@ pub struct KeyRecord {
     /// Present exactly for keys whose material is imported (`Origin=EXTERNAL`); absent for
     /// keys generated in the token, whose records read as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub import: Option<ImportedMaterial>,
+    pub import: Option<Box<ImportedMaterial>>,
 }
 
 /// What the record of a key with imported material (`Origin=EXTERNAL`) keeps about it.
@@ -485,11 +485,11 @@ mod tests {
             crate::hsm::BackingKind::Derive
         );
         let r = KeyRecord {
-            import: Some(ImportedMaterial {
+            import: Some(Box::new(ImportedMaterial {
                 expiration_model: Some(ExpirationModel::KeyMaterialExpires),
                 valid_to_ms: Some(1_700_000_000_000),
                 check: Some(vec![1, 2, 3]),
-            }),
+            })),
             ..plain.clone()
         };
         assert_eq!(r.origin(), Origin::External);

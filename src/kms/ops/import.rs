@@ -390,7 +390,7 @@ impl Kms {
         let made: std::cell::Cell<Option<CmkHandle>> = std::cell::Cell::new(None);
         let written = self.store.replace_key(&id, |now| {
             let r = &now.record;
-            let import = r.import.clone().ok_or_else(|| {
+            let import = r.import.as_deref().cloned().ok_or_else(|| {
                 KmsError::unsupported(format!("{arn} has no imported key material"))
             })?;
             match r.state {
@@ -419,7 +419,7 @@ impl Kms {
                 }
                 return Ok(Some(KeyEntry {
                     record: KeyRecord {
-                        import: Some(expiry),
+                        import: Some(Box::new(expiry)),
                         ..r.clone()
                     },
                     ..now.clone()
@@ -460,10 +460,10 @@ impl Kms {
                         version: 1,
                         created: now_ms / 1000,
                     }],
-                    import: Some(ImportedMaterial {
+                    import: Some(Box::new(ImportedMaterial {
                         check: Some(check),
                         ..expiry
-                    }),
+                    })),
                     ..r.clone()
                 },
                 cmks: BTreeMap::from([(1, cmk)]),
@@ -550,10 +550,12 @@ impl Kms {
                         _ => KeyState::PendingImport,
                     },
                     versions: Vec::new(),
-                    import: r.import.clone().map(|i| ImportedMaterial {
-                        expiration_model: None,
-                        valid_to_ms: None,
-                        ..i
+                    import: r.import.as_deref().map(|i| {
+                        Box::new(ImportedMaterial {
+                            expiration_model: None,
+                            valid_to_ms: None,
+                            ..i.clone()
+                        })
                     }),
                     ..r.clone()
                 },

@@ -166,7 +166,9 @@ impl<O> Default for WriterState<O> {
     }
 }
 
-/// What a record rule decided (see [`Store::update_key`]).
+/// What a record rule decided (see [`Store::update_key`]). A transient value, returned once
+/// per write: its size does not matter, and boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     /// Write this record.
     Write(KeyRecord),
