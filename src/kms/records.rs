@@ -8,6 +8,7 @@
 //! key record     p11kms:key:<key id>:<seq>:<writer>
 //! alias record   p11kms:alias:<alias name>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
+//! wrapping key   p11kms:import:<key id>:<valid-to ms>:<digest>   (key import, `ops/import.rs`)
 //! ```
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
 //! between two processes writing the same sequence number.
