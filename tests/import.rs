@@ -882,4 +882,35 @@ async fn imported_keys_are_held_by_the_token_and_unwrapped_objects_do_not_pass_a
         ..Default::default()
     });
     assert_eq!(r.unwrap_err().aws_name(), "KeyUnavailableException");
+
+    // Nor when a newer record, written by someone holding the PIN, says the generated key's
+    // material is imported: whether a key may be backed by an unwrapped object is fixed by its
+    // id when it is created (imported keys get UUID version 8 ids).
+    assert!(!gid.is_for_imported() && id.is_for_imported());
+    let mut forged = serde_json::to_value(common::kms().key_record(gid).unwrap()).unwrap();
+    forged["record"] = "key_v1".into();
+    forged["import"] = serde_json::json!({});
+    let label = format!("p11kms:key:{gid}:{:010}:ffffffff", 999);
+    planter
+        .create_data("p11kms", &label, &serde_json::to_vec(&forged).unwrap())
+        .unwrap();
+    let fresh = common::fresh_kms();
+    let record = fresh.key_record(gid).unwrap();
+    assert_eq!(
+        record.origin(),
+        p11kms::kms::Origin::External,
+        "the forged record is read"
+    );
+    let r = fresh.encrypt(p11kms::kms::types::EncryptRequest {
+        key_id: Some(generated.key_id.clone().into()),
+        plaintext: Some(p11kms::kms::types::SecretBytes(b"x".to_vec().into())),
+        ..Default::default()
+    });
+    let e = r.unwrap_err();
+    assert_eq!(e.aws_name(), "KeyUnavailableException", "{}", e.message());
+    assert!(
+        e.message().contains("generated in the token"),
+        "{}",
+        e.message()
+    );
 }

@@ -165,7 +165,18 @@ impl KeyRecord {
     pub fn backing_kind(&self) -> crate::error::Result<crate::hsm::BackingKind> {
         match super::specs::backing_kind(self.spec, self.usage)? {
             crate::hsm::BackingKind::Derive if self.import.is_some() => {
-                Ok(crate::hsm::BackingKind::Imported)
+                if self.id.is_for_imported() {
+                    Ok(crate::hsm::BackingKind::Imported)
+                } else {
+                    // A generated key's record rewritten to say EXTERNAL (someone holding
+                    // the PIN): its backing key must still prove it was generated.
+                    Err(crate::error::KmsError::key_unavailable(format!(
+                        "the record of {} says its key material is imported, but the key was \
+                         created with key material generated in the token: refusing to bind \
+                         an imported object to it",
+                        self.id
+                    )))
+                }
             }
             kind => Ok(kind),
         }
@@ -485,7 +496,16 @@ mod tests {
             plain.backing_kind().unwrap(),
             crate::hsm::BackingKind::Derive
         );
+        let forged = KeyRecord {
+            import: Some(Box::default()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            forged.backing_kind().unwrap_err().aws_name(),
+            "KeyUnavailableException"
+        );
         let r = KeyRecord {
+            id: KeyId::new_for_imported(),
             import: Some(Box::new(ImportedMaterial {
                 expiration_model: Some(ExpirationModel::KeyMaterialExpires),
                 valid_to_ms: Some(1_700_000_000_000),

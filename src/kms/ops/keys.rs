@@ -213,7 +213,8 @@ impl Kms {
             import: None,
         };
         if req.origin.as_deref() == Some(Origin::External.as_str()) {
-            // No key material until ImportKeyMaterial brings it.
+            // No key material until ImportKeyMaterial brings it; an id that says so for life.
+            record.id = KeyId::new_for_imported();
             record.state = KeyState::PendingImport;
             record.versions = Vec::new();
             record.import = Some(Default::default());
