@@ -76,6 +76,12 @@ kinds! {
     UnsupportedOperation, unsupported, "UnsupportedOperationException", true;
     /// A tag key or value is malformed, or there are too many.
     Tag, tag, "TagException", true;
+    /// An import token that p11kms did not hand out for this key, or whose wrapping key is gone.
+    InvalidImportToken, invalid_import_token, "InvalidImportTokenException", true;
+    /// An import token past its `ParametersValidTo`.
+    ExpiredImportToken, expired_import_token, "ExpiredImportTokenException", true;
+    /// Key material that is not what the key takes, or not the material it had before.
+    IncorrectKeyMaterial, incorrect_key_material, "IncorrectKeyMaterialException", true;
     /// A `DryRun` request that would have succeeded.
     DryRunOperation, dry_run_succeeded, "DryRunOperationException", true;
     /// A principal named in a request is not an ARN this service understands.

@@ -857,8 +857,20 @@ async fn create_key_limits() {
             "{spec:?}"
         );
     }
+    // Imported key material: symmetric encryption keys only (tests/import.rs has the rest).
     assert_eq!(
-        code(c.create_key().origin(OriginType::External).send().await),
+        code(
+            c.create_key()
+                .origin(OriginType::External)
+                .key_spec(KeySpec::Hmac256)
+                .key_usage(KeyUsageType::GenerateVerifyMac)
+                .send()
+                .await
+        ),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(c.create_key().origin(OriginType::AwsCloudhsm).send().await),
         "UnsupportedOperationException"
     );
     assert_eq!(

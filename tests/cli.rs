@@ -271,7 +271,7 @@ fn token_info_and_sweep() {
         if in_token { "token" } else { "host" }
     );
     let ops = v["custody"]["operations"].as_array().unwrap();
-    assert_eq!(ops.len(), 14, "{ops:?}");
+    assert_eq!(ops.len(), 15, "{ops:?}");
     let wp = ops
         .iter()
         .find(|o| o["operation"] == "GenerateDataKeyWithoutPlaintext")

@@ -414,7 +414,7 @@ fn require_in_token_sealing_from_the_config_file() {
         .lines()
         .filter(|l| l.starts_with("p11kms: custody: "))
         .collect();
-    assert_eq!(custody.len(), 15, "{err}");
+    assert_eq!(custody.len(), 16, "{err}");
     assert!(
         custody.iter().any(|l| l.contains("GenerateDataKey: ")
             && l.contains("host memory until returned to the caller")),

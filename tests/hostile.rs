@@ -466,7 +466,7 @@ fn backing_keys_are_never_destroyed_on_a_stale_or_partial_view() {
     let newer = common::new_key();
     let damaged = common::new_key();
     let mut record = plant::key_record_json(&s, &newer);
-    record["state"] = "PendingImport".into();
+    record["state"] = "SomeFutureState".into();
     record["kdf"] = "HKDF_SHA256".into();
     plant::replace_key_record(&s, &newer, &serde_json::to_vec(&record).expect("json"));
     plant::replace_key_record(&s, &damaged, b"\x00\x01 not a record \xff");

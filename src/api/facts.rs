@@ -54,6 +54,12 @@ pub struct Asked<'a> {
     pub retiring_principal: Option<&'a str>,
     /// CreateGrant: `kms:GrantConstraintType`.
     pub grant_constraint_type: Option<&'a str>,
+    /// GetParametersForImport: `kms:WrappingAlgorithm`.
+    pub wrapping_algorithm: Option<&'a str>,
+    /// GetParametersForImport: `kms:WrappingKeySpec`.
+    pub wrapping_key_spec: Option<&'a str>,
+    /// ImportKeyMaterial: `kms:ExpirationModel`.
+    pub expiration_model: Option<&'a str>,
     /// The grant tokens of the request.
     pub grant_tokens: Option<&'a [String]>,
     /// The grant operation this request performs (grants are asked only when set).
@@ -190,13 +196,16 @@ impl ConditionContext for Facts<'_> {
             },
             "kms:keyorigin" => match (self.asked.key_origin, self.key) {
                 (Some(s), _) => one(s),
-                (None, Some(_)) => one("AWS_KMS"),
+                (None, Some(r)) => one(r.origin().as_str()),
                 _ => None,
             },
             "kms:multiregion" => self.key.and_then(|_| one("false")),
             "kms:encryptionalgorithm" => one(self.asked.encryption_algorithm?),
             "kms:signingalgorithm" => one(self.asked.signing_algorithm?),
             "kms:macalgorithm" => one(self.asked.mac_algorithm?),
+            "kms:wrappingalgorithm" => one(self.asked.wrapping_algorithm?),
+            "kms:wrappingkeyspec" => one(self.asked.wrapping_key_spec?),
+            "kms:expirationmodel" => one(self.asked.expiration_model?),
             "kms:grantoperations" => Some(
                 self.asked
                     .grant_operations?

@@ -13,8 +13,9 @@ use crate::error::Result;
 use crate::kms::records::KeyRecord;
 use crate::kms::types::{
     AliasRequest, Bytes, CreateGrantRequest, CreateKeyRequest, DecryptRequest,
-    DeriveSharedSecretRequest, EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest,
-    GenerateMacRequest, GetKeyPolicyRequest, KeyIdRequest, ListGrantsRequest,
+    DeleteImportedKeyMaterialRequest, DeriveSharedSecretRequest, EncryptRequest,
+    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, GetKeyPolicyRequest,
+    GetParametersForImportRequest, ImportKeyMaterialRequest, KeyIdRequest, ListGrantsRequest,
     ListKeyPoliciesRequest, ListRequest, ListResourceTagsRequest, PutKeyPolicyRequest,
     ReEncryptRequest, RetireGrantRequest, RevokeGrantRequest, ScheduleKeyDeletionRequest,
     SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
@@ -156,6 +157,9 @@ ops!(
     ListRetirableGrants,
     RetireGrant,
     RevokeGrant,
+    GetParametersForImport,
+    ImportKeyMaterial,
+    DeleteImportedKeyMaterial,
 );
 
 impl Op {
@@ -743,6 +747,38 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             kms.update_key_description(req)?;
             Ok(Reply::Empty)
+        }
+        Op::GetParametersForImport => {
+            let mut req: GetParametersForImportRequest = parse(body)?;
+            let (alg, spec) = (
+                req.wrapping_algorithm.clone(),
+                req.wrapping_key_spec.clone(),
+            );
+            let asked = Asked {
+                wrapping_algorithm: alg.as_deref(),
+                wrapping_key_spec: spec.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            json(kms.get_parameters_for_import(req))
+        }
+        Op::ImportKeyMaterial => {
+            let mut req: ImportKeyMaterialRequest = parse(body)?;
+            let model = req
+                .expiration_model
+                .clone()
+                .unwrap_or_else(|| "KEY_MATERIAL_EXPIRES".into());
+            let asked = Asked {
+                expiration_model: Some(&model),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            json(kms.import_key_material(req))
+        }
+        Op::DeleteImportedKeyMaterial => {
+            let mut req: DeleteImportedKeyMaterialRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.delete_imported_key_material(req))
         }
         Op::GetKeyPolicy => {
             let mut req: GetKeyPolicyRequest = parse(body)?;

@@ -168,7 +168,7 @@ impl Capabilities {
         use super::{BackingKind, PairKind, PrivateUsage};
         let m = &self.asymmetric;
         let need: Vec<(&MechanismSupport, bool)> = match kind {
-            BackingKind::Derive => vec![],
+            BackingKind::Derive | BackingKind::Imported => vec![],
             BackingKind::Hmac { bytes } => {
                 let i = match bytes {
                     28 => 0,
@@ -342,6 +342,9 @@ pub struct Capabilities {
     /// The curves `CKM_EC_KEY_PAIR_GEN` generates key pairs on, by [`curve_name`] (probed at
     /// open: the mechanism list cannot say).
     pub ec_curves: Vec<&'static str>,
+    /// AES key wrap with padding as RFC 5649 defines it, if the token has it (probed at open
+    /// with the RFC's test vector): key import's RSA_AES_KEY_WRAP algorithms need it.
+    pub rfc5649: Option<super::import::Rfc5649>,
     /// Measured at open: how long (µs, median) data-key bytes drawn from the RNG stay in host
     /// memory on the host path before they are sealed and wiped (one `C_Encrypt` of 32 bytes
     /// under a session key). `None` if it could not be measured.
@@ -461,6 +464,7 @@ pub(crate) fn probe(ctx: &Pkcs11, slot: Slot) -> Result<Capabilities> {
         private_key_gcm_wrap: false,
         ed25519ph: false,
         ec_curves: Vec::new(),
+        rfc5649: None,
         host_seal_micros: None,
     })
 }

@@ -83,6 +83,14 @@ impl<K: Copy> Lookup<K> {
 pub enum BackingKind {
     /// AES-256, derive-only: epoch keys are derived from it (symmetric encryption keys).
     Derive,
+    /// The same, but its value was imported (`C_UnwrapKey` of key material the key's owner
+    /// made outside the token; KMS keys with `Origin=EXTERNAL`). Such an object cannot prove
+    /// that nobody ever held its value: it is neither `CKA_LOCAL` nor `CKA_NEVER_EXTRACTABLE`
+    /// (nor, on some tokens, `CKA_ALWAYS_SENSITIVE`), so those three are not asked of it;
+    /// everything else is, as for [`BackingKind::Derive`]. Only `kms` chooses this kind, from
+    /// a record that says the key's material is imported, never from the token's attributes:
+    /// an object under the label of a generated key must still prove `CKA_LOCAL`.
+    Imported,
     /// A generic secret of `bytes` bytes, sign and verify only (HMAC keys).
     Hmac {
         /// `CKA_VALUE_LEN`.
@@ -128,7 +136,7 @@ impl BackingKind {
     /// are switched off while its KMS key is disabled.
     pub(crate) fn usages(self) -> &'static [&'static str] {
         match self {
-            BackingKind::Derive => &["CKA_DERIVE"],
+            BackingKind::Derive | BackingKind::Imported => &["CKA_DERIVE"],
             BackingKind::Hmac { .. } => &["CKA_SIGN", "CKA_VERIFY"],
             BackingKind::Private { usage, .. } => match usage {
                 PrivateUsage::Sign => &["CKA_SIGN"],
@@ -154,7 +162,9 @@ impl BackingKind {
 
     fn class(self) -> ObjectClass {
         match self {
-            BackingKind::Derive | BackingKind::Hmac { .. } => ObjectClass::SECRET_KEY,
+            BackingKind::Derive | BackingKind::Imported | BackingKind::Hmac { .. } => {
+                ObjectClass::SECRET_KEY
+            }
             BackingKind::Private { .. } => ObjectClass::PRIVATE_KEY,
         }
     }
@@ -162,6 +172,7 @@ impl BackingKind {
     fn describe(self) -> String {
         match self {
             BackingKind::Derive => "an AES-256 derive-only key".into(),
+            BackingKind::Imported => "an AES-256 derive-only key (imported)".into(),
             BackingKind::Hmac { bytes } => format!("a {bytes}-byte generic secret"),
             BackingKind::Private { pair, .. } => match pair {
                 PairKind::Rsa { bits } => format!("an RSA-{bits} private key"),
@@ -176,7 +187,8 @@ impl BackingKind {
 /// generated in this token (`CKA_LOCAL`), always sensitive and never extractable (so nobody
 /// ever held its value), of the expected kind and size, with no usage beyond its kind's, and
 /// with the `CKA_ID` p11kms wrote. A key created from a known value with `C_CreateObject` or
-/// `C_UnwrapKey` has `CKA_LOCAL` false and is refused.
+/// `C_UnwrapKey` has `CKA_LOCAL` false and is refused, unless its kind is
+/// [`BackingKind::Imported`] (a record that says its material was imported).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmkAttributes {
     class: Option<ObjectClass>,
@@ -285,6 +297,11 @@ impl CmkAttributes {
             BackingKind::Derive => {
                 self.key_type == Some(KeyType::AES) && self.value_len == Some(32)
             }
+            // SoftHSM 2.6 records no CKA_VALUE_LEN for unwrapped keys (it reads 0): the
+            // length was measured in the token when the material was imported.
+            BackingKind::Imported => {
+                self.key_type == Some(KeyType::AES) && matches!(self.value_len, Some(32 | 0))
+            }
             BackingKind::Hmac { bytes } => {
                 self.key_type == Some(KeyType::GENERIC_SECRET)
                     && self.value_len == Some(bytes as u64)
@@ -312,13 +329,24 @@ impl CmkAttributes {
         if self.id.as_deref() != Some(expected_id) {
             why.push("its CKA_ID is not the one p11kms wrote".to_string());
         }
-        for (name, value, want) in [
-            ("CKA_LOCAL", self.local, true),
-            ("CKA_NEVER_EXTRACTABLE", self.never_extractable, true),
-            ("CKA_ALWAYS_SENSITIVE", self.always_sensitive, true),
-            ("CKA_SENSITIVE", self.sensitive, true),
-            ("CKA_EXTRACTABLE", self.extractable, false),
+        // An imported key's history is its owner's to vouch for (docs/key-custody.md): only
+        // what it is now is asked of it.
+        let history = kind != BackingKind::Imported;
+        for (name, value, want, asked) in [
+            ("CKA_LOCAL", self.local, true, history),
+            (
+                "CKA_NEVER_EXTRACTABLE",
+                self.never_extractable,
+                true,
+                history,
+            ),
+            ("CKA_ALWAYS_SENSITIVE", self.always_sensitive, true, history),
+            ("CKA_SENSITIVE", self.sensitive, true, true),
+            ("CKA_EXTRACTABLE", self.extractable, false, true),
         ] {
+            if !asked {
+                continue;
+            }
             match value {
                 Some(v) if v == want => {}
                 Some(v) => why.push(format!("{name} is {v}")),
@@ -650,5 +678,68 @@ impl Token {
         let s = self.inner.pool.get()?;
         self.count(|c| &c.derive_calls);
         Ok(exposed_derivation(&s, cmk.0, kdf, &[0x5a; 32]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attributes of a key unwrapped into the token as p11kms asks (SoftHSM: no
+    /// `CKA_VALUE_LEN`; both tokens: neither local nor always sensitive nor never extractable).
+    fn unwrapped(id: &[u8], value_len: u64) -> CmkAttributes {
+        CmkAttributes {
+            value_len: Some(value_len),
+            local: Some(false),
+            never_extractable: Some(false),
+            always_sensitive: Some(false),
+            ..CmkAttributes::genuine_for_tests(id)
+        }
+    }
+
+    #[test]
+    fn an_unwrapped_key_passes_only_as_imported_and_only_if_secret_now() {
+        let id = [7u8; 20];
+        for len in [32, 0] {
+            let a = unwrapped(&id, len);
+            assert_eq!(a.verify(&id, BackingKind::Imported), Ok(()), "{len}");
+            let why = a.verify(&id, BackingKind::Derive).unwrap_err();
+            assert!(why.contains("CKA_LOCAL is false"), "{why}");
+            assert!(why.contains("CKA_NEVER_EXTRACTABLE is false"), "{why}");
+        }
+        // What it is now is still asked of an imported key.
+        for (a, what) in [
+            (
+                CmkAttributes {
+                    sensitive: Some(false),
+                    ..unwrapped(&id, 32)
+                },
+                "CKA_SENSITIVE is false",
+            ),
+            (
+                CmkAttributes {
+                    extractable: Some(true),
+                    ..unwrapped(&id, 32)
+                },
+                "CKA_EXTRACTABLE is true",
+            ),
+            (
+                CmkAttributes {
+                    usages_on: vec!["CKA_DERIVE", "CKA_ENCRYPT"],
+                    ..unwrapped(&id, 32)
+                },
+                "CKA_ENCRYPT",
+            ),
+            (unwrapped(&id, 16), "not an AES-256"),
+            (unwrapped(&[8u8; 20], 32), "CKA_ID"),
+        ] {
+            let why = a.verify(&id, BackingKind::Imported).unwrap_err();
+            assert!(why.contains(what), "{why}");
+        }
+        // A generated CMK is a fine imported key's backing too (nothing weaker).
+        assert_eq!(
+            CmkAttributes::genuine_for_tests(&id).verify(&id, BackingKind::Imported),
+            Ok(())
+        );
     }
 }

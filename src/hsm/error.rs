@@ -254,6 +254,31 @@ impl CallError {
     }
 }
 
+impl CallError {
+    /// Why a `C_UnwrapKey` failed, as far as the code tells: a ciphertext that does not
+    /// unwrap (a wrong key, tampering, a wrong layout), or the token's own failure. SoftHSM and
+    /// Kryoptic also answer some bad ciphertexts with codes they use for their own failures
+    /// (`CKR_GENERAL_ERROR`, `CKR_DEVICE_ERROR`): ambiguous, decided by whether the session
+    /// and the key still answer.
+    pub(crate) fn unwrap_failure(&self) -> GcmFailure {
+        match self.rv {
+            Some(
+                RvError::WrappedKeyInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::KeySizeRange,
+            ) => GcmFailure::Authentication,
+            Some(RvError::GeneralError | RvError::DeviceError | RvError::FunctionFailed) => {
+                GcmFailure::Ambiguous
+            }
+            _ => GcmFailure::Token,
+        }
+    }
+}
+
 impl HsmError {
     /// The failed call, if this is one.
     pub fn call(&self) -> Option<&CallError> {

@@ -69,7 +69,7 @@ pub enum Checked {
     Invalid,
 }
 
-fn hash_mechanism(h: Hash) -> (MechanismType, PkcsMgfType) {
+pub(super) fn hash_mechanism(h: Hash) -> (MechanismType, PkcsMgfType) {
     match h {
         Hash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
         Hash::Sha224 => (MechanismType::SHA224, PkcsMgfType::MGF1_SHA224),
@@ -164,7 +164,7 @@ fn allowed(pair: PairKind, usage: PrivateUsage) -> Vec<MechanismType> {
 }
 
 /// Domain attributes of the public half's template.
-fn public_domain(pair: PairKind) -> Vec<Attribute> {
+pub(super) fn public_domain(pair: PairKind) -> Vec<Attribute> {
     match pair {
         PairKind::Rsa { bits } => vec![
             Attribute::ModulusBits(Ulong::new(bits as _)),
@@ -268,7 +268,7 @@ pub(super) fn with_session_pair<T>(
 }
 
 /// The public key of a public-key object, as DER SubjectPublicKeyInfo.
-fn read_public(s: &Session, public: ObjectHandle, pair: PairKind) -> Result<Vec<u8>> {
+pub(super) fn read_public(s: &Session, public: ObjectHandle, pair: PairKind) -> Result<Vec<u8>> {
     let misbehaved = |what: &str| HsmError::Misbehaved(format!("the token's public key: {what}"));
     match pair {
         PairKind::Rsa { .. } => {
@@ -390,7 +390,7 @@ fn private_value(s: &Session, private: ObjectHandle) -> Result<Zeroizing<Vec<u8>
 }
 
 /// Wipes the byte values of attributes read from the token.
-fn wipe(attrs: Vec<Attribute>) {
+pub(super) fn wipe(attrs: Vec<Attribute>) {
     for a in attrs {
         match a {
             Attribute::Value(mut v)

@@ -12,6 +12,7 @@ mod caps;
 mod cmk;
 mod derived;
 mod error;
+mod import;
 mod keypair;
 mod oaep;
 mod objects;
@@ -44,6 +45,7 @@ pub use cmk::{
 };
 pub use derived::SessionKey;
 pub use error::{CallError, HsmError, Quirks, Result};
+pub use import::{Imported, KeyWrapScheme, Offered, Rfc5649, WrappingKey};
 pub use keypair::{Checked, SignScheme};
 pub use objects::{DataHandle, DataObject};
 pub use probe::ExposedDerivation;
@@ -103,6 +105,9 @@ pub(crate) struct TokenInner {
     graveyard: Mutex<Vec<cryptoki::object::ObjectHandle>>,
     /// The OAEP hashes (bits, see `keypair`) this token's `CKM_RSA_PKCS_OAEP` refused.
     oaep_refused: std::sync::atomic::AtomicU8,
+    /// The OAEP hashes (bits, see `import`) this token's `C_UnwrapKey(CKM_RSA_PKCS_OAEP)`
+    /// refused.
+    import_oaep_refused: std::sync::atomic::AtomicU8,
 }
 
 /// Static description of the token, for `token info` and logs.
@@ -299,6 +304,7 @@ impl Token {
         keypair::probe_ed25519ph(&keeper, &mut caps);
         keypair::probe_ec_curves(&keeper, quirks, &mut caps);
         probe::probe_derive_template(&keeper, raw.as_ref(), &mut caps);
+        import::probe_rfc5649(&keeper, raw.as_ref(), &mut caps);
         probe::probe_gcm_encrypt(&keeper, &mut caps);
         if !caps.gcm_caller_iv {
             return Err(HsmError::Unusable(
@@ -322,6 +328,7 @@ impl Token {
                 raw,
                 graveyard: Mutex::new(Vec::new()),
                 oaep_refused: std::sync::atomic::AtomicU8::new(0),
+                import_oaep_refused: std::sync::atomic::AtomicU8::new(0),
             }),
         })
     }

@@ -1,6 +1,7 @@
 //! The few PKCS#11 calls that `cryptoki` 0.12 cannot express, made through the module's own
 //! function list: its `Attribute` enum has no `CKA_DERIVE_TEMPLATE` (an array attribute), which
-//! p11kms sets on CMKs where the token enforces it.
+//! p11kms sets on CMKs where the token enforces it, and its `Mechanism` enum has no
+//! `CKM_AES_KEY_WRAP_KWP` (RFC 5649 on PKCS#11 3.x tokens), which key import unwraps with.
 //!
 //! The function list is the one of the module `cryptoki` already loaded (`dlopen` with
 //! `RTLD_NOLOAD` returns that same mapping), so the session and object handles of a
@@ -94,6 +95,51 @@ impl RawModule {
             )
         };
         Rv::from(rv).into_result(Function::GenerateKey)?;
+        // SAFETY: a handle the token just returned for this session's application.
+        Ok(unsafe { ObjectHandle::new_from_raw(handle) })
+    }
+
+    /// `C_UnwrapKey` with `mechanism` (parameters as the caller built them; they must outlive
+    /// the call, which they do: the caller owns them) into an object of `template`, plus
+    /// `CKA_DERIVE_TEMPLATE = derive_template` when given.
+    pub(crate) fn unwrap_key(
+        &self,
+        session: &Session,
+        mechanism: &mut CK_MECHANISM,
+        unwrapping_key: ObjectHandle,
+        wrapped: &[u8],
+        template: &[Attribute],
+        derive_template: Option<&[Attribute]>,
+    ) -> cryptoki::error::Result<ObjectHandle> {
+        let f = self
+            .list()
+            .C_UnwrapKey
+            .ok_or(CkError::NullFunctionPointer)?;
+        let inner: Vec<CK_ATTRIBUTE> = derive_template
+            .unwrap_or_default()
+            .iter()
+            .map(CK_ATTRIBUTE::from)
+            .collect();
+        let mut outer: Vec<CK_ATTRIBUTE> = template.iter().map(CK_ATTRIBUTE::from).collect();
+        if derive_template.is_some() {
+            outer.push(array_attribute(&inner));
+        }
+        let mut handle: CK_OBJECT_HANDLE = 0;
+        // SAFETY: every pointer is valid for the duration of the call (the wrapped bytes are
+        // only read, despite the C signature); lengths match.
+        let rv = unsafe {
+            f(
+                session.handle(),
+                mechanism,
+                unwrapping_key.handle(),
+                wrapped.as_ptr() as *mut u8,
+                wrapped.len() as CK_ULONG,
+                outer.as_mut_ptr(),
+                outer.len() as CK_ULONG,
+                &mut handle,
+            )
+        };
+        Rv::from(rv).into_result(Function::UnwrapKey)?;
         // SAFETY: a handle the token just returned for this session's application.
         Ok(unsafe { ObjectHandle::new_from_raw(handle) })
     }

@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub generate_key_calls: AtomicU64,
     pub derive_calls: AtomicU64,
     pub private_value_reads: AtomicU64,
+    pub unwrap_calls: AtomicU64,
 }
 
 /// One `Token`'s PKCS#11 calls so far, counted by p11kms (not by the token). A call is counted
@@ -38,6 +39,8 @@ pub struct TokenStats {
     pub derive_calls: u64,
     /// Reads of a private key's value into this process (data key pairs on the host path).
     pub private_value_reads: u64,
+    /// `C_UnwrapKey` calls (key import: imported key material goes straight into the token).
+    pub unwrap_calls: u64,
 }
 
 impl Counters {
@@ -56,6 +59,7 @@ impl Counters {
             generate_key_calls: get(&self.generate_key_calls),
             derive_calls: get(&self.derive_calls),
             private_value_reads: get(&self.private_value_reads),
+            unwrap_calls: get(&self.unwrap_calls),
         }
     }
 }
@@ -76,6 +80,7 @@ impl TokenStats {
             private_value_reads: self
                 .private_value_reads
                 .saturating_sub(earlier.private_value_reads),
+            unwrap_calls: self.unwrap_calls.saturating_sub(earlier.unwrap_calls),
         }
     }
 }

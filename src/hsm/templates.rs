@@ -5,7 +5,7 @@
 //! derived keys in plaintext.
 
 use cryptoki::mechanism::MechanismType;
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::types::Ulong;
 
 /// What a key may be used for.
@@ -123,6 +123,14 @@ impl KeyTemplate {
         self.set(Attribute::AllowedMechanisms(m))
     }
 
+    /// Without `CKA_VALUE_LEN`: `C_UnwrapKey` takes the length from the value it unwraps
+    /// (tokens refuse or ignore a length given with it), and the caller checks it after.
+    pub fn unwrapped(mut self) -> KeyTemplate {
+        self.0
+            .retain(|a| a.attribute_type() != AttributeType::ValueLen);
+        self
+    }
+
     pub fn build(self) -> Vec<Attribute> {
         self.0
     }
@@ -137,7 +145,6 @@ pub(crate) fn derived_keys_stay_secret() -> [Attribute; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cryptoki::object::AttributeType;
 
     fn has(t: &[Attribute], a: &Attribute) -> bool {
         t.contains(a)

@@ -146,6 +146,19 @@ impl Kms {
                 "none (the CMK never leaves the token)".into(),
             ),
             op(
+                "ImportKeyMaterial",
+                format!(
+                    "C_UnwrapKey(CKM_RSA_PKCS_OAEP{}) with an RSA wrapping key generated in the \
+                     token, straight into the CMK: AES-256, derive-only, sensitive, not \
+                     extractable (not CKA_LOCAL: accepted only for keys whose record says \
+                     Origin EXTERNAL){cmk_extra}",
+                    caps.rfc5649
+                        .map(|m| format!("; for RSA_AES_KEY_WRAP then {}", m.name))
+                        .unwrap_or_default()
+                ),
+                "none (the key material is unwrapped inside the token)".into(),
+            ),
+            op(
                 "Encrypt",
                 format!("{epoch}; C_Encrypt(CKM_AES_GCM)"),
                 "from the caller; host memory for the request".into(),

@@ -229,6 +229,45 @@ aws_enum!(
     }
 );
 
+aws_enum!(
+    /// `AlgorithmSpec`: how key material for import is wrapped (GetParametersForImport's
+    /// `WrappingAlgorithm`).
+    WrappingAlgorithm {
+        RsaesPkcs1V15 = "RSAES_PKCS1_V1_5",
+        RsaesOaepSha1 = "RSAES_OAEP_SHA_1",
+        RsaesOaepSha256 = "RSAES_OAEP_SHA_256",
+        RsaAesKeyWrapSha1 = "RSA_AES_KEY_WRAP_SHA_1",
+        RsaAesKeyWrapSha256 = "RSA_AES_KEY_WRAP_SHA_256",
+        Sm2pke = "SM2PKE",
+    }
+);
+
+aws_enum!(
+    /// `WrappingKeySpec` of GetParametersForImport.
+    WrappingKeySpec {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        Sm2 = "SM2",
+    }
+);
+
+aws_enum!(
+    /// `ExpirationModelType`: whether imported key material expires.
+    ExpirationModel {
+        KeyMaterialExpires = "KEY_MATERIAL_EXPIRES",
+        KeyMaterialDoesNotExpire = "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    }
+);
+
+aws_enum!(
+    /// `ImportType` of ImportKeyMaterial.
+    ImportType {
+        NewKeyMaterial = "NEW_KEY_MATERIAL",
+        ExistingKeyMaterial = "EXISTING_KEY_MATERIAL",
+    }
+);
+
 /// The lifecycle state of a KMS key, named as AWS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum KeyState {
@@ -238,6 +277,9 @@ pub enum KeyState {
     Disabled,
     /// `PendingDeletion`: refused for use, destroyed at its deletion date unless cancelled.
     PendingDeletion,
+    /// `PendingImport`: a key with imported key material (`Origin=EXTERNAL`) that has none:
+    /// not yet imported, deleted, or expired. Refused for use until material is imported.
+    PendingImport,
     /// A record this version cannot fully read: a state or field written by a newer p11kms
     /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
     /// nothing here uses or changes it; AWS calls such a key `Unavailable`. Never written to
@@ -253,6 +295,7 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
             KeyState::Unknown => "Unavailable",
         }
     }
@@ -311,16 +354,21 @@ mod tests {
         round_trip::<MessageType>();
         round_trip::<DataKeyPairSpec>();
         round_trip::<GrantOperation>();
+        round_trip::<WrappingAlgorithm>();
+        round_trip::<WrappingKeySpec>();
+        round_trip::<ExpirationModel>();
+        round_trip::<ImportType>();
         for s in [
             KeyState::Enabled,
             KeyState::Disabled,
             KeyState::PendingDeletion,
+            KeyState::PendingImport,
         ] {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(serde_json::from_str::<KeyState>(&json).unwrap(), s);
         }
         assert_eq!(
-            serde_json::from_str::<KeyState>("\"PendingImport\"").unwrap(),
+            serde_json::from_str::<KeyState>("\"SomeFutureState\"").unwrap(),
             KeyState::Unknown
         );
         assert_eq!(

@@ -17,6 +17,22 @@ impl KeyId {
         KeyId(Uuid::new_v4())
     }
 
+    /// A new random key id for a key with imported material: a UUID of version 8 (RFC 9562's
+    /// custom version) instead of 4, with 118 random bits. Whether a key may be backed by an
+    /// imported (unwrapped) token object is fixed by its id when it is created, so a record
+    /// rewritten later to say `Origin=EXTERNAL` cannot make a generated key accept a planted
+    /// object of known value (see `KeyRecord::backing_kind`).
+    pub fn new_for_imported() -> KeyId {
+        let mut b = Uuid::new_v4().into_bytes();
+        b[6] = (b[6] & 0x0f) | 0x80;
+        KeyId(Uuid::from_bytes(b))
+    }
+
+    /// Whether this id was made by [`KeyId::new_for_imported`] (UUID version 8).
+    pub fn is_for_imported(&self) -> bool {
+        self.0.as_bytes()[6] >> 4 == 8
+    }
+
     /// The key id of 16 bytes (as stored in ciphertexts and `CKA_ID`).
     pub fn from_bytes(b: [u8; 16]) -> KeyId {
         KeyId(Uuid::from_bytes(b))
@@ -263,6 +279,19 @@ fn parse_alias_ref(s: &str) -> Result<AliasName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imported_keys_have_ids_of_their_own() {
+        for _ in 0..64 {
+            let g = KeyId::new_random();
+            let i = KeyId::new_for_imported();
+            assert!(!g.is_for_imported() && i.is_for_imported());
+            let text = i.to_string();
+            assert_eq!(&text[14..15], "8", "{text}");
+            assert_eq!(text.parse::<KeyId>().unwrap(), i);
+            assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "{text}");
+        }
+    }
 
     fn scope() -> ArnScope {
         ArnScope::new("us-east-2", "111122223333")

@@ -27,8 +27,9 @@ use std::sync::Arc;
 pub use context::EncryptionContext;
 pub use custody::{Custody, SealingPath};
 pub use domain::{
-    AwsEnum, DataKeySpec, EncryptionAlgorithm, GrantOperation, KeyManager, KeySpec, KeyState,
-    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
+    AwsEnum, DataKeySpec, EncryptionAlgorithm, ExpirationModel, GrantOperation, KeyManager,
+    KeySpec, KeyState, KeyUsage, MacAlgorithm, Origin, SigningAlgorithm, WrappingAlgorithm,
+    WrappingKeySpec,
 };
 pub use epoch::EpochPolicy;
 pub use grant::{GrantConstraint, GrantId, GrantView, MAX_GRANTS_PER_KEY};
@@ -99,6 +100,8 @@ pub struct Kms {
     policies: ops::PolicyCache,
     /// Live grants a key may have ([`MAX_GRANTS_PER_KEY`] unless set otherwise).
     grant_limit: std::sync::atomic::AtomicUsize,
+    /// When upkeep last looked for expired wrapping keys of key import (`upkeep.rs`).
+    wrapping_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Kms {
@@ -130,6 +133,7 @@ impl Kms {
             proven_agreement_keys: Default::default(),
             policies: Default::default(),
             grant_limit: std::sync::atomic::AtomicUsize::new(MAX_GRANTS_PER_KEY),
+            wrapping_sweep: Default::default(),
         };
         kms.reconcile_token_state()?;
         Ok(kms)

@@ -9,6 +9,7 @@
 //! alias record   p11kms:alias:<alias name>:<seq>:<writer>
 //! grant record   p11kms:grant:<grant id>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
+//! wrapping key   p11kms:import:<key id>:<valid-to ms>:<digest>   (key import, `ops/import.rs`)
 //! ```
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
 //! between two processes writing the same sequence number.
@@ -26,7 +27,7 @@ pub const APPLICATION: &str = "p11kms";
 pub const CMK_LABEL_PREFIX: &str = "p11kms:cmk:";
 
 pub use super::domain::KeyState;
-use super::domain::{KeySpec, KeyUsage};
+use super::domain::{ExpirationModel, KeySpec, KeyUsage, Origin};
 
 /// One backing key of a CMK. Version 1 is created with the key; rotation adds more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,26 @@ pub struct KeyRecord {
     /// The region the key belongs to; absent: the service's default region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Present exactly for keys whose material is imported (`Origin=EXTERNAL`); absent for
+    /// keys generated in the token, whose records read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<Box<ImportedMaterial>>,
+}
+
+/// What the record of a key with imported material (`Origin=EXTERNAL`) keeps about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedMaterial {
+    /// Whether the material in the token now expires (`None` while the key has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// When it expires (Unix milliseconds), for `KEY_MATERIAL_EXPIRES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_to_ms: Option<i64>,
+    /// The check value of the first material imported (`hsm::Token::check_value`): kept
+    /// after that material is deleted or expires, so that only the same material can be
+    /// imported again, compared without extracting anything.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    pub check: Option<Vec<u8>>,
 }
 
 fn symmetric_default() -> KeySpec {
@@ -117,6 +138,7 @@ impl KeyRecord {
             public_key: None,
             account: None,
             region: None,
+            import: None,
         }
     }
 
@@ -141,12 +163,46 @@ impl KeyRecord {
             public_key: None,
             account: None,
             region: None,
+            import: None,
         }
     }
 
-    /// What backs this key in the token (from its spec and usage).
+    /// What backs this key in the token (from its spec and usage, and whether its record
+    /// says its material is imported: only then may the backing key be one the token did not
+    /// generate).
     pub fn backing_kind(&self) -> crate::error::Result<crate::hsm::BackingKind> {
-        super::specs::backing_kind(self.spec, self.usage)
+        match super::specs::backing_kind(self.spec, self.usage)? {
+            crate::hsm::BackingKind::Derive if self.import.is_some() => {
+                if self.id.is_for_imported() {
+                    Ok(crate::hsm::BackingKind::Imported)
+                } else {
+                    // A generated key's record rewritten to say EXTERNAL (someone holding
+                    // the PIN): its backing key must still prove it was generated.
+                    Err(crate::error::KmsError::key_unavailable(format!(
+                        "the record of {} says its key material is imported, but the key was \
+                         created with key material generated in the token: refusing to bind \
+                         an imported object to it",
+                        self.id
+                    )))
+                }
+            }
+            kind => Ok(kind),
+        }
+    }
+
+    /// Where the key material came from.
+    pub fn origin(&self) -> Origin {
+        if self.import.is_some() {
+            Origin::External
+        } else {
+            Origin::AwsKms
+        }
+    }
+
+    /// Whether the key has imported key material in the token now (an imported key whose
+    /// record lists a backing version).
+    pub fn has_imported_material(&self) -> bool {
+        self.import.is_some() && !self.versions.is_empty()
     }
 
     pub fn cmk_label(&self, version: u32) -> String {
@@ -396,6 +452,9 @@ impl Record {
                 .get("region")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),
+            import: v
+                .get("import")
+                .and_then(|x| serde_json::from_value(x.clone()).ok()),
         }))
     }
 }
@@ -494,7 +553,7 @@ mod tests {
         let good = Record::KeyV1(KeyRecord::for_tests(id, "d")).encode();
         let text = String::from_utf8(good).unwrap();
         for newer in [
-            text.replace("\"Enabled\"", "\"PendingImport\""),
+            text.replace("\"Enabled\"", "\"SomeFutureState\""),
             text.replace("\"AES_CBC_ENCRYPT_DATA\"", "\"HKDF_SHA256\""),
             text.replace("\"key_v1\"", "\"key_v2\""),
             text.replace("\"current_version\":1", "\"current_version\":\"one\""),
@@ -655,6 +714,46 @@ mod tests {
         assert!(text.contains("\"usage\":\"SIGN_VERIFY\""), "{text}");
         assert!(text.contains("\"public_key\":\"MFn/\""), "{text}");
         assert_eq!(Record::decode(&enc), Some(asym));
+    }
+
+    #[test]
+    fn imported_records_round_trip_and_say_so() {
+        let plain = KeyRecord::for_tests(KeyId::new_random(), "p");
+        assert_eq!(plain.origin(), Origin::AwsKms);
+        assert_eq!(
+            plain.backing_kind().unwrap(),
+            crate::hsm::BackingKind::Derive
+        );
+        let forged = KeyRecord {
+            import: Some(Box::default()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            forged.backing_kind().unwrap_err().aws_name(),
+            "KeyUnavailableException"
+        );
+        let r = KeyRecord {
+            id: KeyId::new_for_imported(),
+            import: Some(Box::new(ImportedMaterial {
+                expiration_model: Some(ExpirationModel::KeyMaterialExpires),
+                valid_to_ms: Some(1_700_000_000_000),
+                check: Some(vec![1, 2, 3]),
+            })),
+            ..plain.clone()
+        };
+        assert_eq!(r.origin(), Origin::External);
+        assert!(r.has_imported_material());
+        assert_eq!(r.backing_kind().unwrap(), crate::hsm::BackingKind::Imported);
+        let enc = Record::KeyV1(r.clone()).encode();
+        let text = String::from_utf8_lossy(&enc);
+        assert!(
+            text.contains(r#""import":{"expiration_model":"KEY_MATERIAL_EXPIRES","valid_to_ms":1700000000000,"check":"AQID"}"#),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(Record::KeyV1(r)));
+        // Records of generated keys carry nothing new.
+        let enc = Record::KeyV1(plain).encode();
+        assert!(!String::from_utf8_lossy(&enc).contains("import"));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use super::domain::{
-    DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyManager, KeySpec, KeyState,
-    KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
+    DataKeyPairSpec, EncryptionAlgorithm, ExpirationModel, KeyAgreementAlgorithm, KeyManager,
+    KeySpec, KeyState, KeyUsage, MacAlgorithm, Origin, SigningAlgorithm,
 };
 pub use super::keyref::{ArnScope, KeySelector};
 
@@ -134,6 +134,12 @@ pub struct KeyMetadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
     pub origin: Origin,
+    /// Keys with imported material that is in the token now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// The same, when that material expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<f64>,
     pub key_manager: KeyManager,
     /// The deprecated mirror of `KeySpec`, still sent by AWS; absent for the specs its
     /// enum does not have (`kms::specs::customer_master_key_spec`).
@@ -406,6 +412,8 @@ mod tests {
             deletion_date: None,
             pending_deletion_window_in_days: None,
             origin: Origin::AwsKms,
+            expiration_model: None,
+            valid_to: None,
             key_manager: KeyManager::Customer,
             customer_master_key_spec: Some(KeySpec::SymmetricDefault),
             key_spec: KeySpec::SymmetricDefault,
@@ -436,6 +444,7 @@ mod tests {
         assert_eq!(v["KeyManager"], "CUSTOMER");
         assert_eq!(v["EncryptionAlgorithms"][0], "SYMMETRIC_DEFAULT");
         assert!(v.get("DeletionDate").is_none());
+        assert!(v.get("ExpirationModel").is_none() && v.get("ValidTo").is_none());
     }
 }
 
@@ -761,4 +770,54 @@ pub struct RevokeGrantRequest {
     pub key_id: Option<KeySelector>,
     pub grant_id: Option<String>,
     pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetParametersForImportRequest {
+    pub key_id: Option<KeySelector>,
+    pub wrapping_algorithm: Option<String>,
+    pub wrapping_key_spec: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetParametersForImportResponse {
+    pub key_id: String,
+    pub import_token: Bytes,
+    pub public_key: Bytes,
+    pub parameters_valid_to: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImportKeyMaterialRequest {
+    pub key_id: Option<KeySelector>,
+    pub import_token: Option<Bytes>,
+    pub encrypted_key_material: Option<Bytes>,
+    /// Seconds since the Unix epoch (a JSON number, as AWS's JSON protocol sends timestamps).
+    pub valid_to: Option<f64>,
+    pub expiration_model: Option<String>,
+    pub import_type: Option<String>,
+    pub key_material_id: Option<String>,
+    pub key_material_description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImportKeyMaterialResponse {
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteImportedKeyMaterialRequest {
+    pub key_id: Option<KeySelector>,
+    pub key_material_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeleteImportedKeyMaterialResponse {
+    pub key_id: String,
 }

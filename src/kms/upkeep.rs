@@ -12,6 +12,9 @@ use super::store::KeyEntry;
 use super::{KeyId, Kms};
 use crate::error::Result;
 
+/// How often upkeep looks for wrapping keys whose import token expired.
+const WRAPPING_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -109,14 +112,33 @@ impl Kms {
         Ok(())
     }
 
-    /// One round of upkeep: refresh, destroy keys past their deletion date, sweep orphaned
-    /// CMKs left by interrupted CreateKey calls, destroy derived keys whose drop found no free
-    /// session.
+    /// One round of upkeep: refresh, destroy keys past their deletion date, delete imported
+    /// key material past its `ValidTo`, sweep orphaned CMKs left by interrupted CreateKey
+    /// calls and wrapping keys whose import token expired, destroy derived keys whose drop
+    /// found no free session.
     pub fn maintain(&self) -> Result<()> {
         self.token.reap();
         self.refresh()?;
-        self.sweep_deletions_at(now_ms())?;
+        let now = now_ms();
+        self.sweep_deletions_at(now)?;
+        self.sweep_expired_material_at(now)?;
         self.store.sweep_orphan_cmks()?;
+        self.sweep_wrapping_keys_now(now)?;
+        Ok(())
+    }
+
+    /// [`Kms::sweep_wrapping_keys_at`] at most every [`WRAPPING_SWEEP_EVERY`] (it searches
+    /// the token's private keys; an expired wrapping key is harmless meanwhile: its import
+    /// token is refused as expired whatever the token still holds).
+    fn sweep_wrapping_keys_now(&self, now: i64) -> Result<()> {
+        {
+            let mut last = crate::sync::lock(&self.wrapping_sweep);
+            if last.is_some_and(|t| t.elapsed() < WRAPPING_SWEEP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.sweep_wrapping_keys_at(now)?;
         Ok(())
     }
 

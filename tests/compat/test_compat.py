@@ -383,7 +383,7 @@ def test_aws_cli_data_key_then_decrypt(server, tmp_path):
 def test_start_up_log_states_custody(server):
     log = (server.state_dir / "server.log").read_text(errors="replace")
     lines = [l for l in log.splitlines() if l.startswith("p11kms: custody: ")]
-    assert len(lines) == 15, log
+    assert len(lines) == 16, log
     (without,) = [l for l in lines if "GenerateDataKeyWithoutPlaintext: " in l]
     (pair,) = [l for l in lines if "GenerateDataKeyPairWithoutPlaintext: " in l]
     if TOKEN == "kryoptic":
@@ -933,3 +933,97 @@ def test_ci_mode_refuses_a_non_loopback_address(tmp_path):
     assert endpoint is None
     assert proc.returncode != 0
     assert "loopback" in log, log
+
+
+def _openssl(*args):
+    return subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1", "RSA_AES_KEY_WRAP_SHA_256"],
+)
+def test_aws_cli_and_openssl_import_key_material(server, tmp_path, algorithm):
+    """The documented user flow: get-parameters-for-import, the material wrapped with
+    `openssl pkeyutl` (and `openssl enc -id-aes256-wrap-pad` for RSA_AES_KEY_WRAP),
+    import-key-material, then boto3 uses the key."""
+    assert shutil.which("openssl"), "openssl is needed for the documented import flow"
+    kms = kms_client()
+    key = kms.create_key(Origin="EXTERNAL", Description=f"compat import {algorithm}")["KeyMetadata"]
+    assert key["Origin"] == "EXTERNAL" and key["KeyState"] == "PendingImport"
+    r = _aws(
+        "kms",
+        "get-parameters-for-import",
+        "--key-id",
+        key["KeyId"],
+        "--wrapping-algorithm",
+        algorithm,
+        "--wrapping-key-spec",
+        "RSA_2048",
+        check=False,
+    )
+    if r.returncode != 0 and "UnsupportedOperationException" in r.stderr:
+        assert "CKM_" in r.stderr, r.stderr
+        pytest.skip(f"{TOKEN} token: {algorithm}: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    params = json.loads(r.stdout)
+    public = tmp_path / "WrappingPublicKey.bin"
+    public.write_bytes(base64.b64decode(params["PublicKey"]))
+    token = tmp_path / "ImportToken.bin"
+    token.write_bytes(base64.b64decode(params["ImportToken"]))
+    material = tmp_path / "PlaintextKeyMaterial.bin"
+    _openssl("rand", "-out", str(material), "32")
+    md = "sha256" if algorithm.endswith("SHA_256") else "sha1"
+    oaep = [
+        "-keyform", "DER", "-pubin", "-inkey", str(public),
+        "-pkeyopt", "rsa_padding_mode:oaep",
+        "-pkeyopt", f"rsa_oaep_md:{md}",
+        "-pkeyopt", f"rsa_mgf1_md:{md}",
+    ]
+    encrypted = tmp_path / "EncryptedKeyMaterial.bin"
+    if algorithm.startswith("RSAES_OAEP"):
+        _openssl("pkeyutl", "-encrypt", "-in", str(material), "-out", str(encrypted), *oaep)
+    else:
+        aes = tmp_path / "aes-key.bin"
+        _openssl("rand", "-out", str(aes), "32")
+        wrapped_material = tmp_path / "key-material-wrapped.bin"
+        _openssl(
+            "enc", "-id-aes256-wrap-pad", "-K", aes.read_bytes().hex(), "-iv", "A65959A6",
+            "-in", str(material), "-out", str(wrapped_material),
+        )
+        wrapped_aes = tmp_path / "aes-key-wrapped.bin"
+        _openssl("pkeyutl", "-encrypt", "-in", str(aes), "-out", str(wrapped_aes), *oaep)
+        encrypted.write_bytes(wrapped_aes.read_bytes() + wrapped_material.read_bytes())
+    import_args = [
+        "kms", "import-key-material",
+        "--key-id", key["KeyId"],
+        "--encrypted-key-material", f"fileb://{encrypted}",
+        "--import-token", f"fileb://{token}",
+        "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    ]
+    r = _aws(*import_args, check=False)
+    assert r.returncode == 0, r.stderr
+    described = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+    assert described["KeyState"] == "Enabled", described
+    assert described["Origin"] == "EXTERNAL"
+    assert described["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    enc = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"imported with openssl")
+    assert kms.decrypt(CiphertextBlob=enc["CiphertextBlob"])["Plaintext"] == b"imported with openssl"
+
+    # Delete, and only the same material brings the key back.
+    _aws("kms", "delete-imported-key-material", "--key-id", key["KeyId"])
+    assert kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]["KeyState"] == "PendingImport"
+    with pytest.raises(kms.exceptions.KMSInvalidStateException):
+        kms.decrypt(CiphertextBlob=enc["CiphertextBlob"])
+    r = _aws(*import_args, check=False)
+    assert r.returncode == 0, r.stderr
+    assert kms.decrypt(CiphertextBlob=enc["CiphertextBlob"])["Plaintext"] == b"imported with openssl"
+    # A tampered blob is refused as AWS refuses it.
+    bad = tmp_path / "tampered.bin"
+    data = bytearray(encrypted.read_bytes())
+    data[10] ^= 1
+    bad.write_bytes(bytes(data))
+    import_args[5] = f"fileb://{bad}"
+    r = _aws(*import_args, check=False)
+    assert r.returncode != 0
+    assert "InvalidCiphertextException" in r.stderr, r.stderr

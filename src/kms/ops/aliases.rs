@@ -61,7 +61,7 @@ impl Kms {
                     "{arn} is pending deletion."
                 ))),
                 KeyState::Unknown => Err(unavailable_state(&arn)),
-                KeyState::Enabled | KeyState::Disabled => Ok(()),
+                KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => Ok(()),
             },
         }
     }

@@ -183,7 +183,7 @@ impl Kms {
                 return Err(KmsError::not_found(format!("Key '{arn}' does not exist")));
             };
             match e.record.state {
-                KeyState::Enabled | KeyState::Disabled => {}
+                KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {}
                 KeyState::PendingDeletion => {
                     return Err(KmsError::invalid_state(format!(
                         "{arn} is pending deletion."

@@ -41,6 +41,13 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, Backin
     if let Some(o) = &req.origin {
         match Origin::parse(o, "origin")? {
             Origin::AwsKms => {}
+            Origin::External if super::import::importable(spec) => {}
+            Origin::External => {
+                return Err(KmsError::unsupported(format!(
+                    "Origin EXTERNAL (imported key material) is supported for KeySpec \
+                     SYMMETRIC_DEFAULT only by p11kms, not for {spec}"
+                )))
+            }
             o => {
                 return Err(KmsError::unsupported(format!(
                     "Origin {o} is not supported by p11kms; keys are generated in the token"
@@ -76,6 +83,13 @@ fn generation_refused(spec: KeySpec, e: HsmError) -> KmsError {
     } else {
         e.into()
     }
+}
+
+/// A key without key material (imported keys only) cannot be enabled or disabled.
+fn pending_import(arn: &str) -> KmsError {
+    KmsError::invalid_state(format!(
+        "{arn} is pending import: import its key material first."
+    ))
 }
 
 impl Kms {
@@ -124,7 +138,18 @@ impl Kms {
             key_state: r.state,
             deletion_date: r.deletion_ms.map(secs),
             pending_deletion_window_in_days: r.pending_window_days,
-            origin: Origin::AwsKms,
+            origin: r.origin(),
+            expiration_model: r
+                .import
+                .as_ref()
+                .filter(|_| r.has_imported_material())
+                .and_then(|i| i.expiration_model),
+            valid_to: r
+                .import
+                .as_ref()
+                .filter(|_| r.has_imported_material())
+                .and_then(|i| i.valid_to_ms)
+                .map(secs),
             key_manager: KeyManager::Customer,
             customer_master_key_spec: specs::customer_master_key_spec(r.spec),
             key_spec: r.spec,
@@ -202,12 +227,27 @@ impl Kms {
                 .as_ref()
                 .map(|s| s.region.clone())
                 .filter(|r| *r != self.scope.region),
+            import: None,
         };
+        if req.origin.as_deref() == Some(Origin::External.as_str()) {
+            // No key material until ImportKeyMaterial brings it; an id that says so for life.
+            record.id = KeyId::new_for_imported();
+            record.state = KeyState::PendingImport;
+            record.versions = Vec::new();
+            record.import = Some(Default::default());
+            self.store.put_key(record.clone(), BTreeMap::new())?;
+            return Ok(KeyMetadataResponse {
+                key_metadata: self.metadata(&record),
+            });
+        }
         // The key material first: a crash before the record leaves an invisible orphan,
         // never a record without a key.
         let (label, cmk_id) = (record.cmk_label(1), cmk_id(&id, 1));
         let cmk = match kind {
             BackingKind::Derive => self.token.generate_cmk(&label, &cmk_id, kdf)?,
+            BackingKind::Imported => {
+                return Err(KmsError::internal("imported keys are not generated"))
+            }
             BackingKind::Hmac { bytes } => {
                 let hash = specs::hmac(spec)
                     .map(|(m, _)| specs::mac_hash(m))
@@ -330,6 +370,7 @@ impl Kms {
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
             ))),
+            KeyState::PendingImport => Err(pending_import(&self.scope.key_arn(&id))),
             KeyState::Enabled | KeyState::Unknown => Ok(None),
         })?;
         Ok(())
@@ -344,6 +385,7 @@ impl Kms {
                 "{} is pending deletion.",
                 self.scope.key_arn(&id)
             ))),
+            KeyState::PendingImport => Err(pending_import(&self.scope.key_arn(&id))),
             KeyState::Disabled | KeyState::Unknown => Ok(None),
         })?;
         Ok(())
@@ -381,10 +423,14 @@ impl Kms {
         })
     }
 
-    /// CancelKeyDeletion: the key comes back Disabled, as in AWS.
+    /// CancelKeyDeletion: the key comes back Disabled, as in AWS (PendingImport if its
+    /// imported material was deleted or expired meanwhile).
     pub fn cancel_key_deletion(&self, req: KeyIdRequest) -> Result<KeyIdResponse> {
         let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
         self.set_state(&id, |r| match r.state {
+            KeyState::PendingDeletion if r.import.is_some() && !r.has_imported_material() => {
+                Ok(Some((KeyState::PendingImport, None)))
+            }
             KeyState::PendingDeletion => Ok(Some((KeyState::Disabled, None))),
             _ => Err(KmsError::invalid_state(format!(
                 "{} is not pending deletion.",
@@ -405,6 +451,11 @@ mod tests {
     fn create_key_rules() {
         let ok = CreateKeyRequest::default();
         assert!(check_create_key(&ok).is_ok());
+        let external = CreateKeyRequest {
+            origin: Some("EXTERNAL".into()),
+            ..Default::default()
+        };
+        assert!(check_create_key(&external).is_ok());
         let spec = |s: &str, u: Option<&str>| CreateKeyRequest {
             key_spec: Some(s.into()),
             key_usage: u.map(Into::into),
@@ -462,19 +513,42 @@ mod tests {
             (
                 CreateKeyRequest {
                     origin: Some("EXTERNAL".into()),
+                    key_spec: Some("HMAC_256".into()),
+                    key_usage: Some("GENERATE_VERIFY_MAC".into()),
                     ..Default::default()
                 },
                 "UnsupportedOperationException",
             ),
             (
                 CreateKeyRequest {
+                    origin: Some("AWS_CLOUDHSM".into()),
+                    ..Default::default()
+                },
+                "UnsupportedOperationException",
+            ),
+            (
+                CreateKeyRequest {
+                    origin: Some("ELSEWHERE".into()),
+                    ..Default::default()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateKeyRequest {
                     tags: Some(vec![Tag {
-                        tag_key: "aws:x".into(),
+                        tag_key: "semi;colon".into(),
                         tag_value: String::new(),
                     }]),
                     ..Default::default()
                 },
                 "TagException",
+            ),
+            (
+                CreateKeyRequest {
+                    tags: Some(vec![Tag::default()]),
+                    ..Default::default()
+                },
+                "ValidationException",
             ),
         ];
         for (req, name) in cases {

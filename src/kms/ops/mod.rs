@@ -6,6 +6,7 @@ mod aliases;
 mod asymmetric;
 mod crypto;
 mod grants;
+mod import;
 mod keys;
 mod policies;
 mod tags;
@@ -113,11 +114,27 @@ fn dry_run(flag: Option<bool>) -> Result<()> {
 /// The state rule for using a key in a cryptographic operation.
 pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
     match entry.record.state {
+        // Imported material past its ValidTo is unusable at once, before the upkeep deletes it.
+        KeyState::Enabled
+            if entry
+                .record
+                .import
+                .as_ref()
+                .and_then(|i| i.valid_to_ms)
+                .is_some_and(|t| t <= now_ms()) =>
+        {
+            Err(KmsError::invalid_state(format!(
+                "{arn} is pending import: its key material expired."
+            )))
+        }
         KeyState::Enabled => Ok(()),
         KeyState::Disabled => Err(KmsError::disabled(format!("{arn} is disabled."))),
         KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
             "{arn} is pending deletion."
         ))),
+        KeyState::PendingImport => {
+            Err(KmsError::invalid_state(format!("{arn} is pending import.")))
+        }
         KeyState::Unknown => Err(unavailable_state(arn)),
     }
 }

@@ -361,6 +361,28 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         Ok(entry)
     }
 
+    /// Changes a key's record *and* its backing keys (key material imported, or deleted),
+    /// decided by `rule` against the key as it is now, with this process's other writes held
+    /// off. `rule` may make token calls (the token never takes the writer lock) but must not
+    /// call into the store; it returns the new entry, or `None` for no change. A failed
+    /// record write is returned, and `rule`'s token work is then the caller's to undo.
+    pub fn replace_key(
+        &self,
+        id: &KeyId,
+        rule: impl FnOnce(&KeyEntry<K::Key>) -> Result<Option<KeyEntry<K::Key>>>,
+    ) -> Result<KeyEntry<K::Key>> {
+        let mut w = self.lock_writer();
+        let current = self
+            .key(id)
+            .ok_or_else(|| KmsError::not_found(format!("Key '{id}' does not exist")))?;
+        let Some(entry) = rule(&current)? else {
+            return Ok(current);
+        };
+        self.write_key(&mut w, entry.clone())?;
+        self.announce(&mut w);
+        Ok(entry)
+    }
+
     /// Runs `f` on a key's entry with this process's writes held off (for token state that
     /// must follow the records, such as healing `CKA_DERIVE`). `f` must not call the store.
     pub fn with_key<T>(&self, id: &KeyId, f: impl FnOnce(Option<&KeyEntry<K::Key>>) -> T) -> T {
