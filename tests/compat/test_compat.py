@@ -928,6 +928,72 @@ def test_ci_mode_boto3_with_dummy_credentials_in_three_regions(tmp_path):
         proc.wait(timeout=40)
 
 
+MOTO_SUITE = Path(__file__).resolve().parent / "moto_suite"
+
+
+def _free_loopback_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_suite(endpoint, files):
+    """The application's pytest run, with nothing but AWS_ENDPOINT_URL pointing at `endpoint`."""
+    env = _clean_env({"AWS_ENDPOINT_URL": endpoint})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(MOTO_SUITE), *[str(MOTO_SUITE / f) for f in files]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_moto_suite_runs_unchanged(tmp_path):
+    """Issue 12's "done when": a suite written for moto passes against `serve --ci` with only
+    AWS_ENDPOINT_URL changed. It must pass on a real moto_server first (proof that it is a
+    moto suite); then it runs against p11kms, with the stricter tests moto fails."""
+    port = _free_loopback_port()
+    moto_log = open(tmp_path / "moto.log", "wb")
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=_clean_env({}),
+        stdout=moto_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert moto.poll() is None, (tmp_path / "moto.log").read_text(errors="replace")
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        on_moto = _run_suite(f"http://127.0.0.1:{port}", ["test_vault.py"])
+        assert on_moto.returncode == 0, on_moto.stdout + on_moto.stderr
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
+
+    proc, endpoint, exports = _start_ci_server(tmp_path)
+    try:
+        assert endpoint, exports
+        on_p11kms = _run_suite(endpoint, ["test_vault.py", "test_strict.py"])
+        assert on_p11kms.returncode == 0, on_p11kms.stdout + on_p11kms.stderr
+        assert " passed" in on_p11kms.stdout and "skipped" not in on_p11kms.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=40)
+
+
 def test_ci_mode_refuses_a_non_loopback_address(tmp_path):
     proc, endpoint, log = _start_ci_server(tmp_path, listen="0.0.0.0:0")
     assert endpoint is None
