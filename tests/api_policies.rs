@@ -722,6 +722,92 @@ async fn a_grant_allows_its_grantee_within_its_constraint_until_revoked() {
     );
 }
 
+/// A grantee whose grant allows CreateGrant may pass on only the grant's operations, with a
+/// constraint equally strict or stricter than its own (AWS: "Granting CreateGrant
+/// permission").
+#[tokio::test]
+async fn a_grant_made_from_a_grant_is_no_wider_than_it() {
+    use aws_sdk_kms::types::{GrantConstraints, GrantOperation as G};
+    let (id, _) = key_with(Some(&admin_only_policy())).await;
+    let parent = admin()
+        .create_grant()
+        .key_id(&id)
+        .grantee_principal(READER.arn)
+        .operations(G::CreateGrant)
+        .operations(G::Decrypt)
+        .operations(G::Encrypt)
+        .constraints(
+            GrantConstraints::builder()
+                .encryption_context_subset("purpose", "containers")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("parent grant");
+    let token = parent.grant_token().expect("token").to_owned();
+    let reader = as_(&READER);
+    let child = |ops: Vec<G>, c: Option<GrantConstraints>| {
+        let (reader, id, token) = (reader.clone(), id.clone(), token.clone());
+        async move {
+            reader
+                .create_grant()
+                .key_id(&id)
+                .grantee_principal(DECRYPTER.arn)
+                .set_operations(Some(ops))
+                .set_constraints(c)
+                .grant_tokens(token)
+                .send()
+                .await
+        }
+    };
+    let subset = |pairs: &[(&str, &str)]| {
+        Some(
+            GrantConstraints::builder()
+                .set_encryption_context_subset(Some(ctx(pairs)))
+                .build(),
+        )
+    };
+    let equals = |pairs: &[(&str, &str)]| {
+        Some(
+            GrantConstraints::builder()
+                .set_encryption_context_equals(Some(ctx(pairs)))
+                .build(),
+        )
+    };
+    child(vec![G::Decrypt], subset(&[("purpose", "containers")]))
+        .await
+        .expect("the same operations and constraint");
+    child(
+        vec![G::Decrypt, G::Encrypt],
+        subset(&[("purpose", "containers"), ("team", "blue")]),
+    )
+    .await
+    .expect("a stricter subset");
+    child(vec![G::Decrypt], equals(&[("purpose", "containers")]))
+        .await
+        .expect("an Equals constraint that includes the subset");
+    for (what, ops, c) in [
+        ("no constraint", vec![G::Decrypt], None),
+        (
+            "a wider operation",
+            vec![G::GenerateDataKey],
+            subset(&[("purpose", "containers")]),
+        ),
+        (
+            "another context",
+            vec![G::Decrypt],
+            subset(&[("purpose", "other")]),
+        ),
+        (
+            "an Equals of other pairs",
+            vec![G::Decrypt],
+            equals(&[("team", "blue")]),
+        ),
+    ] {
+        assert_eq!(code(child(ops, c).await), "AccessDeniedException", "{what}");
+    }
+}
+
 /// A real second process that will not refresh by itself for 10 minutes honours a grant
 /// made here at once, through its grant token; without the token it does not know it yet.
 #[test]

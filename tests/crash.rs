@@ -321,6 +321,17 @@ fn killed_grant_writers_leave_consistent_grants() {
             interrupted += 1;
         }
     }
+    // On a loaded machine every child may have been killed before it finished: then give
+    // creates longer, doubling, until one finishes (bounded), so both outcomes are checked.
+    let mut longer = spread * 4;
+    let mut extra = 1000u64;
+    while created.is_empty() && retired.is_empty() && longer < Duration::from_secs(20) {
+        if run_killed(&create_args(extra), longer).0 {
+            created.push(format!("crash-{extra}"));
+        }
+        extra += 1;
+        longer *= 2;
+    }
     eprintln!(
         "grant crash: uninterrupted runs took {took:?}; {} creates and {} retires finished, \
          {interrupted} children interrupted",

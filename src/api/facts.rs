@@ -54,6 +54,9 @@ pub struct Asked<'a> {
     pub retiring_principal: Option<&'a str>,
     /// CreateGrant: `kms:GrantConstraintType`.
     pub grant_constraint_type: Option<&'a str>,
+    /// CreateGrant: the new grant's constraints (a grant that allows CreateGrant allows only
+    /// equally strict or stricter ones).
+    pub grant_constraints: Option<&'a crate::kms::types::GrantConstraints>,
     /// GetParametersForImport: `kms:WrappingAlgorithm`.
     pub wrapping_algorithm: Option<&'a str>,
     /// GetParametersForImport: `kms:WrappingKeySpec`.
@@ -93,6 +96,9 @@ impl Facts<'_> {
         else {
             return false;
         };
+        if *op == GrantOperation::CreateGrant {
+            return self.granted_create_grant(kms, key, grantee);
+        }
         // A context the operation would refuse anyway allows nothing constrained.
         let ctx = self
             .asked
@@ -103,6 +109,37 @@ impl Facts<'_> {
             grantee,
             *op,
             ctx.as_ref(),
+            self.asked.grant_tokens.unwrap_or(&[]),
+        )
+    }
+}
+
+impl Facts<'_> {
+    /// CreateGrant through a grant: the new grant's operations and constraint must be within
+    /// what the caller's grant allows (values CreateGrant itself would refuse allow nothing).
+    fn granted_create_grant(&self, kms: &Kms, key: KeyId, grantee: &str) -> bool {
+        let Some(names) = self.asked.grant_operations else {
+            return false;
+        };
+        let Ok(ops) = names
+            .iter()
+            .map(|n| GrantOperation::parse(n, "operations"))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        let c = self.asked.grant_constraints;
+        let Ok(constraint) = crate::kms::grant::check_constraints(
+            c.and_then(|c| c.encryption_context_equals.clone()),
+            c.and_then(|c| c.encryption_context_subset.clone()),
+        ) else {
+            return false;
+        };
+        kms.grant_allows_create_grant(
+            key,
+            grantee,
+            &ops,
+            constraint.as_ref(),
             self.asked.grant_tokens.unwrap_or(&[]),
         )
     }

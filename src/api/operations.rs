@@ -817,6 +817,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                 grantee_principal: req.grantee_principal.as_deref(),
                 retiring_principal: req.retiring_principal.as_deref(),
                 grant_constraint_type: constraint_type,
+                grant_constraints: req.constraints.as_ref(),
                 grant_tokens: req.grant_tokens.as_deref(),
                 grant_operation: grant_op,
                 ..Asked::default()

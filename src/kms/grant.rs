@@ -189,6 +189,26 @@ impl GrantConstraint {
     }
 }
 
+/// Whether a grant created with the CreateGrant permission of a `parent` grant may carry
+/// `child` as its constraint: AWS requires it to be "equally strict or stricter". No parent
+/// constraint allows any; `EncryptionContextEquals` allows only the same pairs, as Equals;
+/// `EncryptionContextSubset` allows Subset or Equals constraints that include its pairs.
+pub fn constraint_at_least_as_strict(
+    child: Option<&GrantConstraint>,
+    parent: Option<&GrantConstraint>,
+) -> bool {
+    use GrantConstraint::{EncryptionContextEquals as Equals, EncryptionContextSubset as Subset};
+    match (parent, child) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(Equals(p)), Some(Equals(c))) => {
+            p.len() == c.len() && pairs_within(p, c) && pairs_within(c, p)
+        }
+        (Some(Equals(_)), Some(Subset(_))) => false,
+        (Some(Subset(p)), Some(Equals(c) | Subset(c))) => pairs_within(p, c),
+    }
+}
+
 /// CreateGrant's `Constraints` members into the one constraint a grant keeps. An empty map is
 /// no constraint; both members at once, more than [`MAX_CONSTRAINT_PAIRS`] pairs or more than
 /// [`MAX_CONSTRAINT_CHARS`] characters are `ValidationException`.
@@ -562,6 +582,37 @@ fn clip(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_grant_made_from_a_grant_is_equally_strict_or_stricter() {
+        use GrantConstraint::{EncryptionContextEquals as Eq, EncryptionContextSubset as Sub};
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let strict = super::constraint_at_least_as_strict;
+        let a = m(&[("app", "x")]);
+        let ab = m(&[("app", "x"), ("team", "y")]);
+        let upper = m(&[("APP", "x")]);
+        assert!(strict(None, None));
+        assert!(strict(Some(&Sub(a.clone())), None));
+        assert!(!strict(None, Some(&Sub(a.clone()))));
+        assert!(strict(Some(&Eq(a.clone())), Some(&Eq(a.clone()))));
+        assert!(
+            strict(Some(&Eq(upper.clone())), Some(&Eq(a.clone()))),
+            "keys without case"
+        );
+        assert!(!strict(Some(&Eq(ab.clone())), Some(&Eq(a.clone()))));
+        assert!(!strict(Some(&Eq(a.clone())), Some(&Eq(ab.clone()))));
+        assert!(!strict(Some(&Sub(a.clone())), Some(&Eq(a.clone()))));
+        assert!(strict(Some(&Sub(a.clone())), Some(&Sub(a.clone()))));
+        assert!(strict(Some(&Sub(ab.clone())), Some(&Sub(a.clone()))));
+        assert!(strict(Some(&Eq(ab.clone())), Some(&Sub(a.clone()))));
+        assert!(!strict(Some(&Sub(a.clone())), Some(&Sub(ab.clone()))));
+        assert!(!strict(Some(&Sub(m(&[("app", "z")]))), Some(&Sub(a))));
+    }
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

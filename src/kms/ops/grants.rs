@@ -466,6 +466,30 @@ impl Kms {
             .collect()
     }
 
+    /// Whether a grant of `grantee_arn` on `key` lets it create a grant of `operations` with
+    /// `constraint`: the parent grant lists CreateGrant and every one of `operations`, and the
+    /// new constraint is equally strict or stricter than the parent's (AWS's rule for
+    /// "Granting CreateGrant permission"). Grant tokens count as in [`Kms::grant_allows`].
+    pub fn grant_allows_create_grant(
+        &self,
+        key: KeyId,
+        grantee_arn: &str,
+        operations: &[GrantOperation],
+        constraint: Option<&GrantConstraint>,
+        grant_tokens: &[String],
+    ) -> bool {
+        self.grants_of_grantee(key, grantee_arn, grant_tokens)
+            .iter()
+            .any(|g| {
+                g.operations.contains(&GrantOperation::CreateGrant)
+                    && operations.iter().all(|o| g.operations.contains(o))
+                    && super::super::grant::constraint_at_least_as_strict(
+                        constraint,
+                        g.constraint.as_ref(),
+                    )
+            })
+    }
+
     /// A live grant on `key`, by its grant id (as the snapshot has it).
     pub fn grant(&self, key: KeyId, grant_id: &str) -> Option<GrantView> {
         let gid = GrantId::parse(grant_id)?;
