@@ -227,11 +227,18 @@ impl Model {
         }
         .deserialize(&mut de)
         .and_then(|_| de.end())
-        .map_err(|e| ApiError::serialization(clip_to(&format!("Malformed request body: {e}"), MAX_MESSAGE)))?;
+        .map_err(|e| {
+            ApiError::serialization(clip_to(
+                &format!("Malformed request body: {e}"),
+                MAX_MESSAGE,
+            ))
+        })?;
         if out.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::from(crate::error::KmsError::validation(message(&out))))
+            Err(ApiError::from(crate::error::KmsError::validation(message(
+                &out,
+            ))))
         }
     }
 }
@@ -281,7 +288,13 @@ impl At<'_> {
     }
 
     /// Records the rules a scalar breaks; `len`: characters or bytes, `None` for numbers.
-    fn scalar(self, shown: Shown, text: Option<String>, len: Option<usize>, num: Option<i64>) -> Seen {
+    fn scalar(
+        self,
+        shown: Shown,
+        text: Option<String>,
+        len: Option<usize>,
+        num: Option<i64>,
+    ) -> Seen {
         let s = self.shape();
         let mut broken = Vec::new();
         if let (Some(len), false) = (len, matches!(s.kind, Kind::Integer)) {
@@ -444,10 +457,10 @@ impl<'de> Visitor<'de> for Typed<'_> {
                 Ok(seen)
             }
             Kind::Blob => {
-                let bytes = Zeroizing::new(
-                    B64.decode(v.as_bytes())
-                        .map_err(|_| E::custom(format!("invalid base64 for {}", at.wire_name())))?,
-                );
+                let bytes =
+                    Zeroizing::new(B64.decode(v.as_bytes()).map_err(|_| {
+                        E::custom(format!("invalid base64 for {}", at.wire_name()))
+                    })?);
                 Ok(at.scalar(Shown::Hidden, None, Some(bytes.len()), None))
             }
             _ => Err(E::invalid_type(de::Unexpected::Str(v), &Typed(at))),
@@ -567,7 +580,11 @@ impl<'de> Visitor<'de> for Typed<'_> {
                         path: None,
                         out: &mut scratch,
                     }
-                    .scalar_text(Shown::Value(key.clone()), &key, key.chars().count());
+                    .scalar_text(
+                        Shown::Value(key.clone()),
+                        &key,
+                        key.chars().count(),
+                    );
                     keys_failed |= ks.failed;
                     let vs = map.next_value_seed(At {
                         model,
@@ -576,7 +593,10 @@ impl<'de> Visitor<'de> for Typed<'_> {
                         out: &mut scratch,
                     })?;
                     values_failed |= vs.failed;
-                    texts.push(format!("{key}={}", vs.text.unwrap_or_else(|| "null".into())));
+                    texts.push(format!(
+                        "{key}={}",
+                        vs.text.unwrap_or_else(|| "null".into())
+                    ));
                     n += 1;
                 }
                 let shown = Shown::Value(format!("{{{}}}", texts.join(", ")));
@@ -715,14 +735,32 @@ mod tests {
     fn valid_bodies_pass() {
         let m = model();
         for (op, body) in [
-            ("Encrypt", r#"{"KeyId":"alias/x","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}"#),
-            ("CreateAlias", r#"{"AliasName":"alias/ok_1:/-","TargetKeyId":"k"}"#),
-            ("CreateKey", r#"{"Tags":[{"TagKey":"a","TagValue":""}],"KeySpec":"HMAC_256","Unknown":[1,{"x":null}]}"#),
+            (
+                "Encrypt",
+                r#"{"KeyId":"alias/x","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}"#,
+            ),
+            (
+                "CreateAlias",
+                r#"{"AliasName":"alias/ok_1:/-","TargetKeyId":"k"}"#,
+            ),
+            (
+                "CreateKey",
+                r#"{"Tags":[{"TagKey":"a","TagValue":""}],"KeySpec":"HMAC_256","Unknown":[1,{"x":null}]}"#,
+            ),
             ("CreateKey", ""),
             ("ListKeys", r#"{"Limit":1000,"Marker":null}"#),
-            ("GenerateDataKey", r#"{"KeyId":"k","NumberOfBytes":1024,"GrantTokens":["t"]}"#),
-            ("ImportKeyMaterial", r#"{"KeyId":"k","ImportToken":"AA==","EncryptedKeyMaterial":"AA==","ValidTo":1.5e9}"#),
-            ("PutKeyPolicy", "{\"KeyId\":\"k\",\"Policy\":\"{\\t\\u00e9}\"}"),
+            (
+                "GenerateDataKey",
+                r#"{"KeyId":"k","NumberOfBytes":1024,"GrantTokens":["t"]}"#,
+            ),
+            (
+                "ImportKeyMaterial",
+                r#"{"KeyId":"k","ImportToken":"AA==","EncryptedKeyMaterial":"AA==","ValidTo":1.5e9}"#,
+            ),
+            (
+                "PutKeyPolicy",
+                "{\"KeyId\":\"k\",\"Policy\":\"{\\t\\u00e9}\"}",
+            ),
             ("UnknownToTheModel", "{\"anything\":1}"),
         ] {
             assert!(m.check(op, body.as_bytes()).is_ok(), "{op} {body}");
@@ -732,12 +770,18 @@ mod tests {
     #[test]
     fn each_constraint_kind_in_aws_words() {
         assert_eq!(
-            validation("CreateAlias", r#"{"AliasName":"alias/a;b","TargetKeyId":"k"}"#),
+            validation(
+                "CreateAlias",
+                r#"{"AliasName":"alias/a;b","TargetKeyId":"k"}"#
+            ),
             "1 validation error detected: Value 'alias/a;b' at 'aliasName' failed to satisfy \
              constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
         );
         assert_eq!(
-            validation("CreateAlias", &format!(r#"{{"AliasName":"{}","TargetKeyId":"k"}}"#, "a".repeat(257))),
+            validation(
+                "CreateAlias",
+                &format!(r#"{{"AliasName":"{}","TargetKeyId":"k"}}"#, "a".repeat(257))
+            ),
             format!(
                 "1 validation error detected: Value '{}' at 'aliasName' failed to satisfy \
                  constraint: Member must have length less than or equal to 256",
@@ -760,7 +804,10 @@ mod tests {
              constraint: Member must have value greater than or equal to 1"
         );
         assert_eq!(
-            validation("GenerateMac", r#"{"KeyId":"k","Message":"AA==","MacAlgorithm":"INVALID"}"#),
+            validation(
+                "GenerateMac",
+                r#"{"KeyId":"k","Message":"AA==","MacAlgorithm":"INVALID"}"#
+            ),
             "1 validation error detected: Value 'INVALID' at 'macAlgorithm' failed to satisfy \
              constraint: Member must satisfy enum value set: [HMAC_SHA_224, HMAC_SHA_256, \
              HMAC_SHA_384, HMAC_SHA_512]"
@@ -778,7 +825,10 @@ mod tests {
         // Blobs: length in bytes after base64, the value never quoted.
         let big = B64.encode([7u8; 4097]);
         assert_eq!(
-            validation("Encrypt", &format!(r#"{{"KeyId":"k","Plaintext":"{big}"}}"#)),
+            validation(
+                "Encrypt",
+                &format!(r#"{{"KeyId":"k","Plaintext":"{big}"}}"#)
+            ),
             "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: \
              Member must have length less than or equal to 4096"
         );
@@ -789,14 +839,24 @@ mod tests {
         );
         // Lengths count characters, not bytes.
         assert!(model()
-            .check("CreateKey", format!(r#"{{"Tags":[{{"TagKey":"{}","TagValue":"x"}}]}}"#, "é".repeat(128)).as_bytes())
+            .check(
+                "CreateKey",
+                format!(
+                    r#"{{"Tags":[{{"TagKey":"{}","TagValue":"x"}}]}}"#,
+                    "é".repeat(128)
+                )
+                .as_bytes()
+            )
             .is_ok());
     }
 
     #[test]
     fn several_errors_in_model_order() {
         assert_eq!(
-            validation("GenerateDataKey", r#"{"NumberOfBytes":2000,"KeySpec":"AES_512"}"#),
+            validation(
+                "GenerateDataKey",
+                r#"{"NumberOfBytes":2000,"KeySpec":"AES_512"}"#
+            ),
             "3 validation errors detected: Value null at 'keyId' failed to satisfy constraint: \
              Member must not be null; Value '2000' at 'numberOfBytes' failed to satisfy \
              constraint: Member must have value less than or equal to 1024; Value 'AES_512' at \
@@ -816,7 +876,13 @@ mod tests {
     #[test]
     fn nested_paths() {
         assert_eq!(
-            validation("CreateKey", &format!(r#"{{"Tags":[{{"TagKey":"ok","TagValue":"v"}},{{"TagKey":"{}","TagValue":"v"}}]}}"#, "a".repeat(129))),
+            validation(
+                "CreateKey",
+                &format!(
+                    r#"{{"Tags":[{{"TagKey":"ok","TagValue":"v"}},{{"TagKey":"{}","TagValue":"v"}}]}}"#,
+                    "a".repeat(129)
+                )
+            ),
             format!(
                 "1 validation error detected: Value '{}' at 'tags.2.member.tagKey' failed to \
                  satisfy constraint: Member must have length less than or equal to 128",
@@ -829,7 +895,10 @@ mod tests {
              satisfy constraint: Member must not be null"
         );
         assert_eq!(
-            validation("Decrypt", r#"{"CiphertextBlob":"AA==","Recipient":{"KeyEncryptionAlgorithm":"RSA","AttestationDocument":""}}"#),
+            validation(
+                "Decrypt",
+                r#"{"CiphertextBlob":"AA==","Recipient":{"KeyEncryptionAlgorithm":"RSA","AttestationDocument":""}}"#
+            ),
             "2 validation errors detected: Value 'RSA' at 'recipient.keyEncryptionAlgorithm' \
              failed to satisfy constraint: Member must satisfy enum value set: \
              [RSAES_OAEP_SHA_256]; Value at 'recipient.attestationDocument' failed to satisfy \
@@ -841,18 +910,30 @@ mod tests {
     fn lists_of_scalars() {
         let tokens: Vec<String> = (0..11).map(|i| format!("\"t{i}\"")).collect();
         assert_eq!(
-            validation("Encrypt", &format!(r#"{{"KeyId":"k","Plaintext":"AA==","GrantTokens":[{}]}}"#, tokens.join(","))),
+            validation(
+                "Encrypt",
+                &format!(
+                    r#"{{"KeyId":"k","Plaintext":"AA==","GrantTokens":[{}]}}"#,
+                    tokens.join(",")
+                )
+            ),
             "1 validation error detected: Value '[t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10]' \
              at 'grantTokens' failed to satisfy constraint: Member must have length less than \
              or equal to 10"
         );
         assert_eq!(
-            validation("Encrypt", r#"{"KeyId":"k","Plaintext":"AA==","GrantTokens":["a",""]}"#),
+            validation(
+                "Encrypt",
+                r#"{"KeyId":"k","Plaintext":"AA==","GrantTokens":["a",""]}"#
+            ),
             "1 validation error detected: Value '[a, ]' at 'grantTokens' failed to satisfy \
              constraint: Member must satisfy constraint: [Member must have length less than or \
              equal to 8192, Member must have length greater than or equal to 1]"
         );
-        let m = validation("CreateGrant", r#"{"KeyId":"k","GranteePrincipal":"arn:aws:iam::111122223333:root","Operations":["Decrypt","Nope"]}"#);
+        let m = validation(
+            "CreateGrant",
+            r#"{"KeyId":"k","GranteePrincipal":"arn:aws:iam::111122223333:root","Operations":["Decrypt","Nope"]}"#,
+        );
         assert!(
             m.starts_with(
                 "1 validation error detected: Value '[Decrypt, Nope]' at 'operations' failed to \
@@ -903,7 +984,10 @@ mod tests {
     fn unanchored_model_patterns_match_the_whole_value() {
         // PolicyNameType is `[\w]+`: "de fault" contains word characters but is not one word.
         let m = validation("GetKeyPolicy", r#"{"KeyId":"k","PolicyName":"de fault"}"#);
-        assert!(m.ends_with("Member must satisfy regular expression pattern: [\\w]+"), "{m}");
+        assert!(
+            m.ends_with("Member must satisfy regular expression pattern: [\\w]+"),
+            "{m}"
+        );
         assert!(model()
             .check("GetKeyPolicy", br#"{"KeyId":"k","PolicyName":"default"}"#)
             .is_ok());

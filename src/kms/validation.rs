@@ -87,10 +87,7 @@ pub fn message(v: &[Violation]) -> String {
     let n = v.len();
     let plural = if n == 1 { "error" } else { "errors" };
     let listed: Vec<String> = v.iter().take(MAX_LISTED).map(Violation::sentence).collect();
-    format!(
-        "{n} validation {plural} detected: {}",
-        listed.join("; ")
-    )
+    format!("{n} validation {plural} detected: {}", listed.join("; "))
 }
 
 /// The `ValidationException` for these violations.
@@ -190,7 +187,10 @@ mod tests {
             "Member must satisfy constraint: [Member must have length less than or equal to \
              8192, Member must have length greater than or equal to 1]"
         );
-        assert_eq!(rule::enum_set(&["A", "B"]), "Member must satisfy enum value set: [A, B]");
+        assert_eq!(
+            rule::enum_set(&["A", "B"]),
+            "Member must satisfy enum value set: [A, B]"
+        );
     }
 
     #[test]
