@@ -223,6 +223,7 @@ impl Model {
             model: self,
             shape: input,
             path: None,
+            wire: "the request body",
             out: &mut out,
         }
         .deserialize(&mut de)
@@ -275,6 +276,8 @@ struct At<'a> {
     model: &'a Model,
     shape: usize,
     path: Option<&'a str>,
+    /// The JSON member name the value came under (for serialization errors).
+    wire: &'a str,
     out: &'a mut Vec<Violation>,
 }
 
@@ -284,7 +287,7 @@ impl At<'_> {
     }
 
     fn wire_name(&self) -> &str {
-        self.path.unwrap_or("a list element")
+        self.wire
     }
 
     /// Records the rules a scalar breaks; `len`: characters or bytes, `None` for numbers.
@@ -528,6 +531,7 @@ impl<'de> Visitor<'de> for Typed<'_> {
                 model,
                 shape: element,
                 path: path.as_deref(),
+                wire: at.wire,
                 out: &mut inner,
             })?;
             let Some(seen) = seen else { break };
@@ -578,6 +582,7 @@ impl<'de> Visitor<'de> for Typed<'_> {
                         model,
                         shape: k,
                         path: None,
+                        wire: at.wire,
                         out: &mut scratch,
                     }
                     .scalar_text(
@@ -590,6 +595,7 @@ impl<'de> Visitor<'de> for Typed<'_> {
                         model,
                         shape: v,
                         path: None,
+                        wire: at.wire,
                         out: &mut scratch,
                     })?;
                     values_failed |= vs.failed;
@@ -677,6 +683,7 @@ fn structure<'de, A: MapAccess<'de>>(
             model,
             shape: m.shape,
             path: Some(&child),
+            wire: &m.wire,
             out: &mut per[i],
         })?;
         present[i] = seen.present;
@@ -964,7 +971,7 @@ mod tests {
             assert!(m.len() <= MAX_MESSAGE + 3, "{m}");
         }
         let (_, m) = msg("Encrypt", r#"{"KeyId":5}"#);
-        assert!(m.contains("a string for keyId"), "{m}");
+        assert!(m.contains("a string for KeyId"), "{m}");
     }
 
     #[test]
