@@ -593,17 +593,22 @@ async fn crypto_validation_and_errors() {
         "ValidationException"
     );
 
-    for garbage in [
-        vec![0u8; 10],
-        vec![2u8; 200],
-        vec![0xffu8; 6144],
-        vec![1u8; 6145],
-    ] {
+    for garbage in [vec![0u8; 10], vec![2u8; 200], vec![0xffu8; 6144]] {
         assert_eq!(
             code(c.decrypt().ciphertext_blob(Blob::new(garbage)).send().await),
             "InvalidCiphertextException"
         );
     }
+    // Longer than the model's 6144 bytes: the model's ValidationException.
+    assert_eq!(
+        code(
+            c.decrypt()
+                .ciphertext_blob(Blob::new(vec![1u8; 6145]))
+                .send()
+                .await
+        ),
+        "ValidationException"
+    );
     assert_eq!(code(c.decrypt().send().await), "ValidationException");
 
     // Tampering with any byte is caught.

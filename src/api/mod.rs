@@ -18,6 +18,7 @@ mod request;
 mod response;
 mod server;
 pub(crate) mod sigv4;
+mod validate;
 
 use std::future::Future;
 use std::io::Write as _;

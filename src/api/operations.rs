@@ -396,6 +396,8 @@ fn ctx(c: &Option<crate::kms::types::ContextMap>) -> Option<&crate::kms::types::
 
 /// Parses the body, authorizes, runs the operation, serializes the answer.
 pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
+    // The model's constraints come before any rule of the operation, as at AWS.
+    super::validate::check(op.name(), body)?;
     let kms = c.kms;
     let action = op.action();
     let grant_op = Some(op.name());

@@ -354,12 +354,13 @@ pub fn check_operations(
 
 /// A grant `Name`: 1 to 256 characters of `[a-zA-Z0-9:/_-]` (AWS's `GrantNameType`).
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 256 {
-        return Err(KmsError::validation(
-            "1 validation error detected: Value at 'name' failed to satisfy constraint: Member \
-             must have length between 1 and 256",
-        ));
-    }
+    super::validation::length(
+        "name",
+        super::validation::Shown::Value(name.to_owned()),
+        name.chars().count(),
+        1,
+        256,
+    )?;
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
@@ -377,12 +378,13 @@ pub fn check_name(name: &str) -> Result<()> {
 /// `[\w+=,.@:/-]` (AWS's `PrincipalIdType`, else `ValidationException`), and an IAM or STS
 /// ARN with a 12-digit account (else `InvalidArnException`).
 pub fn check_principal(p: &str, member: &str) -> Result<()> {
-    if p.is_empty() || p.len() > 256 {
-        return Err(KmsError::validation(format!(
-            "1 validation error detected: Value at '{member}' failed to satisfy constraint: \
-             Member must have length between 1 and 256"
-        )));
-    }
+    super::validation::length(
+        member,
+        super::validation::Shown::Value(p.to_owned()),
+        p.chars().count(),
+        1,
+        256,
+    )?;
     if !p.bytes().all(|b| {
         b.is_ascii_alphanumeric()
             || matches!(

@@ -21,6 +21,7 @@ pub(crate) mod store;
 mod token_errors;
 pub mod types;
 mod upkeep;
+pub(crate) mod validation;
 
 use std::sync::Arc;
 

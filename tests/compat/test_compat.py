@@ -254,6 +254,43 @@ def test_boto3_management_calls(server):
     assert len(kms.generate_random(NumberOfBytes=64)["Plaintext"]) == 64
 
 
+def test_boto3_model_constraints_without_client_validation(server):
+    """boto3 checks lengths, ranges and required members itself; with that turned off the
+    server answers what AWS does: ValidationException in AWS's words, DryRun as AWS words it."""
+    from botocore.config import Config
+
+    kms = boto3.client("kms", config=Config(parameter_validation=False))
+    key = new_key("model")
+    with pytest.raises(ClientError) as e:
+        kms.create_alias(AliasName="alias/a;b", TargetKeyId=key["KeyId"])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["Error"]["Message"] == (
+        "1 validation error detected: Value 'alias/a;b' at 'aliasName' failed to satisfy "
+        "constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
+    )
+    with pytest.raises(ClientError) as e:
+        kms.generate_random(NumberOfBytes=0)
+    assert e.value.response["Error"]["Message"] == (
+        "1 validation error detected: Value '0' at 'numberOfBytes' failed to satisfy "
+        "constraint: Member must have value greater than or equal to 1"
+    )
+    with pytest.raises(ClientError) as e:
+        kms.describe_key()
+    assert e.value.response["Error"]["Message"] == (
+        "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: "
+        "Member must not be null"
+    )
+    with pytest.raises(ClientError) as e:
+        kms.create_key(Tags=[{"TagKey": "k" * 129, "TagValue": "v"}])
+    assert "at 'tags.1.member.tagKey' failed to satisfy constraint: Member must have length " \
+        "less than or equal to 128" in e.value.response["Error"]["Message"]
+    with pytest.raises(kms.exceptions.DryRunOperationException) as e:
+        kms.encrypt(KeyId=key["KeyId"], Plaintext=b"x", DryRun=True)
+    assert e.value.response["Error"]["Message"] == (
+        "The request would have succeeded, but the DryRun option is set."
+    )
+
+
 def test_boto3_key_policies(server):
     kms = kms_client()
     key = new_key("policies")

@@ -20,6 +20,7 @@ use crate::der::{self, Hash, PublicKey};
 use crate::error::{KmsError, Result};
 use crate::hsm::{BackingKind, Checked, CmkHandle, PairKind, PrivateUsage, SessionKey};
 use crate::hsm::{HsmError, SignScheme};
+use crate::kms::validation::{self, Shown};
 
 /// Message of Sign, Verify, GenerateMac and VerifyMac: 1..4096 bytes.
 const MAX_MESSAGE: usize = 4096;
@@ -30,26 +31,9 @@ const MAX_PUBLIC_KEY: usize = 8192;
 /// Public key objects kept for Verify and RSA Encrypt (re-imported when evicted).
 const PUBLIC_KEY_CACHE: usize = 1024;
 
-fn length_error(member: &str, max: usize) -> KmsError {
-    KmsError::validation(format!(
-        "1 validation error detected: Value at '{member}' failed to satisfy constraint: \
-         Member must have length between 1 and {max}"
-    ))
-}
-
 fn bounded<'a>(b: &'a Option<impl AsRef<[u8]>>, member: &str, max: usize) -> Result<&'a [u8]> {
-    let b = b
-        .as_ref()
-        .ok_or_else(|| {
-            KmsError::validation(format!(
-                "1 validation error detected: Value null at '{member}' failed to satisfy \
-                 constraint: Member must not be null"
-            ))
-        })?
-        .as_ref();
-    if b.is_empty() || b.len() > max {
-        return Err(length_error(member, max));
-    }
+    let b = validation::required(b.as_ref(), member)?.as_ref();
+    validation::length(member, Shown::Hidden, b.len(), 1, max)?;
     Ok(b)
 }
 

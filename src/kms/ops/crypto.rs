@@ -49,10 +49,10 @@ fn data_key_len(spec: &Option<String>, bytes: Option<i64>) -> Result<usize> {
             "Specify either KeySpec or NumberOfBytes",
         )),
         (Some(spec), None) => Ok(DataKeySpec::parse(spec, "keySpec")?.bytes()),
-        (None, Some(n @ 1..=MAX_DATA_KEY)) => Ok(n as usize),
-        (None, Some(n)) => Err(KmsError::validation(format!(
-            "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
-        ))),
+        (None, Some(n)) => {
+            crate::kms::validation::range("numberOfBytes", n, 1, MAX_DATA_KEY)?;
+            Ok(n as usize)
+        }
     }
 }
 
@@ -75,11 +75,13 @@ impl Kms {
     /// encryption context, as at AWS).
     pub fn encrypt(&self, req: EncryptRequest) -> Result<EncryptResponse> {
         let plaintext = required(req.plaintext, "plaintext")?;
-        if plaintext.0.is_empty() || plaintext.0.len() > MAX_PLAINTEXT {
-            return Err(KmsError::validation(
-                "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: Member must have length between 1 and 4096",
-            ));
-        }
+        crate::kms::validation::length(
+            "plaintext",
+            crate::kms::validation::Shown::Hidden,
+            plaintext.0.len(),
+            1,
+            MAX_PLAINTEXT,
+        )?;
         check_grant_tokens(&req.grant_tokens)?;
         let alg = algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
         let ctx = context(req.encryption_context)?;
@@ -424,14 +426,9 @@ impl Kms {
                 "Custom key stores are not supported by p11kms",
             ));
         }
-        let n = match required(req.number_of_bytes, "numberOfBytes")? {
-            n @ 1..=MAX_RANDOM => n as usize,
-            n => {
-                return Err(KmsError::validation(format!(
-                    "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
-                )))
-            }
-        };
+        let n = required(req.number_of_bytes, "numberOfBytes")?;
+        crate::kms::validation::range("numberOfBytes", n, 1, MAX_RANDOM)?;
+        let n = n as usize;
         Ok(GenerateRandomResponse {
             plaintext: SecretBytes(self.token.random(n)?),
         })

@@ -24,11 +24,10 @@ use crate::error::{KmsError, Result};
 fn grant_list_limit(limit: Option<i64>) -> Result<usize> {
     match limit {
         None => Ok(50),
-        Some(l @ 1..=100) => Ok(l as usize),
-        Some(l) => Err(KmsError::validation(format!(
-            "1 validation error detected: Value '{l}' at 'limit' failed to satisfy constraint: \
-             Member must have value between 1 and 100"
-        ))),
+        Some(l) => {
+            crate::kms::validation::range("limit", l, 1, 100)?;
+            Ok(l as usize)
+        }
     }
 }
 
@@ -337,11 +336,13 @@ impl Kms {
                 .grant(key, &gid.to_string())
                 .ok_or_else(|| grant_not_found(&gid));
         };
-        if token.is_empty() || token.len() > MAX_GRANT_TOKEN_CHARS {
-            return Err(KmsError::validation(
-                "GrantToken must be between 1 and 8192 characters long",
-            ));
-        }
+        crate::kms::validation::length(
+            "grantToken",
+            crate::kms::validation::Shown::Value(token.clone()),
+            token.chars().count(),
+            1,
+            MAX_GRANT_TOKEN_CHARS,
+        )?;
         let parsed = parse_token(token)
             .ok_or_else(|| KmsError::invalid_grant_token("The grant token is not valid"))?;
         let g = self

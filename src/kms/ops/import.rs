@@ -165,13 +165,13 @@ fn bits(spec: WrappingKeySpec) -> Result<u16> {
 
 /// A blob member's length rule, in AWS's words.
 fn check_blob(b: &Bytes, member: &str) -> Result<()> {
-    if b.0.is_empty() || b.0.len() > MAX_BLOB {
-        return Err(KmsError::validation(format!(
-            "1 validation error detected: Value at '{member}' failed to satisfy constraint: \
-             Member must have length between 1 and {MAX_BLOB}"
-        )));
-    }
-    Ok(())
+    crate::kms::validation::length(
+        member,
+        crate::kms::validation::Shown::Hidden,
+        b.0.len(),
+        1,
+        MAX_BLOB,
+    )
 }
 
 /// The expiry an ImportKeyMaterial request asks for: (model, valid-to ms).

@@ -399,11 +399,10 @@ impl Kms {
         let key_id = required(req.key_id, "keyId")?;
         let days = match req.pending_window_in_days {
             None => 30,
-            Some(d @ 7..=30) => d as u32,
             Some(d) => {
-                return Err(KmsError::validation(format!(
-                    "1 validation error detected: Value '{d}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
-                )))
+                // The model allows 1 to 365; KMS itself 7 to 30.
+                crate::kms::validation::range("pendingWindowInDays", d, 7, 30)?;
+                d as u32
             }
         };
         let (id, _) = self.resolve(&key_id, Forms::KeyOnly)?;

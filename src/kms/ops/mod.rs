@@ -38,24 +38,26 @@ fn secs(ms: i64) -> f64 {
 
 /// A missing required member, worded as AWS words it.
 fn required<T>(v: Option<T>, member: &str) -> Result<T> {
-    v.ok_or_else(|| {
-        KmsError::validation(format!(
-            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
-        ))
-    })
+    super::validation::required(v, member)
 }
 
 fn check_grant_tokens(tokens: &Option<Vec<String>>) -> Result<()> {
     if let Some(t) = tokens {
+        use super::validation::{error, rule, Shown, Violation};
+        let shown = || Shown::Value(format!("[{}]", t.join(", ")));
         if t.len() > 10 {
-            return Err(KmsError::validation(
-                "GrantTokens must contain at most 10 grant tokens",
-            ));
+            return Err(error(&[Violation::new(
+                "grantTokens",
+                shown(),
+                rule::max_length(10),
+            )]));
         }
-        if t.iter().any(|g| g.is_empty() || g.len() > 8192) {
-            return Err(KmsError::validation(
-                "each grant token must be between 1 and 8192 characters long",
-            ));
+        if t.iter().any(|g| g.is_empty() || g.chars().count() > 8192) {
+            return Err(error(&[Violation::new(
+                "grantTokens",
+                shown(),
+                rule::each(&[rule::max_length(8192), rule::min_length(1)]),
+            )]));
         }
     }
     Ok(())
@@ -82,10 +84,10 @@ fn symmetric_algorithm(a: &Option<String>, member: &str) -> Result<EncryptionAlg
 fn check_limit(limit: Option<i64>, default: usize) -> Result<usize> {
     match limit {
         None => Ok(default),
-        Some(l @ 1..=1000) => Ok(l as usize),
-        Some(l) => Err(KmsError::validation(format!(
-            "1 validation error detected: Value '{l}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000"
-        ))),
+        Some(l) => {
+            super::validation::range("limit", l, 1, 1000)?;
+            Ok(l as usize)
+        }
     }
 }
 
@@ -104,7 +106,7 @@ fn refuse_recipient(recipient: &Option<serde::de::IgnoredAny>) -> Result<()> {
 fn dry_run(flag: Option<bool>) -> Result<()> {
     if flag == Some(true) {
         Err(KmsError::dry_run_succeeded(
-            "The request would have succeeded, but the DryRun flag is set.",
+            "The request would have succeeded, but the DryRun option is set.",
         ))
     } else {
         Ok(())

@@ -27,12 +27,13 @@ fn tag_chars_ok(s: &str) -> bool {
 
 /// A tag key's rules (`TagException` for what the model allows but KMS refuses).
 pub(crate) fn check_tag_key(k: &str) -> Result<()> {
-    if k.is_empty() || k.chars().count() > MAX_TAG_KEY {
-        return Err(KmsError::validation(format!(
-            "1 validation error detected: Value '{k}' at 'tagKey' failed to satisfy constraint: \
-             Member must have length between 1 and {MAX_TAG_KEY}"
-        )));
-    }
+    crate::kms::validation::length(
+        "tagKey",
+        crate::kms::validation::Shown::Value(k.to_owned()),
+        k.chars().count(),
+        1,
+        MAX_TAG_KEY,
+    )?;
     if !tag_chars_ok(k) {
         return Err(KmsError::tag(format!(
             "Tag key {k} contains characters that are not allowed"
@@ -48,12 +49,13 @@ pub(crate) fn check_tag_key(k: &str) -> Result<()> {
 
 fn check_tag(t: &Tag) -> Result<()> {
     check_tag_key(&t.tag_key)?;
-    if t.tag_value.chars().count() > MAX_TAG_VALUE {
-        return Err(KmsError::validation(format!(
-            "1 validation error detected: Value at 'tagValue' failed to satisfy constraint: \
-             Member must have length less than or equal to {MAX_TAG_VALUE}"
-        )));
-    }
+    crate::kms::validation::length(
+        "tagValue",
+        crate::kms::validation::Shown::Value(t.tag_value.clone()),
+        t.tag_value.chars().count(),
+        0,
+        MAX_TAG_VALUE,
+    )?;
     if !tag_chars_ok(&t.tag_value) {
         return Err(KmsError::tag(format!(
             "The value of tag {} contains characters that are not allowed",
@@ -92,13 +94,13 @@ pub(crate) fn merged_tags(
 }
 
 pub(crate) fn check_description(d: &str) -> Result<()> {
-    if d.chars().count() > MAX_DESCRIPTION {
-        return Err(KmsError::validation(format!(
-            "1 validation error detected: Value at 'description' failed to satisfy constraint: \
-             Member must have length less than or equal to {MAX_DESCRIPTION}"
-        )));
-    }
-    Ok(())
+    crate::kms::validation::length(
+        "description",
+        crate::kms::validation::Shown::Value(d.to_owned()),
+        d.chars().count(),
+        0,
+        MAX_DESCRIPTION,
+    )
 }
 
 impl Kms {
