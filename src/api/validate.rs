@@ -987,6 +987,26 @@ mod tests {
         );
     }
 
+    /// What the check costs per request (run in release with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn cost() {
+        let m = model();
+        let cases = [
+            ("GenerateDataKeyWithoutPlaintext", r#"{"KeyId":"arn:aws:kms:us-east-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab","KeySpec":"AES_256","EncryptionContext":{"purpose":"test","tenant":"t-1"}}"#.to_owned()),
+            ("Encrypt", format!(r#"{{"KeyId":"alias/x","Plaintext":"{}"}}"#, B64.encode([7u8; 4096]))),
+        ];
+        for (op, body) in &cases {
+            let n = 100_000u32;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                assert!(m.check(op, body.as_bytes()).is_ok());
+            }
+            let per = t.elapsed() / n;
+            eprintln!("{op} ({} bytes): {per:?} per check", body.len());
+        }
+    }
+
     #[test]
     fn unanchored_model_patterns_match_the_whole_value() {
         // PolicyNameType is `[\w]+`: "de fault" contains word characters but is not one word.
