@@ -17,9 +17,9 @@ use crate::kms::types::{
     GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, GetKeyPolicyRequest,
     GetParametersForImportRequest, ImportKeyMaterialRequest, KeyIdRequest, ListGrantsRequest,
     ListKeyPoliciesRequest, ListRequest, ListResourceTagsRequest, PutKeyPolicyRequest,
-    ReEncryptRequest, RetireGrantRequest, RevokeGrantRequest, ScheduleKeyDeletionRequest,
-    SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
-    VerifyMacRequest, VerifyRequest,
+    ReEncryptRequest, ReplicateKeyRequest, RetireGrantRequest, RevokeGrantRequest,
+    ScheduleKeyDeletionRequest, SignRequest, TagResourceRequest, UntagResourceRequest,
+    UpdateKeyDescriptionRequest, UpdatePrimaryRegionRequest, VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
@@ -160,6 +160,8 @@ ops!(
     GetParametersForImport,
     ImportKeyMaterial,
     DeleteImportedKeyMaterial,
+    ReplicateKey,
+    UpdatePrimaryRegion,
 );
 
 impl Op {
@@ -208,6 +210,8 @@ pub struct Caller<'a> {
     /// The region the request was signed for and the principal's account: where its key ids
     /// and alias names resolve, and where the keys and aliases it creates belong.
     pub scope: ArnScope,
+    /// Whether the server serves a region (ReplicateKey's and UpdatePrimaryRegion's target).
+    pub serves: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// The alias a `KeyId` member names as written (`kms:RequestAlias`), if it names one.
@@ -284,14 +288,14 @@ impl Caller<'_> {
             // The operation reports the missing member, once the caller may call it at all.
             return self.action(action, asked);
         };
-        let id = self.kms.resolve_key_for(k, forms, &self.scope)?;
+        let (selector, record) = self.kms.resolve_selector_for(k, forms, &self.scope)?;
         let alias = request_alias(key_id).map(str::to_owned);
         let asked = Asked {
             request_alias: alias.as_deref(),
             ..asked
         };
-        self.on_key(action, id, asked)?;
-        *key_id = Some(KeySelector::Resolved(id));
+        self.ask(action, Resource::Key(&record), Some(&record), asked)?;
+        *key_id = Some(selector);
         Ok(())
     }
 
@@ -344,6 +348,18 @@ impl Caller<'_> {
             return self.action(action, asked);
         };
         match Kms::blob_key_id(&b.0) {
+            // A multi-Region key's ciphertext opens under the key of the caller's region (the
+            // same key material in every region that has it).
+            Ok(id) if id.is_multi_region() && key_id.is_none() => {
+                match self.kms.key_record_in(id, &self.scope.region) {
+                    Ok(record) => self.ask(action, Resource::Key(&record), Some(&record), asked)?,
+                    // No key of this region: the operation answers NotFoundException.
+                    Err(_) => self.action(action, asked)?,
+                }
+                *key_id = Some(KeySelector::ResolvedIn(id, self.scope.region.clone()));
+                Ok(())
+            }
+            Ok(id) if id.is_multi_region() => self.key(action, key_id, Forms::Any, asked),
             // A blob naming a key that does not exist is the operation's to answer.
             Ok(id) => match self.kms.key_record(id) {
                 Ok(record) => self.ask(action, Resource::Key(&record), Some(&record), asked),
@@ -392,6 +408,19 @@ impl Caller<'_> {
 
 fn ctx(c: &Option<crate::kms::types::ContextMap>) -> Option<&crate::kms::types::ContextMap> {
     c.as_ref()
+}
+
+/// A region the server does not serve, as a ReplicateKey or UpdatePrimaryRegion target:
+/// `UnsupportedOperationException` (a malformed name is the operation's ValidationException).
+fn unserved_region(c: &Caller, region: Option<&str>, member: &str) -> Result<()> {
+    match region {
+        Some(r) if super::sigv4::is_region_name(r) && !(c.serves)(r) => {
+            Err(crate::error::KmsError::unsupported(format!(
+                "{member} {r} is not a Region this p11kms server serves"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Parses the body, authorizes, runs the operation, serializes the answer.
@@ -780,6 +809,44 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             json(kms.delete_imported_key_material(req))
         }
+        Op::ReplicateKey => {
+            // As in AWS: kms:ReplicateKey on the primary key, kms:CreateKey (identity policy)
+            // for the replica.
+            let mut req: ReplicateKeyRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            c.action("kms:CreateKey", Asked::default())?;
+            unserved_region(c, req.replica_region.as_deref(), "ReplicaRegion")?;
+            req.account = Some(c.account().to_owned());
+            let arn = match (&req.key_id, &req.replica_region) {
+                (Some(KeySelector::ResolvedIn(id, _)), Some(region)) => {
+                    ArnScope::new(region, c.account()).key_arn(id)
+                }
+                _ => String::new(),
+            };
+            let check = |p: &PolicyDocument| c.may_put_policy(p, &arn);
+            json(kms.replicate_key(req, Some(&check)))
+        }
+        Op::UpdatePrimaryRegion => {
+            // As in AWS: kms:UpdatePrimaryRegion on the primary key and on the replica that
+            // becomes the primary.
+            let mut req: UpdatePrimaryRegionRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            unserved_region(c, req.primary_region.as_deref(), "PrimaryRegion")?;
+            if let (Some(KeySelector::ResolvedIn(id, _)), Some(region)) =
+                (&req.key_id, &req.primary_region)
+            {
+                if let Ok(replica) = kms.key_record_in(*id, region) {
+                    c.ask(
+                        action,
+                        Resource::Key(&replica),
+                        Some(&replica),
+                        Asked::default(),
+                    )?;
+                }
+            }
+            kms.update_primary_region(req)?;
+            Ok(Reply::Empty)
+        }
         Op::GetKeyPolicy => {
             let mut req: GetKeyPolicyRequest = parse(body)?;
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
@@ -795,6 +862,9 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             let arn = match &req.key_id {
                 Some(KeySelector::Resolved(id)) => kms.key_arn(&kms.key_record(*id)?),
+                Some(KeySelector::ResolvedIn(id, region)) => {
+                    kms.key_arn(&kms.key_record_in(*id, region)?)
+                }
                 _ => String::new(),
             };
             let check = |p: &PolicyDocument| c.may_put_policy(p, &arn);
@@ -930,7 +1000,7 @@ mod tests {
             );
         }
         assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
-        let unsupported = Op::from_target(Some("TrentService.ReplicateKey")).unwrap_err();
+        let unsupported = Op::from_target(Some("TrentService.ConnectCustomKeyStore")).unwrap_err();
         assert_eq!(unsupported.name, "UnsupportedOperationException");
         for bad in [
             None,
