@@ -825,3 +825,62 @@ async fn a_primary_with_replicas_waits_for_their_deletion() {
         .await
         .expect("the primary still decrypts");
 }
+
+#[tokio::test]
+async fn policies_see_the_multi_region_condition_keys() {
+    let home = client_in(HOME);
+    let other = client_in(OTHER);
+    let id = create_mrk(&home).await;
+    // Encrypt is denied on replicas only, by kms:MultiRegionKeyType; Decrypt on multi-Region
+    // keys by kms:MultiRegion (so this key cannot decrypt anywhere).
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+        {"Effect":"Deny","Principal":{"AWS":"*"},"Action":"kms:Encrypt","Resource":"*",
+         "Condition":{"StringEquals":{"kms:MultiRegionKeyType":"REPLICA"}}},
+        {"Effect":"Deny","Principal":{"AWS":"*"},"Action":"kms:Decrypt","Resource":"*",
+         "Condition":{"Bool":{"kms:MultiRegion":"true"}}}]}"#;
+    home.put_key_policy()
+        .key_id(&id)
+        .policy(policy)
+        .send()
+        .await
+        .unwrap();
+    other
+        .replicate_key()
+        .key_id(format!("arn:aws:kms:{HOME}:111122223333:key/{id}"))
+        .replica_region(OTHER)
+        .send()
+        .await
+        .expect_err("called in the replica's region: the primary is not there");
+    home.replicate_key()
+        .key_id(&id)
+        .replica_region(OTHER)
+        .policy(policy)
+        .send()
+        .await
+        .expect("replicate with a policy");
+    let blob = home
+        .encrypt()
+        .key_id(&id)
+        .plaintext(Blob::new(b"p".to_vec()))
+        .send()
+        .await
+        .expect("the primary encrypts")
+        .ciphertext_blob
+        .unwrap();
+    assert_eq!(
+        code(
+            other
+                .encrypt()
+                .key_id(&id)
+                .plaintext(Blob::new(b"p".to_vec()))
+                .send()
+                .await
+        ),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        code(home.decrypt().ciphertext_blob(blob).send().await),
+        "AccessDeniedException"
+    );
+}

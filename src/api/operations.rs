@@ -447,6 +447,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                     key_spec: Some(spec),
                     key_usage: Some(req.key_usage.as_deref().unwrap_or("ENCRYPT_DECRYPT")),
                     key_origin: Some(req.origin.as_deref().unwrap_or("AWS_KMS")),
+                    multi_region: Some(req.multi_region == Some(true)),
                     request_tags: tags.as_deref(),
                     ..Asked::default()
                 },

@@ -170,6 +170,21 @@ impl Kms {
             .collect()
     }
 
+    /// The aliases of key `id` in `region` (a multi-Region key has aliases in each region).
+    pub fn aliases_of_key_in(&self, id: KeyId, region: &str) -> Vec<String> {
+        self.store
+            .read()
+            .aliases_of(id)
+            .filter(|(n, _)| {
+                n.owner
+                    .as_ref()
+                    .map_or(self.scope.region.as_str(), |o| o.region.as_str())
+                    == region
+            })
+            .map(|(n, _)| n.name.as_str().to_owned())
+            .collect()
+    }
+
     /// The key an alias points at now, if the alias exists.
     pub fn alias_target_of(&self, alias: &str) -> Result<Option<KeyId>> {
         self.alias_target_in(None, alias)
