@@ -884,3 +884,42 @@ async fn policies_see_the_multi_region_condition_keys() {
         "AccessDeniedException"
     );
 }
+
+#[tokio::test]
+async fn a_replica_of_a_disabled_primary_is_enabled_and_works() {
+    let home = client_in(HOME);
+    let third = client_in(THIRD);
+    let id = create_mrk(&home).await;
+    let blob = home
+        .encrypt()
+        .key_id(&id)
+        .plaintext(Blob::new(b"d".to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap();
+    home.disable_key().key_id(&id).send().await.unwrap();
+    let m = replicate(&home, &id, THIRD).await;
+    assert_eq!(m.key_state(), Some(&KeyState::Enabled), "as at AWS");
+    let p = third
+        .decrypt()
+        .ciphertext_blob(blob.clone())
+        .send()
+        .await
+        .expect("the replica decrypts: the backing key is usable again");
+    assert_eq!(p.plaintext().unwrap().as_ref(), b"d");
+    assert_eq!(
+        code(home.decrypt().ciphertext_blob(blob).send().await),
+        "DisabledException"
+    );
+    // Disabled everywhere: the backing key is off in the token, and on again once enabled.
+    third.disable_key().key_id(&id).send().await.unwrap();
+    home.enable_key().key_id(&id).send().await.unwrap();
+    home.encrypt()
+        .key_id(&id)
+        .plaintext(Blob::new(b"e".to_vec()))
+        .send()
+        .await
+        .expect("enabled again");
+}

@@ -322,10 +322,13 @@ impl Caller<'_> {
         // A target that does not exist (a crash's leftover) is asked about as a key of the
         // service's account under the default policy: administrators may clean it up, a
         // principal limited to other keys may not.
-        let record = self
-            .kms
-            .key_record(current)
-            .unwrap_or_else(|_| KeyRecord::missing(current));
+        let record = if current.is_multi_region() {
+            // A multi-Region key's alias names the key of its own region.
+            self.kms.key_record_in(current, &self.scope.region)
+        } else {
+            self.kms.key_record(current)
+        }
+        .unwrap_or_else(|_| KeyRecord::missing(current));
         self.ask(
             action,
             Resource::Key(&record),
@@ -817,10 +820,11 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             c.action("kms:CreateKey", Asked::default())?;
             unserved_region(c, req.replica_region.as_deref(), "ReplicaRegion")?;
-            req.account = Some(c.account().to_owned());
+            // The replica is in the primary's account.
             let arn = match (&req.key_id, &req.replica_region) {
-                (Some(KeySelector::ResolvedIn(id, _)), Some(region)) => {
-                    ArnScope::new(region, c.account()).key_arn(id)
+                (Some(KeySelector::ResolvedIn(id, r)), Some(region)) => {
+                    let account = kms.account_of(&kms.key_record_in(*id, r)?);
+                    ArnScope::new(region, &account).key_arn(id)
                 }
                 _ => String::new(),
             };

@@ -853,10 +853,6 @@ pub struct ReplicateKeyRequest {
     pub bypass_policy_lockout_safety_check: Option<bool>,
     pub description: Option<String>,
     pub tags: Option<Vec<Tag>>,
-    /// The account of the replica: the caller's, set by the layer that knows the caller;
-    /// `None`: the primary's.
-    #[serde(skip)]
-    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

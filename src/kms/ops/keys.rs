@@ -385,7 +385,11 @@ impl Kms {
 
     /// A CMK is derivable in the token exactly when its key is Enabled (a multi-Region
     /// key's: in some region).
-    fn apply_token_state(&self, record: &KeyRecord, cmks: &BTreeMap<u32, CmkHandle>) -> Result<()> {
+    pub(super) fn apply_token_state(
+        &self,
+        record: &KeyRecord,
+        cmks: &BTreeMap<u32, CmkHandle>,
+    ) -> Result<()> {
         let usable = self.usable_in_token(&record.id);
         let kind = record.backing_kind()?;
         for h in cmks.values() {

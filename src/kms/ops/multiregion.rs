@@ -166,9 +166,8 @@ impl Kms {
     }
 
     /// ReplicateKey: a replica of a multi-Region primary key in another region, with its own
-    /// policy (the default unless given), description and tags (none unless given), and the
-    /// primary's state (Enabled or Disabled; PendingImport for imported material). Made at
-    /// once: it never shows AWS's transient `Creating` state.
+    /// policy (the default unless given), description and tags (none unless given), Enabled.
+    /// Made at once: it never shows AWS's transient `Creating` state.
     pub fn replicate_key(
         &self,
         req: ReplicateKeyRequest,
@@ -191,15 +190,16 @@ impl Kms {
         let primary = self.primary_named(&key, "ReplicateKey")?;
         let id = primary.record.id;
         let arn = self.key_arn(&primary.record);
-        let account = req.account.or_else(|| primary.record.account.clone());
+        // As at AWS: a replica is Enabled whatever its primary's state, in the primary's
+        // account.
         let record = KeyRecord {
             created_ms: now_ms(),
+            state: KeyState::Enabled,
             description: req.description.unwrap_or_default(),
             deletion_ms: None,
             pending_window_days: None,
             tags,
             policy: req.policy,
-            account: account.filter(|a| *a != self.scope.account),
             region: Some(region.clone()),
             ..primary.record.clone()
         };
@@ -230,8 +230,18 @@ impl Kms {
             Ok(())
         })?;
         let replica = self.key_record_in(id, &region)?;
-        // A replica of a disabled primary starts disabled: keep the token's state in line
-        // (the primary's already is).
+        // A disabled primary's backing keys are off in the token: the new replica is Enabled.
+        // (A crash before this is repaired by the reconcile at the next open.)
+        if let Some(entry) = self.store.key(&id) {
+            if let Err(e) = self.apply_token_state(&entry.record, &entry.cmks) {
+                tracing::warn!(
+                    key_id = %id,
+                    error = e.message(),
+                    "the replica is written, but the token's attributes could not be updated; \
+                     every process reconciles them when it opens the token"
+                );
+            }
+        }
         let policy = match &replica.policy {
             Some(p) => p.clone(),
             None => self.key_policy(&replica)?.text().to_owned(),
