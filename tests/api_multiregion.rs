@@ -923,3 +923,72 @@ async fn a_replica_of_a_disabled_primary_is_enabled_and_works() {
         .await
         .expect("enabled again");
 }
+
+#[tokio::test]
+async fn policies_see_the_target_regions() {
+    let home = client_in(HOME);
+    let id = create_mrk(&home).await;
+    // Replication only to OTHER, and the primary may move only to THIRD.
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+        {{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::111122223333:root"}},"Action":"kms:*","Resource":"*"}},
+        {{"Effect":"Deny","Principal":{{"AWS":"*"}},"Action":"kms:ReplicateKey","Resource":"*",
+         "Condition":{{"StringNotEquals":{{"kms:ReplicaRegion":"{OTHER}"}}}}}},
+        {{"Effect":"Deny","Principal":{{"AWS":"*"}},"Action":"kms:UpdatePrimaryRegion","Resource":"*",
+         "Condition":{{"StringNotEquals":{{"kms:PrimaryRegion":"{THIRD}"}}}}}}]}}"#
+    );
+    home.put_key_policy()
+        .key_id(&id)
+        .policy(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            home.replicate_key()
+                .key_id(&id)
+                .replica_region(THIRD)
+                .send()
+                .await
+        ),
+        "AccessDeniedException"
+    );
+    replicate(&home, &id, OTHER).await;
+    assert_eq!(
+        code(
+            home.update_primary_region()
+                .key_id(&id)
+                .primary_region(OTHER)
+                .send()
+                .await
+        ),
+        "AccessDeniedException"
+    );
+    // A policy given to ReplicateKey that would lock the caller out is refused, after the key
+    // is known to be a multi-Region primary.
+    let single = home.create_key().send().await.unwrap();
+    let lockout = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/nobody"},"Action":"kms:*","Resource":"*"}]}"#;
+    assert_eq!(
+        code(
+            home.replicate_key()
+                .key_id(single.key_metadata().unwrap().key_id())
+                .replica_region(OTHER)
+                .policy(lockout)
+                .send()
+                .await
+        ),
+        "UnsupportedOperationException"
+    );
+    let second = create_mrk(&home).await;
+    assert_eq!(
+        code(
+            home.replicate_key()
+                .key_id(&second)
+                .replica_region(OTHER)
+                .policy(lockout)
+                .send()
+                .await
+        ),
+        "MalformedPolicyDocumentException"
+    );
+}

@@ -44,6 +44,10 @@ pub struct Asked<'a> {
     pub key_origin: Option<&'a str>,
     /// CreateKey: `kms:MultiRegion` (the key's own otherwise).
     pub multi_region: Option<bool>,
+    /// ReplicateKey: `kms:ReplicaRegion`.
+    pub replica_region: Option<&'a str>,
+    /// UpdatePrimaryRegion: `kms:PrimaryRegion`.
+    pub primary_region: Option<&'a str>,
     /// CreateKey / TagResource: the tags of the request.
     pub request_tags: Option<&'a [(String, String)]>,
     /// UntagResource: the tag keys of the request (values unused).
@@ -213,6 +217,8 @@ impl ConditionContext for Facts<'_> {
                 }),
                 _ => None,
             },
+            "kms:replicaregion" => one(self.asked.replica_region?),
+            "kms:primaryregion" => one(self.asked.primary_region?),
             "kms:multiregionkeytype" => {
                 let r = self.key.filter(|r| r.id.is_multi_region())?;
                 one(if self.kms.is_replica(r) {

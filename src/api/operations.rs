@@ -817,7 +817,12 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             // As in AWS: kms:ReplicateKey on the primary key, kms:CreateKey (identity policy)
             // for the replica.
             let mut req: ReplicateKeyRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            let region = req.replica_region.clone();
+            let asked = Asked {
+                replica_region: region.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
             c.action("kms:CreateKey", Asked::default())?;
             unserved_region(c, req.replica_region.as_deref(), "ReplicaRegion")?;
             // The replica is in the primary's account.
@@ -835,18 +840,18 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             // As in AWS: kms:UpdatePrimaryRegion on the primary key and on the replica that
             // becomes the primary.
             let mut req: UpdatePrimaryRegionRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            let region = req.primary_region.clone();
+            let asked = Asked {
+                primary_region: region.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
             unserved_region(c, req.primary_region.as_deref(), "PrimaryRegion")?;
             if let (Some(KeySelector::ResolvedIn(id, _)), Some(region)) =
                 (&req.key_id, &req.primary_region)
             {
                 if let Ok(replica) = kms.key_record_in(*id, region) {
-                    c.ask(
-                        action,
-                        Resource::Key(&replica),
-                        Some(&replica),
-                        Asked::default(),
-                    )?;
+                    c.ask(action, Resource::Key(&replica), Some(&replica), asked)?;
                 }
             }
             kms.update_primary_region(req)?;

@@ -180,6 +180,7 @@ impl Kms {
             check_description(d)?;
         }
         let tags = merged_tags(&[], req.tags.as_deref().unwrap_or_default())?;
+        let primary = self.primary_named(&key, "ReplicateKey")?;
         if let Some(text) = &req.policy {
             checked_key_policy(
                 text,
@@ -187,7 +188,6 @@ impl Kms {
                 lockout,
             )?;
         }
-        let primary = self.primary_named(&key, "ReplicateKey")?;
         let id = primary.record.id;
         let arn = self.key_arn(&primary.record);
         // As at AWS: a replica is Enabled whatever its primary's state, in the primary's
