@@ -8,6 +8,27 @@ use p11kms::kms::types::*;
 use p11kms::kms::{KeyId, KeySelector, KeyState};
 
 const DAY_MS: i64 = 86_400_000;
+
+/// One test at a time: another process's change is seen at this one's next refresh unless a
+/// concurrent write here took the same generation stamp (then at the one after, as
+/// documented); the tests below would race each other's stamps.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Refreshes until `seen` holds: at most a few rounds (a lost stamp costs one).
+fn refresh_until(kms: &p11kms::kms::Kms, seen: impl Fn() -> bool) {
+    for _ in 0..5 {
+        kms.refresh().unwrap();
+        if seen() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("another process's change was not seen after 5 refreshes");
+}
 const R: &str = "eu-north-1";
 
 fn now_ms() -> i64 {
@@ -85,6 +106,7 @@ fn decrypt_in(blob: &[u8], region: Option<&str>, id: &str) -> p11kms::error::Res
 
 #[test]
 fn deleting_a_replica_keeps_the_key_and_a_primary_waits_for_its_replicas() {
+    let _g = serial();
     let kms = common::kms();
     let id = create_mrk();
     let blob = encrypt(&id);
@@ -186,6 +208,7 @@ fn run(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn replicas_made_by_another_process_are_seen_here() {
+    let _g = serial();
     let kms = common::kms();
     let created = run(&["key", "create", "--multi-region", "--description", "cli"]);
     let id = created["KeyMetadata"]["KeyId"]
@@ -199,7 +222,7 @@ fn replicas_made_by_another_process_are_seen_here() {
         r["ReplicaKeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"],
         "REPLICA"
     );
-    kms.refresh().unwrap();
+    refresh_until(kms, || kms.describe_key(req_in(&id, R)).is_ok());
     let d = kms
         .describe_key(req_in(&id, R))
         .expect("seen here")
@@ -210,7 +233,10 @@ fn replicas_made_by_another_process_are_seen_here() {
 
     // Another process moves the primary; this one sees the key record's new region.
     run(&["key", "update-primary", &id, "--region", R]);
-    kms.refresh().unwrap();
+    refresh_until(kms, || {
+        kms.key_record(id.parse().unwrap())
+            .is_ok_and(|r| r.region.as_deref() == Some(R))
+    });
     let d = kms.describe_key(req_in(&id, R)).unwrap().key_metadata;
     let c = d.multi_region_configuration.unwrap();
     assert_eq!(c.multi_region_key_type, "PRIMARY");
