@@ -200,7 +200,7 @@ fn malformed_inputs() {
         .contains("CiphertextBlob"));
 
     // A real AWS operation p11kms does not serve.
-    call("ReplicateKey", b"{}").assert_error(400, "UnsupportedOperationException");
+    call("ConnectCustomKeyStore", b"{}").assert_error(400, "UnsupportedOperationException");
 
     let addr = server().addr;
     let creds = dev_credentials();

@@ -878,8 +878,16 @@ async fn create_key_limits() {
         code(c.create_key().origin(OriginType::AwsCloudhsm).send().await),
         "UnsupportedOperationException"
     );
+    // Multi-Region keys are served (tests/api_multiregion.rs), but not with imported
+    // key material.
     assert_eq!(
-        code(c.create_key().multi_region(true).send().await),
+        code(
+            c.create_key()
+                .multi_region(true)
+                .origin(OriginType::External)
+                .send()
+                .await
+        ),
         "UnsupportedOperationException"
     );
     assert_eq!(

@@ -42,6 +42,12 @@ pub struct Asked<'a> {
     pub key_usage: Option<&'a str>,
     /// CreateKey: `kms:KeyOrigin`.
     pub key_origin: Option<&'a str>,
+    /// CreateKey: `kms:MultiRegion` (the key's own otherwise).
+    pub multi_region: Option<bool>,
+    /// ReplicateKey: `kms:ReplicaRegion`.
+    pub replica_region: Option<&'a str>,
+    /// UpdatePrimaryRegion: `kms:PrimaryRegion`.
+    pub primary_region: Option<&'a str>,
     /// CreateKey / TagResource: the tags of the request.
     pub request_tags: Option<&'a [(String, String)]>,
     /// UntagResource: the tag keys of the request (values unused).
@@ -213,12 +219,15 @@ impl ConditionContext for Facts<'_> {
             "kms:requestalias" => one(self.asked.request_alias?),
             "kms:resourcealiases" => {
                 let r = self.key?;
-                let names: Vec<Cow<'_, str>> = self
-                    .kms
-                    .aliases_of_key(r.id)
-                    .into_iter()
-                    .map(Cow::Owned)
-                    .collect();
+                // A multi-Region key's aliases are those of its region.
+                let names: Vec<Cow<'_, str>> = if r.id.is_multi_region() {
+                    self.kms.aliases_of_key_in(r.id, self.kms.region_of(r))
+                } else {
+                    self.kms.aliases_of_key(r.id)
+                }
+                .into_iter()
+                .map(Cow::Owned)
+                .collect();
                 (!names.is_empty()).then_some(names)
             }
             "kms:keyspec" => match (self.asked.key_spec, self.key) {
@@ -236,7 +245,25 @@ impl ConditionContext for Facts<'_> {
                 (None, Some(r)) => one(r.origin().as_str()),
                 _ => None,
             },
-            "kms:multiregion" => self.key.and_then(|_| one("false")),
+            "kms:multiregion" => match (self.asked.multi_region, self.key) {
+                (Some(m), _) => one(if m { "true" } else { "false" }),
+                (None, Some(r)) => one(if r.id.is_multi_region() {
+                    "true"
+                } else {
+                    "false"
+                }),
+                _ => None,
+            },
+            "kms:replicaregion" => one(self.asked.replica_region?),
+            "kms:primaryregion" => one(self.asked.primary_region?),
+            "kms:multiregionkeytype" => {
+                let r = self.key.filter(|r| r.id.is_multi_region())?;
+                one(if self.kms.is_replica(r) {
+                    "REPLICA"
+                } else {
+                    "PRIMARY"
+                })
+            }
             "kms:encryptionalgorithm" => one(self.asked.encryption_algorithm?),
             "kms:signingalgorithm" => one(self.asked.signing_algorithm?),
             "kms:macalgorithm" => one(self.asked.mac_algorithm?),

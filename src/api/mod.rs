@@ -424,10 +424,12 @@ mod tests {
             "kms:ListAliases",
             "kms:CreateGrant",
             "kms:RetireGrant",
+            "kms:ReplicateKey",
+            "kms:UpdatePrimaryRegion",
         ] {
             assert!(known_action(a), "{a}");
         }
-        for a in ["kms:ReplicateKey", "kms:ReEncrypt", "kms:Encrpyt"] {
+        for a in ["kms:ConnectCustomKeyStore", "kms:ReEncrypt", "kms:Encrpyt"] {
             assert!(!known_action(a), "{a}");
         }
     }

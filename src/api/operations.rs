@@ -17,9 +17,9 @@ use crate::kms::types::{
     GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, GetKeyPolicyRequest,
     GetParametersForImportRequest, ImportKeyMaterialRequest, KeyIdRequest, ListGrantsRequest,
     ListKeyPoliciesRequest, ListRequest, ListResourceTagsRequest, PutKeyPolicyRequest,
-    ReEncryptRequest, RetireGrantRequest, RevokeGrantRequest, ScheduleKeyDeletionRequest,
-    SignRequest, TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
-    VerifyMacRequest, VerifyRequest,
+    ReEncryptRequest, ReplicateKeyRequest, RetireGrantRequest, RevokeGrantRequest,
+    ScheduleKeyDeletionRequest, SignRequest, TagResourceRequest, UntagResourceRequest,
+    UpdateKeyDescriptionRequest, UpdatePrimaryRegionRequest, VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
@@ -160,6 +160,8 @@ ops!(
     GetParametersForImport,
     ImportKeyMaterial,
     DeleteImportedKeyMaterial,
+    ReplicateKey,
+    UpdatePrimaryRegion,
 );
 
 impl Op {
@@ -208,6 +210,8 @@ pub struct Caller<'a> {
     /// The region the request was signed for and the principal's account: where its key ids
     /// and alias names resolve, and where the keys and aliases it creates belong.
     pub scope: ArnScope,
+    /// Whether the server serves a region (ReplicateKey's and UpdatePrimaryRegion's target).
+    pub serves: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 /// The alias a `KeyId` member names as written (`kms:RequestAlias`), if it names one.
@@ -284,14 +288,14 @@ impl Caller<'_> {
             // The operation reports the missing member, once the caller may call it at all.
             return self.action(action, asked);
         };
-        let id = self.kms.resolve_key_for(k, forms, &self.scope)?;
+        let (selector, record) = self.kms.resolve_selector_for(k, forms, &self.scope)?;
         let alias = request_alias(key_id).map(str::to_owned);
         let asked = Asked {
             request_alias: alias.as_deref(),
             ..asked
         };
-        self.on_key(action, id, asked)?;
-        *key_id = Some(KeySelector::Resolved(id));
+        self.ask(action, Resource::Key(&record), Some(&record), asked)?;
+        *key_id = Some(selector);
         Ok(())
     }
 
@@ -318,10 +322,13 @@ impl Caller<'_> {
         // A target that does not exist (a crash's leftover) is asked about as a key of the
         // service's account under the default policy: administrators may clean it up, a
         // principal limited to other keys may not.
-        let record = self
-            .kms
-            .key_record(current)
-            .unwrap_or_else(|_| KeyRecord::missing(current));
+        let record = if current.is_multi_region() {
+            // A multi-Region key's alias names the key of its own region.
+            self.kms.key_record_in(current, &self.scope.region)
+        } else {
+            self.kms.key_record(current)
+        }
+        .unwrap_or_else(|_| KeyRecord::missing(current));
         self.ask(
             action,
             Resource::Key(&record),
@@ -344,6 +351,18 @@ impl Caller<'_> {
             return self.action(action, asked);
         };
         match Kms::blob_key_id(&b.0) {
+            // A multi-Region key's ciphertext opens under the key of the caller's region (the
+            // same key material in every region that has it).
+            Ok(id) if id.is_multi_region() && key_id.is_none() => {
+                match self.kms.key_record_in(id, &self.scope.region) {
+                    Ok(record) => self.ask(action, Resource::Key(&record), Some(&record), asked)?,
+                    // No key of this region: the operation answers NotFoundException.
+                    Err(_) => self.action(action, asked)?,
+                }
+                *key_id = Some(KeySelector::ResolvedIn(id, self.scope.region.clone()));
+                Ok(())
+            }
+            Ok(id) if id.is_multi_region() => self.key(action, key_id, Forms::Any, asked),
             // A blob naming a key that does not exist is the operation's to answer.
             Ok(id) => match self.kms.key_record(id) {
                 Ok(record) => self.ask(action, Resource::Key(&record), Some(&record), asked),
@@ -394,6 +413,19 @@ fn ctx(c: &Option<crate::kms::types::ContextMap>) -> Option<&crate::kms::types::
     c.as_ref()
 }
 
+/// A region the server does not serve, as a ReplicateKey or UpdatePrimaryRegion target:
+/// `UnsupportedOperationException` (a malformed name is the operation's ValidationException).
+fn unserved_region(c: &Caller, region: Option<&str>, member: &str) -> Result<()> {
+    match region {
+        Some(r) if super::sigv4::is_region_name(r) && !(c.serves)(r) => {
+            Err(crate::error::KmsError::unsupported(format!(
+                "{member} {r} is not a Region this p11kms server serves"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Parses the body, authorizes, runs the operation, serializes the answer.
 pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
     // The model's constraints come before any rule of the operation, as at AWS.
@@ -420,6 +452,7 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
                     key_spec: Some(spec),
                     key_usage: Some(req.key_usage.as_deref().unwrap_or("ENCRYPT_DECRYPT")),
                     key_origin: Some(req.origin.as_deref().unwrap_or("AWS_KMS")),
+                    multi_region: Some(req.multi_region == Some(true)),
                     request_tags: tags.as_deref(),
                     ..Asked::default()
                 },
@@ -782,6 +815,50 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             json(kms.delete_imported_key_material(req))
         }
+        Op::ReplicateKey => {
+            // As in AWS: kms:ReplicateKey on the primary key, kms:CreateKey (identity policy)
+            // for the replica.
+            let mut req: ReplicateKeyRequest = parse(body)?;
+            let region = req.replica_region.clone();
+            let asked = Asked {
+                replica_region: region.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            c.action("kms:CreateKey", Asked::default())?;
+            unserved_region(c, req.replica_region.as_deref(), "ReplicaRegion")?;
+            // The replica is in the primary's account.
+            let arn = match (&req.key_id, &req.replica_region) {
+                (Some(KeySelector::ResolvedIn(id, r)), Some(region)) => {
+                    let account = kms.account_of(&kms.key_record_in(*id, r)?);
+                    ArnScope::new(region, &account).key_arn(id)
+                }
+                _ => String::new(),
+            };
+            let check = |p: &PolicyDocument| c.may_put_policy(p, &arn);
+            json(kms.replicate_key(req, Some(&check)))
+        }
+        Op::UpdatePrimaryRegion => {
+            // As in AWS: kms:UpdatePrimaryRegion on the primary key and on the replica that
+            // becomes the primary.
+            let mut req: UpdatePrimaryRegionRequest = parse(body)?;
+            let region = req.primary_region.clone();
+            let asked = Asked {
+                primary_region: region.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            unserved_region(c, req.primary_region.as_deref(), "PrimaryRegion")?;
+            if let (Some(KeySelector::ResolvedIn(id, _)), Some(region)) =
+                (&req.key_id, &req.primary_region)
+            {
+                if let Ok(replica) = kms.key_record_in(*id, region) {
+                    c.ask(action, Resource::Key(&replica), Some(&replica), asked)?;
+                }
+            }
+            kms.update_primary_region(req)?;
+            Ok(Reply::Empty)
+        }
         Op::GetKeyPolicy => {
             let mut req: GetKeyPolicyRequest = parse(body)?;
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
@@ -797,6 +874,9 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
             let arn = match &req.key_id {
                 Some(KeySelector::Resolved(id)) => kms.key_arn(&kms.key_record(*id)?),
+                Some(KeySelector::ResolvedIn(id, region)) => {
+                    kms.key_arn(&kms.key_record_in(*id, region)?)
+                }
                 _ => String::new(),
             };
             let check = |p: &PolicyDocument| c.may_put_policy(p, &arn);
@@ -933,7 +1013,7 @@ mod tests {
             );
         }
         assert_eq!(Op::ReEncrypt.action(), "kms:ReEncrypt");
-        let unsupported = Op::from_target(Some("TrentService.ReplicateKey")).unwrap_err();
+        let unsupported = Op::from_target(Some("TrentService.ConnectCustomKeyStore")).unwrap_err();
         assert_eq!(unsupported.name, "UnsupportedOperationException");
         for bad in [
             None,

@@ -443,6 +443,7 @@ async fn kms_request(
                 principal: &principal,
                 peer,
                 scope: ArnScope::new(&region, principal.account(&st.kms)),
+                serves: &|r: &str| st.verifier.serves(r),
             };
             execute(&caller, op, &body)
         }));

@@ -156,6 +156,32 @@ pub(super) enum KeyCmd {
         /// The key policy, a JSON file (default: AWS's default key policy).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// A multi-Region primary key (`mrk-` id), to replicate with `key replicate`.
+        #[arg(long)]
+        multi_region: bool,
+    },
+    /// Replicate a multi-Region primary key into another region (ReplicateKey).
+    Replicate {
+        key: String,
+        /// The replica's region.
+        #[arg(long)]
+        region: String,
+        /// The replica's description.
+        #[arg(long)]
+        description: Option<String>,
+        /// A tag of the replica as KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// The replica's key policy, a JSON file (default: AWS's default key policy).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Make the replica of a multi-Region key in --region its primary (UpdatePrimaryRegion).
+    UpdatePrimary {
+        key: String,
+        /// The region of the replica that becomes the primary key.
+        #[arg(long)]
+        region: String,
     },
     /// Print a key's policy (GetKeyPolicy).
     Policy { key: String },

@@ -54,6 +54,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
             usage,
             tags,
             policy,
+            multi_region,
         } => {
             let r = kms.create_key(CreateKeyRequest {
                 description,
@@ -61,9 +62,40 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
                 key_usage: usage,
                 tags: parse_tags(&tags)?,
                 policy: policy.as_deref().map(read_policy).transpose()?,
+                multi_region: multi_region.then_some(true),
                 ..Default::default()
             })?;
             out.emit(&r, &metadata_text(&r.key_metadata))
+        }
+        KeyCmd::Replicate {
+            key,
+            region,
+            description,
+            tags,
+            policy,
+        } => {
+            let r = kms.replicate_key(
+                ReplicateKeyRequest {
+                    key_id: Some(key.into()),
+                    replica_region: Some(region),
+                    description,
+                    tags: parse_tags(&tags)?,
+                    policy: policy.as_deref().map(read_policy).transpose()?,
+                    ..Default::default()
+                },
+                None,
+            )?;
+            out.emit(&r, &metadata_text(&r.replica_key_metadata))
+        }
+        KeyCmd::UpdatePrimary { key, region } => {
+            kms.update_primary_region(UpdatePrimaryRegionRequest {
+                key_id: Some(key.clone().into()),
+                primary_region: Some(region.clone()),
+            })?;
+            out.emit(
+                &Empty {},
+                &format!("The primary key of {key} is now the one in {region}."),
+            )
         }
         KeyCmd::Policy { key } => {
             let r = kms.get_key_policy(GetKeyPolicyRequest {

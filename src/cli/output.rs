@@ -104,6 +104,15 @@ pub(super) fn metadata_text(m: &KeyMetadata) -> String {
     if let Some(d) = m.deletion_date {
         s.push_str(&format!("DeletionDate: {}\n", date(d)));
     }
+    if let Some(c) = &m.multi_region_configuration {
+        s.push_str(&format!(
+            "MultiRegion:  {} (primary in {})\n",
+            c.multi_region_key_type, c.primary_key.region
+        ));
+        for r in &c.replica_keys {
+            s.push_str(&format!("Replica:      {}\n", r.arn));
+        }
+    }
     s
 }
 

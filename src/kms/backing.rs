@@ -7,7 +7,6 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::blob::{self, Header, NONCE_LEN};
-use super::domain::KeyState;
 use super::ops::check_usable;
 use super::store::KeyEntry;
 use super::{EncryptionContext, Forms, KeyId, KeySelector, Kms, SealingPath};
@@ -67,12 +66,14 @@ impl Kms {
             Err(e) if e.is_stale_handle() || e.is_not_permitted() => e,
             r => return r.map_err(map),
         };
-        let arn = self.scope.key_arn(&id);
+        let arn = self.key_arn(&entry.record);
         self.refresh()?;
-        let now = self
-            .store
-            .key(&id)
-            .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
+        // The same key (a multi-Region key's in the same region) as it is now.
+        let now = {
+            let snap = self.store.read();
+            self.entry_in(&snap, &id, self.region_of(&entry.record))
+        }
+        .ok_or_else(|| KmsError::not_found(format!("Key '{arn}' does not exist")))?;
         check_usable(&now, &arn)?;
         let kind = now.record.backing_kind()?;
         match self.store.relocate_cmk(&id, version)? {
@@ -92,9 +93,7 @@ impl Kms {
     /// state changes, so a concurrent DisableKey is never undone here.
     fn heal_token_state(&self, id: &KeyId, cmk: CmkHandle, kind: BackingKind) -> Result<bool> {
         self.store.with_key(id, |entry| {
-            if entry.is_some_and(|e| e.record.state == KeyState::Enabled)
-                && !self.token.cmk_usable(cmk, kind)?
-            {
+            if entry.is_some() && self.usable_in_token(id) && !self.token.cmk_usable(cmk, kind)? {
                 self.token.set_cmk_usable(cmk, kind, true)?;
                 return Ok(true);
             }
@@ -155,16 +154,26 @@ impl Kms {
     ) -> Result<(KeyId, Zeroizing<Vec<u8>>)> {
         let blob = blob::parse(bytes)?;
         let h = &blob.header;
+        let mut named = None;
         if let Some(k) = expected {
-            let (want, _) = self.resolve(k, Forms::Any)?;
+            let (want, entry) = self.resolve(k, Forms::Any)?;
             if want != h.key_id {
                 return Err(KmsError::incorrect_key(
                     "The key ID in the request does not identify a CMK that can perform this operation.",
                 ));
             }
+            // A multi-Region key's, of the region it was resolved in.
+            named = Some(entry);
         }
         let arn = self.scope.key_arn(&h.key_id);
-        let entry = self.store.read().keys.get(&h.key_id).cloned();
+        let entry = match named {
+            Some(e) => Some(e),
+            None if h.key_id.is_multi_region() => {
+                let snap = self.store.read();
+                self.entry_in(&snap, &h.key_id, &self.scope.region)
+            }
+            None => self.store.read().keys.get(&h.key_id).cloned(),
+        };
         let entry = entry.ok_or_else(|| {
             KmsError::not_found(format!(
                 "Key '{arn}' named by the ciphertext does not exist"

@@ -280,6 +280,9 @@ pub enum KeyState {
     /// `PendingImport`: a key with imported key material (`Origin=EXTERNAL`) that has none:
     /// not yet imported, deleted, or expired. Refused for use until material is imported.
     PendingImport,
+    /// `PendingReplicaDeletion`: a multi-Region primary key scheduled for deletion while it
+    /// has replicas; its waiting period starts when the last replica is deleted.
+    PendingReplicaDeletion,
     /// A record this version cannot fully read: a state or field written by a newer p11kms
     /// (during a rolling upgrade), or damaged. The key is kept, with its backing keys, but
     /// nothing here uses or changes it; AWS calls such a key `Unavailable`. Never written to
@@ -296,6 +299,7 @@ impl KeyState {
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
             KeyState::PendingImport => "PendingImport",
+            KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
             KeyState::Unknown => "Unavailable",
         }
     }

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::error::{KmsError, Result};
 
-/// A CMK's id: a UUID v4, shown in lowercase hyphenated form as AWS does.
+/// A CMK's id: a UUID v4, shown in lowercase hyphenated form as AWS does; a multi-Region
+/// key's id is shown as `mrk-` and 32 lowercase hex digits, as AWS does (see
+/// [`KeyId::new_multi_region`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(Uuid);
 
@@ -33,6 +35,27 @@ impl KeyId {
         self.0.as_bytes()[6] >> 4 == 8
     }
 
+    /// A new random id for a multi-Region key: a UUID whose variant bits are `111` (RFC 9562's
+    /// reserved variant, which neither [`KeyId::new_random`] nor [`KeyId::new_for_imported`]
+    /// makes; their variant is `10`), shown as `mrk-<32 hex digits>`. Its version nibble is 4
+    /// (generated material) or 8 (imported), as for single-Region ids, so the two markers
+    /// never collide. Whether a key is multi-Region is fixed by its id: an id in one form is
+    /// never read in the other (a UUID text with these variant bits is not a key id).
+    pub fn new_multi_region(imported: bool) -> KeyId {
+        let mut b = if imported {
+            *Self::new_for_imported().as_bytes()
+        } else {
+            *Self::new_random().as_bytes()
+        };
+        b[8] |= 0xe0;
+        KeyId(Uuid::from_bytes(b))
+    }
+
+    /// Whether this is a multi-Region key's id (made by [`KeyId::new_multi_region`]).
+    pub fn is_multi_region(&self) -> bool {
+        self.0.as_bytes()[8] >> 5 == 0b111
+    }
+
     /// The key id of 16 bytes (as stored in ciphertexts and `CKA_ID`).
     pub fn from_bytes(b: [u8; 16]) -> KeyId {
         KeyId(Uuid::from_bytes(b))
@@ -46,20 +69,36 @@ impl KeyId {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
+        if self.is_multi_region() {
+            write!(f, "{MRK_PREFIX}{}", self.0.simple())
+        } else {
+            self.0.hyphenated().fmt(f)
+        }
     }
 }
 
+/// How a multi-Region key's id starts.
+const MRK_PREFIX: &str = "mrk-";
+
 impl FromStr for KeyId {
     type Err = KmsError;
-    /// Only the canonical 36-character hyphenated form (any case) is a key id.
+    /// Only the canonical 36-character hyphenated form (any case) of a single-Region id, or
+    /// `mrk-` and 32 hex digits (any case) of a multi-Region one, is a key id.
     fn from_str(s: &str) -> Result<KeyId> {
-        if s.len() != 36 {
-            return Err(KmsError::not_found(format!("Invalid keyId {s}")));
+        let invalid = || KmsError::not_found(format!("Invalid keyId {s}"));
+        let (multi, uuid) = match s.strip_prefix(MRK_PREFIX) {
+            Some(hex) if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (true, Uuid::parse_str(hex).map_err(|_| invalid())?)
+            }
+            Some(_) => return Err(invalid()),
+            None if s.len() == 36 => (false, Uuid::parse_str(s).map_err(|_| invalid())?),
+            None => return Err(invalid()),
+        };
+        let id = KeyId(uuid);
+        if id.is_multi_region() != multi {
+            return Err(invalid());
         }
-        Uuid::parse_str(s)
-            .map(KeyId)
-            .map_err(|_| KmsError::not_found(format!("Invalid keyId {s}")))
+        Ok(id)
     }
 }
 
@@ -189,6 +228,9 @@ pub enum KeySelector {
     Named(String),
     /// A key resolved before the operation.
     Resolved(KeyId),
+    /// A multi-Region key resolved before the operation to its key in a region (the primary
+    /// or a replica: the one whose state, policy and tags count there).
+    ResolvedIn(KeyId, String),
 }
 
 impl From<String> for KeySelector {
@@ -213,7 +255,7 @@ impl fmt::Display for KeySelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeySelector::Named(s) => f.write_str(s),
-            KeySelector::Resolved(id) => id.fmt(f),
+            KeySelector::Resolved(id) | KeySelector::ResolvedIn(id, _) => id.fmt(f),
         }
     }
 }
@@ -291,6 +333,66 @@ mod tests {
             assert_eq!(text.parse::<KeyId>().unwrap(), i);
             assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "{text}");
         }
+    }
+
+    #[test]
+    fn multi_region_ids_are_never_single_region_ones() {
+        for imported in [false, true] {
+            for _ in 0..64 {
+                let m = KeyId::new_multi_region(imported);
+                assert!(m.is_multi_region());
+                assert_eq!(m.is_for_imported(), imported);
+                assert!(!KeyId::new_random().is_multi_region());
+                assert!(!KeyId::new_for_imported().is_multi_region());
+                let text = m.to_string();
+                assert!(text.starts_with("mrk-") && text.len() == 36, "{text}");
+                assert!(text[4..]
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                assert_eq!(text.parse::<KeyId>().unwrap(), m);
+                assert_eq!(
+                    text.to_uppercase()
+                        .replace("MRK-", "mrk-")
+                        .parse::<KeyId>()
+                        .unwrap(),
+                    m
+                );
+                // The same 16 bytes in UUID form name nothing, and a UUID-form id's bytes in
+                // mrk- form name nothing.
+                let uuid = Uuid::from_bytes(*m.as_bytes()).hyphenated().to_string();
+                assert!(uuid.parse::<KeyId>().is_err(), "{uuid}");
+                let single = KeyId::new_random();
+                let mrk = format!("mrk-{}", Uuid::from_bytes(*single.as_bytes()).simple());
+                assert!(mrk.parse::<KeyId>().is_err(), "{mrk}");
+            }
+        }
+        for bad in [
+            "mrk-",
+            "mrk-1234",
+            "mrk-1234abcd12ab34cd56ef1234567890abc",
+            "mrk-1234abcd-12ab-34cd-56ef-1234567890ab",
+            "MRK-1234abcd12ab34cd56ef1234567890ab",
+        ] {
+            assert_eq!(
+                bad.parse::<KeyId>().unwrap_err().aws_name(),
+                "NotFoundException",
+                "{bad}"
+            );
+        }
+        let m = KeyId::new_multi_region(false);
+        let s = scope();
+        assert_eq!(
+            KeyRef::parse(&m.to_string(), &s, Forms::KeyOnly).unwrap(),
+            KeyRef::Id(m)
+        );
+        assert_eq!(
+            KeyRef::parse(&s.key_arn(&m), &s, Forms::Any).unwrap(),
+            KeyRef::Id(m)
+        );
+        assert_eq!(
+            s.key_arn(&m),
+            format!("arn:aws:kms:us-east-2:111122223333:key/{m}")
+        );
     }
 
     fn scope() -> ArnScope {

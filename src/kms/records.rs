@@ -10,7 +10,12 @@
 //! grant record   p11kms:grant:<grant id>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
 //! wrapping key   p11kms:import:<key id>:<valid-to ms>:<digest>   (key import, `ops/import.rs`)
+//! replica record p11kms:replica:<region>:<key id>:<seq>:<writer>   (multi-Region keys)
 //! ```
+//! A multi-Region key's record (`p11kms:key:`) is its primary's, and carries its region
+//! explicitly; each replica is a record of its own (`replica_v1`, the replica's region,
+//! account, state, description, policy and tags; the material's fields are the key
+//! record's, read from there: see `store::Snapshot::replica_entry`).
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
 //! between two processes writing the same sequence number.
 
@@ -302,6 +307,8 @@ pub enum Subject {
     Key(KeyId),
     Alias(AliasKey),
     Grant(GrantId),
+    /// The replica of a multi-Region key in a region.
+    Replica(String, KeyId),
 }
 
 /// A parsed record label.
@@ -327,6 +334,10 @@ impl RecordLabel {
                 o.region, o.account, self.seq, self.writer
             ),
             Subject::Grant(g) => format!("p11kms:grant:{g}:{:010}:{}", self.seq, self.writer),
+            Subject::Replica(region, id) => format!(
+                "p11kms:replica:{region}:{id}:{:010}:{}",
+                self.seq, self.writer
+            ),
         }
     }
 
@@ -343,6 +354,11 @@ impl RecordLabel {
             Subject::Alias(parse_alias_key(name)?)
         } else if let Some(id) = rest.strip_prefix("p11kms:grant:") {
             Subject::Grant(GrantId::parse(id)?)
+        } else if let Some(r) = rest.strip_prefix("p11kms:replica:") {
+            let (region, id) = r.split_once(':')?;
+            let id: KeyId = id.parse().ok()?;
+            (region_name_ok(region) && id.is_multi_region()).then_some(())?;
+            Subject::Replica(region.to_string(), id)
         } else {
             return None;
         };
@@ -369,16 +385,22 @@ fn parse_alias_key(s: &str) -> Option<AliasKey> {
     }
     let (region, rest) = s.split_once(':')?;
     let (account, name) = rest.split_once(':')?;
-    let region_ok = !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let region_ok = region_name_ok(region);
     let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
     (region_ok && account_ok).then_some(())?;
     Some(AliasKey {
         owner: Some(ArnScope::new(region, account)),
         name: AliasName::parse(name).ok()?,
     })
+}
+
+/// Whether `region` can be a region in a label (lowercase letters, digits, `-`).
+fn region_name_ok(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A record's value as stored: versioned JSON so the format can grow.
@@ -388,6 +410,10 @@ pub enum Record {
     KeyV1(KeyRecord),
     AliasV1(AliasRecord),
     GrantV1(GrantRecord),
+    /// A multi-Region key's replica in one region: a key record whose own fields (region,
+    /// account, dates, state, description, policy, tags) are the replica's; its material's
+    /// fields are written as they were then and never read (the key record's count).
+    ReplicaV1(KeyRecord),
 }
 
 impl Record {
@@ -592,6 +618,7 @@ mod tests {
                 name: AliasName::parse("alias/a:b/c").unwrap(),
             }),
             Subject::Grant(GrantId::from_bytes([0x5a; 32])),
+            Subject::Replica("eu-west-1".into(), KeyId::new_multi_region(false)),
         ] {
             let l = RecordLabel {
                 subject,
@@ -601,6 +628,20 @@ mod tests {
             assert_eq!(RecordLabel::parse(&l.format()), Some(l));
         }
         assert_eq!(RecordLabel::parse("p11kms:key:nope:1:aa"), None);
+        // A replica label names a multi-Region key, in a region of plain characters.
+        let mrk = KeyId::new_multi_region(false);
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:replica:eu-west-1:{id}:0000000001:ab")),
+            None
+        );
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:replica:EU:{mrk}:0000000001:ab")),
+            None
+        );
+        assert_eq!(
+            RecordLabel::parse(&format!("p11kms:key:{mrk}:0000000001:ab")).map(|l| l.subject),
+            Some(Subject::Key(mrk))
+        );
         assert_eq!(RecordLabel::parse("other:thing"), None);
         assert_eq!(RecordLabel::parse(&format!("p11kms:key:{id}:x:aa")), None);
         let g = GrantId::from_bytes([0x5a; 32]);

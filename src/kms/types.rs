@@ -159,6 +159,9 @@ pub struct KeyMetadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
     pub multi_region: bool,
+    /// Multi-Region keys only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_region_configuration: Option<MultiRegionConfiguration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -422,6 +425,7 @@ mod tests {
             mac_algorithms: None,
             key_agreement_algorithms: None,
             multi_region: false,
+            multi_region_configuration: None,
         };
         let v = serde_json::to_value(&m).unwrap();
         for k in [
@@ -820,4 +824,48 @@ pub struct DeleteImportedKeyMaterialRequest {
 #[serde(rename_all = "PascalCase")]
 pub struct DeleteImportedKeyMaterialResponse {
     pub key_id: String,
+}
+
+/// `MultiRegionConfiguration` of a multi-Region key's metadata.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultiRegionConfiguration {
+    /// `PRIMARY` or `REPLICA`.
+    pub multi_region_key_type: &'static str,
+    pub primary_key: MultiRegionKey,
+    pub replica_keys: Vec<MultiRegionKey>,
+}
+
+/// A primary or replica key of a multi-Region key: its ARN and region.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultiRegionKey {
+    pub arn: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplicateKeyRequest {
+    pub key_id: Option<KeySelector>,
+    pub replica_region: Option<String>,
+    pub policy: Option<String>,
+    pub bypass_policy_lockout_safety_check: Option<bool>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplicateKeyResponse {
+    pub replica_key_metadata: KeyMetadata,
+    pub replica_policy: String,
+    pub replica_tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdatePrimaryRegionRequest {
+    pub key_id: Option<KeySelector>,
+    pub primary_region: Option<String>,
 }

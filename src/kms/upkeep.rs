@@ -41,7 +41,7 @@ impl Kms {
             if e.record.state == KeyState::Unknown {
                 continue;
             }
-            let usable = e.record.state == KeyState::Enabled;
+            let usable = self.usable_in_token(&e.record.id);
             let Ok(kind) = e.record.backing_kind() else {
                 continue;
             };
@@ -61,7 +61,8 @@ impl Kms {
                     let Some(now) = now.filter(|n| n.record.state != KeyState::Unknown) else {
                         return Ok(());
                     };
-                    let want = now.record.state == KeyState::Enabled;
+                    let _ = now;
+                    let want = self.usable_in_token(&e.record.id);
                     if self.token.cmk_usable(*h, kind)? != want {
                         self.token.set_cmk_usable(*h, kind, want)?;
                     }
@@ -76,6 +77,8 @@ impl Kms {
     /// key's records are read again from the token first: a key whose deletion another
     /// process cancelled since the last refresh is kept.
     pub fn sweep_deletions_at(&self, now_ms: i64) -> Result<Vec<KeyId>> {
+        // Replicas first: a primary waiting for them starts its own waiting period then.
+        self.sweep_replicas_at(now_ms)?;
         let due = |r: &KeyRecord| {
             r.state == KeyState::PendingDeletion && r.deletion_ms.is_some_and(|d| d <= now_ms)
         };

@@ -1031,6 +1031,48 @@ def test_moto_suite_runs_unchanged(tmp_path):
         proc.wait(timeout=40)
 
 
+def test_boto3_multi_region_key_across_regions(tmp_path):
+    """A multi-Region key made, replicated and moved with boto3 clients of two regions."""
+    proc, endpoint, exports = _start_ci_server(tmp_path)
+    try:
+        assert endpoint, exports
+
+        def client(region):
+            return boto3.client(
+                "kms",
+                region_name=region,
+                endpoint_url=endpoint,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )
+
+        east, west = client("us-east-1"), client("eu-west-1")
+        key = east.create_key(MultiRegion=True, Description="east")["KeyMetadata"]
+        kid = key["KeyId"]
+        assert kid.startswith("mrk-") and key["MultiRegion"] is True
+        assert key["MultiRegionConfiguration"]["MultiRegionKeyType"] == "PRIMARY"
+        r = east.replicate_key(KeyId=kid, ReplicaRegion="eu-west-1", Description="west")
+        assert r["ReplicaKeyMetadata"]["Arn"] == f"arn:aws:kms:eu-west-1:000000000000:key/{kid}"
+        assert r["ReplicaKeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
+        with pytest.raises(ClientError) as e:
+            east.replicate_key(KeyId=kid, ReplicaRegion="eu-west-1")
+        assert e.value.response["Error"]["Code"] == "AlreadyExistsException"
+        blob = east.encrypt(KeyId=kid, Plaintext=b"across")["CiphertextBlob"]
+        out = west.decrypt(CiphertextBlob=blob)
+        assert out["Plaintext"] == b"across"
+        assert out["KeyId"] == f"arn:aws:kms:eu-west-1:000000000000:key/{kid}"
+        east.update_primary_region(KeyId=kid, PrimaryRegion="eu-west-1")
+        d = east.describe_key(KeyId=kid)["KeyMetadata"]
+        assert d["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
+        assert d["MultiRegionConfiguration"]["PrimaryKey"]["Region"] == "eu-west-1"
+        assert d["Description"] == "east"
+        assert west.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "west"
+        assert east.decrypt(CiphertextBlob=blob)["Plaintext"] == b"across"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=40)
+
+
 def test_ci_mode_refuses_a_non_loopback_address(tmp_path):
     proc, endpoint, log = _start_ci_server(tmp_path, listen="0.0.0.0:0")
     assert endpoint is None

@@ -206,6 +206,11 @@ impl Verifier {
     }
 
     /// A verifier for `regions`, trusting signatures as `trust` says.
+    /// Whether this verifier accepts requests signed for `region` (a region the server serves).
+    pub fn serves(&self, region: &str) -> bool {
+        self.regions.allows(region)
+    }
+
     pub fn serving(regions: Regions, trust: Trust, service: &str) -> Self {
         Verifier {
             regions,

@@ -51,15 +51,15 @@ impl Kms {
     fn check_alias_target(&self, snap: &Snapshot, target: KeyId, alias: &AliasKey) -> Result<()> {
         let scope = alias.owner.as_ref().unwrap_or(&self.scope);
         let arn = scope.key_arn(&target);
-        match snap.keys.get(&target) {
+        match self.entry_in(snap, &target, &scope.region).as_ref() {
             None => Err(KmsError::not_found(format!("Key '{arn}' does not exist"))),
             Some(e) if !self.in_scope(&e.record, scope) => {
                 Err(KmsError::not_found(format!("Key '{arn}' does not exist")))
             }
             Some(e) => match e.record.state {
-                KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
-                    "{arn} is pending deletion."
-                ))),
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => Err(
+                    KmsError::invalid_state(format!("{arn} is pending deletion.")),
+                ),
                 KeyState::Unknown => Err(unavailable_state(&arn)),
                 KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => Ok(()),
             },
@@ -166,6 +166,21 @@ impl Kms {
         self.store
             .read()
             .aliases_of(id)
+            .map(|(n, _)| n.name.as_str().to_owned())
+            .collect()
+    }
+
+    /// The aliases of key `id` in `region` (a multi-Region key has aliases in each region).
+    pub fn aliases_of_key_in(&self, id: KeyId, region: &str) -> Vec<String> {
+        self.store
+            .read()
+            .aliases_of(id)
+            .filter(|(n, _)| {
+                n.owner
+                    .as_ref()
+                    .map_or(self.scope.region.as_str(), |o| o.region.as_str())
+                    == region
+            })
             .map(|(n, _)| n.name.as_str().to_owned())
             .collect()
     }

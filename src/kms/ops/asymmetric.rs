@@ -175,7 +175,7 @@ impl Kms {
         public: &SessionKey,
         usage: PrivateUsage,
     ) -> Result<()> {
-        let arn = self.scope.key_arn(&entry.record.id);
+        let arn = self.key_arn(&entry.record);
         let private = self.backing_key(entry, entry.record.current_version)?;
         let pair = specs::pair_kind(entry.record.spec);
         let proven = match (usage, pair) {

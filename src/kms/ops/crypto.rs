@@ -98,7 +98,7 @@ impl Kms {
         };
         Ok(EncryptResponse {
             ciphertext_blob: Bytes(blob),
-            key_id: self.scope.key_arn(&entry.record.id),
+            key_id: self.key_arn(&entry.record),
             encryption_algorithm: alg,
         })
     }
@@ -115,7 +115,7 @@ impl Kms {
             let plaintext = self.rsa_decrypt(&entry, alg, &blob.0)?;
             dry_run(req.dry_run)?;
             return Ok(DecryptResponse {
-                key_id: self.scope.key_arn(&entry.record.id),
+                key_id: self.key_arn(&entry.record),
                 plaintext: SecretBytes(plaintext),
                 encryption_algorithm: alg,
             });
@@ -128,7 +128,7 @@ impl Kms {
         }
         let (id, plaintext) = self.open_blob(&blob.0, &ctx, req.key_id.as_ref())?;
         Ok(DecryptResponse {
-            key_id: self.scope.key_arn(&id),
+            key_id: self.opened_key_arn(id, req.key_id.as_ref()),
             plaintext: SecretBytes(plaintext),
             encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
         })
@@ -208,8 +208,8 @@ impl Kms {
         };
         Ok(ReEncryptResponse {
             ciphertext_blob: Bytes(out),
-            source_key_id: self.scope.key_arn(&src),
-            key_id: self.scope.key_arn(&dst.record.id),
+            source_key_id: self.opened_key_arn(src, req.source_key_id.as_ref()),
+            key_id: self.key_arn(&dst.record),
             source_encryption_algorithm: src_alg,
             destination_encryption_algorithm: dst_alg,
         })
@@ -274,7 +274,7 @@ impl Kms {
         Ok(GenerateDataKeyResponse {
             ciphertext_blob: Bytes(blob),
             plaintext: SecretBytes(plaintext),
-            key_id: self.scope.key_arn(&entry.record.id),
+            key_id: self.key_arn(&entry.record),
         })
     }
 
@@ -308,7 +308,7 @@ impl Kms {
         };
         Ok(GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: Bytes(blob),
-            key_id: self.scope.key_arn(&entry.record.id),
+            key_id: self.key_arn(&entry.record),
         })
     }
 
@@ -376,7 +376,7 @@ impl Kms {
             private_key_ciphertext_blob: Bytes(blob),
             private_key_plaintext: Some(SecretBytes(pkcs8)),
             public_key: Bytes(spki),
-            key_id: self.scope.key_arn(&entry.record.id),
+            key_id: self.key_arn(&entry.record),
             key_pair_spec: spec,
         })
     }
@@ -413,7 +413,7 @@ impl Kms {
             private_key_ciphertext_blob: Bytes(blob),
             private_key_plaintext: None,
             public_key: Bytes(spki),
-            key_id: self.scope.key_arn(&entry.record.id),
+            key_id: self.key_arn(&entry.record),
             key_pair_spec: spec,
         })
     }

@@ -146,6 +146,14 @@ impl Kms {
             return Err(KmsError::internal("CreateGrant without an issuing account"));
         }
         let (id, entry) = self.resolve(&key, Forms::KeyOnly)?;
+        if id.is_multi_region() {
+            // Grants are kept by key id, and a multi-Region key's id names a key in every
+            // region that has it: a grant would reach them all.
+            return Err(KmsError::unsupported(format!(
+                "{} is a multi-Region key: grants on multi-Region keys are not supported by                  p11kms",
+                self.key_arn(&entry.record)
+            )));
+        }
         let operations = check_operations(
             &operations,
             entry.record.spec,
@@ -183,7 +191,7 @@ impl Kms {
             };
             match e.record.state {
                 KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {}
-                KeyState::PendingDeletion => {
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
                     return Err(KmsError::invalid_state(format!(
                         "{arn} is pending deletion."
                     )))

@@ -6,7 +6,7 @@ use std::ops::Bound;
 
 use super::super::domain::{AwsEnum, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use super::super::records::{cmk_id, BackingVersion, KeyRecord};
-use super::super::store::Change;
+use super::super::store::{Change, KeyEntry};
 use super::super::types::*;
 use super::super::{Forms, KeyId, Kms};
 use super::policies::{checked_key_policy, LockoutCheck};
@@ -55,9 +55,12 @@ fn check_create_key(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage, Backin
             }
         }
     }
-    if req.multi_region == Some(true) {
+    if req.multi_region == Some(true) && req.origin.as_deref() == Some(Origin::External.as_str()) {
+        // Replicas share the primary's backing key in the token, so they could not start
+        // without key material as AWS's do.
         return Err(KmsError::unsupported(
-            "Multi-Region keys are not supported by p11kms",
+            "Multi-Region keys with imported key material (Origin EXTERNAL) are not supported \
+             by p11kms",
         ));
     }
     if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
@@ -157,7 +160,8 @@ impl Kms {
             signing_algorithms: specs::listed(algorithms.signing),
             mac_algorithms: specs::listed(algorithms.mac),
             key_agreement_algorithms: specs::listed(algorithms.key_agreement),
-            multi_region: false,
+            multi_region: r.id.is_multi_region(),
+            multi_region_configuration: self.multi_region_configuration(r),
         }
     }
 
@@ -189,7 +193,9 @@ impl Kms {
             .capabilities()
             .kdf
             .ok_or_else(|| KmsError::internal("the token offers no key derivation"))?;
+        let multi_region = req.multi_region == Some(true);
         let id = match req.key_id {
+            None if multi_region => KeyId::new_multi_region(false),
             None => KeyId::new_random(),
             Some(id) if self.store.key(&id).is_some() => {
                 return Err(KmsError::already_exists(format!(
@@ -222,11 +228,13 @@ impl Kms {
                 .as_ref()
                 .map(|s| s.account.clone())
                 .filter(|a| *a != self.scope.account),
+            // A multi-Region key's record names its region always: the primary's moves.
             region: req
                 .scope
                 .as_ref()
                 .map(|s| s.region.clone())
-                .filter(|r| *r != self.scope.region),
+                .filter(|r| multi_region || *r != self.scope.region)
+                .or_else(|| multi_region.then(|| self.scope.region.clone())),
             import: None,
         };
         if req.origin.as_deref() == Some(Origin::External.as_str()) {
@@ -298,16 +306,36 @@ impl Kms {
         };
         let scope = req.scope.unwrap_or_else(|| self.scope.clone());
         let snap = self.store.read();
-        let mut iter = snap
+        // The keys of the scope's region: key records of it, and replicas there, in id order.
+        let mut found: Vec<(KeyId, String)> = snap
             .keys
             .range((start, Bound::Unbounded))
-            .filter(|(_, e)| self.in_scope(&e.record, &scope));
+            .filter(|(_, e)| self.in_scope(&e.record, &scope))
+            .take(limit + 1)
+            .map(|(id, e)| (*id, self.key_arn(&e.record)))
+            .collect();
+        found.extend(
+            snap.replicas
+                .iter()
+                .filter(|((id, region), r)| {
+                    *region == scope.region
+                        && self.in_account(r, &scope.account)
+                        && match start {
+                            Bound::Excluded(m) => *id > m,
+                            _ => true,
+                        }
+                })
+                .filter_map(|((id, region), _)| snap.replica_entry(id, region))
+                .map(|e| (e.record.id, self.key_arn(&e.record))),
+        );
+        found.sort();
+        let mut iter = found.into_iter();
         let keys: Vec<KeyListEntry> = iter
             .by_ref()
             .take(limit)
-            .map(|(id, e)| KeyListEntry {
+            .map(|(id, arn)| KeyListEntry {
                 key_id: id.to_string(),
-                key_arn: self.key_arn(&e.record),
+                key_arn: arn,
             })
             .collect();
         let truncated = iter.next().is_some();
@@ -324,20 +352,24 @@ impl Kms {
     /// change), with this process's other writes held off, then makes the token agree.
     fn set_state(
         &self,
-        id: &KeyId,
+        of: &KeyEntry,
         rule: impl FnOnce(&KeyRecord) -> Result<Option<(KeyState, Option<(i64, u32)>)>>,
     ) -> Result<KeyRecord> {
-        let entry = self.store.update_key(
-            id,
+        let id = &of.record.id;
+        let entry = self.update_entry(
+            of,
             |entry| {
                 if entry.record.state == KeyState::Unknown {
-                    return Err(unavailable_state(&self.scope.key_arn(id)));
+                    return Err(unavailable_state(&self.key_arn(&entry.record)));
                 }
                 Ok(match rule(&entry.record)? {
                     None => Change::Keep,
                     Some((state, deletion)) => Change::Write(KeyRecord {
                         state,
-                        deletion_ms: deletion.map(|d| d.0),
+                        // A primary waiting for its replicas' deletion has no date yet.
+                        deletion_ms: deletion
+                            .map(|d| d.0)
+                            .filter(|_| state != KeyState::PendingReplicaDeletion),
                         pending_window_days: deletion.map(|d| d.1),
                         ..entry.record.clone()
                     }),
@@ -345,15 +377,20 @@ impl Kms {
             },
             |entry| self.apply_token_state(&entry.record, &entry.cmks),
         )?;
-        if entry.record.state != KeyState::Enabled {
+        if !self.usable_in_token(id) {
             self.epochs.forget(id);
         }
         Ok(entry.record)
     }
 
-    /// A CMK is derivable in the token exactly when its key is Enabled.
-    fn apply_token_state(&self, record: &KeyRecord, cmks: &BTreeMap<u32, CmkHandle>) -> Result<()> {
-        let usable = record.state == KeyState::Enabled;
+    /// A CMK is derivable in the token exactly when its key is Enabled (a multi-Region
+    /// key's: in some region).
+    pub(super) fn apply_token_state(
+        &self,
+        record: &KeyRecord,
+        cmks: &BTreeMap<u32, CmkHandle>,
+    ) -> Result<()> {
+        let usable = self.usable_in_token(&record.id);
         let kind = record.backing_kind()?;
         for h in cmks.values() {
             self.token.set_cmk_usable(*h, kind, usable)?;
@@ -363,14 +400,14 @@ impl Kms {
 
     /// EnableKey.
     pub fn enable_key(&self, req: KeyIdRequest) -> Result<()> {
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.set_state(&id, |r| match r.state {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        let arn = self.key_arn(&of.record);
+        self.set_state(&of, |r| match r.state {
             KeyState::Disabled => Ok(Some((KeyState::Enabled, None))),
-            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
-                "{} is pending deletion.",
-                self.scope.key_arn(&id)
-            ))),
-            KeyState::PendingImport => Err(pending_import(&self.scope.key_arn(&id))),
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => Err(
+                KmsError::invalid_state(format!("{arn} is pending deletion.")),
+            ),
+            KeyState::PendingImport => Err(pending_import(&arn)),
             KeyState::Enabled | KeyState::Unknown => Ok(None),
         })?;
         Ok(())
@@ -378,14 +415,14 @@ impl Kms {
 
     /// DisableKey.
     pub fn disable_key(&self, req: KeyIdRequest) -> Result<()> {
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.set_state(&id, |r| match r.state {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        let arn = self.key_arn(&of.record);
+        self.set_state(&of, |r| match r.state {
             KeyState::Enabled => Ok(Some((KeyState::Disabled, None))),
-            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
-                "{} is pending deletion.",
-                self.scope.key_arn(&id)
-            ))),
-            KeyState::PendingImport => Err(pending_import(&self.scope.key_arn(&id))),
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => Err(
+                KmsError::invalid_state(format!("{arn} is pending deletion.")),
+            ),
+            KeyState::PendingImport => Err(pending_import(&arn)),
             KeyState::Disabled | KeyState::Unknown => Ok(None),
         })?;
         Ok(())
@@ -405,17 +442,26 @@ impl Kms {
                 d as u32
             }
         };
-        let (id, _) = self.resolve(&key_id, Forms::KeyOnly)?;
+        let (id, of) = self.resolve(&key_id, Forms::KeyOnly)?;
+        let arn = self.key_arn(&of.record);
         let when = now_ms() + i64::from(days) * DAY_MS;
-        let r = self.set_state(&id, |r| match r.state {
-            KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
-                "{} is pending deletion.",
-                self.scope.key_arn(&id)
-            ))),
-            _ => Ok(Some((KeyState::PendingDeletion, Some((when, days))))),
+        // A multi-Region primary key with replicas waits for their deletion first (AWS).
+        let primary_with_replicas = id.is_multi_region()
+            && !self.is_replica(&of.record)
+            && !self.store.read().replica_regions(&id).is_empty();
+        let state = if primary_with_replicas {
+            KeyState::PendingReplicaDeletion
+        } else {
+            KeyState::PendingDeletion
+        };
+        let r = self.set_state(&of, |r| match r.state {
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => Err(
+                KmsError::invalid_state(format!("{arn} is pending deletion.")),
+            ),
+            _ => Ok(Some((state, Some((when, days))))),
         })?;
         Ok(ScheduleKeyDeletionResponse {
-            key_id: self.scope.key_arn(&id),
+            key_id: arn,
             deletion_date: secs(when),
             key_state: r.state,
             pending_window_in_days: days,
@@ -425,20 +471,20 @@ impl Kms {
     /// CancelKeyDeletion: the key comes back Disabled, as in AWS (PendingImport if its
     /// imported material was deleted or expired meanwhile).
     pub fn cancel_key_deletion(&self, req: KeyIdRequest) -> Result<KeyIdResponse> {
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.set_state(&id, |r| match r.state {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        let arn = self.key_arn(&of.record);
+        self.set_state(&of, |r| match r.state {
             KeyState::PendingDeletion if r.import.is_some() && !r.has_imported_material() => {
                 Ok(Some((KeyState::PendingImport, None)))
             }
-            KeyState::PendingDeletion => Ok(Some((KeyState::Disabled, None))),
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
+                Ok(Some((KeyState::Disabled, None)))
+            }
             _ => Err(KmsError::invalid_state(format!(
-                "{} is not pending deletion.",
-                self.scope.key_arn(&id)
+                "{arn} is not pending deletion."
             ))),
         })?;
-        Ok(KeyIdResponse {
-            key_id: self.scope.key_arn(&id),
-        })
+        Ok(KeyIdResponse { key_id: arn })
     }
 }
 

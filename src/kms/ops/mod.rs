@@ -8,6 +8,7 @@ mod crypto;
 mod grants;
 mod import;
 mod keys;
+mod multiregion;
 mod policies;
 mod tags;
 
@@ -20,7 +21,7 @@ use super::domain::{AwsEnum, EncryptionAlgorithm, KeyState};
 use super::keyref::KeySelector;
 use super::store::KeyEntry;
 use super::types::ContextMap;
-use super::{EncryptionContext, Forms, KeyId, KeyRef, Kms};
+use super::{ArnScope, EncryptionContext, Forms, KeyId, KeyRef, Kms};
 use crate::error::{KmsError, Result};
 
 const DAY_MS: i64 = 86_400_000;
@@ -131,9 +132,9 @@ pub(super) fn check_usable(entry: &KeyEntry, arn: &str) -> Result<()> {
         }
         KeyState::Enabled => Ok(()),
         KeyState::Disabled => Err(KmsError::disabled(format!("{arn} is disabled."))),
-        KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
-            "{arn} is pending deletion."
-        ))),
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => Err(
+            KmsError::invalid_state(format!("{arn} is pending deletion.")),
+        ),
         KeyState::PendingImport => {
             Err(KmsError::invalid_state(format!("{arn} is pending import.")))
         }
@@ -162,9 +163,10 @@ fn unavailable_state(arn: &str) -> KmsError {
 impl Kms {
     /// Resolves a `KeyId` parameter to the key it names (following an alias).
     pub(super) fn resolve(&self, key: &KeySelector, forms: Forms) -> Result<(KeyId, KeyEntry)> {
-        let named = match key {
-            KeySelector::Resolved(id) => KeyRef::Id(*id),
-            KeySelector::Named(s) => KeyRef::parse(s, &self.scope, forms)?,
+        let (named, region) = match key {
+            KeySelector::Resolved(id) => (KeyRef::Id(*id), None),
+            KeySelector::ResolvedIn(id, r) => (KeyRef::Id(*id), Some(r.as_str())),
+            KeySelector::Named(s) => (KeyRef::parse(s, &self.scope, forms)?, None),
         };
         let snap = self.store.read();
         let id = match named {
@@ -183,11 +185,18 @@ impl Kms {
                 }
             },
         };
-        match snap.keys.get(&id) {
-            Some(e) => Ok((id, e.clone())),
+        // A multi-Region key is the one of the region named (the service's own if none).
+        let found = if id.is_multi_region() {
+            self.entry_in(&snap, &id, region.unwrap_or(&self.scope.region))
+        } else {
+            snap.keys.get(&id).cloned()
+        };
+        match found {
+            Some(e) => Ok((id, e)),
             None => Err(KmsError::not_found(format!(
                 "Key '{}' does not exist",
-                self.scope.key_arn(&id)
+                ArnScope::new(region.unwrap_or(&self.scope.region), &self.scope.account)
+                    .key_arn(&id)
             ))),
         }
     }
@@ -223,7 +232,7 @@ impl Kms {
         match KeyRef::parse(s, &here, forms)? {
             KeyRef::Id(id) => {
                 let snap = self.store.read();
-                match snap.keys.get(&id) {
+                match self.entry_in(&snap, &id, &here.region) {
                     Some(e) if self.in_scope(&e.record, &here) => Ok(id),
                     _ => Err(KmsError::not_found(format!(
                         "Key '{}' does not exist",
@@ -235,7 +244,7 @@ impl Kms {
                 let alias = self.alias_key(Some(&here), a);
                 let snap = self.store.read();
                 match snap.aliases.get(&alias).and_then(|r| r.target) {
-                    Some(id) if snap.keys.contains_key(&id) => Ok(id),
+                    Some(id) if self.entry_in(&snap, &id, &here.region).is_some() => Ok(id),
                     Some(id) => Err(KmsError::not_found(format!(
                         "Key '{}' does not exist",
                         here.key_arn(&id)
@@ -246,6 +255,23 @@ impl Kms {
                     ))),
                 }
             }
+        }
+    }
+
+    /// [`Kms::resolve_key_for`], as the selector to pass on to the operation (a multi-Region
+    /// key's names its region) and the record to authorize on (the key of the caller's region).
+    pub fn resolve_selector_for(
+        &self,
+        key: &KeySelector,
+        forms: Forms,
+        caller: &super::ArnScope,
+    ) -> Result<(KeySelector, super::records::KeyRecord)> {
+        let id = self.resolve_key_for(key, forms, caller)?;
+        if id.is_multi_region() {
+            let record = self.key_record_in(id, &caller.region)?;
+            Ok((KeySelector::ResolvedIn(id, caller.region.clone()), record))
+        } else {
+            Ok((KeySelector::Resolved(id), self.key_record(id)?))
         }
     }
 

@@ -173,17 +173,17 @@ impl Kms {
     ) -> Result<()> {
         check_policy_name(&req.policy_name)?;
         let text = required(req.policy.as_ref(), "policy")?;
-        let (id, _) = self.resolve(required(req.key_id.as_ref(), "keyId")?, Forms::KeyOnly)?;
+        let (_, of) = self.resolve(required(req.key_id.as_ref(), "keyId")?, Forms::KeyOnly)?;
         checked_key_policy(
             text,
             req.bypass_policy_lockout_safety_check == Some(true),
             lockout,
         )?;
-        self.store.update_key(
-            &id,
+        self.update_entry(
+            &of,
             |entry: &KeyEntry| {
                 if entry.record.state == super::super::KeyState::Unknown {
-                    return Err(unavailable_state(&self.scope.key_arn(&id)));
+                    return Err(unavailable_state(&self.key_arn(&entry.record)));
                 }
                 if entry.record.policy.as_deref() == Some(text.as_str()) {
                     return Ok(Change::Keep);

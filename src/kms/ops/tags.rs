@@ -9,7 +9,7 @@ use super::super::types::{
     ListResourceTagsRequest, ListResourceTagsResponse, Tag, TagResourceRequest,
     UntagResourceRequest, UpdateKeyDescriptionRequest,
 };
-use super::super::{Forms, KeyId, Kms};
+use super::super::{Forms, Kms};
 use super::{check_limit, required, unavailable_state};
 use crate::error::{KmsError, Result};
 
@@ -108,16 +108,16 @@ impl Kms {
     /// pending deletion, as AWS does, and for records this version cannot read).
     fn edit_record(
         &self,
-        id: KeyId,
+        of: KeyEntry,
         edit: impl FnOnce(&KeyRecord) -> Result<Option<KeyRecord>>,
     ) -> Result<()> {
-        self.store.update_key(
-            &id,
+        self.update_entry(
+            &of,
             |entry: &KeyEntry| {
                 let arn = self.key_arn(&entry.record);
                 match entry.record.state {
                     KeyState::Unknown => return Err(unavailable_state(&arn)),
-                    KeyState::PendingDeletion => {
+                    KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
                         return Err(KmsError::invalid_state(format!(
                             "{arn} is pending deletion."
                         )))
@@ -137,8 +137,8 @@ impl Kms {
     /// TagResource: adds tags, replacing the values of keys it names again.
     pub fn tag_resource(&self, req: TagResourceRequest) -> Result<()> {
         let tags = required(req.tags, "tags")?;
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.edit_record(id, |r| {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.edit_record(of, |r| {
             let tags = merged_tags(&r.tags, &tags)?;
             Ok((tags != r.tags).then(|| KeyRecord { tags, ..r.clone() }))
         })
@@ -156,8 +156,8 @@ impl Kms {
         for k in &keys {
             check_tag_key(k)?;
         }
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.edit_record(id, |r| {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.edit_record(of, |r| {
             let tags: Vec<(String, String)> = r
                 .tags
                 .iter()
@@ -214,8 +214,8 @@ impl Kms {
     pub fn update_key_description(&self, req: UpdateKeyDescriptionRequest) -> Result<()> {
         let description = required(req.description, "description")?;
         check_description(&description)?;
-        let (id, _) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
-        self.edit_record(id, |r| {
+        let (_, of) = self.resolve(&required(req.key_id, "keyId")?, Forms::KeyOnly)?;
+        self.edit_record(of, |r| {
             Ok((r.description != description).then(|| KeyRecord {
                 description: description.clone(),
                 ..r.clone()

@@ -623,3 +623,152 @@ fn a_destroyed_key_takes_its_grants_even_those_this_process_has_not_seen() {
     other.refresh().unwrap();
     assert_eq!(other.read().grants.len(), 1);
 }
+
+/// A multi-Region key (`region` the key record's) with its backing key, made as CreateKey.
+fn create_mrk(m: &Arc<Memory>, s: &MemStore, region: &str) -> KeyId {
+    let id = KeyId::new_multi_region(false);
+    let h = m.add_key(
+        &cmk_label(&id, 1),
+        CmkAttributes::genuine_for_tests(&cmk_id(&id, 1)),
+    );
+    let r = KeyRecord {
+        region: Some(region.into()),
+        ..record(id, region)
+    };
+    s.put_key(r, BTreeMap::from([(1, h)])).unwrap();
+    id
+}
+
+fn replica_record(id: KeyId, region: &str) -> KeyRecord {
+    KeyRecord {
+        region: Some(region.into()),
+        ..record(id, region)
+    }
+}
+
+/// Writes what UpdatePrimaryRegion's steps would, as a process that dies after `steps`.
+fn plant(m: &Arc<Memory>, subject: Subject, seq: u64, value: Record) {
+    let label = RecordLabel {
+        subject,
+        seq,
+        writer: "eeeeeeee".into(),
+    };
+    m.create(APPLICATION, &label.format(), &value.encode())
+        .unwrap();
+}
+
+#[test]
+fn replicas_share_the_key_records_material_and_a_moved_primary_survives_any_crash() {
+    let m = Arc::new(Memory::default());
+    let s = open(&m);
+    let id = create_mrk(&m, &s, "us-east-2");
+    s.put_replica(replica_record(id, "eu-west-1"), |_| Ok(()))
+        .unwrap();
+    let view = s.read().replica_entry(&id, "eu-west-1").unwrap();
+    assert_eq!(view.record.description, "eu-west-1");
+    assert_eq!(
+        view.cmks,
+        s.key(&id).unwrap().cmks,
+        "the key record's backing keys"
+    );
+    // A new backing version of the key record is the replica's at once.
+    s.update_key(
+        &id,
+        |e| {
+            let mut r = e.record.clone();
+            r.versions.push(crate::kms::records::BackingVersion {
+                version: 2,
+                created: 2,
+            });
+            r.current_version = 2;
+            Ok(Change::Write(r))
+        },
+        |_| Ok(()),
+    )
+    .unwrap();
+    let view = s.read().replica_entry(&id, "eu-west-1").unwrap();
+    assert_eq!(view.record.current_version, 2);
+    assert_eq!(view.record.region.as_deref(), Some("eu-west-1"));
+    // Another process sees the replica.
+    let other = open(&m);
+    assert_eq!(other.read().replica_regions(&id), ["eu-west-1"]);
+
+    // A crash after step 1 (a replica record of the primary's own region): the old state.
+    plant(
+        &m,
+        Subject::Replica("us-east-2".into(), id),
+        1,
+        Record::ReplicaV1(replica_record(id, "us-east-2")),
+    );
+    let after1 = open(&m);
+    assert_eq!(after1.read().replica_regions(&id), ["eu-west-1"]);
+    assert_eq!(
+        after1.key(&id).unwrap().record.region.as_deref(),
+        Some("us-east-2")
+    );
+    // A crash after step 2 (the key record names the new region, whose replica record is
+    // still there): the new state.
+    let moved = KeyRecord {
+        region: Some("eu-west-1".into()),
+        description: "eu-west-1".into(),
+        ..s.key(&id).unwrap().record
+    };
+    plant(&m, Subject::Key(id), 99, Record::KeyV1(moved));
+    let after2 = open(&m);
+    assert_eq!(after2.read().replica_regions(&id), ["us-east-2"]);
+    assert_eq!(
+        after2.key(&id).unwrap().record.region.as_deref(),
+        Some("eu-west-1")
+    );
+    assert!(after2.read().replica_entry(&id, "eu-west-1").is_none());
+    // And a clean move back leaves one record per region.
+    after2
+        .move_primary(&id, "us-east-2", |_, _| Ok(()))
+        .unwrap();
+    let clean = open(&m);
+    assert_eq!(clean.read().replica_regions(&id), ["eu-west-1"]);
+    assert_eq!(
+        clean.key(&id).unwrap().record.region.as_deref(),
+        Some("us-east-2")
+    );
+    let labels: Vec<String> = m
+        .records_of(APPLICATION)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(
+        labels
+            .iter()
+            .filter(|l| l.starts_with("p11kms:replica:eu-west-1:"))
+            .count(),
+        1,
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels
+            .iter()
+            .filter(|l| l.starts_with("p11kms:key:"))
+            .count(),
+        1,
+        "{labels:?}"
+    );
+}
+
+#[test]
+fn a_key_with_replicas_elsewhere_is_never_destroyed() {
+    let m = Arc::new(Memory::default());
+    let s = open(&m);
+    let id = create_mrk(&m, &s, "us-east-2");
+    s.put_replica(replica_record(id, "eu-west-1"), |_| Ok(()))
+        .unwrap();
+    assert!(!s.destroy_key_if(&id, |_| true).unwrap());
+    assert!(s.key(&id).is_some());
+    // The replica goes (never a backing key), then the key may.
+    assert!(s
+        .destroy_replica_if(&id, "eu-west-1", |_| true, |_| true)
+        .unwrap());
+    assert!(s.read().replica_regions(&id).is_empty());
+    assert_eq!(m.state().keys.len(), 1, "the backing key stays");
+    assert!(s.destroy_key_if(&id, |_| true).unwrap());
+    assert_eq!(m.state().keys.len(), 0);
+}

@@ -48,6 +48,7 @@ mod grants;
 #[cfg(test)]
 mod memory;
 mod relist;
+mod replicas;
 mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -101,6 +102,12 @@ pub struct Snapshot<O = DataHandle, H = CmkHandle> {
     /// Every key id with at least one record object in the token, readable or not: its
     /// backing keys are never orphans.
     claimed: HashSet<KeyId>,
+    /// The replicas of multi-Region keys by (key id, region): each one's own record (see
+    /// [`Snapshot::replica_entry`]). A replica record of the key record's own region (left by
+    /// an UpdatePrimaryRegion that stopped half-way) is not one.
+    pub replicas: BTreeMap<(KeyId, String), KeyRecord>,
+    /// Every replica with a record object (live or not): its newest label and objects.
+    replica_meta: HashMap<(KeyId, String), (RecordLabel, Vec<O>)>,
 }
 
 impl<O, H> Default for Snapshot<O, H> {
@@ -114,6 +121,8 @@ impl<O, H> Default for Snapshot<O, H> {
             alias_meta: HashMap::new(),
             grant_meta: HashMap::new(),
             claimed: HashSet::new(),
+            replicas: BTreeMap::new(),
+            replica_meta: HashMap::new(),
         }
     }
 }

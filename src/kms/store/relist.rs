@@ -71,6 +71,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut keys: HashMap<KeyId, Versions<KeyRecord, R::Object>> = HashMap::new();
         let mut aliases: HashMap<AliasKey, Versions<AliasRecord, R::Object>> = HashMap::new();
         let mut grants: HashMap<GrantId, Versions<GrantRecord, R::Object>> = HashMap::new();
+        let mut replicas: HashMap<(KeyId, String), Versions<KeyRecord, R::Object>> = HashMap::new();
         for Stored {
             object: handle,
             label: obj_label,
@@ -81,7 +82,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 continue;
             };
             live_labels.insert(obj_label.clone());
-            if let Subject::Key(id) = &label.subject {
+            if let Subject::Key(id) | Subject::Replica(_, id) = &label.subject {
                 // Whatever its value says: a key with a record object keeps its backing keys.
                 claimed.insert(*id);
             }
@@ -114,6 +115,12 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 }
                 (Subject::Grant(id), Record::GrantV1(r)) if r.grant_id == *id => {
                     Versions::offer(grants.entry(*id), label, r, handle);
+                }
+                (Subject::Replica(region, id), Record::ReplicaV1(r))
+                    if r.id == *id && r.region.as_deref() == Some(region.as_str()) =>
+                {
+                    let at = (*id, region.clone());
+                    Versions::offer(replicas.entry(at), label, r, handle);
                 }
                 _ => {}
             }
@@ -248,8 +255,27 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 next.index_grant(record);
             }
         }
+        for (at, Versions { best, record, objs }) in replicas {
+            superseded.extend(objs.iter().filter(|(l, _)| *l != best).map(|(_, h)| *h));
+            let handles = objs.into_iter().map(|(_, h)| h).collect();
+            next.replica_meta.insert(at.clone(), (best, handles));
+            if super::replicas::is_replica_of(next.keys.get(&at.0).map(|e| &e.record), &at.1) {
+                next.replicas.insert(at, record);
+            }
+        }
         let old = {
             let mut snap = self.write_snapshot(w);
+            for (at, r) in &next.replicas {
+                if snap.replicas.get(at) != Some(r) {
+                    changed.push(at.0);
+                }
+            }
+            changed.extend(
+                snap.replicas
+                    .keys()
+                    .filter(|at| !next.replicas.contains_key(*at))
+                    .map(|at| at.0),
+            );
             for (id, e) in &next.keys {
                 if snap.keys.get(id).map(|o| &o.record) != Some(&e.record) {
                     changed.push(*id);

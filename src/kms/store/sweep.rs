@@ -20,6 +20,8 @@ struct TokenRecords<O> {
     newest: Option<KeyRecord>,
     /// Every object of the key's grants (live or tombstones), oldest version first.
     grants: Vec<(GrantId, RecordLabel, O)>,
+    /// The key's replica record objects and their regions (multi-Region keys).
+    replicas: Vec<(String, O)>,
 }
 
 /// An unreferenced CMK is destroyed only after it has stayed unreferenced this long, so a
@@ -52,11 +54,18 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         let mut handles = Vec::new();
         let mut best: Option<(RecordLabel, KeyRecord)> = None;
         let mut grants = Vec::new();
+        let mut replicas = Vec::new();
         for stored in self.records.list(APPLICATION, false)? {
             let handle = stored.object;
             let Some(label) = RecordLabel::parse(&stored.label) else {
                 continue;
             };
+            if let Subject::Replica(region, of) = &label.subject {
+                if of == id {
+                    replicas.push((region.clone(), handle));
+                }
+                continue;
+            }
             if let Subject::Grant(g) = &label.subject {
                 let record = match w.seen.get(&stored.label) {
                     Some(r) => Some(r.clone()),
@@ -88,6 +97,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             records: handles,
             newest: best.map(|(_, r)| r),
             grants,
+            replicas,
         })
     }
 
@@ -103,10 +113,19 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             records: record_objects,
             newest,
             grants,
+            replicas,
         } = self.token_records_of(&mut w, id)?;
         let Some(record) = newest.filter(|r| due(r)) else {
             return Ok(false);
         };
+        // A multi-Region key's record (and its backing keys) stays while a replica of another
+        // region is in the token: those regions still have the key.
+        if replicas
+            .iter()
+            .any(|(r, _)| record.region.as_deref() != Some(r.as_str()))
+        {
+            return Ok(false);
+        }
         let (aliases, cmks) = {
             let snap = self.read();
             let aliases: Vec<(AliasKey, AliasRecord)> = snap
@@ -167,11 +186,18 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 );
             }
         }
+        // A leftover replica record of the key record's own region (an UpdatePrimaryRegion
+        // stopped half-way) goes before the key record that makes it one.
+        for (_, h) in replicas {
+            self.records.destroy(h)?;
+        }
         for h in record_objects {
             self.records.destroy(h)?;
         }
         let old = {
             let mut snap = self.write_snapshot(&mut w);
+            snap.replica_meta.retain(|(k, _), _| k != id);
+            snap.replicas.retain(|(k, _), _| k != id);
             snap.key_meta.remove(id);
             snap.claimed.remove(id);
             snap.keys.remove(id)
@@ -273,7 +299,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
                 .list(APPLICATION, false)?
                 .iter()
                 .filter_map(|s| match RecordLabel::parse(&s.label)?.subject {
-                    Subject::Key(id) => Some(id),
+                    Subject::Key(id) | Subject::Replica(_, id) => Some(id),
                     Subject::Alias(_) | Subject::Grant(_) => None,
                 })
                 .collect();
