@@ -289,7 +289,8 @@ fn what_no_sdk_sends() {
          to satisfy constraint: Member must satisfy enum value set: [RSAES_OAEP_SHA_256]"
     );
     // An operation p11kms does not serve yet is answered as such.
-    call("ReplicateKey", b"{}").assert_error(400, "UnsupportedOperationException");
+    call("CreateCustomKeyStore", br#"{"CustomKeyStoreName":"x"}"#)
+        .assert_error(400, "UnsupportedOperationException");
     // Unknown members are ignored.
     let r = call("ListKeys", br#"{"Limit":1,"NoSuchMember":{"x":[1,2]}}"#);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
