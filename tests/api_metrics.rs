@@ -325,14 +325,22 @@ fn metrics_listen_serves_metrics_apart_and_healthcheck_asks_it() {
         server: "metrics_listen = \"127.0.0.1:0\"".into(),
         ..Options::default()
     });
-    let line = srv
-        .stderr_text()
-        .lines()
-        .find_map(|l| {
+    // Written to stderr before `listening on` reaches stdout, but read by another thread:
+    // give that thread a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let found = srv.stderr_text().lines().find_map(|l| {
             l.strip_prefix("p11kms: metrics on http://")
                 .map(|r| r.trim_end_matches("/metrics").to_owned())
-        })
-        .expect("the metrics address on stderr");
+        });
+        match found {
+            Some(l) => break l,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            None => panic!("the metrics address on stderr:\n{}", srv.stderr_text()),
+        }
+    };
     let metrics_addr: SocketAddr = line.parse().expect("address");
     let (status, text) = get(metrics_addr, "/metrics");
     assert_eq!(status, 200);
