@@ -44,6 +44,11 @@ venv_works() {
 
 if has_dpkg; then
     mapfile -t packages < <(debs_missing softhsm2 build-essential pkg-config)
+    # Tools only the tests use (scripts/test.sh sets P11KMS_SETUP_TESTS=1): promtool, from
+    # the `prometheus` package, checks the /metrics output (tests/api_metrics.rs).
+    if [ "${P11KMS_SETUP_TESTS:-0}" = 1 ]; then
+        mapfile -t -O "${#packages[@]}" packages < <(debs_missing prometheus)
+    fi
     venv_ok=1
     if venv_works; then
         venv_ok=0

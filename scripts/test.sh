@@ -7,6 +7,8 @@
 #   clippy-lib the same without default features (the library and CLI without `bench`)
 #   test       cargo test --locked --all-targets (unit + integration; each test binary makes
 #              its own SoftHSM token in a temporary folder)
+#   packaging  systemd-analyze verify packaging/p11kms.service (where systemd-analyze exists;
+#              any finding fails)
 #   compat     if tests/compat/requirements.txt exists: a virtualenv in target/compat-venv
 #              (rebuilt only when the requirements or python change), then
 #              P11KMS_BIN=target/debug/p11kms python -m pytest -q tests/compat
@@ -70,7 +72,7 @@ section() {
 }
 
 toolchain() {
-    "$ROOT/scripts/setup.sh" || return
+    P11KMS_SETUP_TESTS=1 "$ROOT/scripts/setup.sh" || return
     if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
         echo "rustfmt and clippy are needed: rustup component add rustfmt clippy" >&2
         return 1
@@ -113,6 +115,27 @@ compat() {
     return "$rc"
 }
 
+# The systemd unit: `systemd-analyze verify` on a copy whose ExecStart is the binary just
+# built (verify checks that it exists). It reports mistakes as warnings with status 0, so any
+# output fails.
+packaging() {
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        echo "skipped: systemd-analyze is not installed"
+        return 0
+    fi
+    cargo build --locked --quiet --bin p11kms || return
+    local dir out rc=0
+    dir="$(mktemp -d)"
+    sed "s|/usr/local/bin/p11kms|$TARGET/debug/p11kms|g" packaging/p11kms.service >"$dir/p11kms.service"
+    out="$(systemd-analyze verify "$dir/p11kms.service" 2>&1)" || rc=$?
+    rm -rf "$dir"
+    if [ "$rc" -ne 0 ] || [ -n "$out" ]; then
+        printf 'systemd-analyze verify packaging/p11kms.service (status %s):\n%s\n' "$rc" "$out" >&2
+        return 1
+    fi
+    echo "packaging/p11kms.service: systemd-analyze verify found nothing"
+}
+
 # Builds (or finds cached) the Kryoptic module and points the tests at it.
 kryoptic() {
     local module
@@ -126,6 +149,7 @@ section fmt cargo fmt --check
 section clippy cargo clippy --all-targets --locked -- -D warnings
 section clippy-lib cargo clippy --no-default-features --all-targets --locked -- -D warnings
 section test cargo test --locked --all-targets
+section packaging packaging
 has_compat=0
 if [ -f tests/compat/requirements.txt ]; then
     has_compat=1

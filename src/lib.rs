@@ -36,6 +36,7 @@ pub mod envelope;
 pub mod error;
 pub mod hsm;
 pub mod kms;
+pub mod latency;
 pub(crate) mod process;
 pub mod seed;
 pub mod setup;

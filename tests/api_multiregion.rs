@@ -36,6 +36,7 @@ fn endpoint() -> &'static str {
             tls: None,
             refresh_every_request: false,
             blocking_limit: None,
+            metrics: p11kms::api::MetricsEndpoint::Main,
         };
         let (addr, _) = api_support::spawn(settings, std::future::pending());
         format!("http://{addr}")

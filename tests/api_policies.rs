@@ -96,6 +96,7 @@ fn server() -> &'static Server {
             tls: None,
             refresh_every_request: false,
             blocking_limit: None,
+            metrics: p11kms::api::MetricsEndpoint::Main,
         };
         let (addr, _) = api_support::spawn(settings, std::future::pending());
         Server {

@@ -30,6 +30,7 @@ fn start(regions: Regions, ci_account: Option<&str>) -> String {
         tls: None,
         refresh_every_request: false,
         blocking_limit: None,
+        metrics: p11kms::api::MetricsEndpoint::Main,
     };
     let (addr, _) = api_support::spawn(settings, std::future::pending());
     format!("http://{addr}")

@@ -9,10 +9,13 @@
 
 pub mod auth;
 mod body;
+mod completion;
 mod conns;
 pub(crate) mod error;
 pub mod facts;
 mod floor;
+mod healthcheck;
+mod metrics;
 pub(crate) mod operations;
 mod request;
 mod response;
@@ -35,6 +38,7 @@ use crate::kms::Kms;
 use auth::{Authorizer, Credentials, PolicyAuthorizer};
 
 pub use floor::serve_http_floor;
+pub use healthcheck::healthcheck;
 pub use response::AMZ_JSON;
 pub use sigv4::Regions;
 
@@ -61,6 +65,20 @@ pub struct ServerSettings {
     pub refresh_every_request: bool,
     /// Concurrent token operations; `None` = the token's session pool size.
     pub blocking_limit: Option<usize>,
+    /// Where `GET /metrics` is served.
+    pub metrics: MetricsEndpoint,
+}
+
+/// Where `GET /metrics` (Prometheus text format, no authentication) is served.
+#[derive(Debug)]
+pub enum MetricsEndpoint {
+    /// Not at all (`metrics = false`): nothing is counted either.
+    Off,
+    /// On the KMS listener, beside `/healthz` (the default).
+    Main,
+    /// On a listener of its own (`metrics_listen`), plain HTTP, `/metrics` and `/healthz`
+    /// only; the KMS listener answers 404 there.
+    Own(std::net::TcpListener),
 }
 
 impl ServerSettings {
@@ -102,6 +120,12 @@ impl ServerSettings {
             tls,
             refresh_every_request: config.metadata_refresh.is_zero(),
             blocking_limit: None,
+            // A listener of its own is bound by `serve`, with the main one.
+            metrics: if s.metrics {
+                MetricsEndpoint::Main
+            } else {
+                MetricsEndpoint::Off
+            },
         })
     }
 }
@@ -180,20 +204,23 @@ pub fn serve(
             hardened.describe()
         );
     }
-    log_custody(&kms);
+    let json_logs = config.server.log_format == crate::config::LogFormat::Json;
+    log_custody(&kms, json_logs);
     if let Some(file) = seed {
         let account = settings
             .ci_account
             .clone()
             .unwrap_or_else(|| config.account.clone());
         let r = crate::seed::seed_file(&kms, file, &account, &config.region)?;
-        let _ = writeln!(
-            std::io::stderr(),
-            "p11kms: seeded from {}: {} keys created, {} existed, {} aliases created",
-            file.display(),
-            r.created.len(),
-            r.existing.len(),
-            r.aliases.len()
+        notice(
+            json_logs,
+            &format!(
+                "seeded from {}: {} keys created, {} existed, {} aliases created",
+                file.display(),
+                r.created.len(),
+                r.existing.len(),
+                r.aliases.len()
+            ),
         );
     }
     // With refresh on every request, upkeep still has deletions and orphans to sweep.
@@ -205,6 +232,17 @@ pub fn serve(
     Kms::spawn_maintenance(&kms, upkeep);
     let runtime = server_runtime()?;
     let listen = listen_override.unwrap_or(&config.server.listen);
+    if let (true, Some(at)) = (config.server.metrics, &config.server.metrics_listen) {
+        let l = std::net::TcpListener::bind(at.as_str())
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                KmsError::config(format!("cannot listen on {at} (metrics_listen): {e}"))
+            })?;
+        if let Ok(a) = l.local_addr() {
+            notice(json_logs, &format!("metrics on http://{a}/metrics"));
+        }
+        settings.metrics = MetricsEndpoint::Own(l);
+    }
     runtime.block_on(async {
         let (listener, addr) = bind(listen).await?;
         if ci && !addr.ip().is_loopback() {
@@ -252,24 +290,35 @@ async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
+/// A start-up line for the operator: `p11kms: <line>` on stderr, or, when the log is JSON
+/// (where a plain line would break the log shipper), an `info` event of `p11kms::startup`.
+fn notice(json_logs: bool, line: &str) {
+    if json_logs {
+        tracing::info!(target: "p11kms::startup", "{line}");
+    } else {
+        let _ = writeln!(std::io::stderr(), "p11kms: {line}");
+    }
+}
+
 /// States on stderr, one line per operation, which PKCS#11 path it takes and where its
 /// plaintext exists (docs/key-custody.md).
-fn log_custody(kms: &Kms) {
+fn log_custody(kms: &Kms, json_logs: bool) {
     let custody = kms.custody();
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "p11kms: custody: token {:?}: data keys without plaintext sealed on the {} path{}",
-        custody.token_label,
-        custody.data_keys_without_plaintext.as_str(),
-        if custody.in_token_sealing_required {
-            " (required)"
-        } else {
-            ""
-        }
+    notice(
+        json_logs,
+        &format!(
+            "custody: token {:?}: data keys without plaintext sealed on the {} path{}",
+            custody.token_label,
+            custody.data_keys_without_plaintext.as_str(),
+            if custody.in_token_sealing_required {
+                " (required)"
+            } else {
+                ""
+            }
+        ),
     );
     for line in custody.lines() {
-        let _ = writeln!(err, "p11kms: custody: {line}");
+        notice(json_logs, &format!("custody: {line}"));
     }
 }
 
@@ -290,9 +339,8 @@ fn print_banner(config: &Config, settings: &ServerSettings, addr: SocketAddr) {
         });
     }
     if let Some(account) = &settings.ci_account {
-        let _ = writeln!(
-            std::io::stderr(),
-            "p11kms: *** CI MODE *** any access key id and secret are accepted and no secret is \
+        tracing::warn!(
+            "*** CI MODE *** any access key id and secret are accepted and no secret is \
              verified; every request acts as arn:aws:iam::{account}:root in any region. For \
              tests only: this server listens on loopback ({addr}) and must not be exposed."
         );

@@ -212,6 +212,8 @@ pub struct Caller<'a> {
     pub scope: ArnScope,
     /// Whether the server serves a region (ReplicateKey's and UpdatePrimaryRegion's target).
     pub serves: &'a (dyn Fn(&str) -> bool + Sync),
+    /// The keys this request is authorized on, noted for its log line (and metrics, audit).
+    pub keys: &'a super::completion::KeysSeen,
 }
 
 /// The alias a `KeyId` member names as written (`kms:RequestAlias`), if it names one.
@@ -270,6 +272,7 @@ impl Caller<'_> {
     /// An action on the key `id` (already resolved).
     fn on_key(&self, action: &str, id: KeyId, asked: Asked<'_>) -> Result<KeyRecord> {
         let record = self.kms.key_record(id)?;
+        self.keys.note(self.kms.key_arn(&record));
         self.ask(action, Resource::Key(&record), Some(&record), asked)?;
         Ok(record)
     }
@@ -460,7 +463,11 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             let arn_of_new = c.scope.key_arn(&KeyId::new_random());
             req.scope = Some(c.scope.clone());
             let check = |p: &PolicyDocument| c.may_put_policy(p, &arn_of_new);
-            json(kms.create_key_checked(req, Some(&check)))
+            let created = kms.create_key_checked(req, Some(&check));
+            if let Ok(r) = &created {
+                c.keys.note(r.key_metadata.arn.clone());
+            }
+            json(created)
         }
         Op::DescribeKey => {
             let mut req: KeyIdRequest = parse(body)?;

@@ -22,13 +22,14 @@ use tokio::sync::Semaphore;
 
 use super::auth::{Authorizer, Credentials, Principal};
 use super::body::{check_content_type, declared_length, read_body};
+use super::completion::{Completion, Finished, KeysSeen, Notes};
 use super::conns::Conns;
 use super::error::ApiError;
 use super::facts::Peer;
 use super::operations::{execute, Caller, Op};
 use super::response::{error_response, reply_response, request_id, text, with_type, Body};
 use super::sigv4::{RequestParts, Trust, Verifier};
-use super::ServerSettings;
+use super::{MetricsEndpoint, ServerSettings};
 use crate::kms::{ArnScope, Kms};
 
 /// How long a request may wait for a free token session before DependencyTimeoutException.
@@ -71,6 +72,12 @@ pub(super) struct State {
     pub(super) conns: Arc<Conns>,
     /// The last `/readyz` token ping's outcome.
     ready: ReadyCache,
+    /// Where finished KMS requests go (metrics, the request log line).
+    completion: Completion,
+    /// What `GET /metrics` on this listener renders (`None`: not served here).
+    pub(super) metrics_here: Option<Arc<prometheus_client::registry::Registry>>,
+    /// The same registry, for a listener of its own (`metrics_listen`).
+    pub(super) metrics_own: Option<Arc<prometheus_client::registry::Registry>>,
 }
 
 impl State {
@@ -81,6 +88,16 @@ impl State {
             .unwrap_or_else(|| session_permits(kms.token().pool_size()))
             .max(1);
         settings.credentials.parse_allow_keys(kms.scope());
+        let requests = (!matches!(settings.metrics, MetricsEndpoint::Off))
+            .then(|| Arc::new(super::metrics::RequestMetrics::new()));
+        let registry = requests
+            .as_ref()
+            .map(|r| Arc::new(super::metrics::registry(Arc::clone(&kms), Arc::clone(r))));
+        let (metrics_here, metrics_own) = match settings.metrics {
+            MetricsEndpoint::Main => (registry, None),
+            MetricsEndpoint::Own(_) => (None, registry),
+            MetricsEndpoint::Off => (None, None),
+        };
         State {
             kms,
             verifier: Verifier::serving(
@@ -113,6 +130,9 @@ impl State {
                 settings.max_connections_per_source,
             )),
             ready: ReadyCache::new(READY_CACHE_FOR),
+            completion: Completion { metrics: requests },
+            metrics_here,
+            metrics_own,
         }
     }
 
@@ -188,7 +208,22 @@ pub(super) async fn handle(
     peer: Peer,
 ) -> Result<Response<Body>, Infallible> {
     let request_id = request_id();
-    let mut resp = match route(&state, req, &request_id, inline, peer).await {
+    let started = Instant::now();
+    let kms_call = req.method() == Method::POST && req.uri().path() == "/";
+    let mut notes = Notes::default();
+    let routed = route(&state, req, &request_id, inline, peer, &mut notes).await;
+    if kms_call {
+        state.completion.finished(&Finished {
+            request_id: &request_id,
+            op: notes.op,
+            principal: notes.principal.as_deref(),
+            keys: &notes.keys,
+            error: routed.as_ref().err(),
+            took: started.elapsed(),
+            peer,
+        });
+    }
+    let mut resp = match routed {
         Ok(r) => r,
         Err(e) => error_response(&e.for_client(&request_id)),
     };
@@ -204,11 +239,15 @@ async fn route(
     request_id: &str,
     inline: bool,
     peer: Peer,
+    notes: &mut Notes,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::POST, "/") => kms_request(state, req, request_id, inline, peer).await,
+        (&Method::POST, "/") => kms_request(state, req, request_id, inline, peer, notes).await,
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, "/metrics") if state.metrics_here.is_some() => {
+            Ok(metrics_response(state.metrics_here.as_deref()))
+        }
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readiness(state).await),
         (_, "/") => {
             let mut resp = error_response(&ApiError::new(
@@ -221,6 +260,16 @@ async fn route(
             ));
             resp.headers_mut()
                 .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            Ok(resp)
+        }
+        (_, "/metrics") if state.metrics_here.is_some() => {
+            let mut resp = error_response(&ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UnknownOperationException",
+                "/metrics answers GET only",
+            ));
+            resp.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             Ok(resp)
         }
         (_, "/healthz" | "/readyz") => {
@@ -239,6 +288,15 @@ async fn route(
             "No such resource: AWS KMS requests are POST / with X-Amz-Target",
         )),
     }
+}
+
+/// One scrape of `registry` in the Prometheus text format.
+pub(super) fn metrics_response(
+    registry: Option<&prometheus_client::registry::Registry>,
+) -> Response<Body> {
+    let body = registry.map(super::metrics::render).unwrap_or_default();
+    let r = Response::new(Full::new(Bytes::from(body)));
+    with_type(r, "text/plain; version=0.0.4; charset=utf-8")
 }
 
 /// Ready when the service can do work now: no token call has been stuck for seconds, the
@@ -394,8 +452,15 @@ async fn kms_request(
     request_id: &str,
     inline: bool,
     peer: Peer,
+    notes: &mut Notes,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, mut body) = req.into_parts();
+    // For the log line and metrics only: the request is refused below, in its usual order,
+    // whatever this finds.
+    notes.op = header_text(&parts.headers, "x-amz-target")
+        .ok()
+        .flatten()
+        .and_then(|t| Op::from_target(Some(t)).ok());
     let declared = declared_length(&parts.headers, &mut body, state.max_body_bytes).await?;
     let headers: Vec<(&str, &[u8])> = parts
         .headers
@@ -426,6 +491,7 @@ async fn kms_request(
             .principal(&verified.access_key_id)
             .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?,
     };
+    notes.principal = Some(Arc::clone(&principal));
 
     let region = verified.region;
     let st = Arc::clone(state);
@@ -433,6 +499,7 @@ async fn kms_request(
     let work = move || {
         let span = tracing::info_span!("request", request_id = %rid, op = op.name());
         let _entered = span.enter();
+        let keys = KeysSeen::default();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if st.refresh_every_request {
                 st.kms.refresh()?;
@@ -444,13 +511,15 @@ async fn kms_request(
                 peer,
                 scope: ArnScope::new(&region, principal.account(&st.kms)),
                 serves: &|r: &str| st.verifier.serves(r),
+                keys: &keys,
             };
             execute(&caller, op, &body)
         }));
-        result.unwrap_or_else(|_| {
+        let result = result.unwrap_or_else(|_| {
             tracing::error!("the operation panicked");
             Err(ApiError::internal("internal error"))
-        })
+        });
+        (result, keys.into_inner())
     };
     let fast = fast_op(op) && !state.refresh_every_request;
     let inline = inline && fast && state.inline_worthy(op);
@@ -478,6 +547,8 @@ async fn kms_request(
         })
         .await?
     };
+    let (outcome, keys) = outcome;
+    notes.keys = keys;
     outcome.map(reply_response)
 }
 

@@ -56,8 +56,20 @@ where
     F: Future<Output = ()> + Send,
 {
     let tls = settings.tls.take().map(tokio_rustls::TlsAcceptor::from);
+    let metrics_listener = match &settings.metrics {
+        super::MetricsEndpoint::Own(l) => {
+            Some(l.try_clone().and_then(TcpListener::from_std).map_err(|e| {
+                crate::KmsError::io(format!("cannot use the metrics listener: {e}"))
+            })?)
+        }
+        _ => None,
+    };
     let state = Arc::new(State::new(kms, settings));
     let main = tokio::runtime::Handle::current();
+    let metrics_server = match (metrics_listener, &state.metrics_own) {
+        (Some(l), Some(registry)) => Some(main.spawn(metrics_loop(l, Arc::clone(registry)))),
+        _ => None,
+    };
     let graceful = Arc::new(GracefulShutdown::new());
     let heartbeat = {
         let state = Arc::clone(&state);
@@ -102,9 +114,55 @@ where
         }
     }
     heartbeat.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = done_tx.send(());
     let _ = tokio::task::spawn_blocking(move || control.join()).await;
     Ok(())
+}
+
+/// Connections the metrics listener serves at once (a scraper needs one; more are closed).
+const METRICS_CONNECTIONS: usize = 8;
+
+/// The metrics listener (`metrics_listen`): `GET /metrics` and `/healthz`, nothing else, on
+/// the main runtime (a scrape makes no token call).
+async fn metrics_loop(listener: TcpListener, registry: Arc<prometheus_client::registry::Registry>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                // Out of descriptors, or a connection reset before accept: try again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let get = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+                    let resp = match req.uri().path() {
+                        "/metrics" if get => super::request::metrics_response(Some(&registry)),
+                        "/healthz" if get => super::response::text(hyper::StatusCode::OK, "ok\n"),
+                        _ => super::response::text(
+                            hyper::StatusCode::NOT_FOUND,
+                            "this listener serves GET /metrics and /healthz only\n",
+                        ),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = http1_builder().serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
 }
 
 /// How the main runtime stops the control thread: `stop` ends accepting; the thread answers

@@ -85,6 +85,15 @@ pub(super) enum Configured {
     Envelope(EnvelopeCmd),
     /// Serve the AWS KMS JSON API over HTTP (or HTTPS when a certificate is configured).
     Serve(ServeArgs),
+    /// Ask a running server's `/healthz` (plain HTTP: the metrics listener when
+    /// `metrics_listen` is set, else the main one); exit 0 if it answers 200 within 3 s.
+    /// For container health checks (no curl needed).
+    Healthcheck {
+        /// `host:port` to ask (default: `metrics_listen`, else `server.listen`; a wildcard
+        /// address is asked on loopback).
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Create keys and aliases with fixed ids from a TOML seed file (`[[key]]` tables: id,
     /// spec, usage, description, aliases, tags, region); existing ones are left alone.
     Seed {
@@ -113,6 +122,14 @@ pub(super) struct ServeArgs {
     /// the same runtime and connection settings: the HTTP floor.
     #[arg(long, hide = true)]
     pub(super) http_floor: bool,
+    /// Log lines as `text` (default) or `json` (one object per line; overrides the
+    /// configuration's `server.log_format`).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_log_format)]
+    pub(super) log_format: Option<crate::config::LogFormat>,
+}
+
+fn parse_log_format(s: &str) -> Result<crate::config::LogFormat, String> {
+    crate::config::LogFormat::parse(s).ok_or_else(|| format!("`{s}` is neither text nor json"))
 }
 
 #[derive(Subcommand)]

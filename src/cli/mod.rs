@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigSource, EmbeddedToken};
+use crate::config::{Config, ConfigSource, EmbeddedToken, LogFormat};
 use crate::error::{KmsError, Result};
 use crate::kms::Kms;
 use args::{Cli, Command, Configured, DatakeyCmd, TokenCmd};
@@ -47,7 +47,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    init_logging();
+    // `serve --log-format` picks the format from the first line on; a configured
+    // `log_format` is applied once the configuration is read (see `set_log_format`).
+    let format = match &cli.command {
+        Command::Configured(Configured::Serve(a)) => a.log_format,
+        _ => None,
+    };
+    init_logging(format.unwrap_or_default());
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,16 +64,55 @@ pub fn main() -> ExitCode {
     }
 }
 
+type LogBase =
+    tracing_subscriber::layer::Layered<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+type LogLayer = Box<dyn tracing_subscriber::Layer<LogBase> + Send + Sync>;
+
+/// Swaps the format of the installed log layer (`serve`'s configured `log_format`).
+static LOG_FORMAT: std::sync::OnceLock<tracing_subscriber::reload::Handle<LogLayer, LogBase>> =
+    std::sync::OnceLock::new();
+
+fn log_layer(format: LogFormat) -> LogLayer {
+    use tracing_subscriber::Layer as _;
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(io::stderr)
+        .with_target(true);
+    match format {
+        LogFormat::Text => layer.boxed(),
+        // One object per line, the event's fields at the top level beside `timestamp`,
+        // `level` and `target`, and the request span's id.
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    }
+}
+
 /// Logs to stderr, filtered by `P11KMS_LOG` (`tracing` filter syntax, e.g. `info` or
-/// `p11kms=debug`; default `warn`). Nothing secret is ever logged.
-fn init_logging() {
+/// `p11kms=debug`; default `warn`), as text or JSON lines. Nothing secret is ever logged.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("P11KMS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_target(true)
-        .try_init();
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(log_layer(format));
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FORMAT.set(handle);
+    }
+}
+
+/// Switches the log lines to `format` from now on.
+fn set_log_format(format: LogFormat) {
+    if let Some(h) = LOG_FORMAT.get() {
+        let _ = h.reload(log_layer(format));
+    }
 }
 
 fn report_error(e: &KmsError, json: bool) {
@@ -124,12 +169,21 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
         }
-        Configured::Serve(args) => crate::api::serve(
-            &config,
-            args.listen.as_deref(),
-            args.ci,
-            args.seed.as_deref(),
-        ),
+        Configured::Healthcheck { address } => crate::api::healthcheck(&config, address.as_deref()),
+        Configured::Serve(args) => {
+            let mut config = config;
+            let format = args.log_format.unwrap_or(config.server.log_format);
+            if format != LogFormat::Text {
+                set_log_format(format);
+            }
+            config.server.log_format = format;
+            crate::api::serve(
+                &config,
+                args.listen.as_deref(),
+                args.ci,
+                args.seed.as_deref(),
+            )
+        }
         Configured::Seed { file, account } => {
             let account = match account {
                 Some(a) => a,

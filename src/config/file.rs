@@ -55,6 +55,9 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<i64>,
     pub(super) max_connections_per_source: Option<i64>,
     pub(super) credentials: Option<Vec<RawCredential>>,
+    pub(super) metrics: Option<bool>,
+    pub(super) metrics_listen: Option<String>,
+    pub(super) log_format: Option<String>,
 }
 
 #[derive(Deserialize)]

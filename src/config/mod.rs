@@ -143,6 +143,33 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Open connections from one IP address at most (`None`: no such limit).
     pub max_connections_per_source: Option<usize>,
+    /// Serve `GET /metrics` (Prometheus text format, no authentication).
+    pub metrics: bool,
+    /// `host:port` serving `/metrics` alone (plain HTTP); `None`: on the main listener.
+    pub metrics_listen: Option<String>,
+    /// How `serve` writes its log lines (`--log-format` overrides it).
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 /// Where a [`Config`] came from.
@@ -201,6 +228,9 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_source: None,
+            metrics: true,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }

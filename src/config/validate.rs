@@ -267,6 +267,39 @@ impl Validator<'_> {
                     })?,
             ),
         };
+        let metrics = raw.metrics.unwrap_or(true);
+        let metrics_listen = match raw.metrics_listen {
+            None => None,
+            Some(_) if !metrics => {
+                return Err(self.err(
+                    "server.metrics_listen",
+                    "is set but `metrics = false` turns metrics off",
+                ))
+            }
+            Some(l) if !valid_listen(&l) => {
+                return Err(self.err(
+                    "server.metrics_listen",
+                    format!("`{l}` is not a host:port address"),
+                ))
+            }
+            // Port 0 asks for any free port: two such binds never collide.
+            Some(l) if l == listen && !l.ends_with(":0") => {
+                return Err(self.err(
+                    "server.metrics_listen",
+                    "is the main listener's address; leave it out to serve /metrics there",
+                ))
+            }
+            Some(l) => Some(l),
+        };
+        let log_format = match raw.log_format.as_deref() {
+            None => super::LogFormat::Text,
+            Some(f) => super::LogFormat::parse(f).ok_or_else(|| {
+                self.err(
+                    "server.log_format",
+                    format!("`{f}` is neither \"text\" nor \"json\""),
+                )
+            })?,
+        };
         let mut credentials: Vec<Credential> = Vec::new();
         for (i, raw) in raw.credentials.unwrap_or_default().into_iter().enumerate() {
             let credential = self.credential(i, raw)?;
@@ -289,6 +322,9 @@ impl Validator<'_> {
             max_body_bytes,
             max_connections,
             max_connections_per_source,
+            metrics,
+            metrics_listen,
+            log_format,
         })
     }
 
@@ -850,6 +886,39 @@ principal = "arn:aws:iam::012345678901:role/ops"
             minimal("pin_env = \"X\"")
         );
         assert!(config_err(parse(&listen)).contains("server.listen"));
+    }
+
+    #[test]
+    fn metrics_and_log_format() {
+        let base = minimal("pin_env = \"X\"");
+        let c = parse(&base).unwrap();
+        assert!(c.server.metrics, "on by default");
+        assert_eq!(c.server.metrics_listen, None);
+        assert_eq!(c.server.log_format, crate::config::LogFormat::Text);
+        let c = parse(&format!(
+            "{base}[server]\nmetrics_listen = \"127.0.0.1:9464\"\nlog_format = \"json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.server.log_format, crate::config::LogFormat::Json);
+        let c = parse(&format!("{base}[server]\nmetrics = false\n")).unwrap();
+        assert!(!c.server.metrics);
+        for (body, field) in [
+            ("metrics_listen = \"9464\"", "server.metrics_listen"),
+            (
+                "metrics = false\nmetrics_listen = \"127.0.0.1:9464\"",
+                "server.metrics_listen",
+            ),
+            (
+                "listen = \"127.0.0.1:4599\"\nmetrics_listen = \"127.0.0.1:4599\"",
+                "server.metrics_listen",
+            ),
+            ("log_format = \"yaml\"", "server.log_format"),
+            ("metrics = \"yes\"", "metrics"),
+        ] {
+            let text = format!("{base}[server]\n{body}\n");
+            assert!(config_err(parse(&text)).contains(field), "{body}");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use import::{Imported, KeyWrapScheme, Offered, Rfc5649, WrappingKey};
 pub use keypair::{Checked, SignScheme};
 pub use objects::{DataHandle, DataObject};
 pub use probe::ExposedDerivation;
-pub use stats::TokenStats;
+pub use stats::{CallFn, PoolStats, TokenStats};
 
 use crate::sync;
 use pool::SessionPool;
@@ -370,7 +370,12 @@ impl Token {
     }
 
     fn count(&self, counter: impl Fn(&stats::Counters) -> &std::sync::atomic::AtomicU64) {
-        stats::Counters::add(counter(&self.inner.stats), 1);
+        self.inner.stats.count(counter(&self.inner.stats));
+    }
+
+    /// The session pool's numbers: call times by function, waits for a session, loans now.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
     }
 
     /// How long the longest-running token call has been running (`None`: none is). Seconds
@@ -479,7 +484,7 @@ impl Token {
         let cell = std::cell::RefCell::new(buf);
         self.call(|s| {
             let mut buf = cell.borrow_mut();
-            stats::Counters::add(&self.inner.stats.random_calls, 1);
+            self.inner.stats.count(&self.inner.stats.random_calls);
             stats::Counters::add(&self.inner.stats.random_bytes, buf.len() as u64);
             s.generate_random_slice(&mut buf)
         })

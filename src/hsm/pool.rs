@@ -22,6 +22,7 @@ use cryptoki::context::Pkcs11;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
+use super::stats::{CallTimes, PoolStats};
 use super::{HsmError, Result};
 
 thread_local! {
@@ -76,6 +77,8 @@ pub(crate) struct SessionPool {
     sleep: Mutex<()>,
     ready: Condvar,
     wait: Duration,
+    /// Loan times by function and waits for a session (for metrics).
+    times: CallTimes,
 }
 
 impl SessionPool {
@@ -94,11 +97,22 @@ impl SessionPool {
             sleep: Mutex::new(()),
             ready: Condvar::new(),
             wait,
+            times: CallTimes::default(),
         })
     }
 
     pub(crate) fn size(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Loan times, waits, and how many sessions are on loan now.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let in_use = self
+            .loaned_at
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) != 0)
+            .count();
+        self.times.snapshot(self.size(), in_use)
     }
 
     /// How long the session on loan longest has been out (`None`: none is on loan). A call
@@ -164,7 +178,8 @@ impl SessionPool {
         if let Some(s) = self.try_get() {
             return Ok(s);
         }
-        let deadline = Instant::now() + self.wait;
+        let started = Instant::now();
+        let deadline = started + self.wait;
         let mut sleeping = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             // Announce first, then look: a session returned after our look sees the count
@@ -172,11 +187,14 @@ impl SessionPool {
             self.waiters.fetch_add(1, Ordering::SeqCst);
             if let Some((idx, g)) = self.try_take() {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
+                self.times.waits.observe(started.elapsed());
                 return Ok(self.lend(idx, g));
             }
             let now = Instant::now();
             if now >= deadline {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
+                self.times.waits.observe(now - started);
+                self.times.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                 return Err(HsmError::Busy);
             }
             sleeping = self
@@ -219,7 +237,10 @@ impl Deref for PooledSession<'_> {
 
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
-        self.pool.loaned_at[self.idx].store(0, Ordering::Relaxed);
+        let lent = self.pool.loaned_at[self.idx].swap(0, Ordering::Relaxed) & !SLOW_BIT;
+        self.pool
+            .times
+            .loan_ended(self.pool.micros().saturating_sub(lent));
         drop(self.guard.take());
         self.pool.returned();
     }

@@ -132,6 +132,33 @@ pub struct EpochKeys<K = SessionKey> {
     opening: RwLock<HashMap<CacheKey, Cached<K>>>,
     /// Ticks once per use of the opening cache: its LRU clock.
     tick: AtomicU64,
+    /// Counted for metrics (relaxed atomics; see [`EpochStats`]).
+    counts: EpochCounts,
+}
+
+#[derive(Default)]
+struct EpochCounts {
+    sealing_derivations: AtomicU64,
+    opening_hits: AtomicU64,
+    opening_misses: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// The epoch-key caches' numbers at one moment (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochStats {
+    /// New epoch keys derived for sealing.
+    pub sealing_derivations: u64,
+    /// Opening-cache look-ups that found the key (no derivation needed).
+    pub opening_hits: u64,
+    /// Opening-cache look-ups that missed (the caller derives).
+    pub opening_misses: u64,
+    /// Opening-cache entries evicted to make room.
+    pub evicted: u64,
+    /// (key, version) pairs with a sealing slot now.
+    pub sealing_keys: usize,
+    /// Derived keys in the opening cache now.
+    pub opening_keys: usize,
 }
 
 /// An epoch key ready to seal with, and the nonce that re-derives it.
@@ -147,6 +174,20 @@ impl<K> EpochKeys<K> {
             sealing: RwLock::new(HashMap::new()),
             opening: RwLock::new(HashMap::new()),
             tick: AtomicU64::new(0),
+            counts: EpochCounts::default(),
+        }
+    }
+
+    /// The counters and the caches' sizes now (each map's read lock, briefly).
+    pub fn stats(&self) -> EpochStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EpochStats {
+            sealing_derivations: get(&self.counts.sealing_derivations),
+            opening_hits: get(&self.counts.opening_hits),
+            opening_misses: get(&self.counts.opening_misses),
+            evicted: get(&self.counts.evicted),
+            sealing_keys: sync::read(&self.sealing).len(),
+            opening_keys: sync::read(&self.opening).len(),
         }
     }
 
@@ -213,6 +254,9 @@ impl<K> EpochKeys<K> {
                 .take()
                 .ok_or_else(|| KmsError::internal("epoch key derivation attempted twice"))?;
             let (nonce, key) = derive()?;
+            self.counts
+                .sealing_derivations
+                .fetch_add(1, Ordering::Relaxed);
             let key = Arc::new(key);
             let epoch = Arc::new(Epoch {
                 nonce,
@@ -240,11 +284,17 @@ impl<K> EpochKeys<K> {
     /// A cached derived key for opening, if any.
     pub fn cached(&self, id: KeyId, version: u32, nonce: &[u8; NONCE_LEN]) -> Option<Arc<K>> {
         let opening = sync::read(&self.opening);
-        opening.get(&(id, version, *nonce)).map(|c| {
+        let found = opening.get(&(id, version, *nonce)).map(|c| {
             let now = self.tick.fetch_add(1, Ordering::Relaxed);
             c.last_used.store(now, Ordering::Relaxed);
             Arc::clone(&c.key)
-        })
+        });
+        let counter = match found {
+            Some(_) => &self.counts.opening_hits,
+            None => &self.counts.opening_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Keeps a derived key that has just proven itself (sealed, or opened a blob).
@@ -262,6 +312,9 @@ impl<K> EpochKeys<K> {
                 for (_, old) in ages.iter().take((self.policy.cache_entries / 8).max(1)) {
                     evicted.extend(opening.remove(old));
                 }
+                self.counts
+                    .evicted
+                    .fetch_add(evicted.len() as u64, Ordering::Relaxed);
             }
             let last_used = AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed));
             evicted.extend(opening.insert(k, Cached { key, last_used }));

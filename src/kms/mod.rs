@@ -17,6 +17,7 @@ mod ops;
 pub(crate) mod policy;
 pub(crate) mod records;
 pub(crate) mod specs;
+pub(crate) mod stats;
 pub(crate) mod store;
 mod token_errors;
 pub mod types;
@@ -32,7 +33,7 @@ pub use domain::{
     KeySpec, KeyState, KeyUsage, MacAlgorithm, Origin, SigningAlgorithm, WrappingAlgorithm,
     WrappingKeySpec,
 };
-pub use epoch::EpochPolicy;
+pub use epoch::{EpochPolicy, EpochStats};
 pub use grant::{GrantConstraint, GrantId, GrantView, MAX_GRANTS_PER_KEY};
 pub use keyref::{AliasKey, AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 pub use ops::{LockoutCheck, DEFAULT_POLICY_NAME};
@@ -42,6 +43,8 @@ pub use policy::{
 };
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
+pub use stats::ServiceStats;
+pub use store::StoreStats;
 
 use crate::error::{KmsError, Result};
 use crate::hsm::Token;

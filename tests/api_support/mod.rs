@@ -81,6 +81,7 @@ pub fn settings(tls: Option<Arc<rustls::ServerConfig>>) -> ServerSettings {
         tls,
         refresh_every_request: false,
         blocking_limit: None,
+        metrics: p11kms::api::MetricsEndpoint::Main,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Options {
     /// Lines replacing the `[token]` table's PIN source (default: the fixture's PIN file).
     pub token_pin: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Arguments after `serve` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 /// A server can take this long to open the token and print `listening on`.
@@ -222,7 +224,8 @@ pub fn try_start(opts: &Options) -> Result<ServerProcess, Exited> {
         .env("P11KMS_LOG", "info")
         .args(["--config"])
         .arg(&config)
-        .arg("serve");
+        .arg("serve")
+        .args(&opts.args);
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }

@@ -42,6 +42,19 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// only if it moved (or the safety-net interval has passed). Returns the ids of keys whose
     /// record changed.
     pub fn refresh(&self) -> Result<Vec<KeyId>> {
+        let r = self.refresh_locked();
+        match &r {
+            Ok(_) => self.caught_up(),
+            Err(_) => {
+                self.counts
+                    .refresh_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn refresh_locked(&self) -> Result<Vec<KeyId>> {
         let mut w = self.lock_writer();
         let stamp = match w.generation {
             Some(g) => match self.records.label(g)? {

@@ -52,6 +52,7 @@ mod replicas;
 mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -176,6 +177,27 @@ pub struct Store<R: RecordBackend = Arc<Token>, K: BackingKeys = Arc<Token>> {
     /// the snapshot happens with it held.
     writer: Mutex<WriterState<R::Object>>,
     writer_tag: String,
+    /// Refreshes and re-lists, for metrics (atomics: read without the writer lock).
+    counts: StoreCounts,
+}
+
+#[derive(Default)]
+struct StoreCounts {
+    /// Unix ms at the end of the last successful refresh or re-list (0: none yet).
+    last_refresh_unix_ms: AtomicU64,
+    refresh_failures: AtomicU64,
+    relists: crate::latency::Histogram,
+}
+
+/// The metadata store's refresh numbers at one moment (for metrics).
+#[derive(Debug, Clone)]
+pub struct StoreStats {
+    /// When this process last caught up with the token's records (Unix ms; `None`: never).
+    pub last_refresh_unix_ms: Option<u64>,
+    /// Refreshes that failed (the next round retries).
+    pub refresh_failures: u64,
+    /// How long full re-lists of the records took.
+    pub relists: crate::latency::Snapshot,
 }
 
 struct WriterState<O> {
@@ -241,6 +263,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             snapshot: RwLock::new(Snapshot::default()),
             writer: Mutex::new(WriterState::default()),
             writer_tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+            counts: StoreCounts::default(),
         };
         {
             let mut w = store.lock_writer();
@@ -266,6 +289,26 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// A key's entry as the snapshot has it.
     pub fn key(&self, id: &KeyId) -> Option<KeyEntry<K::Key>> {
         self.read().keys.get(id).cloned()
+    }
+
+    /// Refresh and re-list numbers (no lock).
+    pub fn stats(&self) -> StoreStats {
+        let last = self.counts.last_refresh_unix_ms.load(Ordering::Relaxed);
+        StoreStats {
+            last_refresh_unix_ms: (last != 0).then_some(last),
+            refresh_failures: self.counts.refresh_failures.load(Ordering::Relaxed),
+            relists: self.counts.relists.snapshot(),
+        }
+    }
+
+    /// Notes that the snapshot has just caught up with the token.
+    fn caught_up(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.counts
+            .last_refresh_unix_ms
+            .store(now.max(1), Ordering::Relaxed);
     }
 
     /// Whether the snapshot can be read now (a readiness check: nothing holds it for long).

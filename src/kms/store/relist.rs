@@ -287,6 +287,8 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         drop(old);
         w.last_full = Some(Instant::now());
         w.last_full_took = started.elapsed();
+        self.counts.relists.observe(w.last_full_took);
+        self.caught_up();
         w.current = stamp_before;
         // Best effort: a superseded object another process already removed is fine.
         for h in superseded {
