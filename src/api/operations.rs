@@ -245,6 +245,10 @@ impl Caller<'_> {
         key: Option<&KeyRecord>,
         asked: Asked<'_>,
     ) -> Result<()> {
+        // Every key a request is authorized on is noted for its log line (metrics, audit).
+        if let Some(r) = key {
+            self.keys.note(self.kms.key_arn(r));
+        }
         let facts = Facts {
             kms: self.kms,
             principal: self.principal,
@@ -272,7 +276,6 @@ impl Caller<'_> {
     /// An action on the key `id` (already resolved).
     fn on_key(&self, action: &str, id: KeyId, asked: Asked<'_>) -> Result<KeyRecord> {
         let record = self.kms.key_record(id)?;
-        self.keys.note(self.kms.key_arn(&record));
         self.ask(action, Resource::Key(&record), Some(&record), asked)?;
         Ok(record)
     }
