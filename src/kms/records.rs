@@ -34,6 +34,26 @@ use super::domain::{ExpirationModel, KeySpec, KeyUsage, Origin};
 pub struct BackingVersion {
     pub version: u32,
     pub created: i64,
+    /// How and when this version was made by a rotation (absent for version 1 and for
+    /// records written before rotation, which read and write as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationMark>,
+}
+
+/// A backing version made by a rotation: which kind, and when it completed (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationMark {
+    pub kind: super::domain::RotationType,
+    pub at_ms: i64,
+}
+
+/// Automatic rotation of a key, while enabled (EnableKeyRotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoRotation {
+    /// `RotationPeriodInDays` (90 to 2560).
+    pub period_days: u32,
+    /// When the next automatic rotation is due (Unix ms).
+    pub next_ms: i64,
 }
 
 /// Everything known about a CMK besides its key material.
@@ -80,6 +100,12 @@ pub struct KeyRecord {
     /// keys generated in the token, whose records read as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<Box<ImportedMaterial>>,
+    /// Automatic rotation, while enabled; absent otherwise (records read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rotation: Option<AutoRotation>,
+    /// When an on-demand rotation was asked for (Unix ms), until it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand_rotation_ms: Option<i64>,
 }
 
 /// What the record of a key with imported material (`Origin=EXTERNAL`) keeps about it.
@@ -130,6 +156,7 @@ impl KeyRecord {
             versions: vec![BackingVersion {
                 version: 1,
                 created: 1,
+                rotation: None,
             }],
             tags: vec![],
             policy: None,
@@ -139,6 +166,8 @@ impl KeyRecord {
             account: None,
             region: None,
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }
     }
 
@@ -164,6 +193,8 @@ impl KeyRecord {
             account: None,
             region: None,
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }
     }
 
@@ -220,6 +251,18 @@ pub fn cmk_id(id: &KeyId, version: u32) -> Vec<u8> {
     let mut v = id.as_bytes().to_vec();
     v.extend_from_slice(&version.to_be_bytes());
     v
+}
+
+/// The id AWS calls `KeyMaterialId` of a key's backing `version`: hex SHA-256 of a fixed
+/// prefix, the key id's 16 bytes and the version (u32 BE). 64 hex digits, as AWS's look;
+/// computed without the token, the same in every process.
+pub fn key_material_id(id: &KeyId, version: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"p11kms key material id v1\0");
+    h.update(id.as_bytes());
+    h.update(version.to_be_bytes());
+    hex::encode(h.finalize())
 }
 
 /// (key id, version) from a CMK label `p11kms:cmk:<id>:v<version>`.
@@ -455,6 +498,8 @@ impl Record {
             import: v
                 .get("import")
                 .and_then(|x| serde_json::from_value(x.clone()).ok()),
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }))
     }
 }

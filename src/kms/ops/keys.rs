@@ -158,6 +158,9 @@ impl Kms {
             mac_algorithms: specs::listed(algorithms.mac),
             key_agreement_algorithms: specs::listed(algorithms.key_agreement),
             multi_region: false,
+            current_key_material_id: (r.spec == KeySpec::SymmetricDefault
+                && r.versions.iter().any(|v| v.version == r.current_version))
+            .then(|| super::super::records::key_material_id(&r.id, r.current_version)),
         }
     }
 
@@ -211,6 +214,7 @@ impl Kms {
             versions: vec![BackingVersion {
                 version: 1,
                 created: now / 1000,
+                rotation: None,
             }],
             tags: merged_tags(&[], req.tags.as_deref().unwrap_or_default())?,
             policy: req.policy,
@@ -228,6 +232,8 @@ impl Kms {
                 .map(|s| s.region.clone())
                 .filter(|r| *r != self.scope.region),
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         };
         if req.origin.as_deref() == Some(Origin::External.as_str()) {
             // No key material until ImportKeyMaterial brings it; an id that says so for life.
