@@ -104,6 +104,9 @@ pub(super) fn metadata_text(m: &KeyMetadata) -> String {
     if let Some(d) = m.deletion_date {
         s.push_str(&format!("DeletionDate: {}\n", date(d)));
     }
+    if let Some(id) = &m.current_key_material_id {
+        s.push_str(&format!("CurrentKeyMaterialId: {id}\n"));
+    }
     s
 }
 
