@@ -122,7 +122,7 @@ impl Kms {
         let now = now_ms();
         self.sweep_deletions_at(now)?;
         self.sweep_expired_material_at(now)?;
-        self.rotate_due_at(now)?;
+        self.rotate_due_now()?;
         self.store.sweep_orphan_cmks()?;
         self.sweep_wrapping_keys_now(now)?;
         Ok(())

@@ -16,7 +16,7 @@ use super::super::domain::{
 use super::super::records::{
     key_material_id, AutoRotation, BackingVersion, KeyRecord, RotationMark,
 };
-use super::super::store::{Change, Rotated};
+use super::super::store::{Change, ClaimLabel, Rotated};
 use super::super::types::{
     EnableKeyRotationRequest, GetKeyRotationStatusResponse, KeyIdRequest, KeyIdResponse,
     ListKeyRotationsRequest, ListKeyRotationsResponse, RotationsListEntry,
@@ -39,6 +39,12 @@ const CLAIM_LIFETIME: Duration = Duration::from_secs(60);
 /// A winner writes nothing later than this before its claim's lifetime ends, so that its
 /// rotation is in the token before anyone could give its claim up and act instead.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Two claims closer in time than this both lose (and their processes try again later):
+/// only a clearly later claim wins over an earlier one (design.md says why).
+const CLAIM_MARGIN: Duration = Duration::from_millis(300);
+/// The upkeep waits up to this long, at random, before it claims due rotations, so that
+/// processes whose rounds run in step do not keep claiming at the same moment.
+const CLAIM_JITTER: Duration = Duration::from_millis(2000);
 
 /// The rotations `r` wants at `now`: on-demand first (AWS's on-demand rotations leave the
 /// automatic schedule alone), then automatic. Only Enabled keys rotate (AWS: a disabled key's
@@ -338,6 +344,23 @@ impl Kms {
         self.rotate_due(now_ms(), Some(id))
     }
 
+    /// The upkeep's round: [`Kms::rotate_due_at`] now, after a random pause of up to
+    /// [`CLAIM_JITTER`] when anything is due (nothing is waited on otherwise).
+    pub(crate) fn rotate_due_now(&self) -> Result<Vec<(KeyId, u32)>> {
+        let any = self
+            .store
+            .read()
+            .keys
+            .values()
+            .any(|e| due(&e.record, now_ms()).is_some());
+        if !any {
+            return Ok(Vec::new());
+        }
+        let jitter = rand::random::<u64>() % (CLAIM_JITTER.as_millis() as u64 + 1);
+        std::thread::sleep(Duration::from_millis(jitter));
+        self.rotate_due(now_ms(), None)
+    }
+
     fn rotate_due(&self, now: i64, only: Option<KeyId>) -> Result<Vec<(KeyId, u32)>> {
         let due_now: Vec<(KeyId, u32)> = self
             .store
@@ -351,9 +374,24 @@ impl Kms {
         if due_now.is_empty() {
             return Ok(Vec::new());
         }
+        let lifetime = CLAIM_LIFETIME.as_millis() as i64;
+        let live = |l: &ClaimLabel, at: i64| at - l.at_ms < lifetime;
+        // Listed before this process writes its claims (see the module docs on SoftHSM): a
+        // rotation someone else has claimed and not given up is theirs (this process backs
+        // off until the claim is gone or past its lifetime).
+        let before = self.store.claims()?;
         let mut mine = Vec::new();
         for (id, from) in &due_now {
+            let taken = before
+                .iter()
+                .any(|(l, _)| l.key == *id && l.from == *from && live(l, now));
+            if taken {
+                continue;
+            }
             mine.push((self.store.claim_rotation(*id, *from, now)?, Instant::now()));
+        }
+        if mine.is_empty() {
+            return Ok(Vec::new());
         }
         std::thread::sleep(DECISION_WINDOW);
         let later = now + DECISION_WINDOW.as_millis() as i64;
@@ -366,7 +404,6 @@ impl Kms {
                 return Err(e);
             }
         };
-        let lifetime = CLAIM_LIFETIME.as_millis() as i64;
         // Claims no one needs any more: on a version no longer current, or long given up.
         {
             let snap = self.store.read();
@@ -380,14 +417,16 @@ impl Kms {
                 }
             }
         }
+        let margin = CLAIM_MARGIN.as_millis() as i64;
         let mut done = Vec::new();
         for ((label, object), claimed) in mine {
-            let winner = all
+            // The latest claim wins, if every other live one it sees is clearly earlier.
+            let wins = all
                 .iter()
-                .filter(|(l, _)| l.key == label.key && l.from == label.from)
-                .filter(|(l, _)| later - l.at_ms < lifetime)
-                .min_by(|a, b| a.0.rank().cmp(&b.0.rank()));
-            if winner.map(|(l, _)| l) != Some(&label) {
+                .filter(|(l, _)| l.key == label.key && l.from == label.from && *l != label)
+                .filter(|(l, _)| live(l, later))
+                .all(|(l, _)| l.at_ms + margin < label.at_ms);
+            if !wins {
                 self.store.drop_claim(object);
                 continue;
             }

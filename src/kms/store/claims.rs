@@ -4,9 +4,9 @@
 //!
 //! A claim is a `CKO_DATA` object with `CKA_APPLICATION = "p11kms-claim"` and the label
 //! `p11kms:claim:<key id>:v<version rotated from>:<claimed at, ms, 15 digits>:<writer>:<random>`.
-//! Claims never change; the earliest live claim on (key, version) wins. The winner writes the
-//! rotation with [`Store::rotate_key`], which decides again on the records read afresh from
-//! the token, so a late or mistaken winner finds the rotation done and does nothing.
+//! Claims never change; how a claim wins is decided in `ops/rotation.rs`. The winner writes
+//! the rotation with [`Store::rotate_key`], which decides again on the records read afresh
+//! from the token, so a late winner finds the rotation done and does nothing.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -22,9 +22,6 @@ use crate::kms::records::{
 /// `CKA_APPLICATION` of rotation claims.
 const CLAIM_APPLICATION: &str = "p11kms-claim";
 const CLAIM_PREFIX: &str = "p11kms:claim:";
-/// `CKA_APPLICATION` of the object written (and destroyed at once) before a listing that must
-/// see every other process's objects (see [`Store::sync_view`]).
-const SYNC_APPLICATION: &str = "p11kms-probe";
 
 /// A claim's label, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +66,6 @@ impl ClaimLabel {
             nonce,
         })
     }
-
-    /// The order that decides among claims on one (key, version): earliest first, then the
-    /// writer tag and the random part (every process sorts the same way).
-    pub fn rank(&self) -> (i64, &str, &str) {
-        (self.at_ms, &self.writer, &self.nonce)
-    }
 }
 
 /// What [`Store::rotate_key`] did.
@@ -110,9 +101,8 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         Ok((label, o))
     }
 
-    /// Every claim in the token, after [`Store::sync_view`].
+    /// Every claim in the token, listed now.
     pub fn claims(&self) -> Result<Vec<(ClaimLabel, R::Object)>> {
-        self.sync_view()?;
         Ok(self
             .records
             .list(CLAIM_APPLICATION, false)?
@@ -125,17 +115,6 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
     /// current or it is past its lifetime, and anyone may remove it then).
     pub fn drop_claim(&self, o: R::Object) {
         let _ = self.records.destroy(o);
-    }
-
-    /// Makes this process's next listing see every object other processes created before
-    /// now. Measured on SoftHSM 2.6.1: a process listing objects while another creates some
-    /// can miss one for seconds, until it writes something itself; so it writes (and
-    /// destroys) one object of its own first.
-    pub fn sync_view(&self) -> Result<()> {
-        let label = format!("p11kms:sync:{}", self.writer_tag);
-        let o = self.records.create(SYNC_APPLICATION, &label, b"sync")?;
-        let _ = self.records.destroy(o);
-        Ok(())
     }
 
     /// The newest readable record of `id` as the token holds it now, with its label.
@@ -179,7 +158,6 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         generate: impl FnOnce(&str, &[u8]) -> Result<K::Key>,
     ) -> Result<Rotated<K::Key>> {
         let mut w = self.lock_writer();
-        self.sync_view()?;
         let Some((label, fresh)) = self.fresh_record(id)? else {
             return Ok(Rotated::NotNow("the key has no record"));
         };
@@ -265,10 +243,5 @@ mod tests {
         assert_eq!(ClaimLabel::parse(&text.replace(":v3:", ":3:")), None);
         assert_eq!(ClaimLabel::parse(&text.replace("deadbeef", "")), None);
         assert_eq!(ClaimLabel::parse("p11kms:claim:nope"), None);
-        let later = ClaimLabel {
-            at_ms: l.at_ms + 1,
-            ..l.clone()
-        };
-        assert!(l.rank() < later.rank());
     }
 }

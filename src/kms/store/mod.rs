@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant};
 
 pub use backend::{BackingKeys, RecordBackend};
-pub use claims::Rotated;
+pub use claims::{ClaimLabel, Rotated};
 use generation::Stamp;
 pub use grants::GrantWrite;
 
