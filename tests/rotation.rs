@@ -222,7 +222,7 @@ async fn on_demand_rotations_keep_every_ciphertext_open() {
     }
     let all = c
         .list_key_rotations()
-        .key_id(&arn(&id))
+        .key_id(arn(&id))
         .include_key_material(IncludeKeyMaterial::AllKeyMaterial)
         .send()
         .await
@@ -336,7 +336,7 @@ async fn enable_disable_and_status() {
     c.enable_key_rotation().key_id(&id).send().await.unwrap();
     let s = c
         .get_key_rotation_status()
-        .key_id(&arn(&id))
+        .key_id(arn(&id))
         .send()
         .await
         .unwrap();

@@ -802,6 +802,53 @@ mod tests {
     }
 
     #[test]
+    fn rotation_fields_are_absent_unless_used_and_round_trip() {
+        let plain = Record::KeyV1(KeyRecord::for_tests(KeyId::new_random(), "r"));
+        let text = String::from_utf8(plain.encode()).unwrap();
+        for field in ["rotation", "on_demand"] {
+            assert!(!text.contains(field), "{text}");
+        }
+        let mut r = KeyRecord::for_tests(KeyId::new_random(), "r");
+        r.versions.push(BackingVersion {
+            version: 2,
+            created: 5,
+            rotation: Some(RotationMark {
+                kind: super::super::domain::RotationType::OnDemand,
+                at_ms: 5000,
+            }),
+        });
+        r.current_version = 2;
+        r.auto_rotation = Some(AutoRotation {
+            period_days: 90,
+            next_ms: 7,
+        });
+        r.on_demand_rotation_ms = Some(9);
+        let enc = Record::KeyV1(r.clone()).encode();
+        let text = String::from_utf8_lossy(&enc);
+        assert!(
+            text.contains(
+                r#"{"version":2,"created":5,"rotation":{"kind":"ON_DEMAND","at_ms":5000}}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""auto_rotation":{"period_days":90,"next_ms":7}"#),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(Record::KeyV1(r)));
+    }
+
+    #[test]
+    fn key_material_ids_are_stable_and_distinct() {
+        let id: KeyId = "1234abcd-12ab-34cd-56ef-1234567890ab".parse().unwrap();
+        let a = key_material_id(&id, 1);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, key_material_id(&id, 1));
+        assert_ne!(a, key_material_id(&id, 2));
+        assert_ne!(a, key_material_id(&KeyId::new_random(), 1));
+    }
+
+    #[test]
     fn records_round_trip() {
         let r = Record::KeyV1(KeyRecord {
             state: KeyState::Disabled,

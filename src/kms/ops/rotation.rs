@@ -443,8 +443,7 @@ impl Kms {
                 },
             );
             match outcome {
-                Ok(Rotated::Done(entry)) => {
-                    let v = entry.record.current_version;
+                Ok(Rotated::Done(v)) => {
                     tracing::info!(
                         target: "p11kms::custody",
                         key_id = %id,

@@ -70,9 +70,9 @@ impl ClaimLabel {
 
 /// What [`Store::rotate_key`] did.
 #[derive(Debug)]
-pub enum Rotated<H> {
-    /// The new version is written; the entry as it is now.
-    Done(KeyEntry<H>),
+pub enum Rotated {
+    /// The new version (now current) is written.
+    Done(u32),
     /// Nothing to do: the fresh record says the rotation is not due (done by someone else,
     /// or the key changed), or the deadline passed first.
     NotNow(&'static str),
@@ -156,7 +156,7 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
         deadline: Instant,
         rule: impl FnOnce(&KeyRecord) -> Result<Option<KeyRecord>>,
         generate: impl FnOnce(&str, &[u8]) -> Result<K::Key>,
-    ) -> Result<Rotated<K::Key>> {
+    ) -> Result<Rotated> {
         let mut w = self.lock_writer();
         let Some((label, fresh)) = self.fresh_record(id)? else {
             return Ok(Rotated::NotNow("the key has no record"));
@@ -208,14 +208,14 @@ impl<R: RecordBackend, K: BackingKeys> Store<R, K> {
             cmks,
             unbound,
         };
-        if let Err(e) = self.write_key(&mut w, entry.clone()) {
+        if let Err(e) = self.write_key(&mut w, entry) {
             if made {
                 let _ = self.keys.destroy(handle);
             }
             return Err(e);
         }
         self.announce(&mut w);
-        Ok(Rotated::Done(entry))
+        Ok(Rotated::Done(to))
     }
 
     /// Whether the snapshot's newest record object of `id` is the one labelled `label`.
