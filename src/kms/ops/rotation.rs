@@ -42,6 +42,8 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// Two claims closer in time than this both lose (and their processes try again later):
 /// only a clearly later claim wins over an earlier one (design.md says why).
 const CLAIM_MARGIN: Duration = Duration::from_millis(300);
+/// A process writes claims for at most this long per round (the other due keys wait).
+const CLAIM_BUDGET: Duration = Duration::from_millis(100);
 /// The upkeep waits up to this long, at random, before it claims due rotations, so that
 /// processes whose rounds run in step do not keep claiming at the same moment.
 const CLAIM_JITTER: Duration = Duration::from_millis(2000);
@@ -379,7 +381,13 @@ impl Kms {
         // Listed before this process writes its claims (see the module docs on SoftHSM): a
         // rotation someone else has claimed and not given up is theirs (this process backs
         // off until the claim is gone or past its lifetime).
+        let started = Instant::now();
         let before = self.store.claims()?;
+        // The claims' time is taken after that listing, and all of them are written within
+        // [`CLAIM_BUDGET`] of it: the margin argument needs "claimed at" and "committed" to be
+        // closer than the margin (design.md).
+        let claiming = Instant::now();
+        let now = now + started.elapsed().as_millis() as i64;
         let mut mine = Vec::new();
         for (id, from) in &due_now {
             let taken = before
@@ -388,7 +396,25 @@ impl Kms {
             if taken {
                 continue;
             }
-            mine.push((self.store.claim_rotation(*id, *from, now)?, Instant::now()));
+            if claiming.elapsed() > CLAIM_BUDGET {
+                break; // the rest at a later round
+            }
+            match self.store.claim_rotation(*id, *from, now) {
+                Ok(c) => mine.push((c, Instant::now())),
+                Err(e) => {
+                    for ((_, o), _) in mine {
+                        self.store.drop_claim(o);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if claiming.elapsed() > CLAIM_MARGIN / 2 {
+            // The token stalled while we claimed: these claims prove nothing; next round.
+            for ((_, o), _) in mine {
+                self.store.drop_claim(o);
+            }
+            return Ok(Vec::new());
         }
         if mine.is_empty() {
             return Ok(Vec::new());
