@@ -611,3 +611,54 @@ async fn at_most_25_on_demand_rotations() {
         .unwrap();
     assert!(done.contains(&(key, 27)), "{done:?}");
 }
+
+#[tokio::test]
+async fn key_policies_decide_rotation_calls() {
+    let c = client();
+    // Rotation periods over 400 days and on-demand rotations are denied on this key.
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::111122223333:root"}},"Action":"kms:*","Resource":"*"}},
+            {{"Effect":"Deny","Principal":"*","Action":"kms:EnableKeyRotation","Resource":"*",
+              "Condition":{{"NumericGreaterThan":{{"kms:RotationPeriodInDays":"400"}}}}}},
+            {{"Effect":"Deny","Principal":"*","Action":"kms:RotateKeyOnDemand","Resource":"*"}}
+        ]}}"#
+    );
+    let id = c
+        .create_key()
+        .policy(policy)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    c.enable_key_rotation()
+        .key_id(&id)
+        .rotation_period_in_days(400)
+        .send()
+        .await
+        .expect("400 days is allowed");
+    assert_eq!(
+        code(
+            c.enable_key_rotation()
+                .key_id(&id)
+                .rotation_period_in_days(401)
+                .send()
+                .await
+        ),
+        "AccessDeniedException"
+    );
+    // Without the member, the condition key is absent and the deny does not match.
+    c.enable_key_rotation().key_id(&id).send().await.unwrap();
+    assert_eq!(
+        code(c.rotate_key_on_demand().key_id(&id).send().await),
+        "AccessDeniedException"
+    );
+    c.get_key_rotation_status()
+        .key_id(&id)
+        .send()
+        .await
+        .unwrap();
+    c.list_key_rotations().key_id(&id).send().await.unwrap();
+}

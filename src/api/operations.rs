@@ -787,7 +787,12 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
         }
         Op::EnableKeyRotation => {
             let mut req: EnableKeyRotationRequest = parse(body)?;
-            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            let period = req.rotation_period_in_days.map(|d| d.to_string());
+            let asked = Asked {
+                rotation_period_in_days: period.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
             kms.enable_key_rotation(req)?;
             Ok(Reply::Empty)
         }

@@ -10,6 +10,7 @@
 //! grant record   p11kms:grant:<grant id>:<seq>:<writer>
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
 //! wrapping key   p11kms:import:<key id>:<valid-to ms>:<digest>   (key import, `ops/import.rs`)
+//! rotation claim p11kms:claim:<key id>:v<version>:<ms>:<writer>:<random>   (`store/claims.rs`)
 //! ```
 //! `<seq>` is a zero-padded decimal, `<writer>` a random tag per process that breaks ties
 //! between two processes writing the same sequence number.
