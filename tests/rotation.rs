@@ -616,14 +616,12 @@ async fn at_most_25_on_demand_rotations() {
 async fn key_policies_decide_rotation_calls() {
     let c = client();
     // Rotation periods over 400 days and on-demand rotations are denied on this key.
-    let policy = format!(
-        r#"{{"Version":"2012-10-17","Statement":[
-            {{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::111122223333:root"}},"Action":"kms:*","Resource":"*"}},
-            {{"Effect":"Deny","Principal":"*","Action":"kms:EnableKeyRotation","Resource":"*",
-              "Condition":{{"NumericGreaterThan":{{"kms:RotationPeriodInDays":"400"}}}}}},
-            {{"Effect":"Deny","Principal":"*","Action":"kms:RotateKeyOnDemand","Resource":"*"}}
-        ]}}"#
-    );
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+            {"Effect":"Deny","Principal":"*","Action":"kms:EnableKeyRotation","Resource":"*",
+              "Condition":{"NumericGreaterThan":{"kms:RotationPeriodInDays":"400"}}},
+            {"Effect":"Deny","Principal":"*","Action":"kms:RotateKeyOnDemand","Resource":"*"}
+        ]}"#;
     let id = c
         .create_key()
         .policy(policy)
