@@ -115,9 +115,15 @@ fn several_processes_rotate_each_due_key_exactly_once() {
             while Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(500));
                 kms.refresh().unwrap();
-                let all_done = keys.iter().all(|id| {
-                    let r = kms.key_record(*id).unwrap();
-                    r.on_demand_rotation_ms.is_none() && r.current_version >= round
+                // A key missing from this snapshot is counted, not fatal: Kryoptic's listings
+                // under three concurrent writers have been seen to leave one out for a round
+                // (the fresh service below must see every key).
+                let all_done = keys.iter().all(|id| match kms.key_record(*id) {
+                    Ok(r) => r.on_demand_rotation_ms.is_none() && r.current_version >= round,
+                    Err(_) => {
+                        eprintln!("key {id} missing from a refreshed snapshot");
+                        false
+                    }
                 });
                 if all_done {
                     break;
