@@ -92,6 +92,8 @@ kinds! {
     InvalidGrantToken, invalid_grant_token, "InvalidGrantTokenException", true;
     /// A quota was exceeded (e.g. grants per key).
     LimitExceeded, limit_exceeded, "LimitExceededException", true;
+    /// The request conflicts with work in progress (an on-demand rotation not yet done).
+    Conflict, conflict, "ConflictException", true;
     /// The token failed in a way that is not the caller's fault.
     Internal, internal, "KMSInternalException", false;
     /// The token (or the key inside it) cannot be used right now.

@@ -993,3 +993,78 @@ async fn policies_see_the_target_regions() {
         "MalformedPolicyDocumentException"
     );
 }
+
+/// A rotation of the primary is its replicas' too (they share the key material in the
+/// token): new ciphertexts in the replica's region carry the new key material id, old ones
+/// still open there. Rotation is managed on the primary: a replica refuses it.
+#[tokio::test]
+async fn a_rotation_of_the_primary_is_every_replicas() {
+    let home = client_in(HOME);
+    let other = client_in(OTHER);
+    let id = create_mrk(&home).await;
+    replicate(&home, &id, OTHER).await;
+    let material = |c: Client, id: String| async move {
+        let out = c
+            .generate_data_key_without_plaintext()
+            .key_id(&id)
+            .number_of_bytes(32)
+            .send()
+            .await
+            .expect("data key");
+        (
+            out.key_material_id().expect("KeyMaterialId").to_owned(),
+            out.ciphertext_blob.expect("blob"),
+        )
+    };
+    let (before, old_blob) = material(other.clone(), id.clone()).await;
+    assert_eq!(
+        code(other.enable_key_rotation().key_id(&id).send().await),
+        "UnsupportedOperationException",
+        "EnableKeyRotation on a replica"
+    );
+    assert_eq!(
+        code(other.rotate_key_on_demand().key_id(&id).send().await),
+        "UnsupportedOperationException",
+        "RotateKeyOnDemand on a replica"
+    );
+    home.rotate_key_on_demand()
+        .key_id(&id)
+        .send()
+        .await
+        .expect("rotate on the primary");
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 60_000;
+    let done = common::kms().rotate_due_at(soon).expect("upkeep rotates");
+    assert!(
+        done.iter().any(|(k, v)| k.to_string() == id && *v == 2),
+        "{done:?}"
+    );
+    let (after, _) = material(other.clone(), id.clone()).await;
+    assert_ne!(before, after, "the replica seals with the new key material");
+    let described = other
+        .describe_key()
+        .key_id(&id)
+        .send()
+        .await
+        .expect("describe replica")
+        .key_metadata
+        .expect("metadata");
+    assert_eq!(described.current_key_material_id(), Some(after.as_str()));
+    let opened = home
+        .decrypt()
+        .ciphertext_blob(old_blob)
+        .send()
+        .await
+        .expect("an old replica ciphertext opens at the primary");
+    assert_eq!(opened.key_material_id(), Some(before.as_str()));
+    let rotations = other
+        .list_key_rotations()
+        .key_id(&id)
+        .send()
+        .await
+        .expect("the replica lists its primary's rotations");
+    assert_eq!(rotations.rotations().len(), 1);
+}

@@ -993,11 +993,7 @@ async fn unsupported_operations_answer_by_name() {
         "UnsupportedOperationException"
     );
     assert_eq!(
-        code(c.enable_key_rotation().key_id(&id).send().await),
-        "UnsupportedOperationException"
-    );
-    assert_eq!(
-        code(c.list_key_rotations().key_id(&id).send().await),
+        code(c.get_key_last_usage().key_id(&id).send().await),
         "UnsupportedOperationException"
     );
 }

@@ -1679,3 +1679,39 @@ fn token_info_lists_the_key_specs_the_token_offers() {
         "{k1}"
     );
 }
+
+#[test]
+fn key_rotation_commands() {
+    let created = ok_json(&["key", "create"]);
+    let id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = created["KeyMetadata"]["CurrentKeyMaterialId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = ok_json(&["key", "rotation-status", &id]);
+    assert_eq!(s["KeyRotationEnabled"], false);
+    ok_json(&["key", "enable-rotation", &id, "--period", "120"]);
+    let s = ok_json(&["key", "rotation-status", &id]);
+    assert_eq!(s["KeyRotationEnabled"], true);
+    assert_eq!(s["RotationPeriodInDays"], 120);
+    fails_with(
+        &["key", "enable-rotation", &id, "--period", "30"],
+        b"",
+        "ValidationException",
+    );
+    let r = ok_json(&["key", "rotate", &id]);
+    let second = r["KeyMetadata"]["CurrentKeyMaterialId"].as_str().unwrap();
+    assert_ne!(second, first);
+    let l = ok_json(&["key", "rotations", &id]);
+    let rot = l["Rotations"].as_array().unwrap();
+    assert_eq!(rot.len(), 2);
+    assert_eq!(rot[0]["KeyMaterialId"], first.as_str());
+    assert_eq!(rot[1]["RotationType"], "ON_DEMAND");
+    assert_eq!(rot[1]["KeyMaterialState"], "CURRENT");
+    ok_json(&["key", "disable-rotation", &id]);
+    let s = ok_json(&["key", "rotation-status", &id]);
+    assert_eq!(s["KeyRotationEnabled"], false);
+}

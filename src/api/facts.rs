@@ -73,6 +73,8 @@ pub struct Asked<'a> {
     pub grant_tokens: Option<&'a [String]>,
     /// The grant operation this request performs (grants are asked only when set).
     pub grant_operation: Option<&'a str>,
+    /// EnableKeyRotation: `kms:RotationPeriodInDays`, when the request names a period.
+    pub rotation_period_in_days: Option<&'a str>,
 }
 
 /// One request's condition keys, for one resource.
@@ -270,6 +272,7 @@ impl ConditionContext for Facts<'_> {
             "kms:wrappingalgorithm" => one(self.asked.wrapping_algorithm?),
             "kms:wrappingkeyspec" => one(self.asked.wrapping_key_spec?),
             "kms:expirationmodel" => one(self.asked.expiration_model?),
+            "kms:rotationperiodindays" => one(self.asked.rotation_period_in_days?),
             "kms:grantoperations" => Some(
                 self.asked
                     .grant_operations?

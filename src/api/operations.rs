@@ -13,13 +13,14 @@ use crate::error::Result;
 use crate::kms::records::KeyRecord;
 use crate::kms::types::{
     AliasRequest, Bytes, CreateGrantRequest, CreateKeyRequest, DecryptRequest,
-    DeleteImportedKeyMaterialRequest, DeriveSharedSecretRequest, EncryptRequest,
-    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest, GetKeyPolicyRequest,
-    GetParametersForImportRequest, ImportKeyMaterialRequest, KeyIdRequest, ListGrantsRequest,
-    ListKeyPoliciesRequest, ListRequest, ListResourceTagsRequest, PutKeyPolicyRequest,
-    ReEncryptRequest, ReplicateKeyRequest, RetireGrantRequest, RevokeGrantRequest,
-    ScheduleKeyDeletionRequest, SignRequest, TagResourceRequest, UntagResourceRequest,
-    UpdateKeyDescriptionRequest, UpdatePrimaryRegionRequest, VerifyMacRequest, VerifyRequest,
+    DeleteImportedKeyMaterialRequest, DeriveSharedSecretRequest, EnableKeyRotationRequest,
+    EncryptRequest, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateMacRequest,
+    GetKeyPolicyRequest, GetParametersForImportRequest, ImportKeyMaterialRequest, KeyIdRequest,
+    ListGrantsRequest, ListKeyPoliciesRequest, ListKeyRotationsRequest, ListRequest,
+    ListResourceTagsRequest, PutKeyPolicyRequest, ReEncryptRequest, ReplicateKeyRequest,
+    RetireGrantRequest, RevokeGrantRequest, ScheduleKeyDeletionRequest, SignRequest,
+    TagResourceRequest, UntagResourceRequest, UpdateKeyDescriptionRequest,
+    UpdatePrimaryRegionRequest, VerifyMacRequest, VerifyRequest,
 };
 use crate::kms::{AliasName, ArnScope, Forms, KeyId, KeySelector, Kms, PolicyDocument};
 
@@ -162,6 +163,11 @@ ops!(
     DeleteImportedKeyMaterial,
     ReplicateKey,
     UpdatePrimaryRegion,
+    EnableKeyRotation,
+    DisableKeyRotation,
+    GetKeyRotationStatus,
+    RotateKeyOnDemand,
+    ListKeyRotations,
 );
 
 impl Op {
@@ -868,6 +874,36 @@ pub fn execute(c: &Caller, op: Op, body: &[u8]) -> Result<Reply, ApiError> {
             }
             kms.update_primary_region(req)?;
             Ok(Reply::Empty)
+        }
+        Op::EnableKeyRotation => {
+            let mut req: EnableKeyRotationRequest = parse(body)?;
+            let period = req.rotation_period_in_days.map(|d| d.to_string());
+            let asked = Asked {
+                rotation_period_in_days: period.as_deref(),
+                ..Asked::default()
+            };
+            c.key(action, &mut req.key_id, Forms::KeyOnly, asked)?;
+            kms.enable_key_rotation(req)?;
+            Ok(Reply::Empty)
+        }
+        Op::DisableKeyRotation | Op::GetKeyRotationStatus | Op::RotateKeyOnDemand => {
+            let mut req: KeyIdRequest = parse(body)?;
+            let mut key = req.key_id.take();
+            c.key(action, &mut key, Forms::KeyOnly, Asked::default())?;
+            req.key_id = key;
+            match op {
+                Op::DisableKeyRotation => {
+                    kms.disable_key_rotation(req)?;
+                    Ok(Reply::Empty)
+                }
+                Op::GetKeyRotationStatus => json(kms.get_key_rotation_status(req)),
+                _ => json(kms.rotate_key_on_demand(req)),
+            }
+        }
+        Op::ListKeyRotations => {
+            let mut req: ListKeyRotationsRequest = parse(body)?;
+            c.key(action, &mut req.key_id, Forms::KeyOnly, Asked::default())?;
+            json(kms.list_key_rotations(req))
         }
         Op::GetKeyPolicy => {
             let mut req: GetKeyPolicyRequest = parse(body)?;

@@ -234,6 +234,22 @@ pub(super) enum KeyCmd {
     },
     /// Cancel a scheduled deletion (CancelKeyDeletion); the key comes back Disabled.
     CancelDeletion { key: String },
+    /// Rotate a symmetric key's material now (RotateKeyOnDemand), and complete the rotation
+    /// in this process (a server's upkeep may complete it first); prints the new material id.
+    Rotate { key: String },
+    /// Show whether and when a key rotates (GetKeyRotationStatus).
+    RotationStatus { key: String },
+    /// List a key's key materials (ListKeyRotations, ALL_KEY_MATERIAL), all pages.
+    Rotations { key: String },
+    /// Turn on automatic rotation (EnableKeyRotation), every 90 to 2560 days (default 365).
+    EnableRotation {
+        key: String,
+        /// Days between rotations (90 to 2560).
+        #[arg(long, value_name = "DAYS")]
+        period: Option<i64>,
+    },
+    /// Turn off automatic rotation (DisableKeyRotation).
+    DisableRotation { key: String },
 }
 
 #[derive(Subcommand)]

@@ -5,7 +5,7 @@ use super::output::{date, metadata_text, Empty, Out};
 use super::paging;
 use crate::error::{KmsError, Result};
 use crate::kms::types::*;
-use crate::kms::Kms;
+use crate::kms::{AwsEnum, Forms, Kms};
 
 fn parse_tags(pairs: &[String]) -> Result<Option<Vec<Tag>>> {
     if pairs.is_empty() {
@@ -174,6 +174,96 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
                 r.key_id
             );
             out.emit(&r, &t)
+        }
+        KeyCmd::Rotate { key } => {
+            // Key ids and ARNs only (no aliases), as at AWS.
+            let id = kms.resolve_key_id(&key.clone().into(), Forms::KeyOnly)?;
+            kms.rotate_key_on_demand(key_req(key))?;
+            kms.complete_rotation(id)?;
+            // Another process's upkeep may have claimed it: wait for it to finish there.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while kms.key_record(id)?.on_demand_rotation_ms.is_some()
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                kms.refresh()?;
+            }
+            let r = kms.describe_key(key_req(id.to_string()))?;
+            let t = format!(
+                "Rotated {}; current key material: {}\n",
+                r.key_metadata.arn,
+                r.key_metadata
+                    .current_key_material_id
+                    .as_deref()
+                    .unwrap_or("(in progress)")
+            );
+            out.emit(&r, &t)
+        }
+        KeyCmd::RotationStatus { key } => {
+            let r = kms.get_key_rotation_status(key_req(key))?;
+            let mut t = format!(
+                "KeyId:              {}\nKeyRotationEnabled: {}\n",
+                r.key_id, r.key_rotation_enabled
+            );
+            if let Some(p) = r.rotation_period_in_days {
+                t.push_str(&format!("RotationPeriod:     {p} days\n"));
+            }
+            if let Some(d) = r.next_rotation_date {
+                t.push_str(&format!("NextRotationDate:   {}\n", date(d)));
+            }
+            if let Some(d) = r.on_demand_rotation_start_date {
+                t.push_str(&format!(
+                    "OnDemandRotation:   in progress since {}\n",
+                    date(d)
+                ));
+            }
+            out.emit(&r, &t)
+        }
+        KeyCmd::Rotations { key } => {
+            let mut all = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = kms.list_key_rotations(ListKeyRotationsRequest {
+                    key_id: Some(key.clone().into()),
+                    include_key_material: Some("ALL_KEY_MATERIAL".into()),
+                    limit: Some(1000),
+                    marker: marker.take(),
+                })?;
+                all.extend(page.rotations);
+                match page.next_marker.filter(|_| page.truncated) {
+                    Some(m) => marker = Some(m),
+                    None => break,
+                }
+            }
+            let t: String = all
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}\t{}\t{}\t{}\n",
+                        r.key_material_id,
+                        r.key_material_state,
+                        r.rotation_type.map_or("-", |k| k.as_str()),
+                        r.rotation_date.map_or_else(|| "-".to_string(), date)
+                    )
+                })
+                .collect();
+            let r = ListKeyRotationsResponse {
+                rotations: all,
+                next_marker: None,
+                truncated: false,
+            };
+            out.emit(&r, &t)
+        }
+        KeyCmd::EnableRotation { key, period } => {
+            kms.enable_key_rotation(EnableKeyRotationRequest {
+                key_id: Some(key.clone().into()),
+                rotation_period_in_days: period,
+            })?;
+            out.emit(&Empty {}, &format!("Enabled automatic rotation of {key}."))
+        }
+        KeyCmd::DisableRotation { key } => {
+            kms.disable_key_rotation(key_req(key.clone()))?;
+            out.emit(&Empty {}, &format!("Disabled automatic rotation of {key}."))
         }
     }
 }

@@ -113,6 +113,9 @@ pub(super) fn metadata_text(m: &KeyMetadata) -> String {
             s.push_str(&format!("Replica:      {}\n", r.arn));
         }
     }
+    if let Some(id) = &m.current_key_material_id {
+        s.push_str(&format!("CurrentKeyMaterialId: {id}\n"));
+    }
     s
 }
 

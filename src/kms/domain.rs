@@ -324,6 +324,40 @@ impl std::fmt::Display for KeyState {
     }
 }
 
+aws_enum!(
+    /// `RotationType` of a completed rotation (ListKeyRotations).
+    RotationType {
+        Automatic = "AUTOMATIC",
+        OnDemand = "ON_DEMAND",
+    }
+);
+
+aws_enum!(
+    /// `IncludeKeyMaterial` of ListKeyRotations.
+    IncludeKeyMaterial {
+        AllKeyMaterial = "ALL_KEY_MATERIAL",
+        RotationsOnly = "ROTATIONS_ONLY",
+    }
+);
+
+aws_enum!(
+    /// `KeyMaterialState` of a ListKeyRotations entry.
+    KeyMaterialState {
+        NonCurrent = "NON_CURRENT",
+        Current = "CURRENT",
+        PendingRotation = "PENDING_ROTATION",
+        PendingMultiRegionImportAndRotation = "PENDING_MULTI_REGION_IMPORT_AND_ROTATION",
+    }
+);
+
+aws_enum!(
+    /// `ImportState` of a ListKeyRotations entry (keys with imported key material).
+    ImportState {
+        Imported = "IMPORTED",
+        PendingImport = "PENDING_IMPORT",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

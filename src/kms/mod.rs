@@ -37,10 +37,12 @@ pub use epoch::{EpochPolicy, EpochStats};
 pub use grant::{GrantConstraint, GrantId, GrantView, MAX_GRANTS_PER_KEY};
 pub use keyref::{AliasKey, AliasName, ArnScope, Forms, KeyId, KeyRef, KeySelector};
 pub use ops::{LockoutCheck, DEFAULT_POLICY_NAME};
+pub use ops::{DEFAULT_ROTATION_PERIOD_DAYS, MAX_ON_DEMAND_ROTATIONS};
 pub use policy::{
     ConditionContext, ConditionMap, Outcome, PolicyDocument, PolicyError, PolicyKind,
     Request as PolicyRequest,
 };
+pub use records::key_material_id;
 /// How p11kms names its objects in a token (`docs/formats.md`): for tools that inspect one.
 pub use records::{cmk_id, cmk_label, APPLICATION, CMK_LABEL_PREFIX};
 pub use stats::ServiceStats;

@@ -11,6 +11,7 @@
 //! CMK (secret)   p11kms:cmk:<key id>:v<backing version>
 //! wrapping key   p11kms:import:<key id>:<valid-to ms>:<digest>   (key import, `ops/import.rs`)
 //! replica record p11kms:replica:<region>:<key id>:<seq>:<writer>   (multi-Region keys)
+//! rotation claim p11kms:claim:<key id>:v<version>:<ms>:<writer>:<random>   (`store/claims.rs`)
 //! ```
 //! A multi-Region key's record (`p11kms:key:`) is its primary's, and carries its region
 //! explicitly; each replica is a record of its own (`replica_v1`, the replica's region,
@@ -39,6 +40,26 @@ use super::domain::{ExpirationModel, KeySpec, KeyUsage, Origin};
 pub struct BackingVersion {
     pub version: u32,
     pub created: i64,
+    /// How and when this version was made by a rotation (absent for version 1 and for
+    /// records written before rotation, which read and write as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationMark>,
+}
+
+/// A backing version made by a rotation: which kind, and when it completed (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationMark {
+    pub kind: super::domain::RotationType,
+    pub at_ms: i64,
+}
+
+/// Automatic rotation of a key, while enabled (EnableKeyRotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoRotation {
+    /// `RotationPeriodInDays` (90 to 2560).
+    pub period_days: u32,
+    /// When the next automatic rotation is due (Unix ms).
+    pub next_ms: i64,
 }
 
 /// Everything known about a CMK besides its key material.
@@ -85,6 +106,12 @@ pub struct KeyRecord {
     /// keys generated in the token, whose records read as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<Box<ImportedMaterial>>,
+    /// Automatic rotation, while enabled; absent otherwise (records read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rotation: Option<AutoRotation>,
+    /// When an on-demand rotation was asked for (Unix ms), until it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand_rotation_ms: Option<i64>,
 }
 
 /// What the record of a key with imported material (`Origin=EXTERNAL`) keeps about it.
@@ -135,6 +162,7 @@ impl KeyRecord {
             versions: vec![BackingVersion {
                 version: 1,
                 created: 1,
+                rotation: None,
             }],
             tags: vec![],
             policy: None,
@@ -144,6 +172,8 @@ impl KeyRecord {
             account: None,
             region: None,
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }
     }
 
@@ -169,6 +199,8 @@ impl KeyRecord {
             account: None,
             region: None,
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }
     }
 
@@ -225,6 +257,18 @@ pub fn cmk_id(id: &KeyId, version: u32) -> Vec<u8> {
     let mut v = id.as_bytes().to_vec();
     v.extend_from_slice(&version.to_be_bytes());
     v
+}
+
+/// The id AWS calls `KeyMaterialId` of a key's backing `version`: hex SHA-256 of a fixed
+/// prefix, the key id's 16 bytes and the version (u32 BE). 64 hex digits, as AWS's look;
+/// computed without the token, the same in every process.
+pub fn key_material_id(id: &KeyId, version: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"p11kms key material id v1\0");
+    h.update(id.as_bytes());
+    h.update(version.to_be_bytes());
+    hex::encode(h.finalize())
 }
 
 /// (key id, version) from a CMK label `p11kms:cmk:<id>:v<version>`.
@@ -481,6 +525,8 @@ impl Record {
             import: v
                 .get("import")
                 .and_then(|x| serde_json::from_value(x.clone()).ok()),
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         }))
     }
 }
@@ -795,6 +841,53 @@ mod tests {
         // Records of generated keys carry nothing new.
         let enc = Record::KeyV1(plain).encode();
         assert!(!String::from_utf8_lossy(&enc).contains("import"));
+    }
+
+    #[test]
+    fn rotation_fields_are_absent_unless_used_and_round_trip() {
+        let plain = Record::KeyV1(KeyRecord::for_tests(KeyId::new_random(), "r"));
+        let text = String::from_utf8(plain.encode()).unwrap();
+        for field in ["rotation", "on_demand"] {
+            assert!(!text.contains(field), "{text}");
+        }
+        let mut r = KeyRecord::for_tests(KeyId::new_random(), "r");
+        r.versions.push(BackingVersion {
+            version: 2,
+            created: 5,
+            rotation: Some(RotationMark {
+                kind: super::super::domain::RotationType::OnDemand,
+                at_ms: 5000,
+            }),
+        });
+        r.current_version = 2;
+        r.auto_rotation = Some(AutoRotation {
+            period_days: 90,
+            next_ms: 7,
+        });
+        r.on_demand_rotation_ms = Some(9);
+        let enc = Record::KeyV1(r.clone()).encode();
+        let text = String::from_utf8_lossy(&enc);
+        assert!(
+            text.contains(
+                r#"{"version":2,"created":5,"rotation":{"kind":"ON_DEMAND","at_ms":5000}}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""auto_rotation":{"period_days":90,"next_ms":7}"#),
+            "{text}"
+        );
+        assert_eq!(Record::decode(&enc), Some(Record::KeyV1(r)));
+    }
+
+    #[test]
+    fn key_material_ids_are_stable_and_distinct() {
+        let id: KeyId = "1234abcd-12ab-34cd-56ef-1234567890ab".parse().unwrap();
+        let a = key_material_id(&id, 1);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, key_material_id(&id, 1));
+        assert_ne!(a, key_material_id(&id, 2));
+        assert_ne!(a, key_material_id(&KeyId::new_random(), 1));
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub struct KeyMetadata {
     /// Multi-Region keys only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multi_region_configuration: Option<MultiRegionConfiguration>,
+    /// Symmetric encryption keys with key material: the current material's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_key_material_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -307,6 +310,9 @@ pub struct DecryptResponse {
     pub key_id: String,
     pub plaintext: SecretBytes,
     pub encryption_algorithm: EncryptionAlgorithm,
+    /// Symmetric keys: the key material that opened the ciphertext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_material_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -331,6 +337,10 @@ pub struct ReEncryptResponse {
     pub key_id: String,
     pub source_encryption_algorithm: EncryptionAlgorithm,
     pub destination_encryption_algorithm: EncryptionAlgorithm,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_key_material_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_key_material_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -353,6 +363,7 @@ pub struct GenerateDataKeyResponse {
     pub ciphertext_blob: Bytes,
     pub plaintext: SecretBytes,
     pub key_id: String,
+    pub key_material_id: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -360,6 +371,7 @@ pub struct GenerateDataKeyResponse {
 pub struct GenerateDataKeyWithoutPlaintextResponse {
     pub ciphertext_blob: Bytes,
     pub key_id: String,
+    pub key_material_id: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -426,6 +438,7 @@ mod tests {
             key_agreement_algorithms: None,
             multi_region: false,
             multi_region_configuration: None,
+            current_key_material_id: None,
         };
         let v = serde_json::to_value(&m).unwrap();
         for k in [
@@ -587,6 +600,7 @@ pub struct GenerateDataKeyPairResponse {
     pub public_key: Bytes,
     pub key_id: String,
     pub key_pair_spec: DataKeyPairSpec,
+    pub key_material_id: String,
 }
 
 /// GetKeyPolicy.
@@ -868,4 +882,67 @@ pub struct ReplicateKeyResponse {
 pub struct UpdatePrimaryRegionRequest {
     pub key_id: Option<KeySelector>,
     pub primary_region: Option<String>,
+}
+
+/// EnableKeyRotation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EnableKeyRotationRequest {
+    pub key_id: Option<KeySelector>,
+    pub rotation_period_in_days: Option<i64>,
+}
+
+/// GetKeyRotationStatus.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetKeyRotationStatusResponse {
+    pub key_rotation_enabled: bool,
+    /// The key ARN.
+    pub key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_in_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation_date: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand_rotation_start_date: Option<f64>,
+}
+
+/// ListKeyRotations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeyRotationsRequest {
+    pub key_id: Option<KeySelector>,
+    pub include_key_material: Option<String>,
+    pub limit: Option<i64>,
+    pub marker: Option<String>,
+}
+
+/// One key material of a key (ListKeyRotations).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RotationsListEntry {
+    /// The key ARN.
+    pub key_id: String,
+    pub key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_state: Option<super::domain::ImportState>,
+    pub key_material_state: super::domain::KeyMaterialState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<f64>,
+    /// Absent for the first key material.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_date: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_type: Option<super::domain::RotationType>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListKeyRotationsResponse {
+    pub rotations: Vec<RotationsListEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
 }

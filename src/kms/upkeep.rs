@@ -116,7 +116,7 @@ impl Kms {
     }
 
     /// One round of upkeep: refresh, destroy keys past their deletion date, delete imported
-    /// key material past its `ValidTo`, sweep orphaned CMKs left by interrupted CreateKey
+    /// key material past its `ValidTo`, rotate keys whose rotation is due, sweep orphaned CMKs left by interrupted CreateKey
     /// calls and wrapping keys whose import token expired, destroy derived keys whose drop
     /// found no free session.
     pub fn maintain(&self) -> Result<()> {
@@ -125,6 +125,7 @@ impl Kms {
         let now = now_ms();
         self.sweep_deletions_at(now)?;
         self.sweep_expired_material_at(now)?;
+        self.rotate_due_now()?;
         self.store.sweep_orphan_cmks()?;
         self.sweep_wrapping_keys_now(now)?;
         Ok(())

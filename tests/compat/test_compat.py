@@ -1172,3 +1172,44 @@ def test_aws_cli_and_openssl_import_key_material(server, tmp_path, algorithm):
     r = _aws(*import_args, check=False)
     assert r.returncode != 0
     assert "InvalidCiphertextException" in r.stderr, r.stderr
+
+
+def test_boto3_key_rotation(server):
+    """The rotation calls through boto3, against a server whose upkeep completes the rotation."""
+    import time
+
+    kms = kms_client()
+    key = new_key("rotation")
+    first = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert len(first) == 64
+    old = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"before")["CiphertextBlob"]
+    status = kms.get_key_rotation_status(KeyId=key["KeyId"])
+    assert status["KeyRotationEnabled"] is False
+    kms.enable_key_rotation(KeyId=key["KeyId"], RotationPeriodInDays=180)
+    status = kms.get_key_rotation_status(KeyId=key["Arn"])
+    assert status["KeyRotationEnabled"] is True
+    assert status["RotationPeriodInDays"] == 180
+    assert status["NextRotationDate"].year >= 2024
+    assert kms.rotate_key_on_demand(KeyId=key["KeyId"])["KeyId"] == key["Arn"]
+    with pytest.raises(kms.exceptions.ConflictException):
+        kms.rotate_key_on_demand(KeyId=key["KeyId"])
+    deadline = time.time() + 30
+    while "OnDemandRotationStartDate" in kms.get_key_rotation_status(KeyId=key["KeyId"]):
+        assert time.time() < deadline, "the server's upkeep never completed the rotation"
+        time.sleep(0.5)
+    second = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert second != first
+    rotations = kms.list_key_rotations(KeyId=key["KeyId"])["Rotations"]
+    assert [(r["KeyMaterialId"], r["RotationType"], r["KeyMaterialState"]) for r in rotations] == [
+        (second, "ON_DEMAND", "CURRENT")
+    ]
+    assert rotations[0]["RotationDate"].year >= 2024
+    every = kms.list_key_rotations(KeyId=key["KeyId"], IncludeKeyMaterial="ALL_KEY_MATERIAL")
+    assert [r["KeyMaterialId"] for r in every["Rotations"]] == [first, second]
+    out = kms.decrypt(CiphertextBlob=old)
+    assert out["Plaintext"] == b"before"
+    assert out["KeyMaterialId"] == first
+    dk = kms.generate_data_key(KeyId=key["KeyId"], KeySpec="AES_256")
+    assert dk["KeyMaterialId"] == second
+    kms.disable_key_rotation(KeyId=key["KeyId"])
+    assert kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is False

@@ -36,6 +36,20 @@ fn no_context(ctx: &EncryptionContext) -> Result<()> {
         ))
     }
 }
+/// The `KeyMaterialId` a symmetric key seals under now (its current backing version).
+fn current_material_id(entry: &KeyEntry) -> String {
+    crate::kms::records::key_material_id(&entry.record.id, entry.record.current_version)
+}
+
+/// The `KeyMaterialId` of the backing version a symmetric blob names (it opened).
+fn blob_material_id(bytes: &[u8]) -> Option<String> {
+    let h = crate::kms::blob::parse(bytes).ok()?.header;
+    Some(crate::kms::records::key_material_id(
+        &h.key_id,
+        h.key_version,
+    ))
+}
+
 const MAX_DATA_KEY: i64 = 1024;
 const MAX_RANDOM: i64 = 1024;
 
@@ -118,6 +132,7 @@ impl Kms {
                 key_id: self.key_arn(&entry.record),
                 plaintext: SecretBytes(plaintext),
                 encryption_algorithm: alg,
+                key_material_id: None,
             });
         }
         symmetric_algorithm(&req.encryption_algorithm, "encryptionAlgorithm")?;
@@ -131,6 +146,7 @@ impl Kms {
             key_id: self.opened_key_arn(id, req.key_id.as_ref()),
             plaintext: SecretBytes(plaintext),
             encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
+            key_material_id: blob_material_id(&blob.0),
         })
     }
 
@@ -189,15 +205,20 @@ impl Kms {
                 "destinationEncryptionAlgorithm",
             )?;
         }
-        let (src, plaintext) =
+        let (src, plaintext, src_material) =
             match self.asymmetric_source(req.source_key_id.as_ref(), src_alg, &src_ctx)? {
-                Some(entry) => (entry.record.id, self.rsa_decrypt(&entry, src_alg, &blob.0)?),
+                Some(entry) => (
+                    entry.record.id,
+                    self.rsa_decrypt(&entry, src_alg, &blob.0)?,
+                    None,
+                ),
                 None => {
                     symmetric_algorithm(
                         &req.source_encryption_algorithm,
                         "sourceEncryptionAlgorithm",
                     )?;
-                    self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_ref())?
+                    let (id, p) = self.open_blob(&blob.0, &src_ctx, req.source_key_id.as_ref())?;
+                    (id, p, blob_material_id(&blob.0))
                 }
             };
         dry_run(req.dry_run)?;
@@ -212,6 +233,8 @@ impl Kms {
             key_id: self.key_arn(&dst.record),
             source_encryption_algorithm: src_alg,
             destination_encryption_algorithm: dst_alg,
+            source_key_material_id: src_material,
+            destination_key_material_id: (!dst_rsa).then(|| current_material_id(&dst)),
         })
     }
 
@@ -275,6 +298,7 @@ impl Kms {
             ciphertext_blob: Bytes(blob),
             plaintext: SecretBytes(plaintext),
             key_id: self.key_arn(&entry.record),
+            key_material_id: current_material_id(&entry),
         })
     }
 
@@ -309,6 +333,7 @@ impl Kms {
         Ok(GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: Bytes(blob),
             key_id: self.key_arn(&entry.record),
+            key_material_id: current_material_id(&entry),
         })
     }
 
@@ -378,6 +403,7 @@ impl Kms {
             public_key: Bytes(spki),
             key_id: self.key_arn(&entry.record),
             key_pair_spec: spec,
+            key_material_id: current_material_id(&entry),
         })
     }
 
@@ -415,6 +441,7 @@ impl Kms {
             public_key: Bytes(spki),
             key_id: self.key_arn(&entry.record),
             key_pair_spec: spec,
+            key_material_id: current_material_id(&entry),
         })
     }
 

@@ -459,6 +459,7 @@ impl Kms {
                     versions: vec![BackingVersion {
                         version: 1,
                         created: now_ms / 1000,
+                        rotation: None,
                     }],
                     import: Some(Box::new(ImportedMaterial {
                         check: Some(check),

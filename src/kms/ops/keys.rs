@@ -162,6 +162,9 @@ impl Kms {
             key_agreement_algorithms: specs::listed(algorithms.key_agreement),
             multi_region: r.id.is_multi_region(),
             multi_region_configuration: self.multi_region_configuration(r),
+            current_key_material_id: (r.spec == KeySpec::SymmetricDefault
+                && r.versions.iter().any(|v| v.version == r.current_version))
+            .then(|| super::super::records::key_material_id(&r.id, r.current_version)),
         }
     }
 
@@ -217,6 +220,7 @@ impl Kms {
             versions: vec![BackingVersion {
                 version: 1,
                 created: now / 1000,
+                rotation: None,
             }],
             tags: merged_tags(&[], req.tags.as_deref().unwrap_or_default())?,
             policy: req.policy,
@@ -236,6 +240,8 @@ impl Kms {
                 .filter(|r| multi_region || *r != self.scope.region)
                 .or_else(|| multi_region.then(|| self.scope.region.clone())),
             import: None,
+            auto_rotation: None,
+            on_demand_rotation_ms: None,
         };
         if req.origin.as_deref() == Some(Origin::External.as_str()) {
             // No key material until ImportKeyMaterial brings it; an id that says so for life.

@@ -10,10 +10,12 @@ mod import;
 mod keys;
 mod multiregion;
 mod policies;
+mod rotation;
 mod tags;
 
 pub(crate) use policies::PolicyCache;
 pub use policies::{LockoutCheck, DEFAULT_POLICY_NAME};
+pub use rotation::{DEFAULT_ROTATION_PERIOD_DAYS, MAX_ON_DEMAND_ROTATIONS};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

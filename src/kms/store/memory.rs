@@ -679,6 +679,7 @@ fn replicas_share_the_key_records_material_and_a_moved_primary_survives_any_cras
             r.versions.push(crate::kms::records::BackingVersion {
                 version: 2,
                 created: 2,
+                rotation: None,
             });
             r.current_version = 2;
             Ok(Change::Write(r))

@@ -43,6 +43,7 @@
 //! unreferenced CMK that no operation can see, swept after a grace period.
 
 mod backend;
+mod claims;
 mod generation;
 mod grants;
 #[cfg(test)]
@@ -57,6 +58,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant};
 
 pub use backend::{BackingKeys, RecordBackend};
+pub use claims::{ClaimLabel, Rotated};
 use generation::Stamp;
 pub use grants::GrantWrite;
 
