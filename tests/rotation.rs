@@ -107,7 +107,7 @@ async fn rotate(c: &Client, id: &str) -> u32 {
 /// that claimed it first); returns the key's current version then.
 fn finish(key: KeyId) -> u32 {
     common::kms().complete_rotation(key).expect("rotate");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     loop {
         let r = common::kms().key_record(key).unwrap();
         if r.on_demand_rotation_ms.is_none() {

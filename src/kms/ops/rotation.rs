@@ -25,6 +25,9 @@ use super::super::{Forms, KeyId, Kms};
 use super::{check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
 use crate::error::{KmsError, Result};
 
+/// How long [`Kms::complete_rotation`] keeps trying before it leaves the rotation to an
+/// upkeep.
+const COMPLETE_WITHIN: Duration = Duration::from_secs(30);
 /// `RotationPeriodInDays` when EnableKeyRotation does not say.
 pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
 /// AWS's bounds on `RotationPeriodInDays`.
@@ -355,10 +358,28 @@ impl Kms {
         self.rotate_due(now_ms, None)
     }
 
-    /// Completes the on-demand rotation asked for key `id` (if still pending) in this
-    /// process: for a command line that has no upkeep running behind it.
+    /// Completes the on-demand rotation asked for key `id` (if still pending), for a command
+    /// line that has no upkeep running behind it: rounds of the claim protocol until the
+    /// rotation is done here or by another process, for at most [`COMPLETE_WITHIN`]. A round
+    /// can end with nothing done (another process's live claim, or a token that stalled
+    /// while claiming), so one round is not enough on a loaded machine. Returns what this
+    /// process rotated.
     pub fn complete_rotation(&self, id: KeyId) -> Result<Vec<(KeyId, u32)>> {
-        self.rotate_due(now_ms(), Some(id))
+        let until = Instant::now() + COMPLETE_WITHIN;
+        loop {
+            let pending = self.store.read().keys.get(&id).is_some_and(|e| {
+                e.record.on_demand_rotation_ms.is_some() && due(&e.record, now_ms()).is_some()
+            });
+            if !pending {
+                return Ok(Vec::new());
+            }
+            let done = self.rotate_due(now_ms(), Some(id))?;
+            if !done.is_empty() || Instant::now() >= until {
+                return Ok(done);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            self.refresh()?;
+        }
     }
 
     /// The upkeep's round: [`Kms::rotate_due_at`] now, after a random pause of up to
