@@ -16,6 +16,7 @@
 
 mod args;
 mod asymmetric;
+mod audit;
 mod crypto;
 mod envelope;
 mod grants;
@@ -34,7 +35,7 @@ use clap::Parser;
 use crate::config::{Config, ConfigSource, EmbeddedToken, LogFormat};
 use crate::error::{KmsError, Result};
 use crate::kms::Kms;
-use args::{Cli, Command, Configured, DatakeyCmd, TokenCmd};
+use args::{AuditCmd, Cli, Command, Configured, DatakeyCmd, TokenCmd};
 use output::Out;
 
 /// Parses the arguments, runs the command and turns the outcome into an exit code.
@@ -138,7 +139,30 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
     let path = path.filter(|p| !p.as_os_str().is_empty());
     let config = Config::resolve(path.as_deref())?;
     let out = Out { json };
+    let audited = audit::event(&command);
+    let result = run_command(&config, &out, command);
+    match audited {
+        Some((op, params)) => {
+            let written = audit::write(&config, op, params, result.as_ref().err());
+            // The command's own failure comes first; a lost record fails a command that did.
+            result.and(written)
+        }
+        None => result,
+    }
+}
+
+fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
+    let config = config.clone();
+    let out = Out { json: out.json };
     match command {
+        Configured::Audit(AuditCmd::Verify { files, no_token }) => {
+            if audit::verify(&config, &files, no_token, &out)? {
+                Ok(())
+            } else {
+                // Verified but not closed: neither a pass nor a forgery.
+                std::process::exit(2)
+            }
+        }
         Configured::Token(TokenCmd::Init { so_pin_file }) => {
             token::token_init(&config, so_pin_file.as_deref(), &out)
         }

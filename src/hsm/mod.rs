@@ -6,6 +6,7 @@
 //! The rules of KMS (states, formats, contexts) live in `kms`, not here.
 
 mod aead;
+mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod caps;
@@ -35,6 +36,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
+pub use audit::{AuditKey, AUDIT_KEY_LABEL};
 #[cfg(feature = "bench")]
 pub(crate) use bench::CeilingOp;
 pub use caps::AsymmetricMechanisms;

@@ -1,0 +1,69 @@
+//! The audit key: one HMAC-SHA256 generic secret per token (label [`AUDIT_KEY_LABEL`]),
+//! generated in the token at first use, sensitive, never extractable, sign/verify only. It MACs
+//! the audit trail's checkpoints and the custody report; checking them needs the token too
+//! (`C_Verify` compares inside it), so a trail cannot be rewritten, nor its MACs forged,
+//! without a logged-in session on the token.
+
+use super::{BackingKind, Checked, CmkHandle, CmkLookup, HsmError, Result, Token};
+use crate::der::Hash;
+
+/// `CKA_LABEL` of the audit key.
+pub const AUDIT_KEY_LABEL: &str = "p11kms:audit:v1";
+/// `CKA_ID` of the audit key.
+const AUDIT_KEY_ID: &[u8] = b"p11kms-audit-v1";
+const AUDIT_KEY_BYTES: usize = 32;
+
+/// The token's audit key, found or generated once; cheap to clone.
+#[derive(Clone)]
+pub struct AuditKey {
+    token: std::sync::Arc<Token>,
+    handle: CmkHandle,
+}
+
+impl Token {
+    /// The audit key: the one this token holds (checked genuine: generated in the token,
+    /// never extractable), else a new one. `create` means "generate it if missing"; without it
+    /// a missing key is [`HsmError::Misbehaved`] (verifying must not make a key).
+    pub fn audit_key(&self, create: bool) -> Result<AuditKey> {
+        let kind = BackingKind::Hmac {
+            bytes: AUDIT_KEY_BYTES,
+        };
+        let handle = match self.find_cmk(AUDIT_KEY_LABEL, AUDIT_KEY_ID, kind)? {
+            CmkLookup::Found(h) => h,
+            CmkLookup::Refused(why) => return Err(HsmError::Misbehaved(why)),
+            CmkLookup::Missing if create => self.generate_hmac_key(
+                AUDIT_KEY_LABEL,
+                AUDIT_KEY_ID,
+                AUDIT_KEY_BYTES,
+                Hash::Sha256,
+            )?,
+            CmkLookup::Missing => {
+                return Err(HsmError::Misbehaved(format!(
+                    "the token holds no audit key ({AUDIT_KEY_LABEL})"
+                )))
+            }
+        };
+        Ok(AuditKey {
+            token: std::sync::Arc::new(Token {
+                inner: std::sync::Arc::clone(&self.inner),
+            }),
+            handle,
+        })
+    }
+}
+
+impl AuditKey {
+    /// HMAC-SHA256 of `message`, made in the token.
+    pub fn mac(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.token.hmac(self.handle, Hash::Sha256, message)
+    }
+
+    /// Whether `mac` is the audit key's HMAC of `message` (compared in the token).
+    pub fn verify(&self, message: &[u8], mac: &[u8]) -> Result<bool> {
+        Ok(matches!(
+            self.token
+                .hmac_verify(self.handle, Hash::Sha256, message, mac)?,
+            Checked::Valid
+        ))
+    }
+}
