@@ -543,3 +543,45 @@ fn cli_commands_that_change_state_are_recorded() {
     let (code, out) = verify(&config, &files);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn custody_report_is_signed_by_the_token_and_fails_when_edited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = cli_config(tmp.path(), &tmp.path().join("cli-trail"));
+    let o = cli(
+        &config,
+        &["--json", "key", "create", "--description", "custody"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(&config, &["--json", "custody", "report"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &report["report"];
+    assert!(r["token"]["model"].is_string() && r["token"]["firmware_version"].is_string());
+    assert!(r["sealing"]["operations"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
+    let keys = r["keys"].as_array().unwrap();
+    assert!(keys
+        .iter()
+        .any(|k| k["token"]["label"] == "p11kms:audit:v1"));
+    let cmks: Vec<&Value> = keys.iter().filter(|k| k["keyId"].is_string()).collect();
+    assert!(!cmks.is_empty(), "{r}");
+    for k in &cmks {
+        let t = &k["token"];
+        assert_eq!(t["local"], true, "{k}");
+        assert_eq!(t["never_extractable"], true, "{k}");
+        assert_eq!(t["always_sensitive"], true, "{k}");
+        assert_eq!(t["attributes"]["value_readable"], false, "{k}");
+    }
+    let file = tmp.path().join("custody.json");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let o = cli(&config, &["custody", "verify", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut edited = report.clone();
+    edited["report"]["keys"][0]["token"]["never_extractable"] = Value::Bool(false);
+    std::fs::write(&file, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let o = cli(&config, &["custody", "verify", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not carry"));
+}

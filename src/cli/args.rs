@@ -88,6 +88,9 @@ pub(super) enum Configured {
     /// The audit trail (docs/audit.md).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// For auditors: what proves the token holds each key (docs/audit.md).
+    #[command(subcommand)]
+    Custody(CustodyCmd),
     /// Ask a running server's `/healthz` (plain HTTP: the metrics listener when
     /// `metrics_listen` is set, else the main one); exit 0 if it answers 200 within 3 s.
     /// For container health checks (no curl needed).
@@ -532,5 +535,18 @@ pub(super) enum AuditCmd {
         /// Check the hash chain only, without the token (checkpoints' MACs unchecked).
         #[arg(long)]
         no_token: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum CustodyCmd {
+    /// Per key, the token attributes that prove custody (CKA_LOCAL, NEVER_EXTRACTABLE,
+    /// ALWAYS_SENSITIVE, usages, allowed mechanisms), the sealing path per operation, the
+    /// token's model and firmware. With --json, the report MACed by the audit key.
+    Report,
+    /// Check a saved `custody report --json` against this token's audit key.
+    Verify {
+        /// The report file.
+        file: PathBuf,
     },
 }

@@ -18,6 +18,7 @@ mod args;
 mod asymmetric;
 mod audit;
 mod crypto;
+mod custody;
 mod envelope;
 mod grants;
 mod input;
@@ -35,7 +36,7 @@ use clap::Parser;
 use crate::config::{Config, ConfigSource, EmbeddedToken, LogFormat};
 use crate::error::{KmsError, Result};
 use crate::kms::Kms;
-use args::{AuditCmd, Cli, Command, Configured, DatakeyCmd, TokenCmd};
+use args::{AuditCmd, Cli, Command, Configured, CustodyCmd, DatakeyCmd, TokenCmd};
 use output::Out;
 
 /// Parses the arguments, runs the command and turns the outcome into an exit code.
@@ -155,6 +156,10 @@ fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
     let config = config.clone();
     let out = Out { json: out.json };
     match command {
+        Configured::Custody(CustodyCmd::Report) => custody::report(&open(&config)?, &out),
+        Configured::Custody(CustodyCmd::Verify { file }) => {
+            custody::verify(&open(&config)?, &file, &out)
+        }
         Configured::Audit(AuditCmd::Verify { files, no_token }) => {
             if audit::verify(&config, &files, no_token, &out)? {
                 Ok(())

@@ -67,3 +67,78 @@ impl AuditKey {
         ))
     }
 }
+
+/// The attributes that prove one backing key's custody, as the token reports them (for the
+/// custody report).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CustodyFacts {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_CLASS` and `CKA_KEY_TYPE`.
+    pub class: String,
+    /// `CKA_KEY_TYPE`.
+    pub key_type: String,
+    /// `CKA_LOCAL`: generated in the token (`None`: not reported).
+    pub local: Option<bool>,
+    /// `CKA_NEVER_EXTRACTABLE`.
+    pub never_extractable: Option<bool>,
+    /// `CKA_ALWAYS_SENSITIVE`.
+    pub always_sensitive: Option<bool>,
+    /// `CKA_ALLOWED_MECHANISMS` (`None`: not set or not reported).
+    pub allowed_mechanisms: Option<Vec<String>>,
+    /// Sensitivity, extractability, usages, and whether any secret part could be read.
+    pub attributes: super::CmkCustody,
+}
+
+impl Token {
+    /// [`CustodyFacts`] of every token secret or private key whose label starts with
+    /// `prefix`.
+    pub fn custody_facts(&self, prefix: &str) -> Result<Vec<CustodyFacts>> {
+        use cryptoki::object::{Attribute, AttributeType};
+        let mut out = Vec::new();
+        for (label, h) in self.list_cmks(prefix)? {
+            let attrs = match self.handle_call(|s| {
+                s.get_attributes(
+                    h.0,
+                    &[
+                        AttributeType::Class,
+                        AttributeType::KeyType,
+                        AttributeType::Local,
+                        AttributeType::NeverExtractable,
+                        AttributeType::AlwaysSensitive,
+                        AttributeType::AllowedMechanisms,
+                    ],
+                )
+            }) {
+                Ok(a) => a,
+                Err(e) if e.is_stale_handle() => continue,
+                Err(e) => return Err(e),
+            };
+            let mut f = CustodyFacts {
+                label,
+                class: String::new(),
+                key_type: String::new(),
+                local: None,
+                never_extractable: None,
+                always_sensitive: None,
+                allowed_mechanisms: None,
+                attributes: self.cmk_custody(h)?,
+            };
+            for a in attrs {
+                match a {
+                    Attribute::Class(c) => f.class = c.to_string(),
+                    Attribute::KeyType(t) => f.key_type = t.to_string(),
+                    Attribute::Local(v) => f.local = Some(v),
+                    Attribute::NeverExtractable(v) => f.never_extractable = Some(v),
+                    Attribute::AlwaysSensitive(v) => f.always_sensitive = Some(v),
+                    Attribute::AllowedMechanisms(m) if !m.is_empty() => {
+                        f.allowed_mechanisms = Some(m.iter().map(|m| m.to_string()).collect())
+                    }
+                    _ => {}
+                }
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
+}
