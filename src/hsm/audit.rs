@@ -4,7 +4,7 @@
 //! (`C_Verify` compares inside it), so a trail cannot be rewritten, nor its MACs forged,
 //! without a logged-in session on the token.
 
-use super::{BackingKind, Checked, CmkHandle, CmkLookup, HsmError, Result, Token};
+use super::{BackingKind, Checked, CmkAttributes, CmkHandle, HsmError, Result, Token};
 use crate::der::Hash;
 
 /// `CKA_LABEL` of the audit key.
@@ -14,40 +14,69 @@ const AUDIT_KEY_ID: &[u8] = b"p11kms-audit-v1";
 const AUDIT_KEY_BYTES: usize = 32;
 
 /// The token's audit key, found or generated once; cheap to clone.
+///
+/// Processes starting together on a fresh token may each generate one (PKCS#11 has no
+/// create-if-absent): every genuine key under the label is kept, the first makes MACs and
+/// any may verify one. A key that is not genuine (imported, extractable, another `CKA_ID`)
+/// is never used, so a PIN holder cannot plant a key of known value.
 #[derive(Clone)]
 pub struct AuditKey {
     token: std::sync::Arc<Token>,
-    handle: CmkHandle,
+    handles: Vec<CmkHandle>,
 }
 
 impl Token {
-    /// The audit key: the one this token holds (checked genuine: generated in the token,
-    /// never extractable), else a new one. `create` means "generate it if missing"; without it
-    /// a missing key is [`HsmError::Misbehaved`] (verifying must not make a key).
-    pub fn audit_key(&self, create: bool) -> Result<AuditKey> {
+    /// Genuine audit keys in the token.
+    fn genuine_audit_keys(&self) -> Result<Vec<CmkHandle>> {
         let kind = BackingKind::Hmac {
             bytes: AUDIT_KEY_BYTES,
         };
-        let handle = match self.find_cmk(AUDIT_KEY_LABEL, AUDIT_KEY_ID, kind)? {
-            CmkLookup::Found(h) => h,
-            CmkLookup::Refused(why) => return Err(HsmError::Misbehaved(why)),
-            CmkLookup::Missing if create => self.generate_hmac_key(
+        let mut out = Vec::new();
+        for h in self.find_cmks(AUDIT_KEY_LABEL)? {
+            let attrs = match self.handle_call(|s| s.get_attributes(h.0, &CmkAttributes::TYPES)) {
+                Ok(a) => a,
+                Err(e) if e.is_stale_handle() => continue,
+                Err(e) => return Err(e),
+            };
+            match CmkAttributes::from_attributes(attrs).verify(AUDIT_KEY_ID, kind) {
+                Ok(()) => out.push(h),
+                Err(why) => tracing::error!(
+                    target: "p11kms::custody",
+                    label = AUDIT_KEY_LABEL,
+                    "an object under the audit key's label is not genuine, ignored: {why}"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The audit key: the genuine ones this token holds, else a new one. `create` means
+    /// "generate it if missing"; without it a missing key is [`HsmError::Misbehaved`]
+    /// (verifying must not make a key).
+    pub fn audit_key(&self, create: bool) -> Result<AuditKey> {
+        let mut handles = self.genuine_audit_keys()?;
+        if handles.is_empty() {
+            if !create {
+                return Err(HsmError::Misbehaved(format!(
+                    "the token holds no audit key ({AUDIT_KEY_LABEL})"
+                )));
+            }
+            let made = self.generate_hmac_key(
                 AUDIT_KEY_LABEL,
                 AUDIT_KEY_ID,
                 AUDIT_KEY_BYTES,
                 Hash::Sha256,
-            )?,
-            CmkLookup::Missing => {
-                return Err(HsmError::Misbehaved(format!(
-                    "the token holds no audit key ({AUDIT_KEY_LABEL})"
-                )))
+            );
+            handles = self.genuine_audit_keys()?;
+            if handles.is_empty() {
+                handles.push(made?);
             }
-        };
+        }
         Ok(AuditKey {
             token: std::sync::Arc::new(Token {
                 inner: std::sync::Arc::clone(&self.inner),
             }),
-            handle,
+            handles,
         })
     }
 }
@@ -55,16 +84,24 @@ impl Token {
 impl AuditKey {
     /// HMAC-SHA256 of `message`, made in the token.
     pub fn mac(&self, message: &[u8]) -> Result<Vec<u8>> {
-        self.token.hmac(self.handle, Hash::Sha256, message)
+        let h = self
+            .handles
+            .first()
+            .ok_or_else(|| HsmError::Misbehaved("no audit key".into()))?;
+        self.token.hmac(*h, Hash::Sha256, message)
     }
 
-    /// Whether `mac` is the audit key's HMAC of `message` (compared in the token).
+    /// Whether `mac` is an audit key's HMAC of `message` (compared in the token).
     pub fn verify(&self, message: &[u8], mac: &[u8]) -> Result<bool> {
-        Ok(matches!(
-            self.token
-                .hmac_verify(self.handle, Hash::Sha256, message, mac)?,
-            Checked::Valid
-        ))
+        for h in &self.handles {
+            if matches!(
+                self.token.hmac_verify(*h, Hash::Sha256, message, mac)?,
+                Checked::Valid
+            ) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
