@@ -363,6 +363,19 @@ impl Config {
                 }
             };
         }
+        // `p11kms bench` compares the server with and without its trail.
+        if let Some(v) = get("P11KMS_AUDIT").filter(|v| !v.is_empty()) {
+            self.audit.enabled = match v.to_str() {
+                Some("true" | "1" | "yes" | "on") => true,
+                Some("false" | "0" | "no" | "off") => false,
+                // On, synced at checkpoints only (`audit_fsync = "batch"`).
+                Some("batch") => {
+                    self.audit.fsync_each_record = false;
+                    true
+                }
+                _ => return Err(KmsError::config("P11KMS_AUDIT must be on, off or batch")),
+            };
+        }
         if self.require_in_token_sealing && self.sealing == SealingPolicy::Host {
             return Err(KmsError::config(
                 "require_in_token_sealing contradicts sealing = \"host\"; set sealing to \"auto\" \
