@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 #[cfg(feature = "bench")]
 pub(crate) mod bench;
 pub mod cli;

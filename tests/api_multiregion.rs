@@ -37,6 +37,7 @@ fn endpoint() -> &'static str {
             refresh_every_request: false,
             blocking_limit: None,
             metrics: p11kms::api::MetricsEndpoint::Main,
+            audit: None,
         };
         let (addr, _) = api_support::spawn(settings, std::future::pending());
         format!("http://{addr}")

@@ -97,6 +97,7 @@ fn server() -> &'static Server {
             refresh_every_request: false,
             blocking_limit: None,
             metrics: p11kms::api::MetricsEndpoint::Main,
+            audit: None,
         };
         let (addr, _) = api_support::spawn(settings, std::future::pending());
         Server {

@@ -31,6 +31,7 @@ fn start(regions: Regions, ci_account: Option<&str>) -> String {
         refresh_every_request: false,
         blocking_limit: None,
         metrics: p11kms::api::MetricsEndpoint::Main,
+        audit: None,
     };
     let (addr, _) = api_support::spawn(settings, std::future::pending());
     format!("http://{addr}")

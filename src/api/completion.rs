@@ -25,6 +25,12 @@ pub(super) struct Notes {
     pub principal: Option<Arc<Principal>>,
     /// The ARNs of the keys the request was authorized on, in order (ReEncrypt: two).
     pub keys: Vec<String>,
+    /// For the audit record (set only when the trail is on): the `User-Agent`, the signed
+    /// region, and the request and response members `api::audit` keeps.
+    pub user_agent: Option<String>,
+    pub region: Option<String>,
+    pub params: Option<serde_json::Value>,
+    pub response: Option<serde_json::Value>,
 }
 
 /// The keys an operation is authorized on, noted by `operations` as it resolves them (a

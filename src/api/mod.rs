@@ -7,6 +7,7 @@
 //! - [`serve`]: the CLI entry point (opens the token, binds, prints, serves until a signal).
 //! - [`run`]: the server over an open [`Kms`] and a bound listener (tests, embedding).
 
+pub mod audit;
 pub mod auth;
 mod body;
 mod completion;
@@ -67,6 +68,8 @@ pub struct ServerSettings {
     pub blocking_limit: Option<usize>,
     /// Where `GET /metrics` is served.
     pub metrics: MetricsEndpoint,
+    /// The audit trail requests are recorded in (`None`: not recorded).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 /// Where `GET /metrics` (Prometheus text format, no authentication) is served.
@@ -126,6 +129,8 @@ impl ServerSettings {
             } else {
                 MetricsEndpoint::Off
             },
+            // Opened by `serve` once the token is.
+            audit: None,
         })
     }
 }
@@ -230,6 +235,18 @@ pub fn serve(
         config.metadata_refresh
     };
     Kms::spawn_maintenance(&kms, upkeep);
+    let audit = crate::audit::open(&config.audit, kms.token())?.map(Arc::new);
+    if let Some(a) = &audit {
+        notice(
+            json_logs,
+            &format!(
+                "audit trail in {} (stream {})",
+                a.dir().display(),
+                a.stream()
+            ),
+        );
+    }
+    settings.audit = audit.clone();
     let runtime = server_runtime()?;
     let listen = listen_override.unwrap_or(&config.server.listen);
     if let (true, Some(at)) = (config.server.metrics, &config.server.metrics_listen) {
@@ -256,6 +273,10 @@ pub fn serve(
     })?;
     // Blocking tasks still finishing after the drain timeout are not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // The closing checkpoint, once no request can add a record.
+    if let Some(a) = audit {
+        a.close();
+    }
     Ok(())
 }
 

@@ -33,6 +33,8 @@ use super::{MetricsEndpoint, ServerSettings};
 use crate::kms::{ArnScope, Kms};
 
 /// How long a request may wait for a free token session before DependencyTimeoutException.
+/// `User-Agent` values are cut here in audit records.
+const MAX_USER_AGENT: usize = 512;
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/readyz`'s token ping answers within this (waiting for a session permit included).
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +76,8 @@ pub(super) struct State {
     ready: ReadyCache,
     /// Where finished KMS requests go (metrics, the request log line).
     completion: Completion,
+    /// The audit trail (`None`: `audit = false`).
+    audit: Option<Arc<crate::audit::AuditLog>>,
     /// What `GET /metrics` on this listener renders (`None`: not served here).
     pub(super) metrics_here: Option<Arc<prometheus_client::registry::Registry>>,
     /// The same registry, for a listener of its own (`metrics_listen`).
@@ -131,6 +135,7 @@ impl State {
             )),
             ready: ReadyCache::new(READY_CACHE_FOR),
             completion: Completion { metrics: requests },
+            audit: settings.audit,
             metrics_here,
             metrics_own,
         }
@@ -211,8 +216,27 @@ pub(super) async fn handle(
     let started = Instant::now();
     let kms_call = req.method() == Method::POST && req.uri().path() == "/";
     let mut notes = Notes::default();
-    let routed = route(&state, req, &request_id, inline, peer, &mut notes).await;
+    let arrived = time::OffsetDateTime::now_utc();
+    let mut routed = route(&state, req, &request_id, inline, peer, &mut notes).await;
     if kms_call {
+        if let Some(log) = &state.audit {
+            // The operation has run: its record is written before the answer leaves (see
+            // docs/audit.md, "Before or after").
+            let record = audit_record(
+                &state,
+                &notes,
+                &request_id,
+                routed.as_ref().err(),
+                arrived,
+                peer,
+            );
+            if let Err(e) = super::audit::write(log, record).await {
+                tracing::error!(target: "p11kms::audit", request_id = %request_id, "{e}");
+                if super::audit::fails_request(log) && routed.is_ok() {
+                    routed = Err(ApiError::internal(format!("audit record not written: {e}")));
+                }
+            }
+        }
         state.completion.finished(&Finished {
             request_id: &request_id,
             op: notes.op,
@@ -231,6 +255,47 @@ pub(super) async fn handle(
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
     Ok(resp)
+}
+
+/// The audit record of a finished KMS request.
+fn audit_record(
+    state: &State,
+    notes: &Notes,
+    request_id: &str,
+    error: Option<&ApiError>,
+    arrived: time::OffsetDateTime,
+    peer: Peer,
+) -> serde_json::Map<String, serde_json::Value> {
+    let scope = state.kms.scope();
+    // A 5xx's detail is for the log, as for the client.
+    let generic = format!("the service failed (request {request_id})");
+    let error = error.map(|e| {
+        let msg = if e.status.is_server_error() {
+            generic.as_str()
+        } else {
+            e.message.as_str()
+        };
+        (e.name, msg)
+    });
+    super::audit::record(&super::audit::Event {
+        op: notes.op.map_or("Unknown", Op::name),
+        time: arrived,
+        region: notes.region.as_deref().unwrap_or(&scope.region),
+        account: &scope.account,
+        source: peer
+            .ip
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+        user_agent: notes.user_agent.as_deref().unwrap_or(""),
+        identity: notes.principal.as_deref().map(|p| super::audit::Identity {
+            arn: &p.arn,
+            access_key_id: &p.access_key_id,
+        }),
+        request: notes.params.clone(),
+        response: notes.response.clone(),
+        error,
+        request_id,
+        keys: &notes.keys,
+    })
 }
 
 async fn route(
@@ -461,6 +526,13 @@ async fn kms_request(
         .ok()
         .flatten()
         .and_then(|t| Op::from_target(Some(t)).ok());
+    let audit = state.audit.is_some();
+    if audit {
+        notes.user_agent = header_text(&parts.headers, "user-agent")
+            .ok()
+            .flatten()
+            .map(|u| u.chars().take(MAX_USER_AGENT).collect());
+    }
     let declared = declared_length(&parts.headers, &mut body, state.max_body_bytes).await?;
     let headers: Vec<(&str, &[u8])> = parts
         .headers
@@ -492,6 +564,10 @@ async fn kms_request(
             .ok_or_else(|| ApiError::from(super::sigv4::AuthError::UnknownAccessKey))?,
     };
     notes.principal = Some(Arc::clone(&principal));
+    if audit {
+        notes.region = Some(verified.region.clone());
+        notes.params = super::audit::request_parameters(&body);
+    }
 
     let region = verified.region;
     let st = Arc::clone(state);
@@ -549,6 +625,9 @@ async fn kms_request(
     };
     let (outcome, keys) = outcome;
     notes.keys = keys;
+    if let (true, Ok(super::operations::Reply::Json(buf))) = (audit, &outcome) {
+        notes.response = super::audit::response_elements(op.name(), buf);
+    }
     outcome.map(reply_response)
 }
 

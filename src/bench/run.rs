@@ -120,6 +120,39 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
     let rss_now = procfs::vm_kib(server.pid(), "VmRSS");
     drop(server);
 
+    // 3b. The audit trail's cost: the same server with `P11KMS_AUDIT=off`, right after.
+    if ops.contains(&Op::DataKeyWithoutPlaintext) {
+        progress.start("starting p11kms serve without its audit trail");
+        let log = state.join("bench-server-noaudit.log");
+        let plain = Server::start_env(
+            state,
+            &log,
+            args.server_bin.as_deref(),
+            &[],
+            &[("P11KMS_AUDIT", "off")],
+        )?;
+        let plain_signer = super::server::signer(config, state, plain.addr)?;
+        let work = Arc::new(load::Workload::new(
+            Op::DataKeyWithoutPlaintext.name(),
+            wire_bodies(Op::DataKeyWithoutPlaintext, &fx),
+        ));
+        for &c in &args.concurrency {
+            progress.start(&format!("http without audit c={c}"));
+            let r = load::run_cell(
+                &plain.target(&plain_signer, &progress.count),
+                &work,
+                c,
+                warm,
+                measure,
+            );
+            let mut row = cell_row("http, audit off", Op::DataKeyWithoutPlaintext, c, r);
+            row.ceiling = None;
+            progress.done(&row);
+            rows.push(row);
+        }
+        drop(plain);
+    }
+
     // 4. The HTTP floor: the same load against a server that answers without doing anything.
     progress.start("starting the HTTP floor server");
     let floor_log = state.join("bench-floor.log");

@@ -29,6 +29,17 @@ impl Server {
         bin: Option<&Path>,
         extra: &[&str],
     ) -> Result<Server> {
+        Server::start_env(state, log, bin, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. `P11KMS_AUDIT=off`).
+    pub(super) fn start_env(
+        state: &Path,
+        log: &Path,
+        bin: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         let exe = match bin {
             Some(b) => b.to_path_buf(),
             None => std::env::current_exe()
@@ -44,6 +55,7 @@ impl Server {
             .env("P11KMS_LISTEN", "127.0.0.1:0")
             .env_remove("P11KMS_CONFIG")
             .env_remove("SOFTHSM2_CONF")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -85,6 +85,12 @@ pub(super) enum Configured {
     Envelope(EnvelopeCmd),
     /// Serve the AWS KMS JSON API over HTTP (or HTTPS when a certificate is configured).
     Serve(ServeArgs),
+    /// The audit trail (docs/audit.md).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// For auditors: what proves the token holds each key (docs/audit.md).
+    #[command(subcommand)]
+    Custody(CustodyCmd),
     /// Ask a running server's `/healthz` (plain HTTP: the metrics listener when
     /// `metrics_listen` is set, else the main one); exit 0 if it answers 200 within 3 s.
     /// For container health checks (no curl needed).
@@ -555,5 +561,34 @@ pub(super) enum EnvelopeCmd {
         /// Require this pair in the file's stored encryption context (repeatable).
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum AuditCmd {
+    /// Check audit files: every line's hash chain and every checkpoint's MAC (in the token).
+    /// Names the first line that was changed, removed, reordered or truncated. Exit 0: all
+    /// verified and closed; 2: verified, but a file ends without its closing checkpoint
+    /// (its process stopped, or the file was cut at a line boundary); 1: it does not verify.
+    Verify {
+        /// Audit files, in order (consecutive parts of one stream must chain).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Check the hash chain only, without the token (checkpoints' MACs unchecked).
+        #[arg(long)]
+        no_token: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum CustodyCmd {
+    /// Per key, the token attributes that prove custody (CKA_LOCAL, NEVER_EXTRACTABLE,
+    /// ALWAYS_SENSITIVE, usages, allowed mechanisms), the sealing path per operation, the
+    /// token's model and firmware. With --json, the report MACed by the audit key.
+    Report,
+    /// Check a saved `custody report --json` against this token's audit key.
+    Verify {
+        /// The report file.
+        file: PathBuf,
     },
 }

@@ -16,7 +16,9 @@
 
 mod args;
 mod asymmetric;
+mod audit;
 mod crypto;
+mod custody;
 mod envelope;
 mod grants;
 mod input;
@@ -34,7 +36,7 @@ use clap::Parser;
 use crate::config::{Config, ConfigSource, EmbeddedToken, LogFormat};
 use crate::error::{KmsError, Result};
 use crate::kms::Kms;
-use args::{Cli, Command, Configured, DatakeyCmd, TokenCmd};
+use args::{AuditCmd, Cli, Command, Configured, CustodyCmd, DatakeyCmd, TokenCmd};
 use output::Out;
 
 /// Parses the arguments, runs the command and turns the outcome into an exit code.
@@ -138,7 +140,34 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
     let path = path.filter(|p| !p.as_os_str().is_empty());
     let config = Config::resolve(path.as_deref())?;
     let out = Out { json };
+    let audited = audit::event(&command);
+    let result = run_command(&config, &out, command);
+    match audited {
+        Some((op, params)) => {
+            let written = audit::write(&config, op, params, result.as_ref().err());
+            // The command's own failure comes first; a lost record fails a command that did.
+            result.and(written)
+        }
+        None => result,
+    }
+}
+
+fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
+    let config = config.clone();
+    let out = Out { json: out.json };
     match command {
+        Configured::Custody(CustodyCmd::Report) => custody::report(&open(&config)?, &out),
+        Configured::Custody(CustodyCmd::Verify { file }) => {
+            custody::verify(&open(&config)?, &file, &out)
+        }
+        Configured::Audit(AuditCmd::Verify { files, no_token }) => {
+            if audit::verify(&config, &files, no_token, &out)? {
+                Ok(())
+            } else {
+                // Verified but not closed: neither a pass nor a forgery.
+                std::process::exit(2)
+            }
+        }
         Configured::Token(TokenCmd::Init { so_pin_file }) => {
             token::token_init(&config, so_pin_file.as_deref(), &out)
         }

@@ -51,6 +51,7 @@ impl Config {
             sealing: SealingPolicy::Auto,
             require_in_token_sealing: false,
             server: ServerConfig::with_defaults(credentials),
+            audit: super::AuditConfig::in_dir(state.join("audit")),
             source: ConfigSource::Embedded(state),
         })
     }

@@ -27,6 +27,13 @@ pub(super) struct RawConfig {
     pub(super) metadata_refresh_ms: Option<i64>,
     pub(super) sealing: Option<String>,
     pub(super) require_in_token_sealing: Option<bool>,
+    pub(super) audit: Option<bool>,
+    pub(super) audit_dir: Option<String>,
+    pub(super) audit_fsync: Option<String>,
+    pub(super) audit_failure: Option<String>,
+    pub(super) audit_max_file_bytes: Option<i64>,
+    pub(super) audit_checkpoint_records: Option<i64>,
+    pub(super) audit_checkpoint_seconds: Option<i64>,
     pub(super) token: Option<RawToken>,
     pub(super) server: Option<RawServer>,
 }

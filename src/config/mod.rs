@@ -125,6 +125,42 @@ pub struct Credential {
     pub identity_policy: Option<String>,
 }
 
+/// The audit trail (see docs/audit.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Write it (`audit`, default true).
+    pub enabled: bool,
+    /// Its folder (`audit_dir`; default `<state>/audit`, or `audit/` beside a config file).
+    pub dir: PathBuf,
+    /// `audit_fsync = "record"` (true) or `"batch"` (false, the default: written before the
+    /// answer, synced at checkpoints).
+    pub fsync_each_record: bool,
+    /// `audit_failure = "closed"` (true, the default: a request whose record is not written
+    /// fails) or `"open"`.
+    pub fail_closed: bool,
+    /// A file is closed and the next opened past this size (`audit_max_file_bytes`).
+    pub max_file_bytes: u64,
+    /// A checkpoint every this many records (`audit_checkpoint_records`)...
+    pub checkpoint_records: u64,
+    /// ...and at most this long after a record (`audit_checkpoint_seconds`).
+    pub checkpoint_every: Duration,
+}
+
+impl AuditConfig {
+    /// The defaults, writing into `dir`.
+    pub fn in_dir(dir: PathBuf) -> AuditConfig {
+        AuditConfig {
+            enabled: true,
+            dir,
+            fsync_each_record: false,
+            fail_closed: true,
+            max_file_bytes: 64 << 20,
+            checkpoint_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The HTTP endpoint.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -213,6 +249,8 @@ pub struct Config {
     pub require_in_token_sealing: bool,
     /// The HTTP endpoint.
     pub server: ServerConfig,
+    /// The audit trail (`audit*` keys).
+    pub audit: AuditConfig,
     /// Where this configuration came from.
     pub source: ConfigSource,
 }
@@ -324,6 +362,19 @@ impl Config {
                         "P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false",
                     ))
                 }
+            };
+        }
+        // `p11kms bench` compares the server with and without its trail.
+        if let Some(v) = get("P11KMS_AUDIT").filter(|v| !v.is_empty()) {
+            self.audit.enabled = match v.to_str() {
+                Some("true" | "1" | "yes" | "on") => true,
+                Some("false" | "0" | "no" | "off") => false,
+                // On, synced at checkpoints only (`audit_fsync = "batch"`).
+                Some("batch") => {
+                    self.audit.fsync_each_record = false;
+                    true
+                }
+                _ => return Err(KmsError::config("P11KMS_AUDIT must be on, off or batch")),
             };
         }
         if self.require_in_token_sealing && self.sealing == SealingPolicy::Host {

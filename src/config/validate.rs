@@ -34,6 +34,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&self, raw: RawConfig, file_mode: Option<u32>) -> Result<Config> {
+        let audit = self.audit(&raw)?;
         let raw_region_given = raw.region.is_some();
         let region = match raw.region {
             Some(r) if valid_region(&r) => r,
@@ -110,8 +111,67 @@ impl Validator<'_> {
             sealing,
             require_in_token_sealing,
             server,
+            audit,
             source: ConfigSource::File(self.path.to_path_buf()),
         })
+    }
+
+    fn audit(&self, raw: &super::file::RawConfig) -> Result<super::AuditConfig> {
+        let dir = match &raw.audit_dir {
+            Some(d) => self.path_field("audit_dir", d)?,
+            None => self.path_field("audit_dir", "audit")?,
+        };
+        let mut a = super::AuditConfig::in_dir(dir);
+        a.enabled = raw.audit.unwrap_or(true);
+        match raw.audit_fsync.as_deref() {
+            Some("record") => a.fsync_each_record = true,
+            None | Some("batch") => a.fsync_each_record = false,
+            Some(o) => {
+                return Err(self.err(
+                    "audit_fsync",
+                    format!("`{o}` is neither \"record\" nor \"batch\""),
+                ))
+            }
+        }
+        match raw.audit_failure.as_deref() {
+            None | Some("closed") => {}
+            Some("open") => a.fail_closed = false,
+            Some(o) => {
+                return Err(self.err(
+                    "audit_failure",
+                    format!("`{o}` is neither \"closed\" nor \"open\""),
+                ))
+            }
+        }
+        let bounded = |field: &str, v: Option<i64>, lo: u64, hi: u64, default: u64| match v {
+            None => Ok(default),
+            Some(n) => u64::try_from(n)
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| self.err(field, format!("must be between {lo} and {hi}"))),
+        };
+        a.max_file_bytes = bounded(
+            "audit_max_file_bytes",
+            raw.audit_max_file_bytes,
+            4096,
+            1 << 40,
+            a.max_file_bytes,
+        )?;
+        a.checkpoint_records = bounded(
+            "audit_checkpoint_records",
+            raw.audit_checkpoint_records,
+            1,
+            1_000_000,
+            a.checkpoint_records,
+        )?;
+        a.checkpoint_every = Duration::from_secs(bounded(
+            "audit_checkpoint_seconds",
+            raw.audit_checkpoint_seconds,
+            1,
+            86_400,
+            a.checkpoint_every.as_secs(),
+        )?);
+        Ok(a)
     }
 
     fn token(&self, raw: RawToken, file_mode: Option<u32>) -> Result<TokenConfig> {

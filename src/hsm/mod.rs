@@ -6,6 +6,7 @@
 //! The rules of KMS (states, formats, contexts) live in `kms`, not here.
 
 mod aead;
+mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod caps;
@@ -35,6 +36,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 pub use aead::{GCM_IV_LEN, GCM_TAG_LEN};
+pub use audit::{AuditKey, CustodyFacts, AUDIT_KEY_LABEL};
 #[cfg(feature = "bench")]
 pub(crate) use bench::CeilingOp;
 pub use caps::AsymmetricMechanisms;
@@ -133,6 +135,10 @@ pub struct TokenDescription {
     pub model: String,
     /// The token's serial number.
     pub serial: String,
+    /// `C_GetTokenInfo` firmware version.
+    pub firmware_version: String,
+    /// `C_GetTokenInfo` hardware version.
+    pub hardware_version: String,
 }
 
 type Registry = Mutex<HashMap<PathBuf, Pkcs11>>;
@@ -509,6 +515,8 @@ fn describe(ctx: &Pkcs11, slot: Slot, module: &Path) -> Result<TokenDescription>
         manufacturer: tok.manufacturer_id().trim_end().to_string(),
         model: tok.model().trim_end().to_string(),
         serial: tok.serial_number().trim_end().to_string(),
+        firmware_version: tok.firmware_version().to_string(),
+        hardware_version: tok.hardware_version().to_string(),
     })
 }
 

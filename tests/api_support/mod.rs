@@ -82,6 +82,7 @@ pub fn settings(tls: Option<Arc<rustls::ServerConfig>>) -> ServerSettings {
         refresh_every_request: false,
         blocking_limit: None,
         metrics: p11kms::api::MetricsEndpoint::Main,
+        audit: None,
     }
 }
 

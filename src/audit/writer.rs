@@ -1,0 +1,397 @@
+//! The writer thread: chains, writes, syncs, checkpoints and rotates one stream's files.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use super::{
+    checkpoint_message, event_time, line_hash, AuditError, AuditSettings, Failure, Fsync, GENESIS,
+    MAC_SCHEME, MEMBER,
+};
+use crate::hsm::{AuditKey, AUDIT_KEY_LABEL};
+
+/// Told once its record is written (or why it was not). Runs on the writer thread: it must
+/// only hand the outcome on (a channel send), never block.
+pub type Ack = Box<dyn FnOnce(Result<(), AuditError>) + Send>;
+
+enum Msg {
+    Record(Map<String, Value>, Ack),
+    Close(mpsc::Sender<()>),
+}
+
+/// Records go in per batch at most this many (one write, one sync).
+const MAX_BATCH: usize = 512;
+
+/// One process's audit stream.
+pub struct AuditLog {
+    tx: Mutex<Option<SyncSender<Msg>>>,
+    failure: Failure,
+    stream: String,
+    dir: PathBuf,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    /// Opens a new stream in `settings.dir` (its first file and header are written and synced
+    /// now, so a trail that cannot be written fails start-up) and starts its writer thread.
+    pub fn open(settings: AuditSettings, key: AuditKey) -> Result<AuditLog, AuditError> {
+        make_private_dir(&settings.dir)?;
+        let stream = uuid::Uuid::new_v4().to_string();
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = event_time(now).replace([':', '-'], "");
+        let base = format!(
+            "{stamp}-{}-{}",
+            std::process::id(),
+            stream.get(..8).unwrap_or(&stream)
+        );
+        let mut w = Writer {
+            stream: stream.clone(),
+            base,
+            file: None,
+            part: 0,
+            size: 0,
+            seq: 0,
+            prev: GENESIS.to_owned(),
+            uncovered: 0,
+            uncovered_since: None,
+            key,
+            s: settings.clone(),
+        };
+        let mut buf = Vec::new();
+        w.open_part(&mut buf)?;
+        w.write_out(&buf, true)?;
+        let (tx, rx) = mpsc::sync_channel(settings.queue.max(1));
+        let thread = std::thread::Builder::new()
+            .name("p11kms-audit".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| AuditError(format!("cannot start the writer thread: {e}")))?;
+        Ok(AuditLog {
+            tx: Mutex::new(Some(tx)),
+            failure: settings.failure,
+            stream,
+            dir: settings.dir,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// What a request whose record was not written gets.
+    pub fn failure(&self) -> Failure {
+        self.failure
+    }
+
+    /// This stream's id.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The trail's folder.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn sender(&self) -> Option<SyncSender<Msg>> {
+        crate::sync::lock(&self.tx).clone()
+    }
+
+    /// Queues `record` without waiting; a full queue hands it back (the caller then waits
+    /// for room with [`AuditLog::append_blocking`], off any async worker).
+    #[allow(clippy::result_large_err)]
+    pub fn try_append(
+        &self,
+        record: Map<String, Value>,
+        ack: Ack,
+    ) -> Result<(), (Map<String, Value>, Ack)> {
+        let Some(tx) = self.sender() else {
+            ack(Err(AuditError("the trail is closed".into())));
+            return Ok(());
+        };
+        match tx.try_send(Msg::Record(record, ack)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Msg::Record(r, a))) => Err((r, a)),
+            Err(TrySendError::Disconnected(Msg::Record(_, a))) => {
+                a(Err(AuditError("the writer has stopped".into())));
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Queues `record`, waiting for room (blocks the thread).
+    pub fn append_blocking(&self, record: Map<String, Value>, ack: Ack) {
+        let Some(tx) = self.sender() else {
+            ack(Err(AuditError("the trail is closed".into())));
+            return;
+        };
+        if let Err(mpsc::SendError(Msg::Record(_, a))) = tx.send(Msg::Record(record, ack)) {
+            a(Err(AuditError("the writer has stopped".into())));
+        }
+    }
+
+    /// Writes `record` and waits until it is written (for the CLI).
+    pub fn record_blocking(&self, record: Map<String, Value>) -> Result<(), AuditError> {
+        let (tx, rx) = mpsc::channel();
+        self.append_blocking(
+            record,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(AuditError("the writer has stopped".into())))
+    }
+
+    /// Writes the closing checkpoint and stops the writer (idempotent).
+    pub fn close(&self) {
+        let Some(tx) = crate::sync::lock(&self.tx).take() else {
+            return;
+        };
+        let (done, wait) = mpsc::channel();
+        if tx.send(Msg::Close(done)).is_ok() {
+            let _ = wait.recv();
+        }
+        drop(tx);
+        if let Some(t) = crate::sync::lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn make_private_dir(dir: &std::path::Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| AuditError(format!("cannot create {}: {e}", dir.display())))
+}
+
+struct Writer {
+    s: AuditSettings,
+    key: AuditKey,
+    stream: String,
+    /// File names start with this; `.<part>.jsonl` follows.
+    base: String,
+    file: Option<File>,
+    part: u32,
+    size: u64,
+    /// The last line's seq and hash.
+    seq: u64,
+    prev: String,
+    /// Records since the last checkpoint, and when the first of them was written.
+    uncovered: u64,
+    uncovered_since: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = match self.uncovered_since {
+                Some(t) => self.s.checkpoint_every.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(3600),
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut buf = Vec::new();
+                    if self.uncovered > 0 && self.file.is_some() {
+                        self.checkpoint(&mut buf, false);
+                        if let Err(e) = self.write_out(&buf, true) {
+                            tracing::error!(target: "p11kms::audit", "{e}");
+                        }
+                    }
+                    self.uncovered_since = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.finish();
+                    return;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut closing = None;
+            let mut acks = Vec::with_capacity(batch.len());
+            let mut buf = Vec::new();
+            let committed = (self.seq, self.prev.clone());
+            let mut failed = None;
+            for m in batch {
+                match m {
+                    Msg::Close(done) => closing = Some(done),
+                    Msg::Record(r, ack) => {
+                        acks.push(ack);
+                        if failed.is_some() {
+                            continue;
+                        }
+                        if self.file.is_none() {
+                            if let Err(e) = self.open_part(&mut buf) {
+                                failed = Some(e);
+                                continue;
+                            }
+                        }
+                        self.record(&mut buf, r);
+                        if self.uncovered >= self.s.checkpoint_records {
+                            self.checkpoint(&mut buf, false);
+                        }
+                    }
+                }
+            }
+            let outcome = match failed {
+                Some(e) => Err(e),
+                None => {
+                    let sync = self.s.fsync == Fsync::Record;
+                    self.write_out(&buf, sync)
+                }
+            };
+            if let Err(e) = &outcome {
+                tracing::error!(target: "p11kms::audit", "{e}");
+                // This part ends here (it may end in a torn line); the next record opens a new
+                // part chained to the last line known written.
+                (self.seq, self.prev) = committed;
+                self.file = None;
+            }
+            for ack in acks {
+                ack(outcome.clone());
+            }
+            if self.file.is_some() && self.size >= self.s.max_file_bytes {
+                self.rotate();
+            }
+            if let Some(done) = closing {
+                self.finish();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Appends one line (the `p11kms` member set) to `buf`.
+    fn line(&mut self, buf: &mut Vec<u8>, mut obj: Map<String, Value>, member: Map<String, Value>) {
+        self.seq += 1;
+        let mut m = Map::new();
+        m.insert("stream".into(), Value::String(self.stream.clone()));
+        m.insert("seq".into(), Value::from(self.seq));
+        m.insert("prev".into(), Value::String(self.prev.clone()));
+        m.extend(member);
+        obj.insert(MEMBER.into(), Value::Object(m));
+        let line = serde_json::to_vec(&Value::Object(obj)).unwrap_or_default();
+        self.prev = line_hash(&line);
+        buf.extend_from_slice(&line);
+        buf.push(b'\n');
+    }
+
+    fn record(&mut self, buf: &mut Vec<u8>, r: Map<String, Value>) {
+        self.line(buf, r, Map::new());
+        self.uncovered += 1;
+        if self.uncovered_since.is_none() {
+            self.uncovered_since = Some(Instant::now());
+        }
+    }
+
+    /// Appends a checkpoint over everything so far. A token that cannot MAC now leaves the
+    /// records uncovered until the next checkpoint (logged).
+    fn checkpoint(&mut self, buf: &mut Vec<u8>, closing: bool) {
+        let seq = self.seq + 1;
+        let mac = match self
+            .key
+            .mac(&checkpoint_message(&self.stream, seq, &self.prev, closing))
+        {
+            Ok(m) => hex::encode(m),
+            Err(e) => {
+                tracing::error!(target: "p11kms::audit", "the token made no checkpoint MAC: {e}");
+                return;
+            }
+        };
+        let mut member = Map::new();
+        member.insert(
+            "checkpoint".into(),
+            json!({
+                "closing": closing,
+                "scheme": MAC_SCHEME,
+                "key": AUDIT_KEY_LABEL,
+                "time": event_time(time::OffsetDateTime::now_utc()),
+                "mac": mac,
+            }),
+        );
+        self.line(buf, Map::new(), member);
+        self.uncovered = 0;
+        self.uncovered_since = None;
+    }
+
+    /// Opens the next part and appends its header to `buf`.
+    fn open_part(&mut self, buf: &mut Vec<u8>) -> Result<(), AuditError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.part += 1;
+        let path = self
+            .s
+            .dir
+            .join(format!("{}.{:04}.jsonl", self.base, self.part));
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| AuditError(format!("cannot create {}: {e}", path.display())))?;
+        self.file = Some(f);
+        self.size = 0;
+        let mut member = Map::new();
+        member.insert(
+            "header".into(),
+            json!({
+                "version": 1,
+                "part": self.part,
+                "pid": std::process::id(),
+                "opened": event_time(time::OffsetDateTime::now_utc()),
+            }),
+        );
+        self.line(buf, Map::new(), member);
+        Ok(())
+    }
+
+    fn write_out(&mut self, buf: &[u8], sync: bool) -> Result<(), AuditError> {
+        let Some(f) = self.file.as_mut() else {
+            return Err(AuditError("no file is open".into()));
+        };
+        let r = f.write_all(buf).and_then(|()| {
+            // A buffer that ends in a checkpoint is synced whatever the policy.
+            if sync || self.uncovered == 0 {
+                f.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        r.map_err(|e| AuditError(format!("cannot write: {e}")))?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the part with a closing checkpoint; the next record opens a new one.
+    fn rotate(&mut self) {
+        let mut buf = Vec::new();
+        self.checkpoint(&mut buf, true);
+        if let Err(e) = self.write_out(&buf, true) {
+            tracing::error!(target: "p11kms::audit", "{e}");
+        }
+        self.file = None;
+    }
+
+    fn finish(&mut self) {
+        if self.file.is_some() {
+            self.rotate();
+        }
+    }
+}
