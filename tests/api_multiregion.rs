@@ -30,14 +30,8 @@ fn endpoint() -> &'static str {
             ci_account: None,
             credentials: Credentials::from_config(&fx.config.server.credentials).expect("creds"),
             authorizer: Arc::new(PolicyAuthorizer),
-            max_body_bytes: fx.config.server.max_body_bytes,
-            max_connections: fx.config.server.max_connections,
-            max_connections_per_source: None,
-            tls: None,
-            refresh_every_request: false,
-            blocking_limit: None,
-            metrics: p11kms::api::MetricsEndpoint::Main,
-            audit: None,
+            // The rest as every in-process test server has them.
+            ..api_support::settings(None)
         };
         let (addr, _) = api_support::spawn(settings, std::future::pending());
         format!("http://{addr}")
