@@ -5,10 +5,9 @@ mod api_support;
 mod common;
 mod sdk;
 
-use std::fmt::Debug;
+use sdk::code;
 
 use api_support::{server, REGION, RESTRICTED_ARN};
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::types::{GrantConstraints, GrantOperation, KeySpec, KeyUsageType};
 use aws_sdk_kms::Client;
 
@@ -27,18 +26,6 @@ fn restricted_client() -> Client {
         api_support::RESTRICTED_SECRET,
         None,
     )
-}
-
-fn code<T: Debug, E: ProvideErrorMetadata + Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => match e.code() {
-            Some(c) => c.to_owned(),
-            None => panic!("no error code in {e:?}"),
-        },
-    }
 }
 
 async fn new_key(c: &Client) -> (String, String) {

@@ -6,8 +6,9 @@ mod api_support;
 mod common;
 mod sdk;
 
+use sdk::code;
+
 use api_support::{server, REGION};
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::types::Tag;
 use aws_sdk_kms::Client;
 use common::dev_credentials;
@@ -15,18 +16,6 @@ use common::dev_credentials;
 fn client() -> Client {
     let (id, secret) = dev_credentials();
     sdk::client(&server().endpoint, REGION, &id, &secret, None)
-}
-
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{e:?}")),
-    }
 }
 
 fn tag(k: &str, v: &str) -> Tag {

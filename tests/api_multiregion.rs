@@ -7,9 +7,10 @@ mod api_support;
 mod common;
 mod sdk;
 
+use sdk::code;
+
 use std::sync::{Arc, OnceLock};
 
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MultiRegionKeyType, Tag};
 use aws_sdk_kms::Client;
@@ -41,18 +42,6 @@ fn endpoint() -> &'static str {
 fn client_in(region: &str) -> Client {
     let (id, secret) = dev_credentials();
     sdk::client(endpoint(), region, &id, &secret, None)
-}
-
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{e:?}")),
-    }
 }
 
 async fn create_mrk(c: &Client) -> String {

@@ -6,6 +6,8 @@
 mod api_support;
 mod common;
 mod sdk;
+
+use sdk::code;
 mod server_process;
 
 use std::collections::HashMap;
@@ -111,18 +113,6 @@ fn as_(w: &Who) -> Client {
 
 fn dev_arn() -> String {
     format!("arn:aws:iam::{ACCOUNT}:user/dev")
-}
-
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{e:?}")),
-    }
 }
 
 fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(

@@ -5,11 +5,13 @@ mod api_support;
 mod common;
 mod sdk;
 
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use sdk::code;
+
 use std::collections::HashSet;
 use std::fmt::Debug;
 
 use api_support::{server, ALLOWED_ALIAS, REGION};
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::decrypt::DecryptError;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
@@ -35,19 +37,6 @@ fn restricted_client() -> Client {
         api_support::RESTRICTED_SECRET,
         None,
     )
-}
-
-/// The AWS error code of a failed call (what SDK users match on).
-fn code<T: Debug, E: ProvideErrorMetadata + Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => match e.code() {
-            Some(c) => c.to_owned(),
-            None => panic!("no error code in {e:?}"),
-        },
-    }
 }
 
 fn ctx(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {

@@ -12,6 +12,8 @@ mod api_support;
 mod common;
 mod sdk;
 
+use sdk::code;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes::cipher::{BlockEncrypt, KeyInit};
@@ -39,18 +41,6 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 fn client() -> Client {
     let (id, secret) = dev_credentials();
     sdk::client(&server().endpoint, REGION, &id, &secret, None)
-}
-
-fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .code()
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{e:?}")),
-    }
 }
 
 fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(

@@ -10,11 +10,11 @@ mod api_support;
 mod common;
 mod sdk;
 
-use std::fmt::Debug;
+use sdk::code;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use api_support::{server, REGION};
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
     IncludeKeyMaterial, KeyMaterialState, KeySpec, KeyUsageType, OriginType, RotationType,
@@ -28,18 +28,6 @@ const DAY_MS: i64 = 86_400_000;
 fn client() -> Client {
     let (id, secret) = dev_credentials();
     sdk::client(&server().endpoint, REGION, &id, &secret, None)
-}
-
-fn code<T: Debug, E: ProvideErrorMetadata + Debug>(
-    r: Result<T, SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => match e.code() {
-            Some(c) => c.to_owned(),
-            None => panic!("no error code in {e:?}"),
-        },
-    }
 }
 
 fn now_ms() -> i64 {

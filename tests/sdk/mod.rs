@@ -48,3 +48,17 @@ fn http_client(ca: Option<Vec<u8>>) -> SharedHttpClient {
             .build_https(),
     }
 }
+
+/// The AWS error code of a call that must fail (a call that succeeds, or an error without a
+/// code, fails the test).
+pub fn code<T: std::fmt::Debug, E: aws_sdk_kms::error::ProvideErrorMetadata + std::fmt::Debug>(
+    r: Result<T, aws_sdk_kms::error::SdkError<E, aws_sdk_kms::config::http::HttpResponse>>,
+) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => match aws_sdk_kms::error::ProvideErrorMetadata::code(&e) {
+            Some(c) => c.to_owned(),
+            None => panic!("no error code in {e:?}"),
+        },
+    }
+}
