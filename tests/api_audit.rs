@@ -585,3 +585,96 @@ fn custody_report_is_signed_by_the_token_and_fails_when_edited() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not carry"));
 }
+
+/// What a request gets once its record cannot be written (the trail's folder is moved away,
+/// so the next part cannot be created): by default a state change fails with
+/// `KMSInternalException` and a read-only request is answered; `audit_failure = "open"` and
+/// `audit_failure_read_only = "closed"` turn each around.
+#[test]
+fn a_trail_that_cannot_be_written_fails_state_changes_and_not_reads_by_default() {
+    // (audit_failure, audit_failure_read_only) -> (DisableKey fails, GenerateDataKey fails)
+    let cases = [
+        (None, None, true, false),
+        (Some("open"), Some("closed"), false, true),
+    ];
+    for (changes, reads, change_fails, read_fails) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let trail = tmp.path().join("trail");
+        let mut o = options(&trail);
+        // Small parts: the open one is soon closed, and the next cannot be created.
+        o.top.push_str("audit_max_file_bytes = 4096\n");
+        for (field, v) in [
+            ("audit_failure", changes),
+            ("audit_failure_read_only", reads),
+        ] {
+            if let Some(v) = v {
+                o.top.push_str(&format!("{field} = \"{v}\"\n"));
+            }
+        }
+        let server = server_process::start(&o);
+        let cred = server.client(&Cred::new(
+            "AKIAAUDIT00000000001",
+            "audit/secret+key-9d1f",
+            "auditor",
+        ));
+        let rt = runtime();
+        rt.block_on(async {
+            let id = cred
+                .create_key()
+                .send()
+                .await
+                .unwrap()
+                .key_metadata()
+                .unwrap()
+                .key_id()
+                .to_owned();
+            std::fs::rename(&trail, tmp.path().join("moved")).unwrap();
+            // Each record is about 1 KB: well past one part, the writer needs a new file.
+            let mut read_errors = Vec::new();
+            for _ in 0..12 {
+                let r = cred
+                    .generate_data_key_without_plaintext()
+                    .key_id(&id)
+                    .key_spec(DataKeySpec::Aes256)
+                    .encryption_context("tenant", "a".repeat(200))
+                    .send()
+                    .await;
+                read_errors.push(r.err().map(|e| sdk::code(Err::<(), _>(e))));
+            }
+            // The last reads come after the part was closed, whatever the batching.
+            let last = read_errors.last().cloned().flatten();
+            if read_fails {
+                assert_eq!(
+                    last.as_deref(),
+                    Some("KMSInternalException"),
+                    "{read_errors:?}"
+                );
+            } else {
+                assert!(read_errors.iter().all(Option::is_none), "{read_errors:?}");
+            }
+            let disabled = cred.disable_key().key_id(&id).send().await;
+            if change_fails {
+                assert_eq!(sdk::code(disabled), "KMSInternalException");
+            } else {
+                disabled.unwrap();
+            }
+            // Failed closed or not, the state change happened (the record is what is lost).
+            let state = cred.describe_key().key_id(&id).send().await;
+            if !read_fails {
+                let m = state.unwrap();
+                assert_eq!(
+                    m.key_metadata().unwrap().key_state(),
+                    Some(&aws_sdk_kms::types::KeyState::Disabled)
+                );
+            } else {
+                assert_eq!(sdk::code(state), "KMSInternalException");
+            }
+        });
+        let log = server.stderr.lock().unwrap().join("\n");
+        assert!(
+            log.contains("cannot create"),
+            "the failure is logged: {log}"
+        );
+        drop(server);
+    }
+}

@@ -95,11 +95,16 @@ pub(crate) fn clip_to(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
+    format!("{}...", prefix_within(s, max))
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &s[..end])
+    s.get(..end).unwrap_or_default()
 }
 
 impl From<KmsError> for ApiError {

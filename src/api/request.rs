@@ -33,7 +33,7 @@ use super::{MetricsEndpoint, ServerSettings};
 use crate::kms::{ArnScope, Kms};
 
 /// How long a request may wait for a free token session before DependencyTimeoutException.
-/// `User-Agent` values are cut here in audit records.
+/// `User-Agent` values are cut here (in bytes) in audit records.
 const MAX_USER_AGENT: usize = 512;
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/readyz`'s token ping answers within this (waiting for a session permit included).
@@ -220,19 +220,25 @@ pub(super) async fn handle(
     let mut routed = route(&state, req, &request_id, inline, peer, &mut notes).await;
     if kms_call {
         if let Some(log) = &state.audit {
-            // The operation has run: its record is written before the answer leaves (see
-            // docs/audit.md, "Before or after").
-            let record = audit_record(
+            // The operation has run: its record goes to the writer before the answer leaves,
+            // and a request that waits for it (a state change, by default) is answered once
+            // it is written (docs/audit.md, "Before or after"). An operation the request did
+            // not name (or named wrongly) changed nothing.
+            let read_only = notes.op.is_none_or(|op| super::audit::read_only(op.name()));
+            let written = match audit_record(
                 &state,
                 &notes,
                 &request_id,
                 routed.as_ref().err(),
                 arrived,
                 peer,
-            );
-            if let Err(e) = super::audit::write(log, record).await {
+            ) {
+                Ok(record) => super::audit::write(log, record, log.waits(read_only)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 tracing::error!(target: "p11kms::audit", request_id = %request_id, "{e}");
-                if super::audit::fails_request(log) && routed.is_ok() {
+                if super::audit::fails_request(log, read_only) && routed.is_ok() {
                     routed = Err(ApiError::internal(format!("audit record not written: {e}")));
                 }
             }
@@ -265,7 +271,7 @@ fn audit_record(
     error: Option<&ApiError>,
     arrived: time::OffsetDateTime,
     peer: Peer,
-) -> serde_json::Map<String, serde_json::Value> {
+) -> Result<crate::audit::Record, crate::audit::AuditError> {
     let scope = state.kms.scope();
     // A 5xx's detail is for the log, as for the client.
     let generic = format!("the service failed (request {request_id})");
@@ -277,21 +283,22 @@ fn audit_record(
         };
         (e.name, msg)
     });
+    let source = peer
+        .ip
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     super::audit::record(&super::audit::Event {
         op: notes.op.map_or("Unknown", Op::name),
         time: arrived,
         region: notes.region.as_deref().unwrap_or(&scope.region),
         account: &scope.account,
-        source: peer
-            .ip
-            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+        source: &source,
         user_agent: notes.user_agent.as_deref().unwrap_or(""),
         identity: notes.principal.as_deref().map(|p| super::audit::Identity {
             arn: &p.arn,
             access_key_id: &p.access_key_id,
         }),
-        request: notes.params.clone(),
-        response: notes.response.clone(),
+        request: notes.params.as_ref(),
+        response: notes.response.as_ref(),
         error,
         request_id,
         keys: &notes.keys,
@@ -531,7 +538,7 @@ async fn kms_request(
         notes.user_agent = header_text(&parts.headers, "user-agent")
             .ok()
             .flatten()
-            .map(|u| u.chars().take(MAX_USER_AGENT).collect());
+            .map(|u| super::error::prefix_within(u, MAX_USER_AGENT).to_owned());
     }
     let declared = declared_length(&parts.headers, &mut body, state.max_body_bytes).await?;
     let headers: Vec<(&str, &[u8])> = parts

@@ -12,8 +12,10 @@
 //! closing one at rotation and shutdown) carry the audit key's HMAC over their stream, seq
 //! and prev, so they seal everything before them.
 //!
-//! Writes run on one dedicated thread fed by a bounded queue: a caller hands a record and a
-//! callback that is told once the line is written (and, with `fsync = "record"`, synced).
+//! Writes run on one dedicated thread fed by a bounded queue: a caller hands a record and,
+//! if it waits for it, a callback that is told once the line is written (and, with
+//! `fsync = "record"`, synced). Records nobody waits for are gathered for a moment
+//! ([`writer::LINGER`]), so that under load one wake-up and one `write` serve many.
 
 mod verify;
 mod writer;
@@ -47,8 +49,19 @@ pub enum Failure {
     /// It fails (`KMSInternalException`), even if its operation was carried out.
     #[default]
     Closed,
-    /// It is answered as if recorded; the failure is logged.
+    /// It is answered without waiting for its record (with `fsync = "record"` it waits, for
+    /// the sync, but is answered whatever the outcome); a failure is logged.
     Open,
+}
+
+impl Failure {
+    fn closed_if(closed: bool) -> Failure {
+        if closed {
+            Failure::Closed
+        } else {
+            Failure::Open
+        }
+    }
 }
 
 /// How and where the trail is written.
@@ -58,8 +71,10 @@ pub struct AuditSettings {
     pub dir: PathBuf,
     /// When a record counts as written.
     pub fsync: Fsync,
-    /// What a request gets when its record is not written.
+    /// What a state-changing request gets when its record is not written.
     pub failure: Failure,
+    /// The same for a read-only one.
+    pub read_only_failure: Failure,
     /// A file is closed and the next part opened once it is this large.
     pub max_file_bytes: u64,
     /// A checkpoint after this many records...
@@ -77,11 +92,41 @@ impl AuditSettings {
             dir,
             fsync: Fsync::Record,
             failure: Failure::Closed,
+            read_only_failure: Failure::Open,
             max_file_bytes: 64 << 20,
             checkpoint_records: 1000,
             checkpoint_every: Duration::from_secs(60),
             queue: 4096,
         }
+    }
+}
+
+/// One event, serialized by its caller: a JSON object on one line (the writer adds the chain
+/// member before its closing brace).
+#[derive(Debug, Clone)]
+pub struct Record(Vec<u8>);
+
+impl Record {
+    /// `event` as a record; it must serialize to a JSON object.
+    pub fn of(event: &impl serde::Serialize) -> Result<Record, AuditError> {
+        let bytes = serde_json::to_vec(event)
+            .map_err(|e| AuditError(format!("the record does not serialize: {e}")))?;
+        if bytes.len() < 2 || bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
+            return Err(AuditError("a record must be a JSON object".into()));
+        }
+        Ok(Record(bytes))
+    }
+
+    /// The serialized object.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The object's members without its braces (empty for `{}`).
+    fn members(&self) -> &[u8] {
+        self.0
+            .get(1..self.0.len().saturating_sub(1))
+            .unwrap_or_default()
     }
 }
 
@@ -133,11 +178,8 @@ pub fn open(
         } else {
             Fsync::Batch
         },
-        failure: if config.fail_closed {
-            Failure::Closed
-        } else {
-            Failure::Open
-        },
+        failure: Failure::closed_if(config.fail_closed),
+        read_only_failure: Failure::closed_if(config.read_only_fail_closed),
         max_file_bytes: config.max_file_bytes,
         checkpoint_records: config.checkpoint_records,
         checkpoint_every: config.checkpoint_every,

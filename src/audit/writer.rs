@@ -7,11 +7,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    checkpoint_message, event_time, line_hash, AuditError, AuditSettings, Failure, Fsync, GENESIS,
-    MAC_SCHEME, MEMBER,
+    checkpoint_message, event_time, line_hash, AuditError, AuditSettings, Failure, Fsync, Record,
+    GENESIS, MAC_SCHEME, MEMBER,
 };
 use crate::hsm::{AuditKey, AUDIT_KEY_LABEL};
 
@@ -20,17 +20,25 @@ use crate::hsm::{AuditKey, AUDIT_KEY_LABEL};
 pub type Ack = Box<dyn FnOnce(Result<(), AuditError>) + Send>;
 
 enum Msg {
-    Record(Map<String, Value>, Ack),
+    /// A record, and who waits for it (`None`: nobody).
+    Record(Record, Option<Ack>),
     Close(mpsc::Sender<()>),
 }
 
 /// Records go in per batch at most this many (one write, one sync).
 const MAX_BATCH: usize = 512;
 
+/// After a batch nobody waits for, the writer sleeps this long before it looks again: records
+/// arriving meanwhile are queued without waking it, and go out together. A waited-for record
+/// can sit this long behind such a batch; a caller that waits never starts a linger.
+pub const LINGER: Duration = Duration::from_millis(2);
+
 /// One process's audit stream.
 pub struct AuditLog {
     tx: Mutex<Option<SyncSender<Msg>>>,
     failure: Failure,
+    read_only_failure: Failure,
+    fsync: Fsync,
     stream: String,
     dir: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -73,15 +81,27 @@ impl AuditLog {
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             failure: settings.failure,
+            read_only_failure: settings.read_only_failure,
+            fsync: settings.fsync,
             stream,
             dir: settings.dir,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// What a request whose record was not written gets.
-    pub fn failure(&self) -> Failure {
-        self.failure
+    /// What a request whose record was not written gets (`read_only`: it changed nothing).
+    pub fn failure(&self, read_only: bool) -> Failure {
+        if read_only {
+            self.read_only_failure
+        } else {
+            self.failure
+        }
+    }
+
+    /// Whether a request waits for its record before it is answered: when its failure would
+    /// fail it, or when each record is to be synced before its answer.
+    pub fn waits(&self, read_only: bool) -> bool {
+        self.failure(read_only) == Failure::Closed || self.fsync == Fsync::Record
     }
 
     /// This stream's id.
@@ -99,22 +119,23 @@ impl AuditLog {
     }
 
     /// Queues `record` without waiting; a full queue hands it back (the caller then waits
-    /// for room with [`AuditLog::append_blocking`], off any async worker).
+    /// for room with [`AuditLog::append_blocking`], off any async worker). `ack` (if any) is
+    /// told the outcome; without one, a record that cannot be queued is logged.
     #[allow(clippy::result_large_err)]
     pub fn try_append(
         &self,
-        record: Map<String, Value>,
-        ack: Ack,
-    ) -> Result<(), (Map<String, Value>, Ack)> {
+        record: Record,
+        ack: Option<Ack>,
+    ) -> Result<(), (Record, Option<Ack>)> {
         let Some(tx) = self.sender() else {
-            ack(Err(AuditError("the trail is closed".into())));
+            tell(ack, Err(AuditError("the trail is closed".into())));
             return Ok(());
         };
         match tx.try_send(Msg::Record(record, ack)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(Msg::Record(r, a))) => Err((r, a)),
             Err(TrySendError::Disconnected(Msg::Record(_, a))) => {
-                a(Err(AuditError("the writer has stopped".into())));
+                tell(a, Err(AuditError("the writer has stopped".into())));
                 Ok(())
             }
             Err(_) => Ok(()),
@@ -122,24 +143,24 @@ impl AuditLog {
     }
 
     /// Queues `record`, waiting for room (blocks the thread).
-    pub fn append_blocking(&self, record: Map<String, Value>, ack: Ack) {
+    pub fn append_blocking(&self, record: Record, ack: Option<Ack>) {
         let Some(tx) = self.sender() else {
-            ack(Err(AuditError("the trail is closed".into())));
+            tell(ack, Err(AuditError("the trail is closed".into())));
             return;
         };
         if let Err(mpsc::SendError(Msg::Record(_, a))) = tx.send(Msg::Record(record, ack)) {
-            a(Err(AuditError("the writer has stopped".into())));
+            tell(a, Err(AuditError("the writer has stopped".into())));
         }
     }
 
     /// Writes `record` and waits until it is written (for the CLI).
-    pub fn record_blocking(&self, record: Map<String, Value>) -> Result<(), AuditError> {
+    pub fn record_blocking(&self, record: Record) -> Result<(), AuditError> {
         let (tx, rx) = mpsc::channel();
         self.append_blocking(
             record,
-            Box::new(move |r| {
+            Some(Box::new(move |r| {
                 let _ = tx.send(r);
-            }),
+            })),
         );
         rx.recv()
             .unwrap_or_else(|_| Err(AuditError("the writer has stopped".into())))
@@ -164,6 +185,18 @@ impl AuditLog {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Hands `outcome` to `ack`, or logs a failure nobody waits for.
+fn tell(ack: Option<Ack>, outcome: Result<(), AuditError>) {
+    match ack {
+        Some(a) => a(outcome),
+        None => {
+            if let Err(e) = outcome {
+                tracing::error!(target: "p11kms::audit", "a record was not written: {e}");
+            }
+        }
     }
 }
 
@@ -226,15 +259,18 @@ impl Writer {
                 }
             }
             let mut closing = None;
+            let mut waited = false;
             let mut acks = Vec::with_capacity(batch.len());
-            let mut buf = Vec::new();
+            // About a kilobyte a line: one allocation per batch, not a series of doublings.
+            let mut buf = Vec::with_capacity(batch.len() * 1024);
             let committed = (self.seq, self.prev.clone());
             let mut failed = None;
             for m in batch {
                 match m {
                     Msg::Close(done) => closing = Some(done),
                     Msg::Record(r, ack) => {
-                        acks.push(ack);
+                        waited |= ack.is_some();
+                        acks.extend(ack);
                         if failed.is_some() {
                             continue;
                         }
@@ -259,7 +295,7 @@ impl Writer {
                 }
             };
             if let Err(e) = &outcome {
-                tracing::error!(target: "p11kms::audit", "{e}");
+                tracing::error!(target: "p11kms::audit", "records not written: {e}");
                 // This part ends here (it may end in a torn line); the next record opens a new
                 // part chained to the last line known written.
                 (self.seq, self.prev) = committed;
@@ -276,26 +312,42 @@ impl Writer {
                 let _ = done.send(());
                 return;
             }
+            if !waited {
+                std::thread::sleep(LINGER);
+            }
         }
     }
 
-    /// Appends one line (the `p11kms` member set) to `buf`.
-    fn line(&mut self, buf: &mut Vec<u8>, mut obj: Map<String, Value>, member: Map<String, Value>) {
+    /// Appends one line to `buf`: `members` (an object's members, serialized, or nothing),
+    /// then the `p11kms` member with the chain fields and `extra` (a header or a checkpoint).
+    fn line(&mut self, buf: &mut Vec<u8>, members: &[u8], extra: Option<(&str, Value)>) {
         self.seq += 1;
-        let mut m = Map::new();
-        m.insert("stream".into(), Value::String(self.stream.clone()));
-        m.insert("seq".into(), Value::from(self.seq));
-        m.insert("prev".into(), Value::String(self.prev.clone()));
-        m.extend(member);
-        obj.insert(MEMBER.into(), Value::Object(m));
-        let line = serde_json::to_vec(&Value::Object(obj)).unwrap_or_default();
-        self.prev = line_hash(&line);
-        buf.extend_from_slice(&line);
+        let start = buf.len();
+        buf.push(b'{');
+        buf.extend_from_slice(members);
+        if !members.is_empty() {
+            buf.push(b',');
+        }
+        // The stream is a uuid and `prev` hex: nothing in them needs escaping.
+        buf.extend_from_slice(
+            format!(
+                "\"{MEMBER}\":{{\"stream\":\"{}\",\"seq\":{},\"prev\":\"{}\"",
+                self.stream, self.seq, self.prev
+            )
+            .as_bytes(),
+        );
+        if let Some((name, v)) = extra {
+            buf.extend_from_slice(format!(",\"{name}\":").as_bytes());
+            // A `Value` of our own making always serializes.
+            let _ = serde_json::to_writer(&mut *buf, &v);
+        }
+        buf.extend_from_slice(b"}}");
+        self.prev = line_hash(buf.get(start..).unwrap_or_default());
         buf.push(b'\n');
     }
 
-    fn record(&mut self, buf: &mut Vec<u8>, r: Map<String, Value>) {
-        self.line(buf, r, Map::new());
+    fn record(&mut self, buf: &mut Vec<u8>, r: Record) {
+        self.line(buf, r.members(), None);
         self.uncovered += 1;
         if self.uncovered_since.is_none() {
             self.uncovered_since = Some(Instant::now());
@@ -316,18 +368,14 @@ impl Writer {
                 return;
             }
         };
-        let mut member = Map::new();
-        member.insert(
-            "checkpoint".into(),
-            json!({
-                "closing": closing,
-                "scheme": MAC_SCHEME,
-                "key": AUDIT_KEY_LABEL,
-                "time": event_time(time::OffsetDateTime::now_utc()),
-                "mac": mac,
-            }),
-        );
-        self.line(buf, Map::new(), member);
+        let checkpoint = json!({
+            "closing": closing,
+            "scheme": MAC_SCHEME,
+            "key": AUDIT_KEY_LABEL,
+            "time": event_time(time::OffsetDateTime::now_utc()),
+            "mac": mac,
+        });
+        self.line(buf, b"", Some(("checkpoint", checkpoint)));
         self.uncovered = 0;
         self.uncovered_since = None;
     }
@@ -348,17 +396,13 @@ impl Writer {
             .map_err(|e| AuditError(format!("cannot create {}: {e}", path.display())))?;
         self.file = Some(f);
         self.size = 0;
-        let mut member = Map::new();
-        member.insert(
-            "header".into(),
-            json!({
-                "version": 1,
-                "part": self.part,
-                "pid": std::process::id(),
-                "opened": event_time(time::OffsetDateTime::now_utc()),
-            }),
-        );
-        self.line(buf, Map::new(), member);
+        let header = json!({
+            "version": 1,
+            "part": self.part,
+            "pid": std::process::id(),
+            "opened": event_time(time::OffsetDateTime::now_utc()),
+        });
+        self.line(buf, b"", Some(("header", header)));
         Ok(())
     }
 

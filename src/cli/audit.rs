@@ -134,18 +134,19 @@ pub(super) fn write(
         time: time::OffsetDateTime::now_utc(),
         region: &config.region,
         account: &config.account,
-        source: format!("p11kms-cli (uid {uid})"),
+        source: &format!("p11kms-cli (uid {uid})"),
         user_agent: concat!("p11kms-cli/", env!("CARGO_PKG_VERSION")),
         identity: Some(crate::api::audit::Identity {
             arn: &arn,
             access_key_id: "",
         }),
-        request: Some(params),
+        request: Some(&params),
         response: None,
         error: error.map(|e| (e.aws_name(), message.as_deref().unwrap_or(""))),
         request_id: &uuid::Uuid::new_v4().to_string(),
         keys: &[],
-    });
+    })
+    .map_err(|e| KmsError::io(e.to_string()))?;
     let written = log.record_blocking(record);
     log.close();
     written.map_err(|e| KmsError::io(e.to_string()))

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub(super) audit_dir: Option<String>,
     pub(super) audit_fsync: Option<String>,
     pub(super) audit_failure: Option<String>,
+    pub(super) audit_failure_read_only: Option<String>,
     pub(super) audit_max_file_bytes: Option<i64>,
     pub(super) audit_checkpoint_records: Option<i64>,
     pub(super) audit_checkpoint_seconds: Option<i64>,

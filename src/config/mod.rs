@@ -135,9 +135,13 @@ pub struct AuditConfig {
     /// `audit_fsync = "record"` (true) or `"batch"` (false, the default: written before the
     /// answer, synced at checkpoints).
     pub fsync_each_record: bool,
-    /// `audit_failure = "closed"` (true, the default: a request whose record is not written
-    /// fails) or `"open"`.
+    /// `audit_failure = "closed"` (true, the default: a state-changing request whose record
+    /// is not written fails, and waits for it) or `"open"`.
     pub fail_closed: bool,
+    /// `audit_failure_read_only`, the same for read-only requests (Decrypt, GenerateDataKey,
+    /// Describe…): `"open"` (false, the default: answered without waiting for the record, as
+    /// AWS KMS answers before CloudTrail has the event) or `"closed"`.
+    pub read_only_fail_closed: bool,
     /// A file is closed and the next opened past this size (`audit_max_file_bytes`).
     pub max_file_bytes: u64,
     /// A checkpoint every this many records (`audit_checkpoint_records`)...
@@ -154,6 +158,7 @@ impl AuditConfig {
             dir,
             fsync_each_record: false,
             fail_closed: true,
+            read_only_fail_closed: false,
             max_file_bytes: 64 << 20,
             checkpoint_records: 1000,
             checkpoint_every: Duration::from_secs(60),
@@ -354,28 +359,25 @@ impl Config {
             self.server.listen = listen;
         }
         if let Some(v) = get("P11KMS_REQUIRE_IN_TOKEN_SEALING").filter(|v| !v.is_empty()) {
-            self.require_in_token_sealing = match v.to_str() {
-                Some("true" | "1" | "yes") => true,
-                Some("false" | "0" | "no") => false,
-                _ => {
-                    return Err(KmsError::config(
-                        "P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false",
-                    ))
-                }
-            };
+            self.require_in_token_sealing = env_flag(&v).ok_or_else(|| {
+                KmsError::config("P11KMS_REQUIRE_IN_TOKEN_SEALING must be true or false")
+            })?;
         }
-        // `p11kms bench` compares the server with and without its trail.
+        // `p11kms bench` compares the server with and without its trail and metrics.
         if let Some(v) = get("P11KMS_AUDIT").filter(|v| !v.is_empty()) {
-            self.audit.enabled = match v.to_str() {
-                Some("true" | "1" | "yes" | "on") => true,
-                Some("false" | "0" | "no" | "off") => false,
+            self.audit.enabled = match env_flag(&v) {
+                Some(on) => on,
                 // On, synced at checkpoints only (`audit_fsync = "batch"`).
-                Some("batch") => {
+                None if v == "batch" => {
                     self.audit.fsync_each_record = false;
                     true
                 }
-                _ => return Err(KmsError::config("P11KMS_AUDIT must be on, off or batch")),
+                None => return Err(KmsError::config("P11KMS_AUDIT must be on, off or batch")),
             };
+        }
+        if let Some(v) = get("P11KMS_METRICS").filter(|v| !v.is_empty()) {
+            self.server.metrics =
+                env_flag(&v).ok_or_else(|| KmsError::config("P11KMS_METRICS must be on or off"))?;
         }
         if self.require_in_token_sealing && self.sealing == SealingPolicy::Host {
             return Err(KmsError::config(
@@ -384,6 +386,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// A yes/no environment value: `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`.
+fn env_flag(v: &std::ffi::OsStr) -> Option<bool> {
+    match v.to_str()? {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 

@@ -133,16 +133,18 @@ impl Validator<'_> {
                 ))
             }
         }
-        match raw.audit_failure.as_deref() {
-            None | Some("closed") => {}
-            Some("open") => a.fail_closed = false,
-            Some(o) => {
-                return Err(self.err(
-                    "audit_failure",
-                    format!("`{o}` is neither \"closed\" nor \"open\""),
-                ))
-            }
-        }
+        let closed = |field: &str, v: Option<&str>, default: bool| match v {
+            None => Ok(default),
+            Some("closed") => Ok(true),
+            Some("open") => Ok(false),
+            Some(o) => Err(self.err(field, format!("`{o}` is neither \"closed\" nor \"open\""))),
+        };
+        a.fail_closed = closed("audit_failure", raw.audit_failure.as_deref(), a.fail_closed)?;
+        a.read_only_fail_closed = closed(
+            "audit_failure_read_only",
+            raw.audit_failure_read_only.as_deref(),
+            a.read_only_fail_closed,
+        )?;
         let bounded = |field: &str, v: Option<i64>, lo: u64, hi: u64, default: u64| match v {
             None => Ok(default),
             Some(n) => u64::try_from(n)
