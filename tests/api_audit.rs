@@ -540,6 +540,15 @@ fn cli_commands_that_change_state_are_recorded() {
         .find(|r| r["eventName"] == "DisableKey")
         .unwrap();
     assert_eq!(disable["requestParameters"]["keyId"], id.as_str());
+    // `resources`: the key a command made, and the key a command named.
+    let arn = created["KeyMetadata"]["Arn"].as_str().unwrap();
+    for name in ["CreateKey", "DisableKey"] {
+        let r = recs.iter().find(|r| r["eventName"] == name).unwrap();
+        assert_eq!(r["resources"][0]["ARN"], arn, "{r}");
+        assert_eq!(r["resources"][0]["type"], "AWS::KMS::Key", "{r}");
+    }
+    // A key that does not exist is no resource.
+    assert_eq!(alias["resources"], serde_json::json!([]), "{alias}");
     let (code, out) = verify(&config, &files);
     assert_eq!(code, 0, "{out}");
 }

@@ -11,6 +11,7 @@ use super::output::Out;
 use crate::audit::FileOutcome;
 use crate::config::Config;
 use crate::error::{KmsError, Result};
+use crate::kms::{Forms, KeySelector, Kms};
 
 /// The AWS operation a state-changing command is, and the members its record keeps (never
 /// a grant token, a file's contents or a PIN). `None`: the command changes nothing.
@@ -110,6 +111,26 @@ pub(super) fn event(cmd: &Configured) -> Option<(&'static str, Value)> {
     })
 }
 
+/// The ARNs of the keys a command was about, for its record's `resources`: the keys it made
+/// (`made`), then those its `keyId` and `targetKeyId` name now (a name that no longer
+/// resolves, e.g. after a failure, adds nothing).
+fn resources(kms: &Kms, params: &Value, made: &[String]) -> Vec<String> {
+    let mut arns = made.to_vec();
+    for member in ["keyId", "targetKeyId"] {
+        let Some(name) = params.get(member).and_then(Value::as_str) else {
+            continue;
+        };
+        let named = KeySelector::Named(name.to_owned());
+        if let Ok(id) = kms.resolve_key_id(&named, Forms::Any) {
+            let arn = kms.scope().key_arn(&id);
+            if !arns.contains(&arn) {
+                arns.push(arn);
+            }
+        }
+    }
+    arns
+}
+
 /// Writes the record of a finished command (its error, if it failed). The trail is opened
 /// for this one record: a stream of its own, closed at once.
 pub(super) fn write(
@@ -117,14 +138,16 @@ pub(super) fn write(
     op: &str,
     params: Value,
     error: Option<&KmsError>,
+    made: &[String],
 ) -> Result<()> {
     if !config.audit.enabled {
         return Ok(());
     }
-    let token = crate::app::open_token(config, 1)?;
-    let Some(log) = crate::audit::open(&config.audit, &token)? else {
+    let kms = crate::app::open(config)?;
+    let Some(log) = crate::audit::open(&config.audit, kms.token())? else {
         return Ok(());
     };
+    let keys = resources(&kms, &params, made);
     // SAFETY of meaning, not memory: the operator is whoever can run this binary with the PIN.
     let uid = rustix::process::getuid().as_raw();
     let arn = format!("arn:aws:iam::{}:root", config.account);
@@ -144,7 +167,7 @@ pub(super) fn write(
         response: None,
         error: error.map(|e| (e.aws_name(), message.as_deref().unwrap_or(""))),
         request_id: &uuid::Uuid::new_v4().to_string(),
-        keys: &[],
+        keys: &keys,
     })
     .map_err(|e| KmsError::io(e.to_string()))?;
     let written = log.record_blocking(record);

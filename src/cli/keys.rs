@@ -65,6 +65,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
                 multi_region: multi_region.then_some(true),
                 ..Default::default()
             })?;
+            out.made_key(&r.key_metadata.arn);
             out.emit(&r, &metadata_text(&r.key_metadata))
         }
         KeyCmd::Replicate {
@@ -85,6 +86,7 @@ pub(super) fn key(kms: &Kms, out: &Out, cmd: KeyCmd) -> Result<()> {
                 },
                 None,
             )?;
+            out.made_key(&r.replica_key_metadata.arn);
             out.emit(&r, &metadata_text(&r.replica_key_metadata))
         }
         KeyCmd::UpdatePrimary { key, region } => {

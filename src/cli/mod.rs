@@ -139,12 +139,13 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
     // An empty P11KMS_CONFIG means "not set", as Config::resolve reads it.
     let path = path.filter(|p| !p.as_os_str().is_empty());
     let config = Config::resolve(path.as_deref())?;
-    let out = Out { json };
+    let out = Out::new(json);
     let audited = audit::event(&command);
     let result = run_command(&config, &out, command);
     match audited {
         Some((op, params)) => {
-            let written = audit::write(&config, op, params, result.as_ref().err());
+            let written =
+                audit::write(&config, op, params, result.as_ref().err(), &out.keys_made());
             // The command's own failure comes first; a lost record fails a command that did.
             result.and(written)
         }
@@ -154,7 +155,6 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
 
 fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
     let config = config.clone();
-    let out = Out { json: out.json };
     match command {
         Configured::Custody(CustodyCmd::Report) => custody::report(&open(&config)?, &out),
         Configured::Custody(CustodyCmd::Verify { file }) => {

@@ -18,12 +18,32 @@ use crate::error::{KmsError, Result};
 use crate::kms::types::KeyMetadata;
 use crate::kms::AwsEnum;
 
-/// Where results go: stdout, as JSON or as readable text.
+/// Where results go: stdout, as JSON or as readable text. It also keeps the ARNs of keys a
+/// command made (CreateKey, ReplicateKey), for the command's audit record.
+#[derive(Default)]
 pub(super) struct Out {
     pub(super) json: bool,
+    made: std::cell::RefCell<Vec<String>>,
 }
 
 impl Out {
+    pub(super) fn new(json: bool) -> Out {
+        Out {
+            json,
+            ..Out::default()
+        }
+    }
+
+    /// Notes the ARN of a key the command made.
+    pub(super) fn made_key(&self, arn: &str) {
+        self.made.borrow_mut().push(arn.to_owned());
+    }
+
+    /// The ARNs noted by [`Out::made_key`].
+    pub(super) fn keys_made(&self) -> Vec<String> {
+        self.made.borrow().clone()
+    }
+
     /// Prints `value` as JSON with `--json`, otherwise `text` (a trailing newline is added
     /// when missing).
     pub(super) fn emit<T: Serialize>(&self, value: &T, text: &str) -> Result<()> {
