@@ -648,3 +648,53 @@ async fn key_policies_decide_rotation_calls() {
         .unwrap();
     c.list_key_rotations().key_id(&id).send().await.unwrap();
 }
+
+/// DisableKey and EnableKey set the usage of every backing version in the token, also when
+/// the cached handle of one of them has gone stale (another process re-created the object
+/// under its label, as a rotation's adoption or a restore does): that version is looked up
+/// again and set too, and the versions after it are not skipped.
+#[test]
+fn state_changes_reach_every_version_through_a_stale_handle() {
+    use p11kms::kms::types::{EncryptRequest, SecretBytes};
+    use p11kms::kms::{cmk_id, cmk_label};
+    let kms = common::kms();
+    let token = kms.token();
+    let id = common::new_key();
+    let key: KeyId = id.parse().unwrap();
+    for want in [2, 3] {
+        kms.rotate_key_on_demand(common::key_req(&id)).unwrap();
+        assert_eq!(finish(key), want);
+    }
+    // Version 2 re-created behind this service's back: its cached handle is stale now.
+    let old = common::cmk(token, &key, 2);
+    token.destroy_cmk(old).unwrap();
+    let kdf = kms.key_record(key).unwrap().kdf;
+    let new = token
+        .generate_cmk(&cmk_label(&key, 2), &cmk_id(&key, 2), kdf)
+        .unwrap();
+    assert_ne!(new, old, "the token gave the new object the old handle");
+    let derive = |v: u32| {
+        token
+            .cmk_custody(common::cmk(token, &key, v))
+            .unwrap()
+            .derive
+    };
+
+    kms.disable_key(common::key_req(&id)).unwrap();
+    for v in 1..=3 {
+        assert!(
+            !derive(v),
+            "version {v} is still derivable after DisableKey"
+        );
+    }
+    kms.enable_key(common::key_req(&id)).unwrap();
+    for v in 1..=3 {
+        assert!(derive(v), "version {v} is not derivable after EnableKey");
+    }
+    kms.encrypt(EncryptRequest {
+        key_id: Some(id.as_str().into()),
+        plaintext: Some(SecretBytes(b"after".to_vec().into())),
+        ..Default::default()
+    })
+    .expect("the current version works");
+}
