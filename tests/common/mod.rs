@@ -46,6 +46,7 @@ pub struct Fixture {
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
+        log_to_stderr();
         let dir = tempfile::Builder::new()
             .prefix("p11kms-test-")
             .tempdir()
@@ -73,6 +74,20 @@ pub fn fixture() -> &'static Fixture {
             kms,
         }
     })
+}
+
+/// With `P11KMS_LOG` set (`tracing` filter syntax, as for the binary), the library's log of
+/// this test binary (its in-process servers included) goes to stderr, uncaptured: how to see
+/// why a request failed on the server side.
+fn log_to_stderr() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("P11KMS_LOG") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 /// The Kryoptic module under test.

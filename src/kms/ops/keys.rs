@@ -13,7 +13,7 @@ use super::policies::{checked_key_policy, LockoutCheck};
 use super::tags::{check_description, merged_tags};
 use super::{check_grant_tokens, check_limit, now_ms, required, secs, unavailable_state, DAY_MS};
 use crate::error::{KmsError, Result};
-use crate::hsm::{BackingKind, CmkHandle, HsmError};
+use crate::hsm::{BackingKind, HsmError};
 use crate::kms::specs;
 
 /// The rules of CreateKey's members, before anything is made. Values outside the API's enums
@@ -93,6 +93,15 @@ fn pending_import(arn: &str) -> KmsError {
     KmsError::invalid_state(format!(
         "{arn} is pending import: import its key material first."
     ))
+}
+
+/// What [`Kms::apply_token_state`] left to do.
+#[derive(Default)]
+pub(super) struct UsageLeft {
+    /// Versions to look up again: a stale handle, or none bound.
+    pub(super) rebind: Vec<u32>,
+    /// The first other failure (the other versions were still set).
+    pub(super) failed: Option<KmsError>,
 }
 
 impl Kms {
@@ -362,6 +371,7 @@ impl Kms {
         rule: impl FnOnce(&KeyRecord) -> Result<Option<(KeyState, Option<(i64, u32)>)>>,
     ) -> Result<KeyRecord> {
         let id = &of.record.id;
+        let mut left = UsageLeft::default();
         let entry = self.update_entry(
             of,
             |entry| {
@@ -381,8 +391,12 @@ impl Kms {
                     }),
                 })
             },
-            |entry| self.apply_token_state(&entry.record, &entry.cmks),
+            |entry| {
+                left = self.apply_token_state(entry);
+                left.failed.take().map_or(Ok(()), Err)
+            },
         )?;
+        self.finish_token_state(id, &left.rebind);
         if !self.usable_in_token(id) {
             self.epochs.forget(id);
         }
@@ -390,18 +404,74 @@ impl Kms {
     }
 
     /// A CMK is derivable in the token exactly when its key is Enabled (a multi-Region
-    /// key's: in some region).
-    pub(super) fn apply_token_state(
-        &self,
-        record: &KeyRecord,
-        cmks: &BTreeMap<u32, CmkHandle>,
-    ) -> Result<()> {
-        let usable = self.usable_in_token(&record.id);
-        let kind = record.backing_kind()?;
-        for h in cmks.values() {
-            self.token.set_cmk_usable(*h, kind, usable)?;
+    /// key's: in some region): sets the usage of every bound backing version of `entry` so.
+    /// Every version is tried whatever happens to another; a stale handle (another process
+    /// re-created the object under its label) and a version with no handle bound are left
+    /// for [`Kms::finish_token_state`], which looks them up again.
+    pub(super) fn apply_token_state(&self, entry: &KeyEntry) -> UsageLeft {
+        let mut left = UsageLeft::default();
+        let usable = self.usable_in_token(&entry.record.id);
+        let kind = match entry.record.backing_kind() {
+            Ok(k) => k,
+            Err(e) => {
+                left.failed = Some(e);
+                return left;
+            }
+        };
+        for v in &entry.record.versions {
+            let Some(h) = entry.cmks.get(&v.version) else {
+                left.rebind.push(v.version);
+                continue;
+            };
+            match self.token.set_cmk_usable(*h, kind, usable) {
+                Ok(()) => {}
+                Err(e) if e.is_stale_handle() => left.rebind.push(v.version),
+                Err(e) => {
+                    left.failed.get_or_insert(KmsError::from(e));
+                }
+            }
         }
-        Ok(())
+        left
+    }
+
+    /// The rest of [`Kms::apply_token_state`]: binds the backing keys of `versions` of key
+    /// `id` again (found by label and proven genuine, as on any stale handle) and sets their
+    /// usage as the records want it now, with this process's state changes held off (a
+    /// concurrent one is never undone). Failures are logged: the record is in force already,
+    /// every process checks it, and a refusal by the token is healed on use
+    /// ([`Kms::with_backing`]).
+    pub(super) fn finish_token_state(&self, id: &KeyId, versions: &[u32]) {
+        if versions.is_empty() {
+            return;
+        }
+        let done = versions
+            .iter()
+            .try_for_each(|v| self.store.relocate_cmk(id, *v).map(|_| ()))
+            .and_then(|()| {
+                self.store.with_key(id, |entry| {
+                    let Some(entry) = entry else {
+                        return Ok(());
+                    };
+                    let usable = self.usable_in_token(id);
+                    let kind = entry.record.backing_kind()?;
+                    for v in versions {
+                        if let Some(h) = entry.cmks.get(v) {
+                            self.token.set_cmk_usable(*h, kind, usable)?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        if let Err(e) = done {
+            tracing::warn!(
+                key_id = %id,
+                versions = ?versions,
+                error = e.message(),
+                "the key's new record is written, but the token's attributes of some backing \
+                 versions could not be updated; every process reconciles them when it opens \
+                 the token"
+            );
+        }
     }
 
     /// EnableKey.

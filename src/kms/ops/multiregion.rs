@@ -233,7 +233,9 @@ impl Kms {
         // A disabled primary's backing keys are off in the token: the new replica is Enabled.
         // (A crash before this is repaired by the reconcile at the next open.)
         if let Some(entry) = self.store.key(&id) {
-            if let Err(e) = self.apply_token_state(&entry.record, &entry.cmks) {
+            let left = self.apply_token_state(&entry);
+            self.finish_token_state(&id, &left.rebind);
+            if let Some(e) = left.failed {
                 tracing::warn!(
                     key_id = %id,
                     error = e.message(),

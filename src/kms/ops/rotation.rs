@@ -430,6 +430,7 @@ impl Kms {
                 .iter()
                 .any(|(l, _)| l.key == *id && l.from == *from && live(l, now));
             if taken {
+                tracing::debug!(key_id = %id, from, "rotation claimed by another live claim");
                 continue;
             }
             if claiming.elapsed() > CLAIM_BUDGET {
@@ -447,6 +448,11 @@ impl Kms {
         }
         if claiming.elapsed() > CLAIM_MARGIN / 2 {
             // The token stalled while we claimed: these claims prove nothing; next round.
+            tracing::debug!(
+                claims = mine.len(),
+                took_ms = claiming.elapsed().as_millis() as u64,
+                "writing the rotation claims took too long; they are dropped, next round"
+            );
             for ((_, o), _) in mine {
                 self.store.drop_claim(o);
             }
@@ -489,6 +495,11 @@ impl Kms {
                 .filter(|(l, _)| live(l, later))
                 .all(|(l, _)| l.at_ms + margin < label.at_ms);
             if !wins {
+                tracing::debug!(
+                    key_id = %label.key,
+                    from = label.from,
+                    "another live claim is not clearly earlier: no rotation this round"
+                );
                 self.store.drop_claim(object);
                 continue;
             }
