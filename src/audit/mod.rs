@@ -109,9 +109,13 @@ pub struct Record(Vec<u8>);
 impl Record {
     /// `event` as a record; it must serialize to a JSON object.
     pub fn of(event: &impl serde::Serialize) -> Result<Record, AuditError> {
-        let bytes = serde_json::to_vec(event)
-            .map_err(|e| AuditError(format!("the record does not serialize: {e}")))?;
+        let mut bytes = BUFFERS.take();
+        if let Err(e) = serde_json::to_writer(&mut bytes, event) {
+            BUFFERS.give(bytes);
+            return Err(AuditError(format!("the record does not serialize: {e}")));
+        }
         if bytes.len() < 2 || bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
+            BUFFERS.give(bytes);
             return Err(AuditError("a record must be a JSON object".into()));
         }
         Ok(Record(bytes))
@@ -127,6 +131,39 @@ impl Record {
         self.0
             .get(1..self.0.len().saturating_sub(1))
             .unwrap_or_default()
+    }
+}
+
+/// Record buffers, passed from the threads that serialize records to the writer and back
+/// once written: in the steady state a record allocates nothing, and no buffer is freed on
+/// another thread than the one that allocated it (which costs glibc's allocator a lock).
+struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+/// A new buffer's capacity: a typical record (about 1 KB) fits without growing.
+const BUFFER_BYTES: usize = 2048;
+/// Buffers kept for reuse at most (the queue's length: a full queue's worth).
+const BUFFERS_KEPT: usize = 4096;
+/// A buffer grown past this (a record with a 32 KB policy) is freed, not kept.
+const BUFFER_KEPT_BYTES: usize = 16 * 1024;
+
+static BUFFERS: Buffers = Buffers(std::sync::Mutex::new(Vec::new()));
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        crate::sync::lock(&self.0)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_BYTES))
+    }
+
+    fn give(&self, mut b: Vec<u8>) {
+        if b.capacity() > BUFFER_KEPT_BYTES {
+            return;
+        }
+        b.clear();
+        let mut kept = crate::sync::lock(&self.0);
+        if kept.len() < BUFFERS_KEPT {
+            kept.push(b);
+        }
     }
 }
 

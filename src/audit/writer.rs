@@ -348,6 +348,7 @@ impl Writer {
 
     fn record(&mut self, buf: &mut Vec<u8>, r: Record) {
         self.line(buf, r.members(), None);
+        super::BUFFERS.give(r.0);
         self.uncovered += 1;
         if self.uncovered_since.is_none() {
             self.uncovered_since = Some(Instant::now());

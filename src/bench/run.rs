@@ -165,7 +165,12 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
                     );
                     let on = cell_row("http (paired)", Op::DataKeyWithoutPlaintext, c, on);
                     progress.done(&on);
-                    paired.push((on.rate(), row.rate()));
+                    paired.push(Paired {
+                        on: on.rate(),
+                        off: row.rate(),
+                        on_cpu_us: on.cpu_us,
+                        off_cpu_us: row.cpu_us,
+                    });
                 }
                 offs.push(row);
             }
@@ -215,7 +220,15 @@ pub(super) fn run_main(args: &BenchArgs, config: &Config, state: &Path) -> Resul
 }
 
 /// Rounds of alternating cells (trail and metrics off, then on) at c=16.
-const PAIRED_ROUNDS: usize = 3;
+const PAIRED_ROUNDS: usize = 5;
+
+/// One round of the trail-and-metrics comparison: ops/s and server CPU µs per op, on and off.
+pub(super) struct Paired {
+    pub(super) on: f64,
+    pub(super) off: f64,
+    pub(super) on_cpu_us: Option<f64>,
+    pub(super) off_cpu_us: Option<f64>,
+}
 
 /// The table's layer of the server without its trail and metrics.
 pub(super) const OFF_LAYER: &str = "http, audit+metrics off";

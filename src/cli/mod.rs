@@ -156,12 +156,12 @@ fn run_configured(path: Option<PathBuf>, json: bool, command: Configured) -> Res
 fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
     let config = config.clone();
     match command {
-        Configured::Custody(CustodyCmd::Report) => custody::report(&open(&config)?, &out),
+        Configured::Custody(CustodyCmd::Report) => custody::report(&open(&config)?, out),
         Configured::Custody(CustodyCmd::Verify { file }) => {
-            custody::verify(&open(&config)?, &file, &out)
+            custody::verify(&open(&config)?, &file, out)
         }
         Configured::Audit(AuditCmd::Verify { files, no_token }) => {
-            if audit::verify(&config, &files, no_token, &out)? {
+            if audit::verify(&config, &files, no_token, out)? {
                 Ok(())
             } else {
                 // Verified but not closed: neither a pass nor a forgery.
@@ -169,32 +169,32 @@ fn run_command(config: &Config, out: &Out, command: Configured) -> Result<()> {
             }
         }
         Configured::Token(TokenCmd::Init { so_pin_file }) => {
-            token::token_init(&config, so_pin_file.as_deref(), &out)
+            token::token_init(&config, so_pin_file.as_deref(), out)
         }
         // Unenforced: `token info` must be able to say why a token fails
         // require_in_token_sealing.
         Configured::Token(TokenCmd::Info) => token::token_info(
             &config,
             &explain_open(&config, crate::app::open_unenforced(&config))?,
-            &out,
+            out,
         ),
-        Configured::Token(TokenCmd::Sweep) => token::token_sweep(&open(&config)?, &out),
-        Configured::Key(cmd) => keys::key(&open(&config)?, &out, cmd),
-        Configured::Alias(cmd) => keys::alias(&open(&config)?, &out, cmd),
-        Configured::Grant(cmd) => grants::grant(&open(&config)?, &out, cmd),
+        Configured::Token(TokenCmd::Sweep) => token::token_sweep(&open(&config)?, out),
+        Configured::Key(cmd) => keys::key(&open(&config)?, out, cmd),
+        Configured::Alias(cmd) => keys::alias(&open(&config)?, out, cmd),
+        Configured::Grant(cmd) => grants::grant(&open(&config)?, out, cmd),
         Configured::Datakey(DatakeyCmd::Generate(args)) => {
-            crypto::datakey(&open(&config)?, &out, args)
+            crypto::datakey(&open(&config)?, out, args)
         }
-        Configured::DatakeyPair(args) => crypto::datakey_pair(&open(&config)?, &out, args),
-        Configured::Encrypt(args) => crypto::encrypt(&open(&config)?, &out, args),
-        Configured::Decrypt(args) => crypto::decrypt(&open(&config)?, &out, args),
-        Configured::Reencrypt(args) => crypto::reencrypt(&open(&config)?, &out, args),
-        Configured::Random(args) => crypto::random(&open(&config)?, &out, args),
-        Configured::Sign(args) => asymmetric::sign(&open(&config)?, &out, args),
-        Configured::Verify(args) => asymmetric::verify(&open(&config)?, &out, args),
-        Configured::PublicKey(args) => asymmetric::public_key(&open(&config)?, &out, args),
-        Configured::Mac(cmd) => asymmetric::mac(&open(&config)?, &out, cmd),
-        Configured::Envelope(cmd) => envelope::envelope_cmd(&open(&config)?, &out, cmd),
+        Configured::DatakeyPair(args) => crypto::datakey_pair(&open(&config)?, out, args),
+        Configured::Encrypt(args) => crypto::encrypt(&open(&config)?, out, args),
+        Configured::Decrypt(args) => crypto::decrypt(&open(&config)?, out, args),
+        Configured::Reencrypt(args) => crypto::reencrypt(&open(&config)?, out, args),
+        Configured::Random(args) => crypto::random(&open(&config)?, out, args),
+        Configured::Sign(args) => asymmetric::sign(&open(&config)?, out, args),
+        Configured::Verify(args) => asymmetric::verify(&open(&config)?, out, args),
+        Configured::PublicKey(args) => asymmetric::public_key(&open(&config)?, out, args),
+        Configured::Mac(cmd) => asymmetric::mac(&open(&config)?, out, cmd),
+        Configured::Envelope(cmd) => envelope::envelope_cmd(&open(&config)?, out, cmd),
         Configured::Serve(args) if args.http_floor => {
             crate::api::serve_http_floor(args.listen.as_deref().unwrap_or(&config.server.listen))
         }
