@@ -303,15 +303,7 @@ impl ConditionContext for Facts<'_> {
 /// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
 fn rfc3339(secs: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
+        Ok(t) => crate::audit::event_time(t),
         Err(_) => String::new(),
     }
 }
