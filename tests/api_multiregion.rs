@@ -69,6 +69,26 @@ async fn replicate(c: &Client, id: &str, region: &str) -> aws_sdk_kms::types::Ke
         .expect("replica metadata")
 }
 
+/// A multi-Region key of `spec` for `usage` made in `home`'s region and replicated to OTHER.
+async fn replicated_pair(
+    home: &Client,
+    spec: KeySpec,
+    usage: KeyUsageType,
+) -> aws_sdk_kms::types::KeyMetadata {
+    let m = home
+        .create_key()
+        .multi_region(true)
+        .key_spec(spec)
+        .key_usage(usage)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap();
+    replicate(home, m.key_id(), OTHER).await;
+    m
+}
+
 async fn state(c: &Client, id: &str) -> KeyState {
     c.describe_key()
         .key_id(id)
@@ -533,17 +553,7 @@ async fn each_region_has_its_own_state_tags_policy_and_aliases() {
 async fn asymmetric_and_hmac_keys_are_multi_region_too() {
     let home = client_in(HOME);
     let other = client_in(OTHER);
-    let sign = home
-        .create_key()
-        .multi_region(true)
-        .key_spec(KeySpec::EccNistP256)
-        .key_usage(KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap();
-    replicate(&home, sign.key_id(), OTHER).await;
+    let sign = replicated_pair(&home, KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
     let sig = home
         .sign()
         .key_id(sign.key_id())
@@ -578,17 +588,7 @@ async fn asymmetric_and_hmac_keys_are_multi_region_too() {
         .unwrap();
     assert_eq!(pk_home.public_key(), pk_other.public_key());
 
-    let mac = home
-        .create_key()
-        .multi_region(true)
-        .key_spec(KeySpec::Hmac256)
-        .key_usage(KeyUsageType::GenerateVerifyMac)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap();
-    replicate(&home, mac.key_id(), OTHER).await;
+    let mac = replicated_pair(&home, KeySpec::Hmac256, KeyUsageType::GenerateVerifyMac).await;
     let tag = other
         .generate_mac()
         .key_id(mac.key_id())

@@ -141,10 +141,12 @@ struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
 
 /// A new buffer's capacity: a typical record (about 1 KB) fits without growing.
 const BUFFER_BYTES: usize = 2048;
-/// Buffers kept for reuse at most (the queue's length: a full queue's worth).
-const BUFFERS_KEPT: usize = 4096;
-/// A buffer grown past this (a record with a 32 KB policy) is freed, not kept.
-const BUFFER_KEPT_BYTES: usize = 16 * 1024;
+/// Buffers kept for reuse at most: enough for a few batches in flight.
+const BUFFERS_KEPT: usize = 1024;
+/// A buffer grown past this (a record with a long policy or context) is freed, not kept, so
+/// what the pool holds stays under `BUFFERS_KEPT × BUFFER_BYTES` (2 MiB) whatever requests
+/// a client sends.
+const BUFFER_KEPT_BYTES: usize = BUFFER_BYTES;
 
 static BUFFERS: Buffers = Buffers(std::sync::Mutex::new(Vec::new()));
 
