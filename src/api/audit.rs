@@ -453,6 +453,25 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_bodies_are_refused_without_recursing_away() {
+        let deep = |member: &str| {
+            format!(
+                "{{\"{member}\":{}1{}}}",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+        };
+        // Kept (parsed into a value) and skipped (passed over): serde_json's depth limit.
+        for member in ["Tags", "Plaintext"] {
+            assert_eq!(
+                request_parameters(deep(member).as_bytes()),
+                None,
+                "{member}"
+            );
+        }
+    }
+
+    #[test]
     fn a_record_is_one_object_with_cloudtrail_fields() {
         let params = serde_json::json!({"keyId": "k"});
         let keys = ["arn:aws:kms:eu-west-1:111122223333:key/k".to_owned()];
