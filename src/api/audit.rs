@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-use crate::audit::{event_time, AuditError, AuditLog, Failure, Record};
+use crate::audit::{AuditError, AuditLog, Failure, Record};
 
 /// Request members that are recorded (as CloudTrail does, in lowerCamelCase). Everything
 /// else is dropped.
@@ -76,14 +76,14 @@ const RESPONSE_MEMBERS: &[&str] = &[
     "ReplicaKeyMetadata",
 ];
 
-/// Members whose contents are named by their members' own keys (kept verbatim).
-const KEEP_INNER_KEYS: &[&str] = &[
-    "EncryptionContext",
-    "SourceEncryptionContext",
-    "DestinationEncryptionContext",
-    "Constraints",
-    "Policy",
-];
+/// Members whose values hold objects named by AWS member names, renamed inside as CloudTrail
+/// does (`Tags[].TagKey` is `tags[].tagKey`). Every other kept member is copied as the caller
+/// sent it: an encryption context's, a policy's or a grant constraint's keys are the
+/// caller's own, and the rest are strings, numbers, booleans or lists of strings.
+const RENAMED_INSIDE: &[&str] = &["Tags", "KeyMetadata", "ReplicaKeyMetadata"];
+
+// A member seen twice is noticed with one bit per kept name.
+const _: () = assert!(REQUEST_MEMBERS.len() <= 64 && RESPONSE_MEMBERS.len() <= 64);
 
 /// Whether an operation (by its AWS name) changes nothing.
 pub fn read_only(op: &str) -> bool {
@@ -127,80 +127,150 @@ fn camel_deep(v: Value) -> Value {
     }
 }
 
+/// Kept members of a request or a response: one JSON object, compact (no line breaks),
+/// ready to go into a record as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members(Vec<u8>);
+
+impl Members {
+    /// `v` as members (the CLI's parameters); `None` unless it is an object.
+    pub fn of(v: &Value) -> Option<Members> {
+        v.is_object()
+            .then(|| serde_json::to_vec(v).ok().map(Members))
+            .flatten()
+    }
+
+    /// The object's JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The members of the JSON object `body` named in `names`, renamed for the record. Members
 /// not named are skipped as the body is read, never copied: a plaintext or a ciphertext is
-/// not duplicated into host memory for the trail's sake.
-fn pick(body: &[u8], names: &[&str]) -> Option<Value> {
+/// not duplicated into host memory for the trail's sake. `None`: the body is not one JSON
+/// object, or names a kept member twice (its operation refuses it too).
+fn pick(body: &[u8], names: &[&str]) -> Option<Members> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let kept = Kept(names).deserialize(&mut de).ok()?;
     de.end().ok()?;
-    Some(Value::Object(kept))
+    Some(Members(kept))
 }
 
-/// Reads an object, keeping the members it names (see [`pick`]).
+/// Reads an object, writing the members it names (see [`pick`]).
 struct Kept<'n>(&'n [&'n str]);
 
 impl<'de> DeserializeSeed<'de> for Kept<'_> {
-    type Value = Map<String, Value>;
+    type Value = Vec<u8>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for Kept<'_> {
-    type Value = Map<String, Value>;
+    type Value = Vec<u8>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-        let mut out = Map::new();
+        let mut out = Vec::with_capacity(128);
+        out.push(b'{');
+        let mut seen = 0u64;
         while let Some(which) = m.next_key_seed(Which(self.0))? {
-            match which {
-                Some(name) => {
-                    let v: Value = m.next_value()?;
-                    let v = if KEEP_INNER_KEYS.contains(&name) {
-                        v
-                    } else {
-                        camel_deep(v)
-                    };
-                    out.insert(lower_camel(name), v);
-                }
-                None => {
-                    m.next_value::<IgnoredAny>()?;
-                }
+            let Some((i, name)) = which else {
+                m.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let bit = 1u64 << i;
+            if seen & bit != 0 {
+                return Err(serde::de::Error::custom("a member named twice"));
+            }
+            seen |= bit;
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            push_lower_camel(&mut out, name);
+            out.extend_from_slice(b"\":");
+            if RENAMED_INSIDE.contains(&name) {
+                let v: Value = m.next_value()?;
+                serde_json::to_writer(&mut out, &camel_deep(v))
+                    .map_err(serde::de::Error::custom)?;
+            } else {
+                // Borrowed from the body: parsed (so valid JSON, no control character in a
+                // string) but not built into values.
+                let raw: &'de RawValue = m.next_value()?;
+                push_compact(&mut out, raw.get().as_bytes());
             }
         }
+        out.push(b'}');
         Ok(out)
     }
 }
 
-/// Reads a member name: which of the kept names it is, without allocating.
+/// Appends `name` (an ASCII member name) with its first letter in lower case.
+fn push_lower_camel(out: &mut Vec<u8>, name: &str) {
+    let b = name.as_bytes();
+    if let Some((first, rest)) = b.split_first() {
+        out.push(first.to_ascii_lowercase());
+        out.extend_from_slice(rest);
+    }
+}
+
+/// Appends the valid JSON text `json` without the whitespace between its tokens (a record is
+/// one line; a string cannot hold a raw line break).
+fn push_compact(out: &mut Vec<u8>, json: &[u8]) {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !json.iter().any(blank) {
+        out.extend_from_slice(json);
+        return;
+    }
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if blank(&b) {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
+    }
+}
+
+/// Reads a member name: which of the kept names it is (and its index), without allocating.
 struct Which<'n>(&'n [&'n str]);
 
 impl<'de, 'n> DeserializeSeed<'de> for Which<'n> {
-    type Value = Option<&'n str>;
+    type Value = Option<(usize, &'n str)>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'n> Visitor<'_> for Which<'n> {
-    type Value = Option<&'n str>;
+    type Value = Option<(usize, &'n str)>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a member name")
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().copied().find(|n| *n == v))
+        Ok(self.0.iter().copied().enumerate().find(|(_, n)| *n == v))
     }
 }
 
 /// The request members an audit record keeps (`None`: the body is not a JSON object).
-pub fn request_parameters(body: &[u8]) -> Option<Value> {
+pub fn request_parameters(body: &[u8]) -> Option<Members> {
     pick(body, REQUEST_MEMBERS)
 }
 
 /// The response members an audit record keeps, for a state-changing `op`.
-pub fn response_elements(op: &str, body: &[u8]) -> Option<Value> {
+pub fn response_elements(op: &str, body: &[u8]) -> Option<Members> {
     if read_only(op) {
         return None;
     }
@@ -215,6 +285,15 @@ pub struct Identity<'a> {
     pub access_key_id: &'a str,
 }
 
+/// Where a request came from (`sourceIPAddress`).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The peer's address.
+    Address(std::net::IpAddr),
+    /// A name, as CloudTrail writes a service's name when there is no address.
+    Named(&'a str),
+}
+
 /// Everything a record says.
 pub struct Event<'a> {
     /// The AWS operation name.
@@ -225,16 +304,16 @@ pub struct Event<'a> {
     pub region: &'a str,
     /// The service's account (for the resources and an identity without one).
     pub account: &'a str,
-    /// `sourceIPAddress` (CloudTrail writes a service name when there is no address).
-    pub source: &'a str,
+    /// `sourceIPAddress`.
+    pub source: Source<'a>,
     /// `userAgent`.
     pub user_agent: &'a str,
     /// `None`: the caller is not known (the signature did not verify).
     pub identity: Option<Identity<'a>>,
     /// Kept members of the request.
-    pub request: Option<&'a Value>,
+    pub request: Option<&'a Members>,
     /// Kept members of the response.
-    pub response: Option<&'a Value>,
+    pub response: Option<&'a Members>,
     /// AWS error name and message.
     pub error: Option<(&'a str, &'a str)>,
     /// `requestID`.
@@ -261,108 +340,132 @@ fn account_of(arn: &str) -> Option<&str> {
     arn.split(':').nth(4).filter(|a| !a.is_empty())
 }
 
-/// A CloudTrail KMS event, its fields in CloudTrail's names and order. Serialized straight
-/// from borrowed parts: a record costs one pass, not a tree of owned values.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Cloudtrail<'a> {
-    event_version: &'static str,
-    user_identity: UserIdentity<'a>,
-    event_time: String,
-    event_source: &'static str,
-    event_name: &'a str,
-    aws_region: &'a str,
-    #[serde(rename = "sourceIPAddress")]
-    source_ip_address: &'a str,
-    user_agent: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_message: Option<&'a str>,
-    request_parameters: Option<&'a Value>,
-    response_elements: Option<&'a Value>,
-    #[serde(rename = "requestID")]
-    request_id: &'a str,
-    #[serde(rename = "eventID")]
-    event_id: &'a str,
-    read_only: bool,
-    resources: Vec<KeyResource<'a>>,
-    event_type: &'static str,
-    management_event: bool,
-    recipient_account_id: &'a str,
-    event_category: &'static str,
+/// A JSON object being written: member names are ours (plain ASCII, written as they are),
+/// values from callers are escaped.
+struct Object<'b> {
+    out: &'b mut Vec<u8>,
+    empty: bool,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UserIdentity<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    arn: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    account_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    access_key_id: Option<&'a str>,
+impl<'b> Object<'b> {
+    fn open(out: &'b mut Vec<u8>) -> Object<'b> {
+        out.push(b'{');
+        Object { out, empty: true }
+    }
+
+    /// Starts member `name`; its value is written next into what this returns.
+    fn member(&mut self, name: &str) -> &mut Vec<u8> {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// A string member.
+    fn string(&mut self, name: &str, value: &str) {
+        push_string(self.member(name), value);
+    }
+
+    /// A string member of our own making that needs no escaping (a name, an id).
+    fn plain(&mut self, name: &str, value: &str) {
+        let out = self.member(name);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    }
+
+    /// A member whose value is JSON text of our own making (a literal, or kept members).
+    fn json(&mut self, name: &str, value: &[u8]) {
+        self.member(name).extend_from_slice(value);
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
 }
 
-#[derive(Serialize)]
-struct KeyResource<'a> {
-    #[serde(rename = "accountId")]
-    account_id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(rename = "ARN")]
-    arn: &'a str,
+/// Appends `s` as a JSON string.
+fn push_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a `Vec` cannot fail, nor can serializing a `str`.
+    let _ = serde_json::to_writer(out, s);
 }
 
-/// The record, ready for the trail.
+/// The record, ready for the trail: a CloudTrail KMS event, its fields in CloudTrail's
+/// names and order, written straight into the record's buffer in one pass (no tree of
+/// values; only what came from a caller goes through escaping).
 pub fn record(e: &Event<'_>) -> Result<Record, AuditError> {
-    let user_identity = match &e.identity {
-        Some(i) => UserIdentity {
-            kind: identity_type(i.arn),
-            arn: Some(i.arn),
-            account_id: Some(account_of(i.arn).unwrap_or(e.account)),
-            access_key_id: Some(i.access_key_id),
-        },
-        None => UserIdentity {
-            kind: "Unknown",
-            arn: None,
-            account_id: None,
-            access_key_id: None,
-        },
-    };
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let event_id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
-    Record::of(&Cloudtrail {
-        event_version: "1.08",
-        user_identity,
-        event_time: event_time(e.time),
-        event_source: "kms.amazonaws.com",
-        event_name: e.op,
-        aws_region: e.region,
-        source_ip_address: e.source,
-        user_agent: e.user_agent,
-        error_code: e.error.map(|(code, _)| code),
-        error_message: e.error.map(|(_, message)| message),
-        request_parameters: e.request,
-        response_elements: e.response.filter(|_| e.error.is_none()),
-        request_id: e.request_id,
-        event_id,
-        read_only: read_only(e.op),
-        resources: e
-            .keys
-            .iter()
-            .map(|arn| KeyResource {
-                account_id: account_of(arn).unwrap_or(e.account),
-                kind: "AWS::KMS::Key",
-                arn,
-            })
-            .collect(),
-        event_type: "AwsApiCall",
-        management_event: true,
-        recipient_account_id: e.account,
-        event_category: "Management",
+    Record::written(|out| {
+        let mut o = Object::open(out);
+        o.plain("eventVersion", "1.08");
+        let mut who = Object::open(o.member("userIdentity"));
+        match &e.identity {
+            Some(i) => {
+                who.plain("type", identity_type(i.arn));
+                who.string("arn", i.arn);
+                who.string("accountId", account_of(i.arn).unwrap_or(e.account));
+                who.string("accessKeyId", i.access_key_id);
+            }
+            None => who.plain("type", "Unknown"),
+        }
+        who.close();
+        let out = o.member("eventTime");
+        out.push(b'"');
+        crate::audit::push_event_time(out, e.time);
+        out.push(b'"');
+        o.plain("eventSource", "kms.amazonaws.com");
+        o.string("eventName", e.op);
+        o.string("awsRegion", e.region);
+        match e.source {
+            Source::Address(ip) => {
+                use std::io::Write;
+                let out = o.member("sourceIPAddress");
+                // An address prints as digits, dots and colons.
+                let _ = write!(out, "\"{ip}\"");
+            }
+            Source::Named(name) => o.string("sourceIPAddress", name),
+        }
+        o.string("userAgent", e.user_agent);
+        if let Some((code, message)) = e.error {
+            o.string("errorCode", code);
+            o.string("errorMessage", message);
+        }
+        o.json(
+            "requestParameters",
+            e.request.map_or(&b"null"[..], Members::as_bytes),
+        );
+        // An error answers nothing.
+        let response = e.response.filter(|_| e.error.is_none());
+        o.json(
+            "responseElements",
+            response.map_or(&b"null"[..], Members::as_bytes),
+        );
+        o.string("requestID", e.request_id);
+        o.plain("eventID", event_id);
+        o.json("readOnly", if read_only(e.op) { b"true" } else { b"false" });
+        let out = o.member("resources");
+        out.push(b'[');
+        for (n, arn) in e.keys.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            let mut r = Object::open(out);
+            r.string("accountId", account_of(arn).unwrap_or(e.account));
+            r.plain("type", "AWS::KMS::Key");
+            r.string("ARN", arn);
+            r.close();
+        }
+        out.push(b']');
+        o.plain("eventType", "AwsApiCall");
+        o.json("managementEvent", b"true");
+        o.string("recipientAccountId", e.account);
+        o.plain("eventCategory", "Management");
+        o.close();
     })
 }
 
@@ -378,12 +481,15 @@ pub(super) async fn write(
     record: Record,
     wait: bool,
 ) -> Result<(), AuditError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let ack: Option<crate::audit::Ack> = wait.then(|| -> crate::audit::Ack {
-        Box::new(move |r| {
+    let (ack, rx) = if wait {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ack: crate::audit::Ack = Box::new(move |r| {
             let _ = tx.send(r);
-        })
-    });
+        });
+        (Some(ack), Some(rx))
+    } else {
+        (None, None)
+    };
     if let Err((record, ack)) = log.try_append(record, ack) {
         let log = Arc::clone(log);
         // The blocking pool is bounded and shared; `append_blocking` only waits for room.
@@ -399,9 +505,9 @@ pub(super) async fn write(
             };
         }
     }
-    if !wait {
+    let Some(rx) = rx else {
         return Ok(());
-    }
+    };
     match tokio::time::timeout(ACK_WAIT, rx).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(AuditError("the writer dropped the record".into())),
@@ -425,7 +531,7 @@ mod tests {
     fn request_parameters_keep_listed_members_renamed_and_nothing_else() {
         let body = br#"{"KeyId":"alias/a","Plaintext":"c2VjcmV0","Tags":[{"TagKey":"k","TagValue":"v"}],
             "EncryptionContext":{"Tenant":"x"},"Unknown":{"deep":[1,2,{"x":null}]},"Key\u0053pec":"AES_256"}"#;
-        let kept = request_parameters(body).unwrap();
+        let kept = parsed(&request_parameters(body).unwrap());
         assert_eq!(
             kept,
             serde_json::json!({
@@ -436,6 +542,40 @@ mod tests {
                 "keySpec": "AES_256",
             })
         );
+    }
+
+    fn parsed(m: &Members) -> Value {
+        serde_json::from_slice(m.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn kept_members_are_copied_on_one_line_with_their_strings_as_sent() {
+        let body = b"{\n  \"KeyId\" : \"alias/a b\",\r\n\t\"EncryptionContext\": {\n \"k \\\" \\n\": \"v  \\u00e9\"\n},\n\"Operations\": [ \"Decrypt\" ,\"Encrypt\" ], \"Plaintext\" : \"c2VjcmV0\" }";
+        let kept = request_parameters(body).unwrap();
+        assert_eq!(
+            std::str::from_utf8(kept.as_bytes()).unwrap(),
+            r#"{"keyId":"alias/a b","encryptionContext":{"k \" \n":"v  \u00e9"},"operations":["Decrypt","Encrypt"]}"#
+        );
+    }
+
+    #[test]
+    fn a_kept_member_named_twice_keeps_nothing() {
+        assert_eq!(
+            request_parameters(br#"{"KeyId":"a","Plaintext":"x","KeyId":"b"}"#),
+            None
+        );
+        // A skipped member may repeat: nothing of it is kept.
+        assert!(request_parameters(br#"{"KeyId":"a","Plaintext":"x","Plaintext":"y"}"#).is_some());
+    }
+
+    #[test]
+    fn response_elements_rename_inside_metadata_and_skip_read_only_operations() {
+        let body = br#"{"KeyMetadata":{"KeyId":"k","KeyState":"Enabled"},"GrantToken":"secret"}"#;
+        assert_eq!(
+            parsed(&response_elements("CreateKey", body).unwrap()),
+            serde_json::json!({"keyMetadata": {"keyId": "k", "keyState": "Enabled"}})
+        );
+        assert_eq!(response_elements("DescribeKey", body), None);
     }
 
     #[test]
@@ -466,21 +606,21 @@ mod tests {
         // A skipped member is passed over without recursion (serde_json keeps the brackets
         // in a list), and nothing of it is kept.
         assert_eq!(
-            request_parameters(deep("Plaintext").as_bytes()),
+            request_parameters(deep("Plaintext").as_bytes()).map(|m| parsed(&m)),
             Some(serde_json::json!({}))
         );
     }
 
     #[test]
     fn a_record_is_one_object_with_cloudtrail_fields() {
-        let params = serde_json::json!({"keyId": "k"});
+        let params = Members::of(&serde_json::json!({"keyId": "k"})).unwrap();
         let keys = ["arn:aws:kms:eu-west-1:111122223333:key/k".to_owned()];
         let r = record(&Event {
             op: "Decrypt",
             time: time::OffsetDateTime::UNIX_EPOCH,
             region: "eu-west-1",
             account: "111122223333",
-            source: "127.0.0.1",
+            source: Source::Address([127, 0, 0, 1].into()),
             user_agent: "ua \"quoted\"\n",
             identity: None,
             request: Some(&params),
@@ -503,5 +643,80 @@ mod tests {
         assert_eq!(v["eventID"].as_str().map(str::len), Some(36));
         // One line: the user agent's newline is escaped.
         assert!(!r.as_bytes().contains(&b'\n'));
+    }
+
+    #[test]
+    fn a_record_of_a_signed_success_names_caller_keys_and_answer_in_cloudtrail_order() {
+        let params = request_parameters(br#"{"KeyId":"alias/a","KeySpec":"AES_256"}"#).unwrap();
+        let answer = response_elements("CreateKey", br#"{"KeyMetadata":{"KeyId":"k"}}"#).unwrap();
+        let keys = [
+            "arn:aws:kms:eu-west-1:111122223333:key/k".to_owned(),
+            "arn:aws:kms:eu-west-1:444455556666:key/j".to_owned(),
+        ];
+        let r = record(&Event {
+            op: "CreateKey",
+            time: time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000),
+            region: "eu-west-1",
+            account: "111122223333",
+            source: Source::Named("p11kms-cli"),
+            user_agent: "aws-cli/2",
+            identity: Some(Identity {
+                arn: "arn:aws:iam::111122223333:user/alice",
+                access_key_id: "AKIDEXAMPLE",
+            }),
+            request: Some(&params),
+            response: Some(&answer),
+            error: None,
+            request_id: "rid",
+            keys: &keys,
+        })
+        .unwrap();
+        let text = std::str::from_utf8(r.as_bytes()).unwrap();
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            v["userIdentity"],
+            serde_json::json!({"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice",
+                "accountId": "111122223333", "accessKeyId": "AKIDEXAMPLE"})
+        );
+        assert_eq!(v["eventTime"], "2026-11-30T00:53:20Z");
+        assert_eq!(v["sourceIPAddress"], "p11kms-cli");
+        assert_eq!(
+            v["requestParameters"],
+            serde_json::json!({"keyId": "alias/a", "keySpec": "AES_256"})
+        );
+        assert_eq!(
+            v["responseElements"],
+            serde_json::json!({"keyMetadata": {"keyId": "k"}})
+        );
+        assert_eq!(v["readOnly"], false);
+        assert_eq!(v["resources"][1]["accountId"], "444455556666");
+        assert_eq!(v.get("errorCode"), None);
+        // CloudTrail's order, each member once.
+        let order = [
+            "eventVersion",
+            "userIdentity",
+            "eventTime",
+            "eventSource",
+            "eventName",
+            "awsRegion",
+            "sourceIPAddress",
+            "userAgent",
+            "requestParameters",
+            "responseElements",
+            "requestID",
+            "eventID",
+            "readOnly",
+            "resources",
+            "eventType",
+            "managementEvent",
+            "recipientAccountId",
+            "eventCategory",
+        ];
+        let at: Vec<usize> = order
+            .iter()
+            .map(|name| text.find(&format!("\"{name}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(v.as_object().unwrap().len(), order.len());
     }
 }

@@ -29,8 +29,8 @@ pub(super) struct Notes {
     /// region, and the request and response members `api::audit` keeps.
     pub user_agent: Option<String>,
     pub region: Option<String>,
-    pub params: Option<serde_json::Value>,
-    pub response: Option<serde_json::Value>,
+    pub params: Option<super::audit::Members>,
+    pub response: Option<super::audit::Members>,
 }
 
 /// The keys an operation is authorized on, noted by `operations` as it resolves them (a

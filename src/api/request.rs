@@ -274,24 +274,20 @@ fn audit_record(
 ) -> Result<crate::audit::Record, crate::audit::AuditError> {
     let scope = state.kms.scope();
     // A 5xx's detail is for the log, as for the client.
-    let generic = format!("the service failed (request {request_id})");
-    let error = error.map(|e| {
-        let msg = if e.status.is_server_error() {
-            generic.as_str()
-        } else {
-            e.message.as_str()
-        };
-        (e.name, msg)
-    });
-    let source = peer
-        .ip
-        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let generic = error
+        .filter(|e| e.status.is_server_error())
+        .map(|_| format!("the service failed (request {request_id})"));
+    let error = error.map(|e| (e.name, generic.as_deref().unwrap_or(&e.message)));
+    let source = peer.ip.map_or(
+        super::audit::Source::Named("unknown"),
+        super::audit::Source::Address,
+    );
     super::audit::record(&super::audit::Event {
         op: notes.op.map_or("Unknown", Op::name),
         time: arrived,
         region: notes.region.as_deref().unwrap_or(&scope.region),
         account: &scope.account,
-        source: &source,
+        source,
         user_agent: notes.user_agent.as_deref().unwrap_or(""),
         identity: notes.principal.as_deref().map(|p| super::audit::Identity {
             arn: &p.arn,

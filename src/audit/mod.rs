@@ -107,13 +107,11 @@ impl AuditSettings {
 pub struct Record(Vec<u8>);
 
 impl Record {
-    /// `event` as a record; it must serialize to a JSON object.
-    pub fn of(event: &impl serde::Serialize) -> Result<Record, AuditError> {
+    /// A record `write` puts straight into a pooled buffer; it must write one JSON object
+    /// on one line.
+    pub fn written(write: impl FnOnce(&mut Vec<u8>)) -> Result<Record, AuditError> {
         let mut bytes = BUFFERS.take();
-        if let Err(e) = serde_json::to_writer(&mut bytes, event) {
-            BUFFERS.give(bytes);
-            return Err(AuditError(format!("the record does not serialize: {e}")));
-        }
+        write(&mut bytes);
         if bytes.len() < 2 || bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
             BUFFERS.give(bytes);
             return Err(AuditError("a record must be a JSON object".into()));
@@ -157,14 +155,21 @@ impl Buffers {
             .unwrap_or_else(|| Vec::with_capacity(BUFFER_BYTES))
     }
 
-    fn give(&self, mut b: Vec<u8>) {
-        if b.capacity() > BUFFER_KEPT_BYTES {
-            return;
-        }
-        b.clear();
+    fn give(&self, b: Vec<u8>) {
+        self.give_all([b]);
+    }
+
+    /// Takes back a batch's buffers under one lock.
+    fn give_all(&self, buffers: impl IntoIterator<Item = Vec<u8>>) {
         let mut kept = crate::sync::lock(&self.0);
-        if kept.len() < BUFFERS_KEPT {
-            kept.push(b);
+        for mut b in buffers {
+            if kept.len() >= BUFFERS_KEPT {
+                break;
+            }
+            if b.capacity() <= BUFFER_KEPT_BYTES {
+                b.clear();
+                kept.push(b);
+            }
         }
     }
 }
@@ -181,22 +186,65 @@ pub(crate) fn checkpoint_message(stream: &str, seq: u64, prev: &str, closing: bo
 
 /// SHA-256 of a line's bytes (without its newline), hex.
 pub(crate) fn line_hash(line: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(line))
+    LineHash::of(line).as_str().to_owned()
+}
+
+/// A line's SHA-256 as the lower-case hex the next line's `prev` names, kept inline (the
+/// writer makes one per line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineHash([u8; 64]);
+
+impl LineHash {
+    /// `prev` of a stream's first line.
+    pub(crate) const GENESIS: LineHash = LineHash([b'0'; 64]);
+
+    pub(crate) fn of(line: &[u8]) -> LineHash {
+        use sha2::Digest;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = sha2::Sha256::digest(line);
+        let mut hex = [0u8; 64];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(digest) {
+            pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        LineHash(hex)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The time as CloudTrail writes it: `2026-12-02T01:02:03Z`.
 pub fn event_time(t: time::OffsetDateTime) -> String {
+    let mut out = Vec::with_capacity(20);
+    push_event_time(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`event_time`]'s text (digits and separators: nothing a JSON string escapes),
+/// without formatting machinery: it is on every record's path.
+pub fn push_event_time(out: &mut Vec<u8>, t: time::OffsetDateTime) {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let digits = |out: &mut Vec<u8>, n: u32, width: u32| {
+        for k in (0..width).rev() {
+            let d = n / 10u32.pow(k) % 10;
+            out.push(b'0' + d as u8);
+        }
+    };
+    // Years outside 0..=9999 are not written by any clock this runs on; they wrap.
+    digits(out, t.year().unsigned_abs(), 4);
+    out.push(b'-');
+    digits(out, u32::from(u8::from(t.month())), 2);
+    out.push(b'-');
+    digits(out, u32::from(t.day()), 2);
+    out.push(b'T');
+    digits(out, u32::from(t.hour()), 2);
+    out.push(b':');
+    digits(out, u32::from(t.minute()), 2);
+    out.push(b':');
+    digits(out, u32::from(t.second()), 2);
+    out.push(b'Z');
 }
 
 /// The trail `config` asks for over `token` (`None`: `audit = false`): the token's audit key
@@ -227,4 +275,38 @@ pub fn open(
     AuditLog::open(settings, key)
         .map(Some)
         .map_err(|e| crate::KmsError::io(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_hash_is_the_lower_hex_sha256_and_genesis_is_zeros() {
+        use sha2::Digest;
+        let line = br#"{"a":1}"#;
+        assert_eq!(
+            LineHash::of(line).as_str(),
+            hex::encode(sha2::Sha256::digest(line))
+        );
+        assert_eq!(LineHash::GENESIS.as_str(), GENESIS);
+    }
+
+    #[test]
+    fn event_times_are_padded_utc_seconds() {
+        let t = time::macros::datetime!(2026-03-04 05:06:07.891 +02:00);
+        assert_eq!(event_time(t), "2026-03-04T03:06:07Z");
+        assert_eq!(
+            event_time(time::OffsetDateTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_record_must_be_one_object() {
+        assert!(Record::written(|b| b.extend_from_slice(b"[1]")).is_err());
+        assert!(Record::written(|_| ()).is_err());
+        let r = Record::written(|b| b.extend_from_slice(br#"{"a":1}"#)).unwrap();
+        assert_eq!(r.members(), br#""a":1"#);
+    }
 }

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{
-    checkpoint_message, event_time, line_hash, AuditError, AuditSettings, Failure, Fsync, Record,
-    GENESIS, MAC_SCHEME, MEMBER,
+    checkpoint_message, event_time, AuditError, AuditSettings, Failure, Fsync, LineHash, Record,
+    BUFFERS, MAC_SCHEME, MEMBER,
 };
 use crate::hsm::{AuditKey, AUDIT_KEY_LABEL};
 
@@ -28,6 +29,9 @@ enum Msg {
 /// Records go in per batch at most this many (one write, one sync).
 const MAX_BATCH: usize = 512;
 
+/// What a line adds to its record: the chain member (about 180 bytes) and the newline.
+const LINE_EXTRA: usize = 192;
+
 /// After a batch nobody waits for, the writer sleeps this long before it looks again: records
 /// arriving meanwhile are queued without waking it, and go out together. A waited-for record
 /// can sit this long behind such a batch; a caller that waits never starts a linger.
@@ -35,7 +39,10 @@ pub const LINGER: Duration = Duration::from_millis(2);
 
 /// One process's audit stream.
 pub struct AuditLog {
-    tx: Mutex<Option<SyncSender<Msg>>>,
+    /// Shared by every caller as it is (no lock, no clone per record); after
+    /// [`AuditLog::close`] its sends fail, and `closed` says why.
+    tx: SyncSender<Msg>,
+    closed: AtomicBool,
     failure: Failure,
     read_only_failure: Failure,
     fsync: Fsync,
@@ -64,7 +71,7 @@ impl AuditLog {
             part: 0,
             size: 0,
             seq: 0,
-            prev: GENESIS.to_owned(),
+            prev: LineHash::GENESIS,
             uncovered: 0,
             uncovered_since: None,
             key,
@@ -79,7 +86,8 @@ impl AuditLog {
             .spawn(move || w.run(rx))
             .map_err(|e| AuditError(format!("cannot start the writer thread: {e}")))?;
         Ok(AuditLog {
-            tx: Mutex::new(Some(tx)),
+            tx,
+            closed: AtomicBool::new(false),
             failure: settings.failure,
             read_only_failure: settings.read_only_failure,
             fsync: settings.fsync,
@@ -114,10 +122,6 @@ impl AuditLog {
         &self.dir
     }
 
-    fn sender(&self) -> Option<SyncSender<Msg>> {
-        crate::sync::lock(&self.tx).clone()
-    }
-
     /// Queues `record` without waiting; a full queue hands it back (the caller then waits
     /// for room with [`AuditLog::append_blocking`], off any async worker). `ack` (if any) is
     /// told the outcome; without one, a record that cannot be queued is logged.
@@ -127,11 +131,11 @@ impl AuditLog {
         record: Record,
         ack: Option<Ack>,
     ) -> Result<(), (Record, Option<Ack>)> {
-        let Some(tx) = self.sender() else {
+        if self.closed.load(Ordering::Acquire) {
             tell(ack, Err(AuditError("the trail is closed".into())));
             return Ok(());
-        };
-        match tx.try_send(Msg::Record(record, ack)) {
+        }
+        match self.tx.try_send(Msg::Record(record, ack)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(Msg::Record(r, a))) => Err((r, a)),
             Err(TrySendError::Disconnected(Msg::Record(_, a))) => {
@@ -144,11 +148,11 @@ impl AuditLog {
 
     /// Queues `record`, waiting for room (blocks the thread).
     pub fn append_blocking(&self, record: Record, ack: Option<Ack>) {
-        let Some(tx) = self.sender() else {
+        if self.closed.load(Ordering::Acquire) {
             tell(ack, Err(AuditError("the trail is closed".into())));
             return;
-        };
-        if let Err(mpsc::SendError(Msg::Record(_, a))) = tx.send(Msg::Record(record, ack)) {
+        }
+        if let Err(mpsc::SendError(Msg::Record(_, a))) = self.tx.send(Msg::Record(record, ack)) {
             tell(a, Err(AuditError("the writer has stopped".into())));
         }
     }
@@ -168,17 +172,15 @@ impl AuditLog {
 
     /// Writes the closing checkpoint and stops the writer (idempotent).
     pub fn close(&self) {
-        let Some(tx) = crate::sync::lock(&self.tx).take() else {
+        let Some(thread) = crate::sync::lock(&self.thread).take() else {
             return;
         };
+        self.closed.store(true, Ordering::Release);
         let (done, wait) = mpsc::channel();
-        if tx.send(Msg::Close(done)).is_ok() {
+        if self.tx.send(Msg::Close(done)).is_ok() {
             let _ = wait.recv();
         }
-        drop(tx);
-        if let Some(t) = crate::sync::lock(&self.thread).take() {
-            let _ = t.join();
-        }
+        let _ = thread.join();
     }
 }
 
@@ -220,7 +222,7 @@ struct Writer {
     size: u64,
     /// The last line's seq and hash.
     seq: u64,
-    prev: String,
+    prev: LineHash,
     /// Records since the last checkpoint, and when the first of them was written.
     uncovered: u64,
     uncovered_since: Option<Instant>,
@@ -261,9 +263,18 @@ impl Writer {
             let mut closing = None;
             let mut waited = false;
             let mut acks = Vec::with_capacity(batch.len());
-            // About a kilobyte a line: one allocation per batch, not a series of doublings.
-            let mut buf = Vec::with_capacity(batch.len() * 1024);
-            let committed = (self.seq, self.prev.clone());
+            // One allocation per batch, not a series of doublings: each line is its record
+            // and the chain member (and a checkpoint may follow).
+            let bytes: usize = batch
+                .iter()
+                .map(|m| match m {
+                    Msg::Record(r, _) => r.0.len() + LINE_EXTRA,
+                    Msg::Close(_) => 0,
+                })
+                .sum();
+            let mut buf = Vec::with_capacity(bytes + 2 * LINE_EXTRA);
+            let mut used = Vec::with_capacity(batch.len());
+            let committed = (self.seq, self.prev);
             let mut failed = None;
             for m in batch {
                 match m {
@@ -280,7 +291,8 @@ impl Writer {
                                 continue;
                             }
                         }
-                        self.record(&mut buf, r);
+                        self.record(&mut buf, &r);
+                        used.push(r.0);
                         if self.uncovered >= self.s.checkpoint_records {
                             self.checkpoint(&mut buf, false);
                         }
@@ -301,6 +313,7 @@ impl Writer {
                 (self.seq, self.prev) = committed;
                 self.file = None;
             }
+            BUFFERS.give_all(used);
             for ack in acks {
                 ack(outcome.clone());
             }
@@ -310,6 +323,12 @@ impl Writer {
             if let Some(done) = closing {
                 self.finish();
                 let _ = done.send(());
+                // Records that raced the close are told, not dropped unseen.
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Record(_, ack) = m {
+                        tell(ack, Err(AuditError("the trail is closed".into())));
+                    }
+                }
                 return;
             }
             if !waited {
@@ -321,6 +340,7 @@ impl Writer {
     /// Appends one line to `buf`: `members` (an object's members, serialized, or nothing),
     /// then the `p11kms` member with the chain fields and `extra` (a header or a checkpoint).
     fn line(&mut self, buf: &mut Vec<u8>, members: &[u8], extra: Option<(&str, Value)>) {
+        use std::io::Write;
         self.seq += 1;
         let start = buf.len();
         buf.push(b'{');
@@ -328,27 +348,27 @@ impl Writer {
         if !members.is_empty() {
             buf.push(b',');
         }
-        // The stream is a uuid and `prev` hex: nothing in them needs escaping.
-        buf.extend_from_slice(
-            format!(
-                "\"{MEMBER}\":{{\"stream\":\"{}\",\"seq\":{},\"prev\":\"{}\"",
-                self.stream, self.seq, self.prev
-            )
-            .as_bytes(),
+        // The stream is a uuid and `prev` hex: nothing in them needs escaping. Writing to a
+        // `Vec` cannot fail.
+        let _ = write!(
+            buf,
+            "\"{MEMBER}\":{{\"stream\":\"{}\",\"seq\":{},\"prev\":\"{}\"",
+            self.stream,
+            self.seq,
+            self.prev.as_str()
         );
         if let Some((name, v)) = extra {
-            buf.extend_from_slice(format!(",\"{name}\":").as_bytes());
+            let _ = write!(buf, ",\"{name}\":");
             // A `Value` of our own making always serializes.
             let _ = serde_json::to_writer(&mut *buf, &v);
         }
         buf.extend_from_slice(b"}}");
-        self.prev = line_hash(buf.get(start..).unwrap_or_default());
+        self.prev = LineHash::of(buf.get(start..).unwrap_or_default());
         buf.push(b'\n');
     }
 
-    fn record(&mut self, buf: &mut Vec<u8>, r: Record) {
+    fn record(&mut self, buf: &mut Vec<u8>, r: &Record) {
         self.line(buf, r.members(), None);
-        super::BUFFERS.give(r.0);
         self.uncovered += 1;
         if self.uncovered_since.is_none() {
             self.uncovered_since = Some(Instant::now());
@@ -359,10 +379,12 @@ impl Writer {
     /// records uncovered until the next checkpoint (logged).
     fn checkpoint(&mut self, buf: &mut Vec<u8>, closing: bool) {
         let seq = self.seq + 1;
-        let mac = match self
-            .key
-            .mac(&checkpoint_message(&self.stream, seq, &self.prev, closing))
-        {
+        let mac = match self.key.mac(&checkpoint_message(
+            &self.stream,
+            seq,
+            self.prev.as_str(),
+            closing,
+        )) {
             Ok(m) => hex::encode(m),
             Err(e) => {
                 tracing::error!(target: "p11kms::audit", "the token made no checkpoint MAC: {e}");

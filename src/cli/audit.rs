@@ -152,18 +152,19 @@ pub(super) fn write(
     let uid = rustix::process::getuid().as_raw();
     let arn = format!("arn:aws:iam::{}:root", config.account);
     let message = error.map(|e| e.message().to_owned());
+    let members = crate::api::audit::Members::of(&params);
     let record = crate::api::audit::record(&crate::api::audit::Event {
         op,
         time: time::OffsetDateTime::now_utc(),
         region: &config.region,
         account: &config.account,
-        source: &format!("p11kms-cli (uid {uid})"),
+        source: crate::api::audit::Source::Named(&format!("p11kms-cli (uid {uid})")),
         user_agent: concat!("p11kms-cli/", env!("CARGO_PKG_VERSION")),
         identity: Some(crate::api::audit::Identity {
             arn: &arn,
             access_key_id: "",
         }),
-        request: Some(&params),
+        request: members.as_ref(),
         response: None,
         error: error.map(|e| (e.aws_name(), message.as_deref().unwrap_or(""))),
         request_id: &uuid::Uuid::new_v4().to_string(),
