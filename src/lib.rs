@@ -36,6 +36,7 @@ pub mod der;
 pub mod envelope;
 pub mod error;
 pub mod hsm;
+pub(crate) mod json_text;
 pub mod kms;
 pub mod latency;
 pub(crate) mod process;

@@ -284,6 +284,12 @@ fn metrics_count_requests_and_json_logs_hold_one_line_per_request() {
             assert!(r[field].is_string(), "{field} in {r}");
         }
         assert!(r["duration_ms"].is_number(), "{r}");
+        // Milliseconds to the microsecond, not a float's every digit.
+        let ms = r["duration_ms"].to_string();
+        assert!(
+            ms.split_once('.').is_none_or(|(_, frac)| frac.len() <= 3),
+            "{ms}"
+        );
         assert!(r["status"].is_number(), "{r}");
         assert!(ids.insert(r["request_id"].as_str().unwrap().to_owned()));
     }

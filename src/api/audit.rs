@@ -225,20 +225,10 @@ fn push_compact(out: &mut Vec<u8>, json: &[u8]) {
         out.extend_from_slice(json);
         return;
     }
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = crate::json_text::Strings::default();
     for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if blank(&b) {
+        if strings.structural(b) && blank(&b) {
             continue;
-        } else if b == b'"' {
-            in_string = true;
         }
         out.push(b);
     }

@@ -62,20 +62,9 @@ pub(super) fn parse(text: &str) -> Result<Json, PolicyError> {
 /// parser reports what is wrong with it).
 fn nesting_depth(text: &str) -> usize {
     let (mut depth, mut max) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for b in text.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut strings = crate::json_text::Strings::default();
+    for b in text.bytes().filter(|b| strings.structural(*b)) {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
