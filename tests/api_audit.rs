@@ -8,10 +8,11 @@
 mod common;
 mod sdk;
 mod server_process;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyUsageType, MacAlgorithmSpec};
@@ -429,6 +430,64 @@ fn every_request_is_recorded_verifiably_and_without_secrets() {
     let (code, out) = verify(&config, std::slice::from_ref(&t));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("line 1 is not the file's header"), "{out}");
+}
+
+#[test]
+fn hostile_request_bodies_are_recorded_and_the_trail_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trail = tmp.path().join("trail");
+    let server = server_process::start(&options(&trail));
+    let bodies: [&[u8]; 5] = [
+        // A lone surrogate: skipped JSON passes it, a reader's parse refuses it.
+        br#"{"KeyId":"alias/x","KeySpec":"AES_256","EncryptionContext":{"a":"\ud800"}}"#,
+        // Pretty-printed: a record is still one line.
+        b"{\n  \"KeyId\" :\t\"alias/x\",\r\n  \"KeySpec\": \"AES_256\"\n}",
+        br#"{"KeyId":"alias/x","KeyId":"alias/y","KeySpec":"AES_256"}"#,
+        b"{\"KeyId\":\"\xff\",\"KeySpec\":\"AES_256\"}",
+        br#"{"KeyId":"alias/x","KeySpec":"AES_256"} trailing"#,
+    ];
+    for body in bodies {
+        let h = wire::signed_headers(
+            server.addr,
+            Some("GenerateDataKeyWithoutPlaintext"),
+            Some(wire::JSON),
+            body,
+            ("AKIAAUDIT00000000001", "audit/secret+key-9d1f"),
+            SystemTime::now(),
+            server_process::REGION,
+        );
+        let r = wire::raw(
+            server.addr,
+            &wire::request_bytes(server.addr, "POST", "/", &h, body),
+        );
+        // No such alias, or a body the operation refuses: a client error, recorded.
+        assert!(
+            (400..500).contains(&r.status),
+            "{}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    stop_gracefully(server);
+
+    let files = trail_files(&trail);
+    let (code, out) = verify(&cli_config(tmp.path(), &trail), &files);
+    assert_eq!(code, 0, "{out}");
+    let recs = records(&files);
+    assert_eq!(recs.len(), bodies.len());
+    let params: Vec<&Value> = recs.iter().map(|r| &r["requestParameters"]).collect();
+    assert_eq!(*params[0], Value::Null);
+    assert_eq!(
+        *params[1],
+        serde_json::json!({"keyId": "alias/x", "keySpec": "AES_256"})
+    );
+    for p in &params[2..] {
+        assert_eq!(**p, Value::Null);
+    }
+    for r in &recs {
+        assert_eq!(r["eventName"], "GenerateDataKeyWithoutPlaintext");
+        assert!(r["errorCode"].is_string(), "{r}");
+    }
 }
 
 #[test]

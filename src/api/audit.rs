@@ -200,7 +200,16 @@ impl<'de> Visitor<'de> for Kept<'_> {
                 // Borrowed from the body: parsed (so valid JSON, no control character in a
                 // string) but not built into values.
                 let raw: &'de RawValue = m.next_value()?;
-                push_compact(&mut out, raw.get().as_bytes());
+                let text = raw.get();
+                if text.contains("\\u") {
+                    // Skipping checks a `\u` escape's digits, not its meaning: a lone surrogate
+                    // would leave a line no JSON reader accepts (and `audit verify` would
+                    // call the trail broken). Such a value is parsed and written anew.
+                    let v: Value = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                    serde_json::to_writer(&mut out, &v).map_err(serde::de::Error::custom)?;
+                } else {
+                    push_compact(&mut out, text.as_bytes());
+                }
             }
         }
         out.push(b'}');
@@ -540,12 +549,33 @@ mod tests {
 
     #[test]
     fn kept_members_are_copied_on_one_line_with_their_strings_as_sent() {
-        let body = b"{\n  \"KeyId\" : \"alias/a b\",\r\n\t\"EncryptionContext\": {\n \"k \\\" \\n\": \"v  \\u00e9\"\n},\n\"Operations\": [ \"Decrypt\" ,\"Encrypt\" ], \"Plaintext\" : \"c2VjcmV0\" }";
+        let body = b"{\n  \"KeyId\" : \"alias/a b\",\r\n\t\"EncryptionContext\": {\n \"k \\\" \\n\": \"v  \\t\"\n},\n\"Operations\": [ \"Decrypt\" ,\"Encrypt\" ], \"Plaintext\" : \"c2VjcmV0\" }";
         let kept = request_parameters(body).unwrap();
         assert_eq!(
             std::str::from_utf8(kept.as_bytes()).unwrap(),
-            r#"{"keyId":"alias/a b","encryptionContext":{"k \" \n":"v  \u00e9"},"operations":["Decrypt","Encrypt"]}"#
+            r#"{"keyId":"alias/a b","encryptionContext":{"k \" \n":"v  \t"},"operations":["Decrypt","Encrypt"]}"#
         );
+    }
+
+    #[test]
+    fn unicode_escapes_in_kept_members_are_checked_and_lone_surrogates_keep_nothing() {
+        // A lone surrogate passes a skip but no reader's parse: it must not reach the trail.
+        for body in [
+            &br#"{"KeyId":"\ud800"}"#[..],
+            br#"{"EncryptionContext":{"a":"\udc00x"}}"#,
+            br#"{"Operations":["\ud83d"]}"#,
+        ] {
+            assert_eq!(request_parameters(body), None, "{body:?}");
+        }
+        let kept =
+            request_parameters(br#"{"EncryptionContext":{"b":"\u00e9","a":"\ud83d\ude00"}}"#)
+                .unwrap();
+        assert_eq!(
+            parsed(&kept),
+            serde_json::json!({"encryptionContext": {"a": "\u{1F600}", "b": "\u{e9}"}})
+        );
+        // Invalid UTF-8 is refused by the parser whichever way a member goes.
+        assert_eq!(request_parameters(b"{\"KeyId\":\"\xff\"}"), None);
     }
 
     #[test]

@@ -340,7 +340,6 @@ impl Writer {
     /// Appends one line to `buf`: `members` (an object's members, serialized, or nothing),
     /// then the `p11kms` member with the chain fields and `extra` (a header or a checkpoint).
     fn line(&mut self, buf: &mut Vec<u8>, members: &[u8], extra: Option<(&str, Value)>) {
-        use std::io::Write;
         self.seq += 1;
         let start = buf.len();
         buf.push(b'{');
