@@ -82,6 +82,11 @@ const RESPONSE_MEMBERS: &[&str] = &[
 /// caller's own, and the rest are strings, numbers, booleans or lists of strings.
 const RENAMED_INSIDE: &[&str] = &["Tags", "KeyMetadata", "ReplicaKeyMetadata"];
 
+/// Kept members nest at most this deep: more than any member an operation accepts (a grant's
+/// `Constraints` nest two), and far below what a JSON reader refuses (serde_json stops at 128),
+/// so that every line of the trail stays readable by `audit verify` and by its consumers.
+const MAX_KEPT_DEPTH: usize = 16;
+
 // A member seen twice is noticed with one bit per kept name.
 const _: () = assert!(REQUEST_MEMBERS.len() <= 64 && RESPONSE_MEMBERS.len() <= 64);
 
@@ -192,24 +197,25 @@ impl<'de> Visitor<'de> for Kept<'_> {
             out.push(b'"');
             push_lower_camel(&mut out, name);
             out.extend_from_slice(b"\":");
-            if RENAMED_INSIDE.contains(&name) {
-                let v: Value = m.next_value()?;
-                serde_json::to_writer(&mut out, &camel_deep(v))
-                    .map_err(serde::de::Error::custom)?;
+            // Borrowed from the body: skipped over by the parser (valid JSON, no control
+            // character in a string), not built into values.
+            let raw: &'de RawValue = m.next_value()?;
+            let text = raw.get();
+            let shape = crate::json_text::shape(text.as_bytes());
+            if shape.depth > MAX_KEPT_DEPTH {
+                return Err(serde::de::Error::custom("a member nested too deeply"));
+            }
+            let renamed = RENAMED_INSIDE.contains(&name);
+            if renamed || shape.numbers || text.contains("\\u") {
+                // Skipping checks the syntax of numbers and `\u` escapes, not their meaning:
+                // `1e400` or a lone surrogate would leave a line no JSON reader accepts (and
+                // `audit verify` would call the trail broken). Such a value is parsed, and
+                // written anew.
+                let v: Value = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                let v = if renamed { camel_deep(v) } else { v };
+                serde_json::to_writer(&mut out, &v).map_err(serde::de::Error::custom)?;
             } else {
-                // Borrowed from the body: parsed (so valid JSON, no control character in a
-                // string) but not built into values.
-                let raw: &'de RawValue = m.next_value()?;
-                let text = raw.get();
-                if text.contains("\\u") {
-                    // Skipping checks a `\u` escape's digits, not its meaning: a lone surrogate
-                    // would leave a line no JSON reader accepts (and `audit verify` would
-                    // call the trail broken). Such a value is parsed and written anew.
-                    let v: Value = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
-                    serde_json::to_writer(&mut out, &v).map_err(serde::de::Error::custom)?;
-                } else {
-                    push_compact(&mut out, text.as_bytes());
-                }
+                push_compact(&mut out, text.as_bytes());
             }
         }
         out.push(b'}');
@@ -574,6 +580,16 @@ mod tests {
             parsed(&kept),
             serde_json::json!({"encryptionContext": {"a": "\u{1F600}", "b": "\u{e9}"}})
         );
+        // Numbers a reader cannot hold are refused; others are kept as numbers.
+        assert_eq!(request_parameters(br#"{"NumberOfBytes":1e400}"#), None);
+        assert_eq!(
+            request_parameters(br#"{"EncryptionContext":{"a":[-1e99999]}}"#),
+            None
+        );
+        assert_eq!(
+            parsed(&request_parameters(br#"{"NumberOfBytes":32,"Limit":-0.5e1}"#).unwrap()),
+            serde_json::json!({"numberOfBytes": 32, "limit": -5.0})
+        );
         // Invalid UTF-8 is refused by the parser whichever way a member goes.
         assert_eq!(request_parameters(b"{\"KeyId\":\"\xff\"}"), None);
     }
@@ -621,8 +637,20 @@ mod tests {
                 "]".repeat(100_000)
             )
         };
-        // A kept member is parsed into a value: serde_json's depth limit refuses it.
+        // A kept member this deep is refused (a record must stay readable), whichever way
+        // it would be written.
         assert_eq!(request_parameters(deep("Tags").as_bytes()), None);
+        assert_eq!(
+            request_parameters(deep("EncryptionContext").as_bytes()),
+            None
+        );
+        // At the bound it is kept.
+        let at_bound = format!(
+            "{{\"EncryptionContext\":{}1{}}}",
+            "[".repeat(MAX_KEPT_DEPTH),
+            "]".repeat(MAX_KEPT_DEPTH)
+        );
+        assert!(request_parameters(at_bound.as_bytes()).is_some());
         // A skipped member is passed over without recursion (serde_json keeps the brackets
         // in a list), and nothing of it is kept.
         assert_eq!(

@@ -46,7 +46,7 @@ impl Json {
 /// Parses `text` (already size-checked) into a [`Json`] tree: depth first, by a scan that
 /// costs one pass and no allocation, so hostile nesting never reaches the parser.
 pub(super) fn parse(text: &str) -> Result<Json, PolicyError> {
-    if nesting_depth(text) > MAX_DEPTH {
+    if crate::json_text::shape(text.as_bytes()).depth > MAX_DEPTH {
         return Err(PolicyError::new(format!(
             "The policy document is nested too deeply: at most {MAX_DEPTH} levels of arrays \
              and objects are allowed"
@@ -56,24 +56,6 @@ pub(super) fn parse(text: &str) -> Result<Json, PolicyError> {
         serde_json::error::Category::Data => PolicyError::new(e.to_string()),
         _ => PolicyError::new(format!("The policy is not in valid JSON format: {e}")),
     })
-}
-
-/// The deepest nesting of `[`/`{` outside strings (malformed text gives some number; the
-/// parser reports what is wrong with it).
-fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut max) = (0usize, 0usize);
-    let mut strings = crate::json_text::Strings::default();
-    for b in text.bytes().filter(|b| strings.structural(*b)) {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
 }
 
 impl<'de> Deserialize<'de> for Json {
